@@ -1,0 +1,212 @@
+"""Run configuration: what a training job needs, as frozen dataclasses with JSON round-trip.
+
+A run's config is stored as JSON by the platform (``Run.config``) and validated here, so the
+web form, the API, the CLI and the worker all agree on what a valid run is. Pure Python: no
+Django, no torch import at module load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from h3lab.nn.config import PRESETS, LMConfig, preset_mixers
+
+TaskName = Literal["associative_recall", "induction_head", "text", "jsonl"]
+TASKS: tuple[str, ...] = ("associative_recall", "induction_head", "text", "jsonl")
+TEXT_VOCAB = 256  # byte-level
+
+
+class ConfigError(ValueError):
+    """A config failed validation; ``errors`` maps dotted field names to messages."""
+
+    def __init__(self, errors: dict[str, str]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """A dataset. Synthetic tasks follow the H3 paper's protocol (seeded, loss on every
+    token, accuracy on the final token). ``path`` is a UTF-8 text file for ``text`` or a JSONL
+    file for ``jsonl``."""
+
+    name: str = "associative_recall"
+    vocab_size: int = 20
+    seq_len: int = 40
+    num_train: int = 5000
+    num_test: int = 500
+    path: str = ""
+    seed: int = 0
+
+    def errors(self) -> dict[str, str]:
+        e: dict[str, str] = {}
+        if self.name not in TASKS:
+            e["name"] = f"unknown task {self.name!r}; choose from {', '.join(TASKS)}"
+        if self.name in ("text", "jsonl") and not self.path:
+            e["path"] = f"the {self.name} task needs a file path"
+        if not 2 <= self.seq_len <= 65536:
+            e["seq_len"] = "must be between 2 and 65,536"
+        if self.name in ("associative_recall", "induction_head") and self.seq_len < 4:
+            e["seq_len"] = "synthetic tasks need at least 4 tokens"
+        if self.name in ("associative_recall", "induction_head") and self.vocab_size < 4:
+            e["vocab_size"] = "must be at least 4"
+        if self.num_train < 1:
+            e["num_train"] = "must be positive"
+        if self.num_test < 1:
+            e["num_test"] = "must be positive"
+        return e
+
+    @property
+    def model_vocab_size(self) -> int:
+        return TEXT_VOCAB if self.name == "text" else self.vocab_size
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation. SSM parameters (step sizes, A, C of the diagonal SSM) get ``ssm_lr`` and
+    no weight decay, as in the H3 paper. ``early_stop_acc``: stop once test accuracy has been
+    at or above it for ``early_stop_patience`` consecutive evaluations."""
+
+    steps: int = 1000
+    batch_size: int = 32
+    lr: float = 5e-4
+    ssm_lr: float = 1e-3
+    weight_decay: float = 0.1
+    warmup_steps: int = 50
+    grad_clip: float = 1.0
+    eval_every: int = 100
+    checkpoint_every: int = 200
+    seed: int = 0
+    device: str = "auto"
+    early_stop_acc: float | None = None
+    early_stop_patience: int = 2
+
+    def errors(self) -> dict[str, str]:
+        e: dict[str, str] = {}
+        if not 1 <= self.steps <= 1_000_000:
+            e["steps"] = "must be between 1 and 1,000,000"
+        if not 1 <= self.batch_size <= 4096:
+            e["batch_size"] = "must be between 1 and 4096"
+        if not 0 < self.lr <= 1:
+            e["lr"] = "must be in (0, 1]"
+        if not 0 < self.ssm_lr <= 1:
+            e["ssm_lr"] = "must be in (0, 1]"
+        if self.weight_decay < 0:
+            e["weight_decay"] = "must be ≥ 0"
+        if self.warmup_steps < 0:
+            e["warmup_steps"] = "must be ≥ 0"
+        if self.grad_clip < 0:
+            e["grad_clip"] = "must be ≥ 0 (0 disables clipping)"
+        if self.eval_every < 1:
+            e["eval_every"] = "must be positive"
+        if self.checkpoint_every < 1:
+            e["checkpoint_every"] = "must be positive"
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            e["device"] = "must be auto, cpu or cuda[:N]"
+        if self.early_stop_acc is not None and not 0 < self.early_stop_acc <= 1:
+            e["early_stop_acc"] = "must be in (0, 1]"
+        return e
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run needs. ``preset`` names the architecture (see
+    :func:`h3lab.nn.config.preset_mixers`); ``model`` is the resolved model config."""
+
+    model: LMConfig
+    task: TaskConfig = field(default_factory=TaskConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    preset: str = "h3"
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        preset: str = "h3",
+        n_layer: int = 2,
+        d_model: int = 64,
+        task: TaskConfig | None = None,
+        train: TrainConfig | None = None,
+        **model_kw: Any,
+    ) -> RunConfig:
+        """Resolve a preset and a task into a validated run config (raises ConfigError)."""
+        task = task or TaskConfig()
+        errors: dict[str, str] = {f"task.{k}": v for k, v in task.errors().items()}
+        if preset not in PRESETS:
+            errors["preset"] = f"unknown model {preset!r}; choose from {', '.join(PRESETS)}"
+        if not 1 <= n_layer <= 64:
+            errors["model.n_layer"] = "must be between 1 and 64"
+        if errors:
+            raise ConfigError(errors)
+        model = _model(
+            mixers=preset_mixers(preset, n_layer),
+            vocab_size=task.model_vocab_size,
+            d_model=d_model,
+            **model_kw,
+        )
+        return cls.validated(model=model, task=task, train=train or TrainConfig(), preset=preset)
+
+    @classmethod
+    def validated(
+        cls, *, model: LMConfig, task: TaskConfig, train: TrainConfig, preset: str
+    ) -> RunConfig:
+        errors = {f"task.{k}": v for k, v in task.errors().items()}
+        errors.update({f"train.{k}": v for k, v in train.errors().items()})
+        if model.vocab_size < task.model_vocab_size:
+            errors["model.vocab_size"] = f"must be ≥ the task's vocabulary ({task.model_vocab_size})"
+        if errors:
+            raise ConfigError(errors)
+        return cls(model=model, task=task, train=train, preset=preset)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "preset": self.preset,
+            "model": self.model.to_dict(),
+            "task": dataclasses.asdict(self.task),
+            "train": dataclasses.asdict(self.train),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        """Parse and validate; raises ConfigError naming every bad field."""
+        if not isinstance(d, dict):
+            raise ConfigError({"config": "must be a JSON object"})
+        errors: dict[str, str] = {}
+        task = _section(TaskConfig, d.get("task", {}), "task", errors)
+        train = _section(TrainConfig, d.get("train", {}), "train", errors)
+        try:
+            model = LMConfig.from_dict(d.get("model", {}))
+        except (TypeError, ValueError) as exc:
+            errors["model"] = str(exc)
+            model = None
+        unknown = set(d) - {"preset", "model", "task", "train"}
+        if unknown:
+            errors["config"] = f"unknown section(s): {', '.join(sorted(unknown))}"
+        if errors or task is None or train is None or model is None:
+            raise ConfigError(errors or {"config": "invalid"})
+        return cls.validated(model=model, task=task, train=train, preset=str(d.get("preset", "h3")))
+
+
+def _model(**kw: Any) -> LMConfig:
+    try:
+        return LMConfig(**kw)
+    except ValueError as exc:
+        raise ConfigError({"model": str(exc)}) from exc
+
+
+def _section(klass: Any, data: Any, prefix: str, errors: dict[str, str]) -> Any:
+    if not isinstance(data, dict):
+        errors[prefix] = "must be a JSON object"
+        return None
+    names = {f.name for f in dataclasses.fields(klass)}
+    unknown = set(data) - names
+    if unknown:
+        errors[prefix] = f"unknown field(s): {', '.join(sorted(unknown))}"
+        return None
+    try:
+        return klass(**data)
+    except TypeError as exc:
+        errors[prefix] = str(exc)
+        return None
