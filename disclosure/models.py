@@ -1,0 +1,1 @@
+"""Disclosure: tiers, grants, agreements, reviews, release decisions, audit."""

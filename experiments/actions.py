@@ -1,0 +1,394 @@
+"""Every governed state change of the experiments app.
+
+``do_*`` functions perform a change inside a transaction and announce it on
+:data:`experiments.signals.governed_change` (the audit log listens); ``check_*`` functions
+validate input first. Views, admin actions, commands and Celery tasks call these; nothing else
+saves governed rows.
+
+Run state moves only by *conditional* updates (``UPDATE … WHERE status = …``): a duplicate
+delivery of a job, a worker that lost its claim, or a cancel racing a completion each find no
+matching row and change nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import Group
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from experiments.models import (
+    Artifact,
+    Experiment,
+    Finding,
+    MetricPoint,
+    MetricSnapshot,
+    Project,
+    Run,
+    RunStatus,
+)
+from experiments.signals import governed_change
+from h3lab.config import RunConfig
+
+log = logging.getLogger(__name__)
+
+RUN_TASK = "h3lab.jobs.run_training"
+
+
+def _announce(actor: Any, action: str, obj: Any, old: Any = None, new: Any = None) -> None:
+    governed_change.send(sender=type(obj), actor=actor, action=action, obj=obj, old=old, new=new)
+
+
+# --- projects -----------------------------------------------------------------------------------
+
+
+def do_create_project(
+    *, slug: str, name: str, description: str = "", members: Iterable[Any] = (), acting_user: Any
+) -> Project:
+    with transaction.atomic():
+        group = Group.objects.create(name=f"project:{slug}")
+        project = Project.objects.create(slug=slug, name=name, description=description, group=group)
+        group.user_set.add(*members)
+        _announce(acting_user, "project.create", project, new={"slug": slug, "name": name})
+    return project
+
+
+def do_add_project_member(project: Project, user: Any, *, acting_user: Any) -> None:
+    with transaction.atomic():
+        project.group.user_set.add(user)
+        _announce(acting_user, "project.add_member", project, new={"user": user.get_username()})
+
+
+def do_remove_project_member(project: Project, user: Any, *, acting_user: Any) -> None:
+    with transaction.atomic():
+        project.group.user_set.remove(user)
+        _announce(acting_user, "project.remove_member", project, old={"user": user.get_username()})
+
+
+# --- runs: submission and cancellation ---------------------------------------------------------
+
+
+def check_submit_run(
+    *,
+    project: Project,
+    config: dict[str, Any],
+    experiment_name: str = "default",
+    name: str = "",
+    queue: str = "cpu",
+    rerun_of: Run | None = None,
+    acting_user: Any,
+) -> Run:
+    """Validate ``config`` against :class:`h3lab.config.RunConfig` (raises ConfigError naming
+    every bad field) and submit the run."""
+    cfg = RunConfig.from_dict(config)
+    return do_submit_run(
+        project=project,
+        cfg=cfg,
+        experiment_name=experiment_name or "default",
+        name=name,
+        queue=queue,
+        rerun_of=rerun_of,
+        acting_user=acting_user,
+    )
+
+
+def do_submit_run(
+    *,
+    project: Project,
+    cfg: RunConfig,
+    experiment_name: str,
+    name: str = "",
+    queue: str = "cpu",
+    rerun_of: Run | None = None,
+    acting_user: Any,
+) -> Run:
+    with transaction.atomic():
+        experiment, _ = Experiment.objects.get_or_create(
+            project=project,
+            name=experiment_name,
+            defaults={"created_by": acting_user if _is_user(acting_user) else None},
+        )
+        run = Run.objects.create(
+            experiment=experiment,
+            project=project,
+            name=name,
+            created_by=acting_user if _is_user(acting_user) else None,
+            config=cfg.to_dict(),
+            preset=cfg.preset,
+            task=cfg.task.name,
+            queue=queue,
+            total_steps=cfg.train.steps,
+            rerun_of=rerun_of,
+        )
+        _announce(acting_user, "run.submit", run, new={"config": run.config, "queue": queue})
+        enqueue_run(run)
+    return run
+
+
+def enqueue_run(run: Run) -> None:
+    """Send the run's job once the transaction that created or requeued it commits."""
+    run_id, queue = run.pk, run.queue
+
+    def send() -> None:
+        from h3lab.celery import app
+
+        try:
+            result = app.send_task(RUN_TASK, args=[run_id], queue=queue)
+        except Exception:  # broker down: the run stays queued and the reaper resends it
+            log.exception("could not enqueue run %s", run_id)
+            return
+        Run.objects.filter(pk=run_id).update(celery_task_id=result.id)
+
+    transaction.on_commit(send)
+
+
+def do_cancel_run(run: Run, *, acting_user: Any) -> bool:
+    """Cancel a queued or running run. The worker notices within a heartbeat and stops; its
+    later writes are conditional on the run still running, so it can never flip back."""
+    with transaction.atomic():
+        now = timezone.now()
+        changed = Run.objects.filter(pk=run.pk, status__in=(RunStatus.QUEUED, RunStatus.RUNNING))
+        old_status = run.status
+        n = changed.update(status=RunStatus.CANCELLED, finished_at=now, eta_s=None)
+        if n:
+            _announce(acting_user, "run.cancel", run, old={"status": old_status}, new={"status": "cancelled"})
+    run.refresh_from_db()
+    return bool(n)
+
+
+# --- runs: worker side -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Claim:
+    run_id: int
+    token: uuid.UUID
+    config: dict[str, Any]
+    attempt: int
+
+
+def claim_run(run_id: int, *, host: str, device: str = "", task_id: str = "") -> Claim | None:
+    """Move a queued run to running for this worker; None if it is not queued (duplicate
+    delivery, cancelled, already claimed)."""
+    token = uuid.uuid4()
+    now = timezone.now()
+    with transaction.atomic():
+        n = Run.objects.filter(pk=run_id, status=RunStatus.QUEUED).update(
+            status=RunStatus.RUNNING,
+            claim=token,
+            attempt=F("attempt") + 1,
+            heartbeat_at=now,
+            worker_host=host[:200],
+            device=device[:64],
+            celery_task_id=task_id[:64],
+            error="",
+            traceback="",
+        )
+        if not n:
+            return None
+        Run.objects.filter(pk=run_id, started_at__isnull=True).update(started_at=now)
+        run = Run.objects.get(pk=run_id)
+        _announce(None, "run.start", run, new={"attempt": run.attempt, "host": host})
+    return Claim(run_id=run_id, token=token, config=run.config, attempt=run.attempt)
+
+
+def _claimed(run_id: int, token: uuid.UUID) -> Any:
+    return Run.objects.filter(pk=run_id, claim=token, status=RunStatus.RUNNING)
+
+
+def heartbeat(run_id: int, token: uuid.UUID, **fields: Any) -> bool:
+    """Refresh the heartbeat; False means the claim is gone (cancelled or reaped): stop."""
+    return bool(_claimed(run_id, token).update(heartbeat_at=timezone.now(), **fields))
+
+
+def record_progress(
+    run_id: int,
+    token: uuid.UUID,
+    *,
+    fields: dict[str, Any],
+    points: Sequence[tuple[str, int, float]] = (),
+) -> bool:
+    """Write live progress and metric points; False if the claim is gone."""
+    with transaction.atomic():
+        n = _claimed(run_id, token).update(heartbeat_at=timezone.now(), **fields)
+        if n and points:
+            # A resumed attempt replays steps it already logged: keep the first value.
+            MetricPoint.objects.bulk_create(
+                [MetricPoint(run_id=run_id, name=k, step=s, value=v) for k, s, v in points],
+                ignore_conflicts=True,
+            )
+    return bool(n)
+
+
+def complete_run(
+    run_id: int,
+    token: uuid.UUID,
+    *,
+    result: dict[str, Any],
+    files: Sequence[tuple[Path, str]] = (),
+    fields: dict[str, Any] | None = None,
+) -> bool:
+    """Store the run's files as artifacts and mark it succeeded (if still claimed)."""
+    from experiments.storage import store_file
+
+    run = Run.objects.select_related("project").get(pk=run_id)
+    if run.claim != token or run.status != RunStatus.RUNNING:
+        return False
+    artifacts = [store_file(run, path, name) for path, name in files]
+    with transaction.atomic():
+        n = _claimed(run_id, token).update(
+            status=RunStatus.SUCCEEDED,
+            finished_at=timezone.now(),
+            result=result,
+            eta_s=0,
+            **(fields or {}),
+        )
+        if not n:
+            return False
+        Artifact.objects.filter(run_id=run_id, name__in=[a.name for a in artifacts]).delete()
+        Artifact.objects.bulk_create(artifacts)
+        _announce(None, "run.succeed", run, new={"result": result})
+    return True
+
+
+def fail_run(run_id: int, token: uuid.UUID, *, error: str, traceback: str = "") -> bool:
+    with transaction.atomic():
+        n = _claimed(run_id, token).update(
+            status=RunStatus.FAILED,
+            finished_at=timezone.now(),
+            error=error[:10_000],
+            traceback=traceback[-50_000:],
+            eta_s=None,
+        )
+        if n:
+            run = Run.objects.get(pk=run_id)
+            _announce(None, "run.fail", run, new={"error": error[:500]})
+    return bool(n)
+
+
+@dataclass(frozen=True)
+class Reaped:
+    run_id: int
+    outcome: str  # "requeued" | "failed"
+
+
+def reap_stale_runs(
+    *, timeout_s: float | None = None, max_attempts: int | None = None
+) -> list[Reaped]:
+    """Requeue (up to ``max_attempts`` claims) or fail running runs whose heartbeat stopped —
+    the worker died (SIGKILL, OOM, machine lost). A requeued run resumes from its last
+    checkpoint. Runs queued for longer than the timeout without a job id are resent too."""
+    timeout_s = settings.H3LAB_HEARTBEAT_TIMEOUT_S if timeout_s is None else timeout_s
+    max_attempts = settings.H3LAB_MAX_ATTEMPTS if max_attempts is None else max_attempts
+    now = timezone.now()
+    cutoff = now - timedelta(seconds=timeout_s)
+    reaped: list[Reaped] = []
+    for run in Run.objects.stale(cutoff).only("pk", "attempt", "claim", "queue", "heartbeat_at"):
+        with transaction.atomic():
+            stale = Run.objects.filter(
+                pk=run.pk, status=RunStatus.RUNNING, claim=run.claim, heartbeat_at__lt=cutoff
+            )
+            if run.attempt < max_attempts:
+                if stale.update(status=RunStatus.QUEUED, claim=None, eta_s=None):
+                    _announce(None, "run.requeue", run, new={"attempt": run.attempt})
+                    enqueue_run(run)
+                    reaped.append(Reaped(run.pk, "requeued"))
+            else:
+                msg = (
+                    f"worker lost: no heartbeat since {run.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC "
+                    f"after {run.attempt} attempt(s)"
+                )
+                if stale.update(status=RunStatus.FAILED, finished_at=now, error=msg, claim=None):
+                    _announce(None, "run.fail", run, new={"error": msg})
+                    reaped.append(Reaped(run.pk, "failed"))
+    # Queued runs whose message never reached the broker (it was down at submit time).
+    for run in Run.objects.filter(
+        status=RunStatus.QUEUED, celery_task_id="", created_at__lt=cutoff
+    ).only("pk", "queue"):
+        with transaction.atomic():
+            enqueue_run(run)
+    return reaped
+
+
+# --- findings --------------------------------------------------------------------------------
+
+
+def do_record_finding(
+    *,
+    project: Project,
+    title: str,
+    body: str,
+    runs: Iterable[Run] = (),
+    artifacts: Iterable[Artifact] = (),
+    snapshot_metrics: Iterable[tuple[Run, str]] = (),
+    acting_user: Any,
+) -> Finding:
+    """Record a finding (team tier, draft) with its evidence. Metric snapshots freeze the
+    latest value of each named series at the time of recording."""
+    runs = list(runs)
+    artifacts = list(artifacts)
+    if any(r.project_id != project.pk for r in runs) or any(
+        a.project_id != project.pk for a in artifacts
+    ):
+        raise ValueError("evidence must come from the finding's project")
+    with transaction.atomic():
+        finding = Finding.objects.create(
+            project=project, title=title, body=body, created_by=acting_user
+        )
+        finding.runs.set(runs)
+        finding.artifacts.set(artifacts)
+        snaps = []
+        for run, name in snapshot_metrics:
+            point = (
+                MetricPoint.objects.filter(run=run, name=name).order_by("-step").first()
+            )
+            if point is not None:
+                snaps.append(
+                    MetricSnapshot(
+                        finding=finding, run=run, name=name, step=point.step, value=point.value
+                    )
+                )
+        MetricSnapshot.objects.bulk_create(snaps)
+        _announce(acting_user, "finding.create", finding, new={"title": title})
+    return finding
+
+
+def do_edit_finding(finding: Finding, *, title: str, body: str, acting_user: Any) -> Finding:
+    with transaction.atomic():
+        old = {"title": finding.title, "body": finding.body}
+        Finding.objects.filter(pk=finding.pk).update(
+            title=title, body=body, updated_at=timezone.now()
+        )
+        finding.refresh_from_db()
+        _announce(acting_user, "finding.edit", finding, old=old, new={"title": title, "body": body})
+    return finding
+
+
+def _is_user(user: Any) -> bool:
+    return user is not None and getattr(user, "is_authenticated", False)
+
+
+__all__ = [
+    "Claim",
+    "check_submit_run",
+    "claim_run",
+    "complete_run",
+    "do_cancel_run",
+    "do_create_project",
+    "do_edit_finding",
+    "do_record_finding",
+    "do_submit_run",
+    "fail_run",
+    "heartbeat",
+    "reap_stale_runs",
+    "record_progress",
+]

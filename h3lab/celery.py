@@ -1,0 +1,35 @@
+"""The Celery application. Tasks live in :mod:`h3lab.jobs` (and app ``tasks`` modules)."""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+from kombu import Queue
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "h3lab.settings")
+
+app = Celery("h3lab")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.conf.task_queues = (Queue("cpu"), Queue("gpu"), Queue("default"))
+app.conf.task_routes = {
+    "h3lab.jobs.reap_stale_runs": {"queue": "default"},
+}
+app.autodiscover_tasks(["h3lab"], related_name="jobs")
+app.autodiscover_tasks(["experiments", "disclosure"])  # their ``tasks`` modules, if any
+
+
+def _beat_schedule() -> dict[str, dict[str, object]]:
+    from django.conf import settings
+
+    return {
+        "reap-stale-runs": {
+            "task": "h3lab.jobs.reap_stale_runs",
+            "schedule": settings.H3LAB_REAPER_INTERVAL_S,
+        },
+    }
+
+
+@app.on_after_configure.connect
+def _setup_periodic(sender: Celery, **kwargs: object) -> None:
+    sender.conf.beat_schedule = {**_beat_schedule(), **(sender.conf.beat_schedule or {})}
