@@ -1,0 +1,81 @@
+"""Factories for test data: small functions with sensible defaults, no JSON fixtures."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from django.contrib.auth.models import User
+
+from experiments import actions
+from experiments.models import Experiment, Finding, MetricPoint, Project, Run, RunStatus, Tier
+from h3lab.config import RunConfig, TaskConfig, TrainConfig
+
+_seq = itertools.count(1)
+PASSWORD = "correct-horse-battery"
+
+
+def make_user(username: str | None = None, **kw: Any) -> User:
+    username = username or f"user{next(_seq)}"
+    return User.objects.create_user(username=username, password=PASSWORD, email=f"{username}@lab.test", **kw)
+
+
+def make_project(slug: str | None = None, *, members: list[User] | tuple[User, ...] = ()) -> Project:
+    slug = slug or f"project-{next(_seq)}"
+    return actions.do_create_project(
+        slug=slug, name=slug.replace("-", " ").title(), members=members, acting_user=None
+    )
+
+
+def tiny_config(**train_kw: Any) -> RunConfig:
+    """A run that trains in about a second on a CPU."""
+    train = {"steps": 20, "batch_size": 8, "eval_every": 10, "checkpoint_every": 10, **train_kw}
+    return RunConfig.build(
+        preset="h3",
+        n_layer=1,
+        d_model=16,
+        d_state=8,
+        task=TaskConfig("induction_head", vocab_size=8, seq_len=12, num_train=64, num_test=16),
+        train=TrainConfig(**train),
+    )
+
+
+def make_run(
+    project: Project,
+    *,
+    status: str = RunStatus.SUCCEEDED,
+    config: RunConfig | None = None,
+    experiment: str = "default",
+    user: User | None = None,
+    **fields: Any,
+) -> Run:
+    """A run row in any state, without enqueueing a job."""
+    cfg = config or tiny_config()
+    exp, _ = Experiment.objects.get_or_create(project=project, name=experiment)
+    return Run.objects.create(
+        experiment=exp,
+        project=project,
+        created_by=user,
+        config=cfg.to_dict(),
+        preset=cfg.preset,
+        task=cfg.task.name,
+        total_steps=cfg.train.steps,
+        status=status,
+        **fields,
+    )
+
+
+def add_metrics(run: Run, name: str, values: list[float]) -> None:
+    MetricPoint.objects.bulk_create(
+        MetricPoint(run=run, name=name, step=i * 10, value=v) for i, v in enumerate(values)
+    )
+
+
+def make_finding(project: Project, *, tier: int = Tier.TEAM, title: str | None = None, **kw: Any) -> Finding:
+    return Finding.objects.create(
+        project=project,
+        title=title or f"Finding {next(_seq)}",
+        body=kw.pop("body", "An **induction head** forms at step 300."),
+        tier=tier,
+        **kw,
+    )
