@@ -65,7 +65,9 @@ def parse_line(text: str, *, line: int, where: str, vocab_size: int) -> JSONLExa
     if "target" not in obj:
         raise JSONLError(f'{at}: missing "target"')
     if not _is_token(obj["target"], vocab_size):
-        raise JSONLError(f'{at}: "target" = {obj["target"]!r} is not a token id in [0, {vocab_size})')
+        raise JSONLError(
+            f'{at}: "target" = {obj["target"]!r} is not a token id in [0, {vocab_size})'
+        )
     split = obj.get("split")
     if split not in (None, "train", "test"):
         raise JSONLError(f'{at}: "split" must be "train" or "test", got {split!r}')
@@ -84,7 +86,9 @@ def read_jsonl(
             if not text.strip():
                 continue
             ex = parse_line(text, line=line_no, where=str(path), vocab_size=vocab_size)
-            want = seq_len if seq_len is not None else len(examples[0].input_ids) if examples else None
+            want = (
+                seq_len if seq_len is not None else len(examples[0].input_ids) if examples else None
+            )
             if want is not None and len(ex.input_ids) != want:
                 raise JSONLError(
                     f'{path}:{line_no}: "input_ids" has {len(ex.input_ids)} tokens, expected '
@@ -98,7 +102,7 @@ def read_jsonl(
 
 def to_tensors(examples: list[JSONLExample]) -> tuple[torch.Tensor, torch.Tensor]:
     """Examples as next-token ``(inputs, targets)``, each ``(N, L)`` long."""
-    full = torch.tensor([ex.input_ids + [ex.target] for ex in examples], dtype=torch.long)
+    full = torch.tensor([[*ex.input_ids, ex.target] for ex in examples], dtype=torch.long)
     return full[:, :-1].contiguous(), full[:, 1:].contiguous()  # (N, L) each
 
 
