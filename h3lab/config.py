@@ -52,6 +52,8 @@ class TaskConfig:
             e["seq_len"] = "synthetic tasks need at least 4 tokens"
         if self.name in ("associative_recall", "induction_head") and self.vocab_size < 4:
             e["vocab_size"] = "must be at least 4"
+        if self.name == "jsonl" and self.vocab_size < 2:
+            e["vocab_size"] = "must be at least 2"
         if self.num_train < 1:
             e["num_train"] = "must be positive"
         if self.num_test < 1:
@@ -67,7 +69,9 @@ class TaskConfig:
 class TrainConfig:
     """Optimisation. SSM parameters (step sizes, A, C of the diagonal SSM) get ``ssm_lr`` and
     no weight decay, as in the H3 paper. ``early_stop_acc``: stop once test accuracy has been
-    at or above it for ``early_stop_patience`` consecutive evaluations."""
+    at or above it for ``early_stop_patience`` consecutive evaluations. The learning rate warms
+    up linearly for ``warmup_steps`` then follows a cosine down to ``min_lr_ratio`` × peak.
+    ``log_every``: steps averaged into one training-loss row of the run's history."""
 
     steps: int = 1000
     batch_size: int = 32
@@ -82,6 +86,8 @@ class TrainConfig:
     device: str = "auto"
     early_stop_acc: float | None = None
     early_stop_patience: int = 2
+    log_every: int = 10
+    min_lr_ratio: float = 0.1
 
     def errors(self) -> dict[str, str]:
         e: dict[str, str] = {}
@@ -107,6 +113,12 @@ class TrainConfig:
             e["device"] = "must be auto, cpu or cuda[:N]"
         if self.early_stop_acc is not None and not 0 < self.early_stop_acc <= 1:
             e["early_stop_acc"] = "must be in (0, 1]"
+        if self.early_stop_patience < 1:
+            e["early_stop_patience"] = "must be positive"
+        if self.log_every < 1:
+            e["log_every"] = "must be positive"
+        if not 0 <= self.min_lr_ratio <= 1:
+            e["min_lr_ratio"] = "must be in [0, 1]"
         return e
 
 
@@ -154,8 +166,14 @@ class RunConfig:
     ) -> RunConfig:
         errors = {f"task.{k}": v for k, v in task.errors().items()}
         errors.update({f"train.{k}": v for k, v in train.errors().items()})
+        # from_dict reaches here without build()'s preset check; an unknown preset would
+        # otherwise be stored and only fail when a reproduction or the UI looks it up.
+        if preset not in PRESETS:
+            errors["preset"] = f"unknown model {preset!r}; choose from {', '.join(PRESETS)}"
         if model.vocab_size < task.model_vocab_size:
-            errors["model.vocab_size"] = f"must be ≥ the task's vocabulary ({task.model_vocab_size})"
+            errors["model.vocab_size"] = (
+                f"must be ≥ the task's vocabulary ({task.model_vocab_size})"
+            )
         if errors:
             raise ConfigError(errors)
         return cls(model=model, task=task, train=train, preset=preset)
@@ -205,8 +223,36 @@ def _section(klass: Any, data: Any, prefix: str, errors: dict[str, str]) -> Any:
     if unknown:
         errors[prefix] = f"unknown field(s): {', '.join(sorted(unknown))}"
         return None
+    bad = {
+        f"{prefix}.{f.name}": _type_error(f.type, data[f.name])
+        for f in dataclasses.fields(klass)
+        if f.name in data and _type_error(f.type, data[f.name])
+    }
+    if bad:
+        # Check types before construction: errors() compares values, and a string where a
+        # number belongs would otherwise escape as a TypeError instead of a ConfigError.
+        errors.update(bad)
+        return None
     try:
         return klass(**data)
     except TypeError as exc:
         errors[prefix] = str(exc)
         return None
+
+
+def _type_error(annotation: Any, value: Any) -> str:
+    """A message if ``value`` (from JSON) does not fit the field annotation, else ''."""
+    kinds = [k.strip() for k in str(annotation).split("|")]
+    if value is None:
+        return "" if "None" in kinds else "must not be null"
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    if "int" in kinds and is_int:
+        return ""
+    if "float" in kinds and (is_int or isinstance(value, float)):
+        return ""
+    if "str" in kinds and isinstance(value, str):
+        return ""
+    if "bool" in kinds and isinstance(value, bool):
+        return ""
+    names = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}
+    return "must be " + " or ".join(names.get(k, k) for k in kinds if k != "None")
