@@ -1,0 +1,197 @@
+"""Encryption at rest for restricted artifacts: chunked, streamed AES-256-GCM with envelope keys.
+
+Each artifact gets a random 256-bit *data key*; the data key is stored only *wrapped*
+(AES-256-GCM) by a *master key* that lives outside the database (environment or key file).
+Rotating the master key re-wraps data keys without touching the data; destroying a wrapped
+data key makes the ciphertext unrecoverable (crypto-shredding).
+
+Ciphertext format (version 1)::
+
+    header  = MAGIC (8) | version (1) | chunk_size (4, BE) | nonce_prefix (7)
+    chunk_i = AES-256-GCM(key, nonce = nonce_prefix | i (4, BE) | last (1), aad = header)
+
+Every chunk is authenticated on its own, so decryption streams with flat memory. The chunk
+index in the nonce rejects reordered or duplicated chunks, and the ``last`` flag rejects
+truncation (a stream that ends without a chunk flagged last) and extension (data after it).
+The header is authenticated as associated data of every chunk. This is the STREAM
+construction of Hoang, Reyhanitabar, Rogaway and Vizár (2015).
+
+Pure Python + ``cryptography``: no Django import, so the benchmark and tests need no project.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import struct
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+MAGIC = b"H3LABENC"
+VERSION = 1
+DEFAULT_CHUNK = 1 << 20  # 1 MiB: large enough for AES-GCM's throughput, small for memory
+TAG = 16
+HEADER = struct.Struct(">8sBI7s")
+KEY_BYTES = 32
+
+
+class DecryptionError(Exception):
+    """Ciphertext could not be authenticated: wrong key, tampering, truncation or reordering.
+
+    SECURITY: never return partial plaintext of a stream that fails here; callers must treat
+    already-yielded chunks as untrusted and abort the response.
+    """
+
+
+class KeyError_(Exception):
+    """A master key is missing or malformed (named so it is not confused with dict KeyError)."""
+
+
+def new_data_key() -> bytes:
+    return AESGCM.generate_key(bit_length=256)
+
+
+# --- streaming encryption ---------------------------------------------------------------------
+
+
+def _nonce(prefix: bytes, index: int, last: bool) -> bytes:
+    if index >= 1 << 32:
+        raise ValueError("stream too long for 32-bit chunk counter")
+    return prefix + struct.pack(">IB", index, 1 if last else 0)
+
+
+def encrypt_stream(
+    key: bytes, src: BinaryIO, *, chunk_size: int = DEFAULT_CHUNK
+) -> Iterator[bytes]:
+    """Yield the header then one authenticated ciphertext chunk per ``chunk_size`` plaintext
+    bytes. Memory stays O(chunk_size) whatever the input size."""
+    if len(key) != KEY_BYTES:
+        raise ValueError("data key must be 32 bytes")
+    aead = AESGCM(key)
+    header = HEADER.pack(MAGIC, VERSION, chunk_size, os.urandom(7))
+    prefix = header[-7:]
+    yield header
+    index = 0
+    current = src.read(chunk_size)
+    while True:
+        following = src.read(chunk_size) if len(current) == chunk_size else b""
+        last = not following
+        yield aead.encrypt(_nonce(prefix, index, last), current, header)
+        if last:
+            return
+        current = following
+        index += 1
+
+
+def decrypt_stream(key: bytes, src: BinaryIO) -> Iterator[bytes]:
+    """Yield plaintext chunks, authenticating each. Raises :class:`DecryptionError` on a wrong
+    key, any modified byte, reordered, duplicated or missing chunks, or a truncated stream."""
+    if len(key) != KEY_BYTES:
+        raise DecryptionError("data key must be 32 bytes")
+    header = src.read(HEADER.size)
+    if len(header) != HEADER.size:
+        raise DecryptionError("not an h3lab encrypted file (header truncated)")
+    magic, version, chunk_size, prefix = HEADER.unpack(header)
+    if magic != MAGIC:
+        raise DecryptionError("not an h3lab encrypted file (bad magic)")
+    if version != VERSION:
+        raise DecryptionError(f"unsupported encryption format version {version}")
+    if not 0 < chunk_size <= 1 << 30:
+        raise DecryptionError("corrupt header (chunk size)")
+    aead = AESGCM(key)
+    step = chunk_size + TAG
+    index = 0
+    current = src.read(step)
+    while True:
+        following = src.read(step) if len(current) == step else b""
+        last = not following
+        try:
+            plain = aead.decrypt(_nonce(prefix, index, last), current, header)
+        except InvalidTag:
+            if index == 0 and not last:
+                raise DecryptionError("wrong key or corrupted file") from None
+            raise DecryptionError(
+                f"chunk {index} failed authentication (tampered, reordered or truncated)"
+            ) from None
+        yield plain
+        if last:
+            return
+        current = following
+        index += 1
+
+
+def encrypted_size(plain_size: int, chunk_size: int = DEFAULT_CHUNK) -> int:
+    chunks = max(1, -(-plain_size // chunk_size))
+    return HEADER.size + plain_size + chunks * TAG
+
+
+# --- envelope keys ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MasterKey:
+    key_id: str
+    key: bytes
+
+
+class Keyring:
+    """Master keys by id; the first is current (used to wrap new data keys)."""
+
+    def __init__(self, keys: Iterable[MasterKey]) -> None:
+        self._keys = list(keys)
+        if not self._keys:
+            raise KeyError_(
+                "no master key configured (set H3LAB_MASTER_KEYS or H3LAB_MASTER_KEY_FILE)"
+            )
+        for k in self._keys:
+            if len(k.key) != KEY_BYTES:
+                raise KeyError_(f"master key {k.key_id!r} must be 32 bytes (base64 of 32 bytes)")
+
+    @property
+    def current(self) -> MasterKey:
+        return self._keys[0]
+
+    def get(self, key_id: str) -> MasterKey:
+        for k in self._keys:
+            if k.key_id == key_id:
+                return k
+        raise KeyError_(
+            f"master key {key_id!r} is not configured; add it to H3LAB_MASTER_KEYS to read "
+            "artifacts wrapped with it"
+        )
+
+    @classmethod
+    def parse(cls, spec: str) -> Keyring:
+        """``"id1:BASE64,id2:BASE64"`` (first is current)."""
+        keys = []
+        for item in filter(None, (s.strip() for s in spec.replace("\n", ",").split(","))):
+            if ":" not in item:
+                raise KeyError_("master keys are written id:base64, separated by commas")
+            key_id, b64 = item.split(":", 1)
+            try:
+                raw = base64.b64decode(b64, validate=True)
+            except ValueError:
+                raise KeyError_(f"master key {key_id!r} is not valid base64") from None
+            keys.append(MasterKey(key_id.strip(), raw))
+        return cls(keys)
+
+
+def wrap_key(master: MasterKey, data_key: bytes, *, context: bytes = b"") -> bytes:
+    """Wrap a data key: nonce (12) | AES-GCM(master, data_key, aad=master id | context)."""
+    nonce = os.urandom(12)
+    aad = master.key_id.encode() + b"|" + context
+    return nonce + AESGCM(master.key).encrypt(nonce, data_key, aad)
+
+
+def unwrap_key(master: MasterKey, wrapped: bytes, *, context: bytes = b"") -> bytes:
+    aad = master.key_id.encode() + b"|" + context
+    try:
+        return AESGCM(master.key).decrypt(wrapped[:12], wrapped[12:], aad)
+    except (InvalidTag, ValueError):
+        raise DecryptionError(
+            f"could not unwrap the data key with master key {master.key_id!r} (wrong key?)"
+        ) from None
