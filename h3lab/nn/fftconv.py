@@ -57,7 +57,7 @@ def fftconv(u: Tensor, k: Tensor, D: Tensor | None = None) -> Tensor:
 def direct_conv_ref(u: Tensor, k: Tensor, D: Tensor | None = None) -> Tensor:
     """Slow reference for :func:`fftconv`: the same causal convolution as a grouped conv1d
     (left zero padding, flipped kernel). Shapes as in :func:`fftconv`."""
-    B, H, L = u.shape
+    H, L = u.shape[-2:]
     k = k[..., :L]
     w = rearrange(k.flip(-1), "h lk -> h 1 lk")  # conv1d correlates, so flip for convolution
     y = F.conv1d(F.pad(u, (k.shape[-1] - 1, 0)), w, groups=H)  # (B, H, L)

@@ -1,0 +1,175 @@
+"""The H3 layer (Fu, Dao et al., "Hungry Hungry Hippos", ICLR 2023) and its shift-only ablation.
+
+    q, k, v = x W_q, x W_k, x W_v                       (fused into one projection)
+    k̃  = ShiftSSM(k)                                    local memory of recent keys
+    kv = k̃ ⊙ v            (head_dim 1) | k̃_h v_hᵀ per head (head_dim > 1)
+    s  = DiagonalSSM(kv)   ("h3") | ShiftSSM(kv) ("shift" ablation)
+    y  = q ⊙ s            (head_dim 1) | q_hᵀ s_h per head
+    out = y W_o
+
+Channel order for head_dim d > 1 (as in the original H3): ``H = d_model / d`` heads; channel
+``h·d + i`` of q, k, v is entry i of head h; the kv channel for head h, key entry i and value
+entry j is ``(h·d + i)·d + j`` (so kv has ``H·d·d = d_model·d`` channels); the output
+channel ``h·d + j`` is ``Σ_i q[h·d + i] · s[(h·d + i)·d + j]``.
+
+Hook points (B = batch, L = length, D = d_model, C = kv channels = D·head_dim):
+``hook_q``, ``hook_k``, ``hook_v`` (B, L, D); ``hook_shift_kernel`` (D, min(N, L)) the shift
+filter on k; ``hook_shift`` (B, L, D) the shifted keys; ``hook_kv`` (B, L, C);
+``hook_kernel`` the kv SSM's kernel — (C, L) for the diagonal SSM, (C, min(N, L)) for the
+shift ablation; ``hook_diag`` (B, L, C) the kv SSM's output; ``hook_y`` (B, L, D) after the
+product with q; ``hook_out`` (B, L, D) after the output projection. Hooks fire in ``forward``
+only; ``step`` is the lean generation path.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from h3lab.nn.config import LMConfig
+from h3lab.nn.fftconv import fftconv
+from h3lab.nn.hooks import HookPoint
+from h3lab.nn.ssm import DiagonalSSM, DiagonalStepParams, ShiftSSM
+
+
+@dataclass
+class H3State:
+    """Fixed-size recurrent state of one H3 layer (independent of context length).
+
+    shift: (B, D, N) the last N keys; kv: the kv SSM's state — (B, C, N/2) complex for the
+    diagonal SSM, (B, C, N) real for the shift ablation; params: frozen discretisation of the
+    diagonal SSM (None for the ablation)."""
+
+    shift: Tensor
+    kv: Tensor
+    params: DiagonalStepParams | None
+
+
+class H3(nn.Module):
+    """One H3 mixer. ``kv_ssm="diag"`` is H3; ``"shift"`` is the shift-only ablation."""
+
+    def __init__(self, cfg: LMConfig, *, kv_ssm: Literal["diag", "shift"] = "diag") -> None:
+        super().__init__()
+        D, d = cfg.d_model, cfg.head_dim
+        self.d_model, self.head_dim, self.n_heads = D, d, D // d
+        self.kv_channels = D * d
+        self.in_proj = nn.Linear(D, 3 * D)  # q, k, v fused: one matmul
+        self.shift_ssm = ShiftSSM(D, cfg.d_state)
+        self.kv_ssm: DiagonalSSM | ShiftSSM
+        if kv_ssm == "diag":
+            self.kv_ssm = DiagonalSSM(
+                self.kv_channels,
+                cfg.d_state,
+                discretization=cfg.discretization,
+                dt_min=cfg.dt_min,
+                dt_max=cfg.dt_max,
+            )
+        elif kv_ssm == "shift":
+            self.kv_ssm = ShiftSSM(self.kv_channels, cfg.d_state)
+        else:
+            raise ValueError(f"unknown kv_ssm {kv_ssm!r}")
+        self.out_proj = nn.Linear(D, D)
+        for name in ("q", "k", "v", "shift_kernel", "shift", "kv", "kernel", "diag", "y", "out"):
+            self.add_module(f"hook_{name}", HookPoint())
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None, n_layer: int = 1) -> None:
+        std = 0.02
+        for lin, s in ((self.in_proj, std), (self.out_proj, std / math.sqrt(2 * n_layer))):
+            lin.weight.normal_(0.0, s, generator=generator)
+            lin.bias.zero_()
+        self.shift_ssm.reset_parameters(generator)
+        self.kv_ssm.reset_parameters(generator)
+
+    # ---------------------------------------------------------------- parallel (training) mode
+
+    def forward(self, x: Tensor, state: H3State | None = None) -> Tensor:
+        """x: (B, L, D) → (B, L, D), causal. With ``state`` (fresh, from
+        :meth:`allocate_state`) also leave in it the recurrent state after the sequence
+        (prefill), so :meth:`step` can continue from there."""
+        L = x.shape[1]
+        # Channels-first (B, 3D, L) straight out of the matmul: the FFTs then run over
+        # contiguous rows, with no transpose copy of q, k, v.
+        qkv = torch.matmul(self.in_proj.weight, x.mT) + self.in_proj.bias[:, None]  # (B, 3D, L)
+        q, k, v = qkv.chunk(3, dim=1)  # (B, D, L) each
+        q = self.hook_q(q.mT).mT
+        k = self.hook_k(k.mT).mT
+        v = self.hook_v(v.mT).mT
+
+        shift_kernel = self.hook_shift_kernel(self.shift_ssm.kernel(L))  # (D, ≤N)
+        k_shift = fftconv(k, shift_kernel, self.shift_ssm.D)  # (B, D, L)
+        k_shift = self.hook_shift(k_shift.mT).mT
+
+        kv = self._outer(k_shift, v)  # (B, C, L)
+        kv = self.hook_kv(kv.mT).mT
+        kernel = self.hook_kernel(self.kv_ssm.kernel(L))  # (C, L) or (C, ≤N)
+        s = fftconv(kv, kernel, self.kv_ssm.D)  # (B, C, L)
+        s = self.hook_diag(s.mT).mT
+
+        y = self._contract(q, s)  # (B, D, L)
+        y = self.hook_y(y.mT)  # (B, L, D)
+        out = self.hook_out(self.out_proj(y))  # (B, L, D)
+        if state is not None:
+            self.shift_ssm.prefill_state(k, state.shift)
+            self.kv_ssm.prefill_state(kv, state.kv)
+        return out
+
+    def _outer(self, k: Tensor, v: Tensor) -> Tensor:
+        """kv channels from k, v (B, D, ·): elementwise for head_dim 1, else per-head outer
+        product in the (h, i, j) channel order of the module docstring. Works for any trailing
+        length, including the single step (B, D, 1)."""
+        if self.head_dim == 1:
+            return k * v
+        d = self.head_dim
+        kh = rearrange(k, "b (h i) l -> b h i 1 l", i=d)
+        vh = rearrange(v, "b (h j) l -> b h 1 j l", j=d)
+        return rearrange(kh * vh, "b h i j l -> b (h i j) l")  # (B, C, L)
+
+    def _contract(self, q: Tensor, s: Tensor) -> Tensor:
+        """y (B, D, ·) from q (B, D, ·) and kv-SSM output s (B, C, ·): ``y_h = q_hᵀ s_h``."""
+        if self.head_dim == 1:
+            return q * s
+        d = self.head_dim
+        qh = rearrange(q, "b (h i) l -> b h i 1 l", i=d)
+        sh = rearrange(s, "b (h i j) l -> b h i j l", i=d, j=d)
+        return rearrange((qh * sh).sum(2), "b h j l -> b (h j) l")  # (B, D, L)
+
+    # -------------------------------------------------------------- recurrent (generation) mode
+
+    def allocate_state(
+        self,
+        batch: int,
+        max_len: int = 0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> H3State:
+        """Zero state for ``batch`` sequences. Its size does not depend on ``max_len``
+        (accepted for symmetry with attention's KV cache)."""
+        p = self.in_proj.weight
+        device = torch.device(device) if device is not None else p.device
+        dtype = dtype or p.dtype
+        params = self.kv_ssm.step_params() if isinstance(self.kv_ssm, DiagonalSSM) else None
+        return H3State(
+            shift=self.shift_ssm.allocate_state(batch, device, dtype),
+            kv=self.kv_ssm.allocate_state(batch, device, dtype),
+            params=params,
+        )
+
+    def step(self, x: Tensor, state: H3State) -> Tensor:
+        """One token. x: (B, D) → (B, D); ``state`` advances in place. Equals the matching
+        row of :meth:`forward` over the whole sequence."""
+        q, k, v = self.in_proj(x).chunk(3, dim=-1)  # (B, D) each
+        k = self.shift_ssm.step(k, state.shift)
+        kv = k * v if self.head_dim == 1 else self._outer(k[..., None], v[..., None])[..., 0]
+        if state.params is not None:
+            s = DiagonalSSM.step(kv, state.kv, state.params)
+        else:
+            assert isinstance(self.kv_ssm, ShiftSSM)
+            s = self.kv_ssm.step(kv, state.kv)
+        y = q * s if self.head_dim == 1 else self._contract(q[..., None], s[..., None])[..., 0]
+        return self.out_proj(y)

@@ -1,0 +1,406 @@
+"""Correctness of the neural-network core: every fast path against its slow reference.
+
+Tiny sizes throughout; the whole file runs in seconds on two cores.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from h3lab.nn.attention import Attention
+from h3lab.nn.config import LMConfig, preset_mixers
+from h3lab.nn.fftconv import direct_conv_ref, fftconv, next_fast_len
+from h3lab.nn.h3 import H3
+from h3lab.nn.lm import LanguageModel, build_mixer
+from h3lab.nn.s4d import S4D
+from h3lab.nn.ssm import DiagonalSSM, vandermonde_kernel, vandermonde_kernel_ref
+
+VOCAB = 13
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a − b| / max |b| — the "relative" error the step/forward contracts promise."""
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+
+def cfg_for(mixer: str, **kw: object) -> LMConfig:
+    base: dict[str, object] = dict(
+        vocab_size=VOCAB, d_model=16, mixers=(mixer,), d_state=8, n_head=2, mlp_ratio=2
+    )
+    base.update(kw)
+    return LMConfig(**base)  # type: ignore[arg-type]
+
+
+def layer(mixer: str, *, head_dim: int = 1, dtype: torch.dtype = torch.float32, **kw: object):
+    torch.manual_seed(0)
+    m = build_mixer(mixer, cfg_for(mixer, head_dim=head_dim, **kw)).to(dtype)
+    m.reset_parameters(gen(1))
+    # Spread dt over a wider range than the init so slow and fast modes both show up.
+    for mod in m.modules():
+        if isinstance(mod, DiagonalSSM):
+            with torch.no_grad():
+                mod.log_dt.copy_(torch.linspace(math.log(0.01), math.log(0.5), mod.channels))
+    return m
+
+
+MIXER_CASES = [
+    ("h3", 1),
+    ("h3", 2),
+    ("h3", 4),
+    ("shift", 1),
+    ("shift", 2),
+    ("s4d", 1),
+    ("attn", 1),
+]
+CASE_IDS = [f"{m}-hd{h}" for m, h in MIXER_CASES]
+
+
+# ------------------------------------------------------------------------------ kernels
+
+
+@pytest.mark.parametrize("L,Lk", [(1, 1), (7, 7), (16, 16), (33, 5), (50, 50), (12, 40)])
+def test_fftconv_equals_direct_causal_convolution(L: int, Lk: int) -> None:
+    g = gen()
+    u = torch.randn(3, 4, L, generator=g, dtype=torch.float64)
+    k = torch.randn(4, Lk, generator=g, dtype=torch.float64)
+    D = torch.randn(4, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(fftconv(u, k, D), direct_conv_ref(u, k, D), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(fftconv(u, k), direct_conv_ref(u, k), rtol=1e-10, atol=1e-10)
+
+
+def test_direct_reference_is_the_textbook_causal_sum() -> None:
+    g = gen()
+    u = torch.randn(1, 2, 6, generator=g, dtype=torch.float64)
+    k = torch.randn(2, 6, generator=g, dtype=torch.float64)
+    want = torch.zeros_like(u)
+    for t in range(6):
+        for s in range(t + 1):
+            want[..., t] += k[:, t - s] * u[..., s]
+    torch.testing.assert_close(direct_conv_ref(u, k), want)
+
+
+def test_next_fast_len_is_the_smallest_5_smooth_length_at_least_n() -> None:
+    def smooth(m: int) -> bool:
+        for p in (2, 3, 5):
+            while m % p == 0:
+                m //= p
+        return m == 1
+
+    for n in range(1, 600):
+        got = next_fast_len(n)
+        assert got >= n and smooth(got)
+        assert not any(smooth(m) for m in range(n, got))
+
+
+@pytest.mark.parametrize("discretization", ["zoh", "bilinear"])
+@pytest.mark.parametrize("L", [1, 5, 16, 37, 100])
+def test_fast_vandermonde_kernel_equals_the_slow_loop_reference(
+    discretization: str, L: int
+) -> None:
+    ssm = DiagonalSSM(6, 8, discretization=discretization, dt_min=0.01, dt_max=0.5)  # type: ignore[arg-type]
+    ssm.reset_parameters(gen(2))
+    ssm = ssm.double()
+    fast, slow = ssm.kernel(L), ssm.kernel_ref(L)
+    assert fast.shape == (6, L)
+    torch.testing.assert_close(fast, slow, rtol=1e-9, atol=1e-12)
+
+
+def test_vandermonde_kernel_is_twice_the_real_part_of_the_closed_form() -> None:
+    g = gen()
+    W = torch.randn(3, 4, dtype=torch.complex128, generator=g)
+    log_A = torch.complex(
+        -torch.rand(3, 4, dtype=torch.float64, generator=g),
+        torch.randn(3, 4, dtype=torch.float64, generator=g),
+    )
+    ls = torch.arange(20, dtype=torch.float64)
+    want = 2 * (W[..., None] * torch.exp(log_A[..., None] * ls)).sum(1).real
+    torch.testing.assert_close(vandermonde_kernel(W, log_A, 20), want)
+    torch.testing.assert_close(vandermonde_kernel_ref(W, log_A.exp(), 20), want)
+
+
+# ------------------------------------------------------------------- step vs parallel
+
+
+@pytest.mark.parametrize("mixer,head_dim", MIXER_CASES, ids=CASE_IDS)
+def test_step_over_a_sequence_equals_the_parallel_forward(mixer: str, head_dim: int) -> None:
+    m = layer(mixer, head_dim=head_dim)
+    x = torch.randn(2, 19, 16, generator=gen(3))
+    with torch.no_grad():
+        want = m(x)
+        state = m.allocate_state(2, 19)
+        got = torch.stack([m.step(x[:, t], state) for t in range(19)], dim=1)
+    assert rel_err(got, want) <= 1e-5
+
+
+@pytest.mark.parametrize("mixer,head_dim", MIXER_CASES, ids=CASE_IDS)
+def test_prefill_leaves_the_state_that_stepping_would(mixer: str, head_dim: int) -> None:
+    m = layer(mixer, head_dim=head_dim)
+    x = torch.randn(2, 23, 16, generator=gen(4))
+    with torch.no_grad():
+        want = m(x)
+        state = m.allocate_state(2, 23)
+        m(x[:, :15], state)
+        got = torch.stack([m.step(x[:, t], state) for t in range(15, 23)], dim=1)
+    assert rel_err(got, want[:, 15:]) <= 1e-5
+
+
+def test_language_model_step_equals_forward_for_a_hybrid_model() -> None:
+    cfg = LMConfig(
+        vocab_size=VOCAB,
+        d_model=16,
+        mixers=("h3", "attn", "s4d", "shift", "h3"),
+        d_state=8,
+        head_dim=2,
+        n_head=2,
+    )
+    m = LanguageModel(cfg, gen(5)).eval()
+    ids = torch.randint(0, VOCAB, (2, 17), generator=gen(6))
+    with torch.no_grad():
+        want = m(ids)
+        state = m.allocate_inference_state(2, 17)
+        got = torch.stack([m.step(ids[:, t], state) for t in range(17)], dim=1)
+    assert got.shape == (2, 17, VOCAB)
+    assert rel_err(got, want) <= 1e-5
+    assert state.pos == 17
+
+
+@pytest.mark.parametrize("mixer,head_dim", MIXER_CASES, ids=CASE_IDS)
+def test_changing_later_tokens_leaves_earlier_outputs_unchanged(mixer: str, head_dim: int) -> None:
+    m = LanguageModel(cfg_for(mixer, head_dim=head_dim), gen(7)).eval()
+    ids = torch.randint(0, VOCAB, (2, 20), generator=gen(8))
+    t = 11
+    changed = ids.clone()
+    changed[:, t + 1 :] = torch.randint(0, VOCAB, (2, 20 - t - 1), generator=gen(9))
+    with torch.no_grad():
+        a, b = m(ids), m(changed)
+    torch.testing.assert_close(a[:, : t + 1], b[:, : t + 1], rtol=0, atol=1e-5)
+    assert (a[:, t + 1 :] - b[:, t + 1 :]).abs().max() > 1e-4  # and later ones do change
+
+
+# ------------------------------------------------------------------------- gradients
+
+
+def test_fftconv_gradients_match_finite_differences() -> None:
+    g = gen()
+    u = torch.randn(2, 3, 9, generator=g, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(3, 9, generator=g, dtype=torch.float64, requires_grad=True)
+    D = torch.randn(3, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(fftconv, (u, k, D))
+
+
+class _KernelOf(torch.nn.Module):
+    """Exposes ``DiagonalSSM.kernel(L)`` as a forward, so ``functional_call`` can feed it
+    parameters as gradcheck inputs."""
+
+    def __init__(self, ssm: DiagonalSSM, L: int) -> None:
+        super().__init__()
+        self.ssm, self.L = ssm, L
+
+    def forward(self) -> torch.Tensor:
+        return self.ssm.kernel(self.L)
+
+
+@pytest.mark.parametrize("discretization", ["zoh", "bilinear"])
+def test_diagonal_kernel_gradients_match_finite_differences(discretization: str) -> None:
+    ssm = DiagonalSSM(3, 4, discretization=discretization).double()  # type: ignore[arg-type]
+    ssm.reset_parameters(gen(10))
+    wrapper = _KernelOf(ssm, 11)
+    names = ("log_dt", "log_A_real", "A_imag", "B", "C")
+
+    def kernel(*ps: torch.Tensor) -> torch.Tensor:
+        params = {f"ssm.{n}": p for n, p in zip(names, ps, strict=True)}
+        return torch.func.functional_call(wrapper, params, (), strict=False)
+
+    inputs = tuple(getattr(ssm, n).detach().clone().requires_grad_() for n in names)
+    assert torch.autograd.gradcheck(kernel, inputs)
+
+
+@pytest.mark.parametrize("mixer,head_dim", [("h3", 1), ("h3", 2), ("shift", 1), ("s4d", 1)])
+def test_layer_input_gradients_match_finite_differences(mixer: str, head_dim: int) -> None:
+    m = layer(mixer, head_dim=head_dim, dtype=torch.float64, d_model=4, d_state=4)
+    x = torch.randn(1, 6, 4, generator=gen(11), dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(m, (x,))
+
+
+# ---------------------------------------------------------------------- generation
+
+
+def test_greedy_generate_equals_argmax_of_repeated_full_forward() -> None:
+    cfg = LMConfig(vocab_size=VOCAB, d_model=16, mixers=("h3", "attn"), d_state=8, n_head=2)
+    m = LanguageModel(cfg, gen(12))
+    prompt = torch.randint(0, VOCAB, (2, 5), generator=gen(13))
+    out = m.generate(prompt, 9)
+    assert out.shape == (2, 14)
+    assert torch.equal(out[:, :5], prompt)
+    seq = prompt
+    with torch.no_grad():
+        for _ in range(9):
+            seq = torch.cat([seq, m(seq)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(out, seq)
+    assert m.training  # generate restores the mode it found
+
+
+def test_sampling_is_reproducible_given_a_generator() -> None:
+    m = LanguageModel(cfg_for("h3"), gen(14))
+    prompt = torch.randint(0, VOCAB, (3, 4), generator=gen(15))
+    a = m.generate(prompt, 6, temperature=1.0, top_k=5, generator=gen(16))
+    b = m.generate(prompt, 6, temperature=1.0, top_k=5, generator=gen(16))
+    assert torch.equal(a, b)
+
+
+# ----------------------------------------------------------------------------- hooks
+
+
+def hybrid_cfg() -> LMConfig:
+    return LMConfig.from_preset(
+        "hybrid", n_layer=3, vocab_size=VOCAB, d_model=16, d_state=8, head_dim=2, n_head=2
+    )
+
+
+def test_hook_names_are_stable() -> None:
+    names = LanguageModel(hybrid_cfg(), gen(0)).hook_names()
+    assert names == LanguageModel(hybrid_cfg(), gen(1)).hook_names()
+    h3 = [
+        f"blocks.0.mixer.hook_{n}"
+        for n in ("q", "k", "v", "shift_kernel", "shift", "kv", "kernel", "diag", "y", "out")
+    ]
+    attn = [f"blocks.1.mixer.hook_{n}" for n in ("q", "k", "v", "pattern", "z", "out")]
+    resid = [f"blocks.{i}.hook_resid_{w}" for i in range(3) for w in ("pre", "mid", "post")]
+    assert names[0] == "hook_embed"
+    assert set(h3 + attn + resid) <= set(names)
+    assert len(names) == len(set(names))
+
+
+def test_run_with_cache_returns_the_documented_shapes() -> None:
+    m = LanguageModel(hybrid_cfg(), gen(0))
+    ids = torch.randint(0, VOCAB, (2, 10), generator=gen(1))
+    logits, cache = m.run_with_cache(ids)
+    assert set(cache) == set(m.hook_names())
+    torch.testing.assert_close(logits, m(ids))
+    B, L, D, C, N = 2, 10, 16, 32, 8
+    expected = {
+        "hook_embed": (B, L, D),
+        "blocks.0.mixer.hook_q": (B, L, D),
+        "blocks.0.mixer.hook_shift_kernel": (D, N),
+        "blocks.0.mixer.hook_shift": (B, L, D),
+        "blocks.0.mixer.hook_kv": (B, L, C),
+        "blocks.0.mixer.hook_kernel": (C, L),
+        "blocks.0.mixer.hook_diag": (B, L, C),
+        "blocks.0.mixer.hook_y": (B, L, D),
+        "blocks.0.mixer.hook_out": (B, L, D),
+        "blocks.1.mixer.hook_q": (B, 2, L, 8),
+        "blocks.1.mixer.hook_pattern": (B, 2, L, L),
+        "blocks.1.mixer.hook_z": (B, L, D),
+        "blocks.2.hook_resid_post": (B, L, D),
+    }
+    for name, shape in expected.items():
+        assert tuple(cache[name].shape) == shape, name
+        assert not cache[name].requires_grad
+    pattern = cache["blocks.1.mixer.hook_pattern"]
+    torch.testing.assert_close(pattern.sum(-1), torch.ones(B, 2, L))
+    assert pattern.triu(1).abs().max() == 0  # causal
+
+
+def test_run_with_cache_records_only_the_names_asked_for() -> None:
+    m = LanguageModel(hybrid_cfg(), gen(0))
+    ids = torch.randint(0, VOCAB, (1, 6), generator=gen(1))
+    _, cache = m.run_with_cache(ids, ["blocks.0.mixer.hook_kernel"])
+    assert list(cache) == ["blocks.0.mixer.hook_kernel"]
+    with pytest.raises(KeyError):
+        m.run_with_cache(ids, ["blocks.9.nope"])
+    assert not any(mod._forward_hooks for mod in m.modules())  # hooks removed afterwards
+
+
+def test_explicit_attention_pattern_path_equals_sdpa() -> None:
+    m = LanguageModel(cfg_for("attn"), gen(0))
+    ids = torch.randint(0, VOCAB, (2, 9), generator=gen(1))
+    logits, _ = m.run_with_cache(ids, ["blocks.0.mixer.hook_pattern"])
+    torch.testing.assert_close(logits, m(ids), rtol=1e-5, atol=1e-6)
+
+
+def test_a_hook_can_replace_the_kernel() -> None:
+    m = LanguageModel(cfg_for("h3"), gen(0))
+    ids = torch.randint(0, VOCAB, (1, 8), generator=gen(1))
+    point = dict(m.named_modules())["blocks.0.mixer.hook_kernel"]
+    h = point.register_forward_hook(lambda _m, _a, out: torch.zeros_like(out))
+    try:
+        _, cache = m.run_with_cache(ids, ["blocks.0.mixer.hook_diag", "blocks.0.mixer.hook_kv"])
+    finally:
+        h.remove()
+    mixer = m.blocks[0].mixer
+    assert isinstance(mixer, H3)
+    D = mixer.kv_ssm.D.detach()
+    torch.testing.assert_close(
+        cache["blocks.0.mixer.hook_diag"], cache["blocks.0.mixer.hook_kv"] * D
+    )
+
+
+# ------------------------------------------------------------------ config and init
+
+
+def test_hybrid_preset_puts_attention_at_layer_1_and_after_the_middle() -> None:
+    assert preset_mixers("hybrid", 2) == ("h3", "attn")
+    assert preset_mixers("hybrid", 4) == ("h3", "attn", "attn", "h3")
+    assert preset_mixers("hybrid", 12).count("attn") == 2
+    assert [i for i, k in enumerate(preset_mixers("hybrid", 12)) if k == "attn"] == [1, 6]
+    assert preset_mixers("hybrid", 1) == ("attn",)
+
+
+def test_model_builds_the_mixer_each_layer_asks_for() -> None:
+    cfg = LMConfig(vocab_size=VOCAB, d_model=16, mixers=("h3", "attn", "s4d", "shift"), d_state=8)
+    m = LanguageModel(cfg, gen(0))
+    kinds = [type(b.mixer) for b in m.blocks]
+    assert kinds == [H3, Attention, S4D, H3]
+    assert m.blocks[3].mixer.kv_ssm.__class__.__name__ == "ShiftSSM"
+
+
+def test_init_is_deterministic_given_a_generator_and_leaves_the_global_rng_alone() -> None:
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    a = LanguageModel(hybrid_cfg(), gen(42))
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.manual_seed(999)
+    b = LanguageModel(hybrid_cfg(), gen(42))
+    for (na, pa), (nb, pb) in zip(a.named_parameters(), b.named_parameters(), strict=True):
+        assert na == nb and torch.equal(pa, pb), na
+    torch.manual_seed(7)
+    c = LanguageModel(hybrid_cfg())
+    torch.manual_seed(7)
+    d = LanguageModel(hybrid_cfg())
+    assert all(torch.equal(p, q) for p, q in zip(c.parameters(), d.parameters(), strict=True))
+
+
+def test_embeddings_are_tied_when_asked() -> None:
+    m = LanguageModel(cfg_for("h3"), gen(0))
+    assert m.lm_head.weight is m.embed.weight
+    u = LanguageModel(cfg_for("h3", tie_embeddings=False), gen(0))
+    assert u.lm_head.weight is not u.embed.weight
+
+
+def test_optimiser_groups_are_disjoint_and_name_real_parameters() -> None:
+    m = LanguageModel(hybrid_cfg(), gen(0))
+    params = dict(m.named_parameters())
+    ssm, no_decay = m.ssm_parameter_names(), m.no_decay_parameter_names()
+    assert ssm <= set(params) and no_decay <= set(params)
+    assert not ssm & no_decay
+    assert "blocks.0.mixer.kv_ssm.log_dt" in ssm and "blocks.0.mixer.shift_ssm.C" in ssm
+    assert "embed.weight" in no_decay and "blocks.0.mixer.in_proj.bias" in no_decay
+    assert "blocks.0.mixer.in_proj.weight" not in ssm | no_decay  # matrices decay
+    assert all(params[n].ndim >= 2 for n in set(params) - ssm - no_decay)
+
+
+def test_diagonal_ssm_starts_at_s4d_lin() -> None:
+    ssm = DiagonalSSM(5, 8, dt_min=0.001, dt_max=0.1)
+    ssm.reset_parameters(gen(0))
+    A = torch.complex(-torch.exp(ssm.log_A_real), ssm.A_imag)
+    want = torch.complex(torch.full((4,), -0.5), math.pi * torch.arange(4.0))
+    torch.testing.assert_close(A, want.expand(5, 4))
+    dt = ssm.log_dt.exp()
+    assert bool(((dt >= 0.001) & (dt <= 0.1)).all())
