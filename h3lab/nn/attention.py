@@ -68,8 +68,8 @@ class Attention(nn.Module):
             raise ValueError("rotary embeddings need an even head dimension")
         self.in_proj = nn.Linear(D, 3 * D)
         self.out_proj = nn.Linear(D, D)
-        for name in ("q", "k", "v", "pattern", "z", "out"):
-            self.add_module(f"hook_{name}", HookPoint())
+        self.hook_q, self.hook_k, self.hook_v = HookPoint(), HookPoint(), HookPoint()
+        self.hook_pattern, self.hook_z, self.hook_out = HookPoint(), HookPoint(), HookPoint()
 
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None, n_layer: int = 1) -> None:

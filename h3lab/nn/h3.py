@@ -74,8 +74,10 @@ class H3(nn.Module):
         else:
             raise ValueError(f"unknown kv_ssm {kv_ssm!r}")
         self.out_proj = nn.Linear(D, D)
-        for name in ("q", "k", "v", "shift_kernel", "shift", "kv", "kernel", "diag", "y", "out"):
-            self.add_module(f"hook_{name}", HookPoint())
+        self.hook_q, self.hook_k, self.hook_v = HookPoint(), HookPoint(), HookPoint()
+        self.hook_shift_kernel, self.hook_shift = HookPoint(), HookPoint()
+        self.hook_kv, self.hook_kernel, self.hook_diag = HookPoint(), HookPoint(), HookPoint()
+        self.hook_y, self.hook_out = HookPoint(), HookPoint()
 
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None, n_layer: int = 1) -> None:

@@ -22,7 +22,7 @@ import functools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -70,9 +70,9 @@ class Block(nn.Module):
         super().__init__()
         self.kind = kind
         self.ln_mixer = nn.LayerNorm(cfg.d_model)
-        self.mixer = build_mixer(kind, cfg)
+        self.mixer: Mixer = build_mixer(kind, cfg)
         self.ln_mlp = nn.LayerNorm(cfg.d_model) if cfg.mlp_ratio else None
-        self.mlp = MLP(cfg.d_model, cfg.mlp_ratio) if cfg.mlp_ratio else None
+        self.mlp: MLP | None = MLP(cfg.d_model, cfg.mlp_ratio) if cfg.mlp_ratio else None
         self.dropout = nn.Dropout(cfg.dropout)
         self.hook_resid_pre = HookPoint()
         self.hook_resid_mid = HookPoint()
@@ -127,6 +127,11 @@ class LanguageModel(nn.Module):
             self.lm_head.weight = self.embed.weight
         self.reset_parameters(generator)
 
+    @property
+    def block_list(self) -> list[Block]:
+        """The blocks, typed (``self.blocks`` is an ``nn.ModuleList``)."""
+        return cast(list[Block], list(self.blocks))
+
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """GPT-2-style init (N(0, 0.02), residual output projections scaled by
@@ -134,7 +139,7 @@ class LanguageModel(nn.Module):
         seed determines the whole model."""
         n_layer = self.cfg.n_layer
         self.embed.weight.normal_(0.0, 0.02, generator=generator)
-        for block in self.blocks:
+        for block in self.block_list:
             for ln in (block.ln_mixer, block.ln_mlp):
                 if ln is not None:
                     ln.reset_parameters()
@@ -155,7 +160,7 @@ class LanguageModel(nn.Module):
         """input_ids: (B, L) int64 → logits (B, L, vocab_size) float. Causal: position t's
         logits depend on tokens ≤ t only. With a fresh ``state``, also prefill it."""
         x = self.drop_embed(self.hook_embed(self.embed(input_ids)))  # (B, L, D)
-        for i, block in enumerate(self.blocks):
+        for i, block in enumerate(self.block_list):
             x = block(x, None if state is None else state.layers[i])
         if state is not None:
             state.pos = input_ids.shape[1]
@@ -178,7 +183,7 @@ class LanguageModel(nn.Module):
         allocate after the parameters last change."""
         p = self.embed.weight
         layers = [
-            b.mixer.allocate_state(batch_size, max_len, p.device, p.dtype) for b in self.blocks
+            b.mixer.allocate_state(batch_size, max_len, p.device, p.dtype) for b in self.block_list
         ]
         return InferenceState(layers=layers, max_len=max_len)
 
@@ -187,7 +192,7 @@ class LanguageModel(nn.Module):
         """tokens: (B,) int64, the next token of each sequence → logits (B, V) for the token
         after it. Advances ``state`` in place."""
         x = self.embed(tokens)  # (B, D)
-        for block, s in zip(self.blocks, state.layers, strict=True):
+        for block, s in zip(self.block_list, state.layers, strict=True):
             x = block.step(x, s)
         state.pos += 1
         return self.lm_head(self.ln_final(x))
@@ -268,6 +273,7 @@ class LanguageModel(nn.Module):
         ``C`` (the skip weights ``D`` are ordinary no-decay parameters)."""
         names: set[str] = set()
         for mod_name, mod in self.named_modules():
+            own: tuple[str, ...]
             if isinstance(mod, DiagonalSSM):
                 own = ("log_dt", "log_A_real", "A_imag", "B", "C")
             elif isinstance(mod, ShiftSSM):

@@ -44,8 +44,8 @@ class S4D(nn.Module):
             dt_max=cfg.dt_max,
         )
         self.out_proj = nn.Linear(D, D)
-        for name in ("in", "kernel", "diag", "out"):
-            self.add_module(f"hook_{name}", HookPoint())
+        self.hook_in, self.hook_kernel = HookPoint(), HookPoint()
+        self.hook_diag, self.hook_out = HookPoint(), HookPoint()
 
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None, n_layer: int = 1) -> None:

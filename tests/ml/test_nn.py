@@ -16,7 +16,7 @@ from h3lab.nn.fftconv import direct_conv_ref, fftconv, next_fast_len
 from h3lab.nn.h3 import H3
 from h3lab.nn.lm import LanguageModel, build_mixer
 from h3lab.nn.s4d import S4D
-from h3lab.nn.ssm import DiagonalSSM, vandermonde_kernel, vandermonde_kernel_ref
+from h3lab.nn.ssm import DiagonalSSM, ShiftSSM, vandermonde_kernel, vandermonde_kernel_ref
 
 VOCAB = 13
 
@@ -334,7 +334,7 @@ def test_a_hook_can_replace_the_kernel() -> None:
         _, cache = m.run_with_cache(ids, ["blocks.0.mixer.hook_diag", "blocks.0.mixer.hook_kv"])
     finally:
         h.remove()
-    mixer = m.blocks[0].mixer
+    mixer = m.block_list[0].mixer
     assert isinstance(mixer, H3)
     D = mixer.kv_ssm.D.detach()
     torch.testing.assert_close(
@@ -356,9 +356,10 @@ def test_hybrid_preset_puts_attention_at_layer_1_and_after_the_middle() -> None:
 def test_model_builds_the_mixer_each_layer_asks_for() -> None:
     cfg = LMConfig(vocab_size=VOCAB, d_model=16, mixers=("h3", "attn", "s4d", "shift"), d_state=8)
     m = LanguageModel(cfg, gen(0))
-    kinds = [type(b.mixer) for b in m.blocks]
+    kinds = [type(b.mixer) for b in m.block_list]
     assert kinds == [H3, Attention, S4D, H3]
-    assert m.blocks[3].mixer.kv_ssm.__class__.__name__ == "ShiftSSM"
+    shift = m.block_list[3].mixer
+    assert isinstance(shift, H3) and isinstance(shift.kv_ssm, ShiftSSM)
 
 
 def test_init_is_deterministic_given_a_generator_and_leaves_the_global_rng_alone() -> None:
