@@ -319,6 +319,16 @@ def reap_stale_runs(
     return reaped
 
 
+# --- artifacts -------------------------------------------------------------------------------
+
+
+def record_artifact_download(artifact: Artifact, acting_user: Any) -> None:
+    """Announce that ``acting_user`` (None or anonymous for the public) fetched an artifact's
+    bytes, so the audit log records who downloaded what. Changes no row itself."""
+    actor = acting_user if _is_user(acting_user) else None
+    _announce(actor, "artifact.download", artifact, new={"sha256": artifact.sha256})
+
+
 # --- findings --------------------------------------------------------------------------------
 
 
@@ -390,5 +400,6 @@ __all__ = [
     "fail_run",
     "heartbeat",
     "reap_stale_runs",
+    "record_artifact_download",
     "record_progress",
 ]
