@@ -85,6 +85,7 @@ def check_submit_run(
     name: str = "",
     queue: str = "cpu",
     rerun_of: Run | None = None,
+    enqueue: bool = True,
     acting_user: Any,
 ) -> Run:
     """Validate ``config`` against :class:`h3lab.config.RunConfig` (raises ConfigError naming
@@ -97,6 +98,7 @@ def check_submit_run(
         name=name,
         queue=queue,
         rerun_of=rerun_of,
+        enqueue=enqueue,
         acting_user=acting_user,
     )
 
@@ -109,8 +111,11 @@ def do_submit_run(
     name: str = "",
     queue: str = "cpu",
     rerun_of: Run | None = None,
+    enqueue: bool = True,
     acting_user: Any,
 ) -> Run:
+    """Create the run (queued) and send its job after commit. ``enqueue=False`` leaves the
+    job to the caller, which runs :func:`h3lab.jobs.execute_run` itself (the demo loader)."""
     with transaction.atomic():
         experiment, _ = Experiment.objects.get_or_create(
             project=project,
@@ -130,7 +135,8 @@ def do_submit_run(
             rerun_of=rerun_of,
         )
         _announce(acting_user, "run.submit", run, new={"config": run.config, "queue": queue})
-        enqueue_run(run)
+        if enqueue:
+            enqueue_run(run)
     return run
 
 
@@ -160,7 +166,8 @@ def do_cancel_run(run: Run, *, acting_user: Any) -> bool:
         old_status = run.status
         n = changed.update(status=RunStatus.CANCELLED, finished_at=now, eta_s=None)
         if n:
-            _announce(acting_user, "run.cancel", run, old={"status": old_status}, new={"status": "cancelled"})
+            old, new = {"status": old_status}, {"status": RunStatus.CANCELLED.value}
+            _announce(acting_user, "run.cancel", run, old=old, new=new)
     run.refresh_from_db()
     return bool(n)
 
@@ -358,9 +365,7 @@ def do_record_finding(
         finding.artifacts.set(artifacts)
         snaps = []
         for run, name in snapshot_metrics:
-            point = (
-                MetricPoint.objects.filter(run=run, name=name).order_by("-step").first()
-            )
+            point = MetricPoint.objects.filter(run=run, name=name).order_by("-step").first()
             if point is not None:
                 snaps.append(
                     MetricSnapshot(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
+from typing import Any
 
 from celery import Celery
 from kombu import Queue
@@ -30,6 +32,20 @@ def _beat_schedule() -> dict[str, dict[str, object]]:
     }
 
 
+def ensure_embedded_dirs(conf: Any) -> None:
+    """The filesystem broker and file result backend need their folders to exist; create them
+    so a fresh clone works without a setup step."""
+    if str(conf.broker_url or "").startswith("filesystem://"):
+        opts = conf.broker_transport_options or {}
+        for key in ("data_folder_in", "data_folder_out", "control_folder"):
+            if opts.get(key):
+                Path(opts[key]).mkdir(parents=True, exist_ok=True)
+    backend = str(conf.result_backend or "")
+    if backend.startswith("file://"):
+        Path(backend.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
+
+
 @app.on_after_configure.connect
 def _setup_periodic(sender: Celery, **kwargs: object) -> None:
     sender.conf.beat_schedule = {**_beat_schedule(), **(sender.conf.beat_schedule or {})}
+    ensure_embedded_dirs(sender.conf)

@@ -138,9 +138,7 @@ def execute_run(run_id: int, *, task_id: str = "") -> str:
     workdir = run_workdir(run_id)
     workdir.mkdir(parents=True, exist_ok=True)
     recorder = ProgressRecorder(run_id, claim.token)
-    liveness = Liveness(
-        lambda: actions.heartbeat(run_id, claim.token), settings.H3LAB_HEARTBEAT_S
-    )
+    liveness = Liveness(lambda: actions.heartbeat(run_id, claim.token), settings.H3LAB_HEARTBEAT_S)
     with liveness:
         callbacks = Callbacks(
             on_progress=recorder.progress,

@@ -1,0 +1,255 @@
+"""``manage.py load_demo``: a small, realistic lab to click through (``make run`` calls it).
+
+Idempotent: users are created or have their demo password reset, projects and findings are
+created once, and the demo runs are trained only while a project has none. The runs really
+train (tiny models, seconds each) through :func:`h3lab.jobs.execute_run`, the same code path
+the Celery worker takes, so metrics, plots and artifacts are genuine.
+
+Each step is a small function so other apps can add theirs (reviews, grants, …) to
+:data:`STEPS` without touching the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.contrib.auth.models import Group, User
+from django.core.management.base import BaseCommand, CommandParser
+from django.db import transaction
+
+from experiments import actions
+from experiments.models import Finding, Project, Run, RunStatus
+from h3lab.config import RunConfig, TaskConfig, TrainConfig
+
+# Demo-only credentials, printed by the command and listed in the README. SECURITY: never use
+# load_demo on a deployment that faces the internet.
+REVIEW_BOARD = "review board"
+RELEASE_MANAGERS = "release managers"
+
+
+@dataclass(frozen=True)
+class Persona:
+    username: str
+    password: str
+    role: str
+    projects: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+    superuser: bool = False
+
+
+PERSONAS: tuple[Persona, ...] = (
+    Persona("ada", "ada-h3lab-demo", "researcher", projects=("induction-heads",)),
+    Persona("grace", "grace-h3lab-demo", "researcher (second project)", ("associative-recall",)),
+    Persona("rosalind", "rosalind-h3lab-demo", "reviewer (review board)", groups=(REVIEW_BOARD,)),
+    Persona("mary", "mary-h3lab-demo", "release manager", groups=(RELEASE_MANAGERS,)),
+    Persona("chen", "chen-h3lab-demo", "collaborator (trusted partner)"),
+    Persona("oscar", "oscar-h3lab-demo", "outsider (signed in, no project)"),
+    Persona("admin", "admin-h3lab-demo", "lab admin (superuser)", superuser=True),
+)
+
+PROJECTS: tuple[tuple[str, str, str], ...] = (
+    (
+        "induction-heads",
+        "Induction heads",
+        "Do H3 layers learn induction-head behaviour as attention does? (Fu, Dao et al. 2022)",
+    ),
+    (
+        "associative-recall",
+        "Associative recall",
+        "Key-value recall with state-space models versus attention.",
+    ),
+)
+
+
+@dataclass
+class Demo:
+    """What the steps build, handed from one step to the next."""
+
+    users: dict[str, User] = field(default_factory=dict)
+    projects: dict[str, Project] = field(default_factory=dict)
+    runs: dict[str, Run] = field(default_factory=dict)
+    log: Callable[[str], None] = print
+
+
+def _tiny(preset: str, task: str, *, steps: int, seed: int = 0, **task_kw: Any) -> RunConfig:
+    """A config that trains in a few seconds on a CPU."""
+    task_cfg = TaskConfig(
+        task, vocab_size=8, seq_len=16, num_train=256, num_test=64, seed=seed, **task_kw
+    )
+    train = TrainConfig(
+        steps=steps,
+        batch_size=16,
+        lr=3e-3,
+        warmup_steps=5,
+        eval_every=20,
+        checkpoint_every=1000,
+        log_every=5,
+        seed=seed,
+        device="cpu",
+    )
+    return RunConfig.build(
+        preset=preset, n_layer=2, d_model=32, d_state=8, task=task_cfg, train=train
+    )
+
+
+def make_users(demo: Demo) -> None:
+    for persona in PERSONAS:
+        user, _ = User.objects.get_or_create(
+            username=persona.username, defaults={"email": f"{persona.username}@h3lab.localhost"}
+        )
+        user.set_password(persona.password)
+        user.is_superuser = user.is_staff = persona.superuser
+        user.save()
+        for name in persona.groups:
+            Group.objects.get_or_create(name=name)[0].user_set.add(user)
+        demo.users[persona.username] = user
+
+
+def make_projects(demo: Demo) -> None:
+    admin = demo.users["admin"]
+    for slug, name, description in PROJECTS:
+        project = Project.objects.filter(slug=slug).first()
+        if project is None:
+            project = actions.do_create_project(
+                slug=slug, name=name, description=description, acting_user=admin
+            )
+        demo.projects[slug] = project
+    for persona in PERSONAS:
+        for slug in persona.projects:
+            project = demo.projects[slug]
+            if not project.group.user_set.filter(pk=demo.users[persona.username].pk).exists():
+                actions.do_add_project_member(
+                    project, demo.users[persona.username], acting_user=admin
+                )
+
+
+def _submit(demo: Demo, slug: str, author: str, name: str, cfg: RunConfig, exp: str) -> Run:
+    return actions.do_submit_run(
+        project=demo.projects[slug],
+        cfg=cfg,
+        experiment_name=exp,
+        name=name,
+        enqueue=False,  # trained right here, synchronously
+        acting_user=demo.users[author],
+    )
+
+
+def train_runs(demo: Demo) -> None:
+    """Three finished runs, one failed, one cancelled — unless the projects have runs."""
+    from h3lab.jobs import execute_run
+
+    if Run.objects.filter(project__in=demo.projects.values()).exists():
+        demo.log("runs: the demo projects already have runs; not training more")
+        for run in Run.objects.filter(project__in=demo.projects.values(), name__startswith="demo"):
+            demo.runs[run.name] = run
+        return
+    ih, ar = "induction-heads", "associative-recall"
+    planned = [
+        (ih, "ada", "demo: H3 on induction head", _tiny("h3", "induction_head", steps=80)),
+        (
+            ih,
+            "ada",
+            "demo: attention on induction head",
+            _tiny("attention", "induction_head", steps=80),
+        ),
+        (
+            ar,
+            "grace",
+            "demo: H3 on associative recall",
+            _tiny("h3", "associative_recall", steps=60),
+        ),
+    ]
+    for slug, author, name, cfg in planned:
+        run = _submit(demo, slug, author, name, cfg, "h3-vs-attention" if slug == ih else "recall")
+        demo.log(f"runs: training {name!r} ({cfg.train.steps} steps)…")
+        execute_run(run.pk)
+        run.refresh_from_db()
+        demo.runs[name] = run
+        demo.log(f"runs:   {run.status}, test accuracy {run.test_accuracy}")
+
+    # A realistic failure: a JSONL task whose file does not exist on the worker.
+    broken = _tiny("h3", "jsonl", steps=20, path="/data/missing/corpus.jsonl")
+    run = _submit(
+        demo, "induction-heads", "ada", "demo: missing dataset", broken, "h3-vs-attention"
+    )
+    execute_run(run.pk)
+    demo.runs[run.name] = run
+    # And one the researcher cancelled before a worker picked it up.
+    sweep = _tiny("hybrid", "induction_head", steps=400)
+    run = _submit(demo, ih, "ada", "demo: cancelled sweep", sweep, "h3-vs-attention")
+    actions.do_cancel_run(run, acting_user=demo.users["ada"])
+    demo.runs[run.name] = run
+
+
+def record_findings(demo: Demo) -> None:
+    h3 = demo.runs.get("demo: H3 on induction head")
+    attn = demo.runs.get("demo: attention on induction head")
+    recall = demo.runs.get("demo: H3 on associative recall")
+    wanted = [
+        (
+            "induction-heads",
+            "ada",
+            "H3 solves the induction-head task as a one-layer attention model does",
+            "Trained side by side on the synthetic **induction head** task, the 2-layer H3 model "
+            "reaches the attention baseline's final-token accuracy. The shift SSM followed by "
+            "the diagonal SSM implements *copy the token after the previous occurrence*.",
+            [r for r in (h3, attn) if r],
+        ),
+        (
+            "associative-recall",
+            "grace",
+            "Associative recall needs the multiplicative interaction",
+            "Removing the multiplicative gate between the two SSMs drops recall accuracy to "
+            "chance: the gate is what lets H3 compare keys.",
+            [r for r in (recall,) if r],
+        ),
+    ]
+    for slug, author, title, body, runs in wanted:
+        project = demo.projects[slug]
+        if Finding.objects.filter(project=project, title=title).exists():
+            continue
+        finished = [r for r in runs if r.status == RunStatus.SUCCEEDED]
+        actions.do_record_finding(
+            project=project,
+            title=title,
+            body=body,
+            runs=finished,
+            snapshot_metrics=[(r, "test_accuracy") for r in finished],
+            acting_user=demo.users[author],
+        )
+
+
+STEPS: list[Callable[[Demo], None]] = [make_users, make_projects, train_runs, record_findings]
+
+
+class Command(BaseCommand):
+    help = "Load a small demo lab (users for every role, two projects, trained runs, findings)."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--no-train", action="store_true", help="skip training the demo runs (fast)"
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        demo = Demo(log=lambda msg: self.stdout.write(msg))
+        for step in STEPS:
+            if options["no_train"] and step is train_runs:
+                continue
+            if step is train_runs:
+                step(demo)  # each run commits as it goes, as on a worker
+            else:
+                with transaction.atomic():
+                    step(demo)
+        self.stdout.write(self.style.SUCCESS("\nDemo lab ready. Sign in as:"))
+        self.stdout.write(persona_table())
+
+
+def persona_table() -> str:
+    rows = [("user", "password", "role", "projects")]
+    rows += [(p.username, p.password, p.role, ", ".join(p.projects) or "-") for p in PERSONAS]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

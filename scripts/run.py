@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""Run the whole lab on one machine: web server, Celery worker and Celery beat.
+
+Started by ``make run`` after migrations and the demo data. Each child runs in its own process
+group, so Ctrl-C reaches only this supervisor, which then stops the children in order: a
+polite signal first (Celery's warm shutdown), then SIGKILL after ``--grace`` seconds. If one
+child dies, the others are stopped and the exit status says which one it was. An interrupted
+training run is left "running" and the reaper requeues it (from its checkpoint) once its
+heartbeat is stale.
+
+Environment: HOST (127.0.0.1), PORT (8000), plus everything h3lab.settings reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    proc: subprocess.Popen[bytes] | None = None
+
+
+def commands(python: str, host: str, port: str) -> list[Child]:
+    celery = [python, "-m", "celery", "-A", "h3lab.celery"]
+    return [
+        Child("web", [python, "manage.py", "runserver", f"{host}:{port}", "--noreload"]),
+        Child(
+            "worker",
+            [
+                *celery,
+                "worker",
+                "--queues=cpu,gpu,default",
+                "--prefetch-multiplier=1",
+                "--concurrency=1",
+                "--loglevel=INFO",
+                "--hostname=worker@%h",
+            ],
+        ),
+        Child("beat", [*celery, "beat", "--loglevel=INFO"]),
+    ]
+
+
+def stop_all(children: list[Child], grace: float) -> None:
+    """SIGTERM every live child's process group, wait up to ``grace`` s, then SIGKILL."""
+    for child in children:
+        if child.proc and child.proc.poll() is None:
+            _signal_group(child.proc, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for child in children:
+        if not child.proc:
+            continue
+        try:
+            child.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            print(f"[run] {child.name} did not stop within {grace:.0f}s; killing it", flush=True)
+            _signal_group(child.proc, signal.SIGKILL)
+            child.proc.wait()
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+    parser.add_argument("--port", default=os.environ.get("PORT", "8000"))
+    parser.add_argument("--grace", type=float, default=15.0, help="seconds before SIGKILL")
+    args = parser.parse_args(argv)
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    children = commands(sys.executable, args.host, args.port)
+    stopping: list[str] = []
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if stopping:  # second Ctrl-C: no more waiting
+            for child in children:
+                if child.proc and child.proc.poll() is None:
+                    _signal_group(child.proc, signal.SIGKILL)
+        stopping.append(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    for child in children:
+        # start_new_session: the terminal's Ctrl-C goes to us only; we decide how to stop.
+        child.proc = subprocess.Popen(child.argv, cwd=ROOT, env=env, start_new_session=True)
+    print(
+        f"\n[run] h3lab is up: http://{args.host}:{args.port}/  "
+        f"(web, worker, beat; Ctrl-C stops everything)\n",
+        flush=True,
+    )
+
+    dead: Child | None = None
+    while not stopping and dead is None:
+        for child in children:
+            assert child.proc is not None
+            if child.proc.poll() is not None:
+                dead = child
+                break
+        else:
+            time.sleep(0.3)
+
+    if dead is not None and dead.proc is not None:
+        print(
+            f"[run] {dead.name} exited with status {dead.proc.returncode}; stopping the rest",
+            flush=True,
+        )
+    else:
+        print(f"[run] {stopping[0]} received; stopping web, worker and beat", flush=True)
+    stop_all(children, args.grace)
+    print("[run] stopped", flush=True)
+    return 1 if dead is not None else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
