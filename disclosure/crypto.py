@@ -87,6 +87,47 @@ def encrypt_stream(
         index += 1
 
 
+def encrypt_file(
+    key: bytes, src: BinaryIO, dst: BinaryIO, *, chunk_size: int = DEFAULT_CHUNK
+) -> int:
+    """Encrypt ``src`` into ``dst`` (same format as :func:`encrypt_stream`) reusing two
+    preallocated buffers, so no per-chunk allocation or copy happens in Python. Returns the
+    number of plaintext bytes."""
+    if len(key) != KEY_BYTES:
+        raise ValueError("data key must be 32 bytes")
+    aead = AESGCM(key)
+    header = HEADER.pack(MAGIC, VERSION, chunk_size, os.urandom(7))
+    prefix = header[-7:]
+    dst.write(header)
+    bufs = [bytearray(chunk_size), bytearray(chunk_size)]
+    out = bytearray(chunk_size + TAG)
+    cur, nxt = memoryview(bufs[0]), memoryview(bufs[1])
+    n = _read_full(src, cur)
+    total, index = 0, 0
+    while True:
+        m = _read_full(src, nxt) if n == chunk_size else 0
+        last = m == 0
+        view = memoryview(out)[: n + TAG]
+        aead.encrypt_into(_nonce(prefix, index, last), cur[:n], header, view)
+        dst.write(view)
+        total += n
+        if last:
+            return total
+        cur, nxt, n = nxt, cur, m
+        index += 1
+
+
+def _read_full(src: BinaryIO, buf: memoryview) -> int:
+    """Fill ``buf`` unless the stream ends first; returns the bytes read."""
+    got = 0
+    while got < len(buf):
+        k = src.readinto(buf[got:])  # type: ignore[attr-defined]
+        if not k:
+            break
+        got += k
+    return got
+
+
 def decrypt_stream(key: bytes, src: BinaryIO) -> Iterator[bytes]:
     """Yield plaintext chunks, authenticating each. Raises :class:`DecryptionError` on a wrong
     key, any modified byte, reordered, duplicated or missing chunks, or a truncated stream."""
