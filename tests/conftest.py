@@ -65,3 +65,71 @@ def _isolated_storage(settings: object, tmp_path_factory: pytest.TempPathFactory
     settings.MEDIA_ROOT = root  # type: ignore[attr-defined]
     settings.RUNS_DIR = root / "runs"  # type: ignore[attr-defined]
     settings.ARTIFACTS_DIR = root / "artifacts"  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def test_broker(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Jobs sent during tests go to a broker namespace of this session only: a temporary folder
+    for the embedded filesystem broker, a unique key prefix on a shared Redis. Never the
+    developer's ``var/broker`` (a running ``make run`` worker would pick test jobs up).
+
+    Returns the environment a worker subprocess needs to consume from the same place.
+    """
+    import uuid
+
+    from h3lab.celery import app, ensure_embedded_dirs
+
+    env: dict[str, str] = {}
+    if str(app.conf.broker_url).startswith("filesystem://"):
+        root = tmp_path_factory.mktemp("broker")
+        app.conf.broker_transport_options = {
+            **(app.conf.broker_transport_options or {}),
+            "data_folder_in": str(root / "queue"),
+            "data_folder_out": str(root / "queue"),
+            "control_folder": str(root / "control"),
+        }
+        app.conf.result_backend = f"file://{root / 'results'}"
+        env.update(H3LAB_BROKER_DIR=str(root), CELERY_RESULT_BACKEND=app.conf.result_backend)
+    else:
+        prefix = f"h3lab-test-{uuid.uuid4().hex[:12]}:"
+        app.conf.broker_transport_options = {
+            **(app.conf.broker_transport_options or {}),
+            "global_keyprefix": prefix,
+        }
+        env["H3LAB_BROKER_PREFIX"] = prefix
+    ensure_embedded_dirs(app.conf)
+    return env
+
+
+# --- disclosure personas (one per role and grant state) ----------------------------------------
+
+
+@dataclass
+class Cast:
+    """The disclosure roles around ``lab.project`` (alice's team), on top of :class:`Lab`.
+
+    - ``rita``: review board; ``rex``: review board, recused from ``recused_from`` findings
+    - ``mara``: release manager
+    - ``carol``: collaborator with a current grant on the project, accepted the current agreement
+    - ``erin``: collaborator whose grant has expired
+    - ``nick``: collaborator with a current grant who accepted only the previous agreement
+    """
+
+    lab: Lab
+    rita: User
+    rex: User
+    mara: User
+    carol: User
+    erin: User
+    nick: User
+    agreement: object
+
+    def recuse(self, finding: object) -> None:
+        from disclosure.models import Recusal
+
+        Recusal.objects.create(finding=finding, reviewer=self.rex, reason="co-author")
+
+
+@pytest.fixture
+def cast(lab: Lab) -> Cast:
+    return factories.make_cast(lab)

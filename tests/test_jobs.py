@@ -1,0 +1,209 @@
+"""The job bridge without a broker: :func:`h3lab.jobs.execute_run` on tiny real trainings.
+
+``transactional_db``: the worker code commits as it goes and its heartbeat thread uses a
+connection of its own, exactly as on a worker, so nothing may hide inside a test transaction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.utils import timezone
+
+from experiments import actions
+from experiments.models import Artifact, MetricPoint, Run, RunStatus
+from experiments.signals import governed_change
+from experiments.storage import run_workdir, sha256_file
+from h3lab import jobs
+from tests import factories
+from tests.conftest import Lab
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def transitions() -> Iterator[list[str]]:
+    """The governed run actions announced during the test, in order."""
+    seen: list[str] = []
+
+    def receiver(sender: Any, action: str, **kw: Any) -> None:
+        if action.startswith("run."):
+            seen.append(action)
+
+    governed_change.connect(receiver, weak=False, dispatch_uid="test-jobs-transitions")
+    yield seen
+    governed_change.disconnect(dispatch_uid="test-jobs-transitions")
+
+
+def submit(lab: Lab, **train_kw: Any) -> Run:
+    """A queued tiny run whose job the test executes itself (nothing sent to a broker)."""
+    return actions.do_submit_run(
+        project=lab.project,
+        cfg=factories.tiny_config(device="cpu", **train_kw),
+        experiment_name="jobs",
+        enqueue=False,
+        acting_user=lab.alice,
+    )
+
+
+def test_a_queued_run_trains_to_success_with_metrics_and_artifacts(
+    lab: Lab, transitions: list[str]
+) -> None:
+    run = submit(lab)
+    assert run.status == RunStatus.QUEUED
+
+    assert jobs.execute_run(run.pk) == "succeeded"
+
+    run.refresh_from_db()
+    assert transitions == ["run.submit", "run.start", "run.succeed"]
+    assert run.status == RunStatus.SUCCEEDED
+    assert run.attempt == 1
+    assert run.step == run.total_steps == 20
+    assert run.started_at is not None and run.finished_at is not None
+    assert run.result["status"] == "completed"
+    assert run.claim is not None  # the token of the claim that completed it
+    names = set(MetricPoint.objects.filter(run=run).values_list("name", flat=True))
+    assert {"train_loss", "test_loss", "test_accuracy"} <= names
+    assert MetricPoint.objects.filter(run=run, name="test_accuracy", step=20).exists()
+
+    artifacts = {a.name: a for a in Artifact.objects.filter(run=run)}
+    assert {"model.safetensors", "config.json", "metrics.json", "curves.png", "train.log"} <= set(
+        artifacts
+    )
+    for artifact in artifacts.values():
+        stored = Path(settings.ARTIFACTS_DIR) / artifact.path
+        assert sha256_file(stored) == (artifact.sha256, artifact.size)
+        assert artifact.project_id == lab.project.pk
+    assert not run_workdir(run.pk).exists(), "the scratch directory is removed after success"
+
+
+def test_a_duplicate_delivery_does_nothing_the_second_time(lab: Lab) -> None:
+    run = submit(lab)
+    assert jobs.execute_run(run.pk) == "succeeded"
+    before = (MetricPoint.objects.filter(run=run).count(), Artifact.objects.filter(run=run).count())
+
+    assert jobs.execute_run(run.pk) == "skipped"
+
+    run.refresh_from_db()
+    assert run.status == RunStatus.SUCCEEDED
+    assert run.attempt == 1
+    after = (MetricPoint.objects.filter(run=run).count(), Artifact.objects.filter(run=run).count())
+    assert after == before
+
+
+def test_a_run_cancelled_before_it_starts_is_skipped(lab: Lab) -> None:
+    run = submit(lab)
+    assert actions.do_cancel_run(run, acting_user=lab.alice) is True
+
+    assert jobs.execute_run(run.pk) == "skipped"
+
+    run.refresh_from_db()
+    assert run.status == RunStatus.CANCELLED
+    assert run.started_at is None
+    assert run.attempt == 0
+    assert not MetricPoint.objects.filter(run=run).exists()
+
+
+def test_a_training_exception_fails_the_run_with_error_and_traceback(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken_train(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("loss became NaN at step 3")
+
+    monkeypatch.setattr("h3lab.train.train", broken_train)
+    run = submit(lab)
+
+    assert jobs.execute_run(run.pk) == "failed"
+
+    run.refresh_from_db()
+    assert run.status == RunStatus.FAILED
+    assert run.error == "RuntimeError: loss became NaN at step 3"
+    assert "Traceback (most recent call last)" in run.traceback
+    assert "broken_train" in run.traceback
+    assert run.finished_at is not None
+
+
+def _stale_running_run(lab: Lab, *, attempt: int) -> Run:
+    long_ago = timezone.now() - timedelta(minutes=10)
+    return factories.make_run(
+        lab.project,
+        status=RunStatus.RUNNING,
+        attempt=attempt,
+        claim=uuid.uuid4(),
+        heartbeat_at=long_ago,
+        started_at=long_ago,
+    )
+
+
+def test_the_reaper_requeues_a_stale_run_below_the_attempt_cap(lab: Lab) -> None:
+    run = _stale_running_run(lab, attempt=1)
+    fresh = factories.make_run(
+        lab.project, status=RunStatus.RUNNING, attempt=1, claim=uuid.uuid4(),
+        heartbeat_at=timezone.now(),
+    )  # fmt: skip
+
+    reaped = actions.reap_stale_runs(timeout_s=30, max_attempts=3)
+
+    assert [(r.run_id, r.outcome) for r in reaped] == [(run.pk, "requeued")]
+    run.refresh_from_db()
+    assert run.status == RunStatus.QUEUED
+    assert run.claim is None
+    assert run.celery_task_id != "", "the requeued job was sent to the broker"
+    fresh.refresh_from_db()
+    assert fresh.status == RunStatus.RUNNING
+
+
+def test_the_reaper_fails_a_stale_run_at_the_attempt_cap_with_a_clear_message(lab: Lab) -> None:
+    run = _stale_running_run(lab, attempt=3)
+
+    reaped = actions.reap_stale_runs(timeout_s=30, max_attempts=3)
+
+    assert [(r.run_id, r.outcome) for r in reaped] == [(run.pk, "failed")]
+    run.refresh_from_db()
+    assert run.status == RunStatus.FAILED
+    assert run.error.startswith("worker lost: no heartbeat since")
+    assert "after 3 attempt(s)" in run.error
+    assert run.finished_at is not None
+
+
+class WorkerDied(BaseException):
+    """Stands in for SIGKILL: not an Exception, so execute_run cannot record it."""
+
+
+def test_a_requeued_run_resumes_from_its_checkpoint(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = submit(lab, steps=40, checkpoint_every=10, eval_every=10)
+    first_steps: dict[int, int] = {}
+    real_progress = jobs.ProgressRecorder.progress
+
+    def progress(self: jobs.ProgressRecorder, p: Any) -> None:
+        attempt = Run.objects.get(pk=self.run_id).attempt
+        first_steps.setdefault(attempt, p.step)
+        if attempt == 1 and p.step >= 20:
+            raise WorkerDied
+        real_progress(self, p)
+
+    monkeypatch.setattr(jobs.ProgressRecorder, "progress", progress)
+    with pytest.raises(WorkerDied):
+        jobs.execute_run(run.pk)
+    run.refresh_from_db()
+    assert run.status == RunStatus.RUNNING, "a dead worker leaves its run running…"
+    assert (run_workdir(run.pk) / "checkpoint").is_dir()
+
+    Run.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now() - timedelta(minutes=5))
+    assert [r.outcome for r in actions.reap_stale_runs(timeout_s=30)] == ["requeued"]
+    assert jobs.execute_run(run.pk) == "succeeded"
+
+    run.refresh_from_db()
+    assert run.status == RunStatus.SUCCEEDED
+    assert run.attempt == 2
+    assert first_steps[2] > 10, f"attempt 2 started from scratch: {first_steps}"
+    log = (Path(settings.ARTIFACTS_DIR) / Artifact.objects.get(run=run, name="train.log").path)
+    assert "resumed from" in log.read_text()
