@@ -1,0 +1,366 @@
+"""Forms of the experiments web UI: they parse and validate input; views act on it.
+
+The run form is a thin layer over :class:`h3lab.config.RunConfig`: it converts the fields a
+researcher edits into a config, and maps the config's own validation errors (dotted keys such as
+``train.steps``) back onto the fields that caused them, so every bad input is a field error.
+"""
+
+from __future__ import annotations
+
+import codecs
+import secrets
+from pathlib import Path
+from typing import Any
+
+from django import forms
+from django.conf import settings
+from django.core.files.uploadedfile import UploadedFile
+from django.db.models import QuerySet
+from django.utils.text import slugify
+
+from experiments.models import Artifact, Project, Queue, Run, RunStatus
+from h3lab.config import ConfigError, RunConfig, TaskConfig, TrainConfig
+
+PRESET_CHOICES = [
+    ("h3", "H3"),
+    ("attention", "Attention"),
+    ("hybrid", "Hybrid (H3 + attention)"),
+    ("s4d", "S4D only"),
+    ("shift", "Shift only"),
+]
+TASK_CHOICES = [
+    ("induction_head", "Induction head"),
+    ("associative_recall", "Associative recall"),
+    ("text", "Language modeling on a text file"),
+]
+FILE_TASKS = ("text", "jsonl")
+# The H3 paper's synthetic settings; the form's JavaScript switches to these when the task
+# changes (and the submitted values are what count).
+TASK_DEFAULTS: dict[str, dict[str, int]] = {
+    "induction_head": {"vocab_size": 20, "seq_len": 30},
+    "associative_recall": {"vocab_size": 20, "seq_len": 40},
+    "text": {"vocab_size": 256, "seq_len": 128},
+}
+MAX_CORPUS_BYTES = 200 * 1024 * 1024
+
+# Dotted ConfigError keys → the form field that holds the bad value.
+CONFIG_FIELD = {
+    "preset": "preset",
+    "task.name": "task",
+    "task.path": "corpus_upload",
+    "task.vocab_size": "vocab_size",
+    "task.seq_len": "seq_len",
+    "task.seed": "seed",
+    "model.vocab_size": "vocab_size",
+    "model.n_layer": "n_layer",
+    "model.d_model": "d_model",
+    "model.n_head": "d_model",
+    "model.head_dim": "d_model",
+    "train.steps": "steps",
+    "train.lr": "lr",
+    "train.batch_size": "batch_size",
+    "train.seed": "seed",
+}
+
+
+def corpus_dir(project: Project) -> Path:
+    """Where a project's uploaded text corpora live (one flat folder per project)."""
+    return Path(settings.MEDIA_ROOT) / "corpora" / project.slug
+
+
+def project_corpora(project: Project) -> list[str]:
+    """File names of the project's uploaded corpora, newest first."""
+    folder = corpus_dir(project)
+    if not folder.is_dir():
+        return []
+    files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
+    return [p.name for p in sorted(files, key=lambda p: p.stat().st_mtime, reverse=True)]
+
+
+def _check_utf8(upload: UploadedFile) -> int:
+    """Size of a non-empty UTF-8 upload; raises ValidationError otherwise. Decodes in chunks
+    so a large corpus is never held in memory at once."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    size = 0
+    try:
+        for chunk in upload.chunks():
+            size += len(chunk)
+            decoder.decode(chunk)
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError as exc:
+        raise forms.ValidationError(
+            "This file is not UTF-8 text (invalid byte at position %(pos)s of a chunk).",
+            params={"pos": exc.start},
+        ) from exc
+    finally:
+        upload.seek(0)
+    if size == 0:
+        raise forms.ValidationError("This file is empty.")
+    return size
+
+
+class RunForm(forms.Form):
+    """Submit a training job. ``base`` is the config of the run being repeated: fields the
+    form does not show (state size, eval cadence, dataset sizes …) are kept from it."""
+
+    experiment = forms.CharField(
+        max_length=200, initial="default", help_text="Runs are grouped by experiment."
+    )
+    name = forms.CharField(max_length=200, required=False, label="Run name")
+    preset = forms.ChoiceField(choices=PRESET_CHOICES, initial="h3", label="Model")
+    task = forms.ChoiceField(choices=TASK_CHOICES, initial="induction_head")
+    corpus_upload = forms.FileField(
+        required=False, label="Upload a text file", help_text="UTF-8 text; bytes are the tokens."
+    )
+    corpus = forms.ChoiceField(required=False, label="…or use an uploaded file")
+    vocab_size = forms.IntegerField(
+        initial=20, min_value=1, max_value=1_000_000, help_text="Ignored for text (bytes: 256)."
+    )
+    seq_len = forms.IntegerField(initial=30, label="Sequence length")
+    d_model = forms.IntegerField(initial=64, max_value=16384, label="Width (d_model)")
+    n_layer = forms.IntegerField(initial=2, label="Depth (layers)")
+    steps = forms.IntegerField(initial=1000)
+    lr = forms.FloatField(initial=5e-4, label="Learning rate")
+    batch_size = forms.IntegerField(initial=32)
+    seed = forms.IntegerField(
+        initial=0, min_value=0, help_text="Seeds the initialisation, batches and synthetic data."
+    )
+    queue = forms.ChoiceField(choices=Queue.choices, initial=Queue.CPU)
+
+    def __init__(
+        self, *args: Any, project: Project, base: dict[str, Any] | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.project = project
+        self.base = base or {}
+        corpora = project_corpora(project)
+        self.fields["corpus"].choices = [("", "—"), *((n, n) for n in corpora)]
+        base_task = self.base.get("task", {}).get("name")
+        if base_task and base_task not in dict(TASK_CHOICES):
+            # A run submitted through the API with a task the form doesn't offer (jsonl):
+            # repeating it keeps that task and its file.
+            self.fields["task"].choices = [*TASK_CHOICES, (base_task, base_task)]
+
+    @classmethod
+    def initial_from_run(cls, run: Run) -> dict[str, Any]:
+        """Form values that reproduce ``run`` (for "Run again with this config")."""
+        cfg = run.config
+        task, train, model = cfg.get("task", {}), cfg.get("train", {}), cfg.get("model", {})
+        path = Path(task.get("path") or "")
+        return {
+            "experiment": run.experiment.name,
+            "name": f"{run.name or f'run {run.pk}'} (again)"[:200],
+            "preset": cfg.get("preset", "h3"),
+            "task": task.get("name"),
+            "corpus": path.name if path.parent == corpus_dir(run.project) else "",
+            "vocab_size": task.get("vocab_size"),
+            "seq_len": task.get("seq_len"),
+            "d_model": model.get("d_model"),
+            "n_layer": len(model.get("mixers", ())) or 2,
+            "steps": train.get("steps"),
+            "lr": train.get("lr"),
+            "batch_size": train.get("batch_size"),
+            "seed": train.get("seed", 0),
+            "queue": run.queue,
+        }
+
+    def clean_corpus_upload(self) -> UploadedFile | None:
+        upload = self.cleaned_data.get("corpus_upload")
+        if upload:
+            if upload.size and upload.size > MAX_CORPUS_BYTES:
+                raise forms.ValidationError("Files up to 200 MB can be uploaded.")
+            _check_utf8(upload)
+        return upload
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if data.get("task") in FILE_TASKS and not self._corpus_given(data):
+            self.add_error("corpus_upload", "Upload a text file or choose one uploaded before.")
+        return data
+
+    def _corpus_given(self, data: dict[str, Any]) -> bool:
+        return bool(data.get("corpus_upload") or data.get("corpus") or self._base_path(data))
+
+    def _base_path(self, data: dict[str, Any]) -> str:
+        base_task = self.base.get("task", {})
+        same_task = base_task.get("name") == data.get("task")
+        return str(base_task.get("path") or "") if same_task else ""
+
+    # --- config --------------------------------------------------------------------------------
+
+    def config(self) -> dict[str, Any]:
+        """The validated run config as a dict (call after ``is_valid()``); raises ConfigError.
+
+        An uploaded corpus is written to the project's corpus folder only once the rest of the
+        config has validated."""
+        data = self.cleaned_data
+        upload = data.get("corpus_upload")
+        target = self._upload_target(upload) if upload else None
+        cfg = self._build(data, path=str(target) if target else self._chosen_path(data))
+        if upload and target:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with target.open("wb") as out:
+                for chunk in upload.chunks():
+                    out.write(chunk)
+        return cfg.to_dict()
+
+    def _build(self, data: dict[str, Any], *, path: str) -> RunConfig:
+        base_task, base_train = self.base.get("task", {}), self.base.get("train", {})
+        model_kw = {
+            k: v
+            for k, v in self.base.get("model", {}).items()
+            if k not in ("vocab_size", "d_model", "mixers")
+        }
+        is_file_task = data["task"] in FILE_TASKS
+        task = TaskConfig(
+            **{
+                **base_task,
+                "name": data["task"],
+                "vocab_size": 256 if data["task"] == "text" else data["vocab_size"],
+                "seq_len": data["seq_len"],
+                "path": path if is_file_task else "",
+                "seed": data["seed"],
+            }
+        )
+        train = TrainConfig(
+            **{
+                **base_train,
+                "steps": data["steps"],
+                "lr": data["lr"],
+                "batch_size": data["batch_size"],
+                "seed": data["seed"],
+            }
+        )
+        return RunConfig.build(
+            preset=data["preset"],
+            n_layer=data["n_layer"],
+            d_model=data["d_model"],
+            task=task,
+            train=train,
+            **model_kw,
+        )
+
+    def _chosen_path(self, data: dict[str, Any]) -> str:
+        if data.get("corpus"):
+            # SECURITY: the name was validated against the folder's listing (ChoiceField), so
+            # it cannot point outside the project's corpus folder.
+            return str(corpus_dir(self.project) / data["corpus"])
+        return self._base_path(data)
+
+    def _upload_target(self, upload: UploadedFile) -> Path:
+        # SECURITY: never use the client's file name as a path; keep only a slug of its stem
+        # for recognisability, plus a random suffix so uploads never overwrite each other.
+        stem = slugify(Path(upload.name or "corpus").stem)[:40] or "corpus"
+        return corpus_dir(self.project) / f"{stem}-{secrets.token_hex(4)}.txt"
+
+    def add_config_errors(self, exc: ConfigError) -> None:
+        """Attach ConfigError messages to the fields that caused them."""
+        for key, message in exc.errors.items():
+            if key == "model":
+                # LMConfig reports "field: message; field: message" under one key.
+                for part in message.split("; "):
+                    name, _, text = part.partition(": ")
+                    self._add_mapped(f"model.{name}", text or part)
+            else:
+                self._add_mapped(key, message)
+
+    def _add_mapped(self, key: str, message: str) -> None:
+        field = CONFIG_FIELD.get(key)
+        if key == "model.n_head":
+            message = f"must be divisible by the number of attention heads ({message})"
+        if field and field in self.fields:
+            self.add_error(field, message)
+        else:
+            self.add_error(None, f"{key}: {message}")
+
+
+class RunFilterForm(forms.Form):
+    """GET filters of the runs list. Invalid values are ignored, never an error page."""
+
+    project = forms.ModelChoiceField(
+        queryset=Project.objects.none(), to_field_name="slug", required=False, empty_label="All"
+    )
+    status = forms.ChoiceField(choices=[("", "All"), *RunStatus.choices], required=False)
+    preset = forms.ChoiceField(choices=[("", "All"), *PRESET_CHOICES], required=False)
+    task = forms.ChoiceField(choices=[("", "All"), *TASK_CHOICES], required=False)
+    experiment = forms.CharField(max_length=200, required=False)
+
+    def __init__(self, *args: Any, projects: QuerySet[Project], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["project"].queryset = projects
+
+    def filter(self, runs: QuerySet[Run]) -> QuerySet[Run]:
+        if not self.is_valid():
+            return runs
+        data = self.cleaned_data
+        if data["project"]:
+            runs = runs.filter(project=data["project"])
+        for field in ("status", "preset", "task"):
+            if data[field]:
+                runs = runs.filter(**{field: data[field]})
+        if data["experiment"]:
+            runs = runs.filter(experiment__name__icontains=data["experiment"])
+        return runs
+
+
+class RunIdsField(forms.Field):
+    """A repeated ``ids`` query parameter as a list of distinct run ids."""
+
+    widget = forms.MultipleHiddenInput
+
+    def to_python(self, value: Any) -> list[int]:
+        try:
+            ids = [int(v) for v in value or ()]
+        except (TypeError, ValueError):
+            raise forms.ValidationError("Run ids must be numbers.") from None
+        return list(dict.fromkeys(ids))
+
+
+class CompareForm(forms.Form):
+    ids = RunIdsField()
+    MAX_RUNS = 12
+
+    def clean_ids(self) -> list[int]:
+        ids: list[int] = self.cleaned_data["ids"]
+        if not 1 <= len(ids) <= self.MAX_RUNS:
+            raise forms.ValidationError(f"Choose between 1 and {self.MAX_RUNS} runs.")
+        return ids
+
+
+class FindingForm(forms.Form):
+    """Record a finding from a run, citing runs, artifacts and metric values as evidence."""
+
+    title = forms.CharField(max_length=300)
+    body = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 12}),
+        help_text="Markdown. Rendered and sanitized when shown.",
+    )
+    runs = forms.ModelMultipleChoiceField(
+        queryset=Run.objects.none(), required=False, widget=forms.CheckboxSelectMultiple
+    )
+    artifacts = forms.ModelMultipleChoiceField(
+        queryset=Artifact.objects.none(), required=False, widget=forms.CheckboxSelectMultiple
+    )
+    metrics = forms.MultipleChoiceField(
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        label="Metric snapshots",
+        help_text="Freezes the latest value of each chosen series of this run.",
+    )
+
+    def __init__(
+        self,
+        *args: Any,
+        runs: QuerySet[Run],
+        artifacts: QuerySet[Artifact],
+        metric_names: list[str],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["runs"].queryset = runs
+        self.fields["runs"].label_from_instance = lambda r: (
+            f"#{r.pk} {r.name or r.experiment.name} · {r.preset} · {r.status}"
+        )
+        self.fields["artifacts"].queryset = artifacts
+        self.fields["artifacts"].label_from_instance = lambda a: f"{a.name} ({a.kind})"
+        self.fields["metrics"].choices = [(n, n) for n in metric_names]
