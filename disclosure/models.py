@@ -1,1 +1,518 @@
-"""Disclosure: tiers, grants, agreements, reviews, release decisions, audit."""
+"""Disclosure: tiers, grants, agreements, reviews, release decisions, notifications, audit.
+
+Rows here change only through :mod:`disclosure.actions`, which writes an audit entry for each
+change. Who may see what is decided only by :mod:`disclosure.policy`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.conf import settings
+from django.contrib.auth.models import Group
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+from guardian.models import GroupObjectPermissionBase, UserObjectPermissionBase
+
+from experiments.models import Finding, Project, Tier
+
+
+class ImmutableError(Exception):
+    """Raised on an attempt to change or delete a record that is immutable once written."""
+
+
+class ImmutableModel(models.Model):
+    """A record that may be created but never updated or deleted through the ORM."""
+
+    class Meta:
+        abstract = True
+
+    def save(self, *args: object, **kwargs: object) -> None:
+        if self.pk is not None and not self._state.adding:
+            raise ImmutableError(f"{type(self).__name__} records are immutable")
+        super().save(*args, **kwargs)  # type: ignore[arg-type]
+
+    def delete(self, *args: object, **kwargs: object) -> tuple[int, dict[str, int]]:
+        raise ImmutableError(f"{type(self).__name__} records are immutable")
+
+
+# --- which group is cleared for which tier (data, not code) ------------------------------------
+
+
+class GroupClearance(models.Model):
+    """Members of ``group`` may read every project's findings at ``tier`` and above.
+
+    The review board and the release managers are cleared for the review tier by the data
+    migration; staff may change this in the admin. SECURITY: clearing a group for the team tier
+    would expose every project's private work, so the lowest clearance allowed is review.
+    """
+
+    group = models.OneToOneField(Group, on_delete=models.CASCADE, related_name="clearance")
+    tier = models.IntegerField(choices=Tier.choices, default=Tier.REVIEW)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(tier__gte=Tier.REVIEW), name="clearance_not_team_tier"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.group} ≥ {self.get_tier_display()}"
+
+
+# --- agreements and grants ---------------------------------------------------------------------
+
+
+class AgreementQuerySet(models.QuerySet["AgreementVersion"]):
+    def in_force(self, now: datetime | None = None) -> AgreementQuerySet:
+        return self.filter(effective_at__lte=now or timezone.now()).order_by("-version")
+
+    def current(self, now: datetime | None = None) -> AgreementVersion | None:
+        return self.in_force(now).first()
+
+
+class AgreementVersion(ImmutableModel):
+    """One version of the collaborator agreement. The newest version whose ``effective_at``
+    has passed is *current*; a grant gives access only while its grantee has accepted the
+    current version, so publishing a new version requires everyone to re-accept."""
+
+    version = models.PositiveIntegerField(unique=True)
+    title = models.CharField(max_length=200)
+    text = models.TextField()
+    effective_at = models.DateTimeField(default=timezone.now)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    objects = AgreementQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-version"]
+
+    def __str__(self) -> str:
+        return f"{self.title} v{self.version}"
+
+
+class AgreementAcceptance(ImmutableModel):
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    agreement = models.ForeignKey(
+        AgreementVersion, on_delete=models.PROTECT, related_name="acceptances"
+    )
+    accepted_at = models.DateTimeField(default=timezone.now)
+    ip = models.GenericIPAddressField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "agreement"], name="acceptance_once")
+        ]
+
+
+class GrantQuerySet(models.QuerySet["Grant"]):
+    def active(self, now: datetime | None = None) -> GrantQuerySet:
+        return self.filter(revoked_at__isnull=True, expires_at__gt=now or timezone.now())
+
+    def for_user(self, user: object) -> GrantQuerySet:
+        return self.filter(Q(user=user) | Q(group__user=user))
+
+
+class Grant(models.Model):
+    """Access for a collaborator (a user or a group) to a project's or one finding's findings at
+    ``max_tier`` and above, until ``expires_at``, while the grantee has accepted the current
+    agreement (``agreement`` records the version in force when the grant was given).
+
+    SECURITY: grants are *not* guardian object permissions: guardian's backend would answer
+    ``has_perm`` without checking expiry, revocation or agreement acceptance.
+    """
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
+    group = models.ForeignKey(
+        Group, null=True, blank=True, on_delete=models.CASCADE, related_name="grants"
+    )
+    project = models.ForeignKey(
+        Project, null=True, blank=True, on_delete=models.CASCADE, related_name="grants"
+    )
+    finding = models.ForeignKey(
+        Finding, null=True, blank=True, on_delete=models.CASCADE, related_name="grants"
+    )
+    max_tier = models.IntegerField(
+        choices=[(Tier.REVIEW, "review"), (Tier.PARTNERS, "partners")], default=Tier.PARTNERS
+    )
+    agreement = models.ForeignKey(AgreementVersion, on_delete=models.PROTECT, related_name="+")
+    note = models.CharField(max_length=300, blank=True)
+    granted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField(db_index=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    revoked_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    revoke_reason = models.CharField(max_length=300, blank=True)
+    expiry_warned_at = models.DateTimeField(null=True, blank=True)
+    expiry_notified_at = models.DateTimeField(null=True, blank=True)
+
+    objects = GrantQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(
+                condition=(Q(user__isnull=False) & Q(group__isnull=True))
+                | (Q(user__isnull=True) & Q(group__isnull=False)),
+                name="grant_one_grantee",
+            ),
+            models.CheckConstraint(
+                condition=(Q(project__isnull=False) & Q(finding__isnull=True))
+                | (Q(project__isnull=True) & Q(finding__isnull=False)),
+                name="grant_one_scope",
+            ),
+            models.CheckConstraint(condition=Q(max_tier__gte=Tier.REVIEW), name="grant_not_team"),
+        ]
+        indexes = [models.Index(fields=["user", "expires_at"]), models.Index(fields=["group"])]
+
+    def __str__(self) -> str:
+        return f"{self.grantee} → {self.scope}"
+
+    @property
+    def grantee(self) -> object:
+        return self.user or self.group
+
+    @property
+    def scope(self) -> object:
+        return self.project or self.finding
+
+    def is_active(self, now: datetime | None = None) -> bool:
+        return self.revoked_at is None and self.expires_at > (now or timezone.now())
+
+
+# --- guardian: delegated release management per project ----------------------------------------
+
+
+class ProjectUserObjectPermission(UserObjectPermissionBase):
+    """Direct-FK guardian rows: ``experiments.change_project`` on a project lets a user act as
+    that project's release manager (schedule releases, manage its grants). Visibility never
+    reads these rows; they decide actions only (:func:`disclosure.policy.can_manage_releases`).
+    """
+
+    content_object = models.ForeignKey(Project, on_delete=models.CASCADE)
+
+
+class ProjectGroupObjectPermission(GroupObjectPermissionBase):
+    content_object = models.ForeignKey(Project, on_delete=models.CASCADE)
+
+
+# --- dual-use review ---------------------------------------------------------------------------
+
+
+class CapabilityUplift(models.IntegerChoices):
+    NONE = 0, "none"
+    LOW = 1, "low"
+    MODERATE = 2, "moderate"
+    HIGH = 3, "high"
+    CRITICAL = 4, "critical"
+
+
+class AlignmentValue(models.IntegerChoices):
+    NONE = 0, "none"
+    LOW = 1, "low"
+    MODERATE = 2, "moderate"
+    HIGH = 3, "high"
+
+
+class Assessment(models.Model):
+    """A reviewer's dual-use rating of a finding (one per reviewer; re-assessing replaces it
+    and the audit log keeps the old values)."""
+
+    finding = models.ForeignKey(Finding, on_delete=models.CASCADE, related_name="assessments")
+    reviewer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
+    capability_uplift = models.IntegerField(choices=CapabilityUplift.choices)
+    alignment_value = models.IntegerField(choices=AlignmentValue.choices)
+    categories = models.JSONField(default=list, blank=True)
+    rationale = models.TextField()
+    evidence_links = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["finding", "reviewer"], name="assessment_once")
+        ]
+
+
+class Recusal(ImmutableModel):
+    """A reviewer's conflict of interest. SECURITY: it also withdraws the reviewer's
+    review-board view of the finding (see :mod:`disclosure.policy`)."""
+
+    finding = models.ForeignKey(Finding, on_delete=models.CASCADE, related_name="recusals")
+    reviewer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
+    reason = models.CharField(max_length=300)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["finding", "reviewer"], name="recusal_once")]
+        indexes = [models.Index(fields=["reviewer", "finding"])]
+
+
+# --- release policy (versioned data) -----------------------------------------------------------
+
+
+class ReleasePolicyQuerySet(models.QuerySet["ReleasePolicy"]):
+    def current(self) -> ReleasePolicy | None:
+        return self.order_by("-version").first()
+
+
+class ReleasePolicy(models.Model):
+    """A version of the rules for stepping a finding up a tier. Staff add a new version in the
+    admin; a version that has been used by a release decision is never edited again (its rules
+    become read-only), so every decision names the exact rules it followed."""
+
+    version = models.PositiveIntegerField(unique=True)
+    notes = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    objects = ReleasePolicyQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-version"]
+        verbose_name_plural = "release policies"
+
+    def __str__(self) -> str:
+        return f"release policy v{self.version}"
+
+    def rule_for(self, target_tier: int, uplift: int) -> ReleaseRule | None:
+        """The rule for a step to ``target_tier`` given the highest assessed capability uplift:
+        the matching rule with the highest ``min_uplift`` not above ``uplift``."""
+        rules = [r for r in self.rules.all() if r.target_tier == target_tier]
+        rules = [r for r in rules if r.min_uplift <= uplift]
+        return max(rules, key=lambda r: r.min_uplift, default=None)
+
+
+class ReleaseRule(models.Model):
+    policy = models.ForeignKey(ReleasePolicy, on_delete=models.CASCADE, related_name="rules")
+    target_tier = models.IntegerField(choices=Tier.choices)
+    min_uplift = models.IntegerField(
+        choices=CapabilityUplift.choices,
+        default=CapabilityUplift.NONE,
+        help_text="applies when the highest assessed capability uplift is at least this",
+    )
+    approvals_required = models.PositiveIntegerField(default=1)
+    min_embargo_hours = models.PositiveIntegerField(default=0)
+    requires_assessment = models.BooleanField(default=True)
+    blocked = models.BooleanField(default=False, help_text="never release at this rating")
+
+    class Meta:
+        ordering = ["policy", "target_tier", "min_uplift"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["policy", "target_tier", "min_uplift"], name="rule_unique"
+            ),
+            models.CheckConstraint(condition=Q(target_tier__gte=Tier.REVIEW), name="rule_step_up"),
+        ]
+
+
+# --- release requests, votes, decisions --------------------------------------------------------
+
+
+class RequestState(models.TextChoices):
+    OPEN = "open", "awaiting approvals"
+    SCHEDULED = "scheduled", "scheduled"
+    RELEASED = "released", "released"
+    CANCELLED = "cancelled", "cancelled"
+
+
+class ReleaseRequestQuerySet(models.QuerySet["ReleaseRequest"]):
+    def pending(self) -> ReleaseRequestQuerySet:
+        return self.filter(state__in=(RequestState.OPEN, RequestState.SCHEDULED))
+
+    def due(self, now: datetime | None = None) -> ReleaseRequestQuerySet:
+        return self.filter(state=RequestState.SCHEDULED, embargo_until__lte=now or timezone.now())
+
+
+class ReleaseRequest(models.Model):
+    """A request to move a finding one tier up. Reviewers vote on it; a release manager
+    schedules it at an embargo instant (UTC); the scheduler re-checks every gate then."""
+
+    finding = models.ForeignKey(Finding, on_delete=models.CASCADE, related_name="release_requests")
+    from_tier = models.IntegerField(choices=Tier.choices)
+    target_tier = models.IntegerField(choices=Tier.choices)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    requested_at = models.DateTimeField(default=timezone.now)
+    rationale = models.TextField(blank=True)
+    state = models.CharField(
+        max_length=16, choices=RequestState.choices, default=RequestState.OPEN, db_index=True
+    )
+    embargo_until = models.DateTimeField(null=True, blank=True, db_index=True)
+    scheduled_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    last_checked_at = models.DateTimeField(null=True, blank=True)
+    hold_reason = models.TextField(blank=True)
+
+    objects = ReleaseRequestQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-requested_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["finding"],
+                condition=Q(state__in=["open", "scheduled"]),
+                name="one_pending_request_per_finding",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.finding} → {Tier(self.target_tier).label}"
+
+
+class VoteKind(models.TextChoices):
+    APPROVE = "approve", "approve"
+    OBJECT = "object", "object"
+
+
+class Vote(models.Model):
+    """A reviewer's approval of, or objection to, one release request. An objection blocks the
+    step until a release manager (or its author) resolves it."""
+
+    request = models.ForeignKey(ReleaseRequest, on_delete=models.CASCADE, related_name="votes")
+    finding = models.ForeignKey(Finding, on_delete=models.CASCADE, related_name="votes")
+    reviewer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
+    kind = models.CharField(max_length=8, choices=VoteKind.choices)
+    rationale = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    resolved_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    resolution = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["request", "reviewer"], name="vote_once_per_request")
+        ]
+
+    @property
+    def is_open_objection(self) -> bool:
+        return self.kind == VoteKind.OBJECT and self.resolved_at is None
+
+
+class ReleaseDecision(ImmutableModel):
+    """An immutable record of a finding moving tiers: who (``decided_by`` is null when the
+    scheduler promoted it), when, under which policy version, why, and which approvals."""
+
+    finding = models.ForeignKey(Finding, on_delete=models.PROTECT, related_name="decisions")
+    request = models.ForeignKey(
+        ReleaseRequest, null=True, on_delete=models.PROTECT, related_name="decisions"
+    )
+    from_tier = models.IntegerField(choices=Tier.choices)
+    to_tier = models.IntegerField(choices=Tier.choices)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.PROTECT, related_name="+"
+    )
+    decided_at = models.DateTimeField(default=timezone.now)
+    policy = models.ForeignKey(ReleasePolicy, on_delete=models.PROTECT, related_name="decisions")
+    approvals = models.JSONField(default=list)
+    rationale = models.TextField()
+
+    class Meta:
+        ordering = ["decided_at"]
+
+
+# --- notifications -----------------------------------------------------------------------------
+
+
+class NotificationKind(models.TextChoices):
+    REVIEW_REQUESTED = "review_requested", "review requested"
+    ASSESSMENT = "assessment", "assessment recorded"
+    VOTE = "vote", "approval or objection"
+    DECISION = "decision", "release decision"
+    RELEASE_HELD = "release_held", "release held back"
+    GRANT_GIVEN = "grant_given", "access granted"
+    GRANT_EXPIRING = "grant_expiring", "access expiring"
+    GRANT_EXPIRED = "grant_expired", "access expired"
+    GRANT_REVOKED = "grant_revoked", "access revoked"
+    AGREEMENT = "agreement", "agreement changed"
+    RETRACTION = "retraction", "finding retracted"
+
+
+class Notification(models.Model):
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notifications"
+    )
+    kind = models.CharField(max_length=32, choices=NotificationKind.choices)
+    subject = models.CharField(max_length=200)
+    body = models.TextField(blank=True)
+    url = models.CharField(max_length=300, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    read_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["user", "read_at"])]
+
+
+# --- audit log ---------------------------------------------------------------------------------
+
+
+class AuditEntry(models.Model):
+    """One entry of the append-only, hash-chained audit log (see :mod:`disclosure.audit`).
+
+    No foreign keys with cascades: deleting a user or a finding must never touch the log (on
+    PostgreSQL a trigger refuses UPDATE and DELETE outright). ``actor_id`` is kept without a
+    database constraint and ``actor_name`` snapshots the username.
+    """
+
+    created_at = models.DateTimeField(default=timezone.now)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        related_name="+",
+    )
+    actor_name = models.CharField(max_length=150, blank=True)
+    action = models.CharField(max_length=64)
+    object_type = models.CharField(max_length=64, blank=True)
+    object_id = models.CharField(max_length=64, blank=True)
+    object_repr = models.CharField(max_length=300, blank=True)
+    finding_id = models.BigIntegerField(null=True, blank=True, help_text="finding concerned")
+    old = models.JSONField(null=True, blank=True)
+    new = models.JSONField(null=True, blank=True)
+    ip = models.GenericIPAddressField(null=True, blank=True)
+    prev_hash = models.CharField(max_length=64)
+    hash = models.CharField(max_length=64, unique=True)
+
+    class Meta:
+        ordering = ["id"]
+        verbose_name_plural = "audit entries"
+        indexes = [
+            models.Index(fields=["finding_id", "action"]),
+            models.Index(fields=["action", "created_at"]),
+            models.Index(fields=["actor", "created_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.action} {self.object_type}:{self.object_id}"
+
+
+class AuditHead(models.Model):
+    """The chain's head (a single row): the last entry's id and hash. Appends lock this row, so
+    entries are chained one at a time, and :func:`disclosure.audit.verify` compares the end of
+    the chain with it, so deleting the newest entries is detected too."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    last_id = models.BigIntegerField(default=0)
+    last_hash = models.CharField(max_length=64, default="0" * 64)

@@ -9,20 +9,35 @@ Tiers (:class:`experiments.models.Tier`) are ordered: a finding at tier *t* is v
 everyone cleared for *t* or any tier above it.
 
 - team (0): members of the finding's project (the project's group)
-- review (1): + the review board
-- partners (2): + collaborators with an active grant (see :mod:`disclosure.models`)
+- review (1): + groups cleared for review (``GroupClearance``: the review board and the
+  release managers), except a reviewer's own recusals
+- partners (2): + collaborators with an active, unexpired grant covering the project or the
+  finding, who accepted the agreement version in force
 - public (3): everyone, anonymous included
 
-Retracted findings drop out of every list immediately; their tombstone page is separate.
+Retracted findings drop out of every list immediately (except for their own team); the
+tombstone page is shown to whoever could read them before.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from django.db.models import Model, Q, QuerySet
+from django.conf import settings
+from django.db.models import Exists, Model, Q, QuerySet, Subquery
 from django.http import Http404
+from django.utils import timezone
+from guardian.core import ObjectPermissionChecker
+from guardian.shortcuts import get_objects_for_user
 
+from disclosure.models import (
+    AgreementAcceptance,
+    AgreementVersion,
+    Grant,
+    GroupClearance,
+    Recusal,
+)
 from experiments.models import Artifact, Finding, FindingStatus, Project, Run, Tier
 
 if TYPE_CHECKING:
@@ -69,41 +84,112 @@ def visible_runs(user: Any) -> QuerySet[Run]:
     return Run.objects.filter(project__in=member_projects(user).values("pk"))
 
 
+# --- roles ------------------------------------------------------------------------------------
+
+
+def _in_group(user: Any, name: str) -> bool:
+    return _authenticated(user) and user.groups.filter(name=name).exists()
+
+
+def is_reviewer(user: Any) -> bool:
+    """On the review board (the group named by ``H3LAB_REVIEW_BOARD_GROUP``)."""
+    return _in_group(user, settings.H3LAB_REVIEW_BOARD_GROUP)
+
+
+def is_release_manager(user: Any) -> bool:
+    """A release manager (the group named by ``H3LAB_RELEASE_MANAGERS_GROUP``) or a superuser."""
+    return is_lab_admin(user) or _in_group(user, settings.H3LAB_RELEASE_MANAGERS_GROUP)
+
+
 # --- findings ---------------------------------------------------------------------------------
 
 
-def finding_visibility_q(user: Any) -> Q:
-    """A Q over Finding that is true exactly for the findings ``user`` may read."""
-    public = Q(tier=Tier.PUBLIC) & ~Q(status=FindingStatus.RETRACTED)
+def _not_retracted() -> Q:
+    return ~Q(status=FindingStatus.RETRACTED)
+
+
+def _clearance_q(user: Any) -> Q:
+    """Group clearance (review board, release managers: data in GroupClearance): findings at
+    the user's lowest cleared tier and above, except those the user recused from.
+
+    SECURITY: a recusal (conflict of interest) withdraws the review-board view of that finding
+    too, not just the vote; the reviewer still sees it through any other route (team, grant,
+    public).
+    """
+    lowest = GroupClearance.objects.filter(group__user=user).order_by("tier").values("tier")[:1]
+    recused = Recusal.objects.filter(reviewer=user).values("finding_id")
+    return Q(tier__gte=Subquery(lowest)) & ~Q(pk__in=recused)
+
+
+def _grant_q(user: Any, now: datetime) -> Q:
+    """Collaborators: findings at or above a grant's tier, in the granted project or the granted
+    finding, while the grant is unrevoked and unexpired and the user has accepted the agreement
+    version in force now. No agreement in force means no grant gives access (fail closed)."""
+    current = AgreementVersion.objects.in_force(now).values("pk")[:1]
+    accepted = AgreementAcceptance.objects.filter(user=user, agreement=Subquery(current))
+    grants = Grant.objects.active(now).for_user(user)
+    q = Q()
+    for tier in (Tier.PARTNERS, Tier.REVIEW):
+        # A grant for the review tier also covers partners; each branch is two uncorrelated
+        # subqueries that the database evaluates once (hashed), not per row.
+        g = grants if tier == Tier.PARTNERS else grants.filter(max_tier=Tier.REVIEW)
+        scope = Q(project__in=g.filter(project__isnull=False).values("project_id")) | Q(
+            pk__in=g.filter(finding__isnull=False).values("finding_id")
+        )
+        branch = Q(tier__gte=tier) & scope
+        q = branch if tier == Tier.PARTNERS else q | branch
+    return q & Exists(accepted)
+
+
+def finding_visibility_q(user: Any, *, include_retracted: bool = False) -> Q:
+    """A Q over Finding that is true exactly for the findings ``user`` may read.
+
+    Everything is a subquery of the one SQL statement (no queries are run here), so a list
+    costs its page query plus its count, whatever the user's groups, grants or recusals.
+    SECURITY: global model permissions (``experiments.view_finding``) are never consulted; only
+    superusers see everything. Retracted findings stay visible to their own team only;
+    ``include_retracted`` gives the set a user *would* see, used for tombstone pages.
+    """
+    released = Q(tier=Tier.PUBLIC)
     if not _authenticated(user):
-        return public
+        return released if include_retracted else released & _not_retracted()
     if is_lab_admin(user):
         return Q()
+    now = timezone.now()
     team = Q(project__in=member_projects(user).values("pk"))
-    return public | team
+    others = released | _clearance_q(user) | _grant_q(user, now)
+    return team | (others if include_retracted else others & _not_retracted())
 
 
 def visible_findings(user: Any) -> QuerySet[Finding]:
     return Finding.objects.filter(finding_visibility_q(user))
 
 
+def tombstones(user: Any) -> QuerySet[Finding]:
+    """Retracted findings the user would otherwise see (their tombstone pages)."""
+    q = finding_visibility_q(user, include_retracted=True)
+    return Finding.objects.filter(q, status=FindingStatus.RETRACTED)
+
+
 # --- artifacts --------------------------------------------------------------------------------
 
 
 def visible_artifacts(user: Any) -> QuerySet[Artifact]:
-    """Team members see their runs' artifacts; others only artifacts cited as evidence by a
-    finding they can read at the public tier (released evidence)."""
+    """Team members see their runs' artifacts; anyone else sees the artifacts cited as
+    evidence by a (not retracted) finding they can read — reviewers need the evidence they
+    assess, partners the evidence they were granted, the public released evidence."""
     if is_lab_admin(user):
         return Artifact.objects.all()
-    released = Q(
-        findings__in=Finding.objects.filter(tier=Tier.PUBLIC)
-        .exclude(status=FindingStatus.RETRACTED)
-        .values("pk")
+    readable = Finding.objects.filter(finding_visibility_q(user)).exclude(
+        status=FindingStatus.RETRACTED
+    )
+    cited = Q(
+        pk__in=Finding.artifacts.through.objects.filter(finding__in=readable).values("artifact_id")
     )
     if not _authenticated(user):
-        return Artifact.objects.filter(released).distinct()
+        return Artifact.objects.filter(cited)
     team = Q(project__in=member_projects(user).values("pk"))
-    return Artifact.objects.filter(team | released).distinct()
+    return Artifact.objects.filter(team | cited)
 
 
 # --- single objects ---------------------------------------------------------------------------
@@ -133,6 +219,15 @@ def get_finding_or_404(user: Any, pk: Any) -> Finding:
     return get_visible_or_404(visible_findings(user).select_related("project"), pk=pk)
 
 
+def get_finding_or_tombstone_or_404(user: Any, pk: Any) -> tuple[Finding, bool]:
+    """(finding, True) when the user may read it; (finding, False) for the tombstone of a
+    retracted finding they could read before; Http404 otherwise."""
+    try:
+        return get_finding_or_404(user, pk), True
+    except Http404:
+        return get_visible_or_404(tombstones(user), pk=pk), False
+
+
 def get_artifact_or_404(user: Any, pk: Any) -> Artifact:
     return get_visible_or_404(visible_artifacts(user).select_related("run", "project"), pk=pk)
 
@@ -151,3 +246,63 @@ def can_manage_run(user: Any, run: Run) -> bool:
 
 def can_edit_finding(user: Any, finding: Finding) -> bool:
     return is_member(user, finding.project) and not finding.is_retracted
+
+
+# Callers fetch the finding through get_finding_or_404 first: these decide actions on a
+# finding the user can already see.
+
+
+def can_request_review(user: Any, finding: Finding) -> bool:
+    """Team to review tier: the project's own members."""
+    return finding.tier == Tier.TEAM and can_edit_finding(user, finding)
+
+
+def can_manage_releases(user: Any, project: Project) -> bool:
+    """Schedule releases, manage grants and resolve objections for ``project``: release
+    managers, or a user delegated ``experiments.change_project`` on it through guardian's
+    direct-FK object permissions (global permissions are not consulted)."""
+    if is_release_manager(user):
+        return True
+    if not _authenticated(user):
+        return False
+    return ObjectPermissionChecker(user).has_perm("change_project", project)
+
+
+def can_request_release(user: Any, finding: Finding) -> bool:
+    """Ask for the step above review: the team or a release manager."""
+    if finding.is_retracted or finding.tier not in (Tier.REVIEW, Tier.PARTNERS):
+        return False
+    return is_member(user, finding.project) or can_manage_releases(user, finding.project)
+
+
+def can_review(user: Any, finding: Finding) -> bool:
+    """Assess, approve, object or recuse: a board member who has not recused and is not on
+    the finding's own team (reviewing one's own work is a conflict of interest)."""
+    return (
+        finding.tier >= Tier.REVIEW
+        and not finding.is_retracted
+        and is_reviewer(user)
+        and not is_member(user, finding.project)
+        and not Recusal.objects.filter(finding=finding, reviewer=user).exists()
+    )
+
+
+def can_retract(user: Any, finding: Finding) -> bool:
+    return not finding.is_retracted and (
+        is_member(user, finding.project) or can_manage_releases(user, finding.project)
+    )
+
+
+def can_view_audit(user: Any) -> bool:
+    return is_release_manager(user)
+
+
+def manageable_projects(user: Any) -> QuerySet[Project]:
+    """Projects whose grants the user may manage."""
+    if is_release_manager(user):
+        return Project.objects.all()
+    if not _authenticated(user):
+        return Project.objects.none()
+    return get_objects_for_user(
+        user, "experiments.change_project", Project, accept_global_perms=False
+    )

@@ -16,6 +16,7 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.conf.task_queues = (Queue("cpu"), Queue("gpu"), Queue("default"))
 app.conf.task_routes = {
     "h3lab.jobs.reap_stale_runs": {"queue": "default"},
+    "disclosure.tasks.*": {"queue": "default"},
 }
 app.autodiscover_tasks(["h3lab"], related_name="jobs")
 app.autodiscover_tasks(["experiments", "disclosure"])  # their ``tasks`` modules, if any
@@ -28,6 +29,15 @@ def _beat_schedule() -> dict[str, dict[str, object]]:
         "reap-stale-runs": {
             "task": "h3lab.jobs.reap_stale_runs",
             "schedule": settings.H3LAB_REAPER_INTERVAL_S,
+        },
+        # Staged release: promote due releases after re-checking every gate (disclosure.tasks).
+        "release-due-findings": {
+            "task": "disclosure.tasks.release_due_findings",
+            "schedule": settings.H3LAB_RELEASE_CHECK_INTERVAL_S,
+        },
+        "warn-expiring-grants": {
+            "task": "disclosure.tasks.warn_expiring_grants",
+            "schedule": 3600.0,
         },
     }
 

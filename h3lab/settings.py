@@ -208,3 +208,15 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+
+# --- disclosure ---
+# Role groups (created by disclosure's data migration). Which group is cleared for which tier is
+# data (disclosure.GroupClearance), edited in the admin.
+H3LAB_REVIEW_BOARD_GROUP = env_str("H3LAB_REVIEW_BOARD_GROUP", "review-board")
+H3LAB_RELEASE_MANAGERS_GROUP = env_str("H3LAB_RELEASE_MANAGERS_GROUP", "release-managers")
+# The scheduler re-checks and promotes due releases this often; grants are warned this many days
+# before they lapse.
+H3LAB_RELEASE_CHECK_INTERVAL_S = float(env_str("H3LAB_RELEASE_CHECK_INTERVAL_S", "60"))
+H3LAB_GRANT_WARNING_DAYS = env_int("H3LAB_GRANT_WARNING_DAYS", 7)
+# Absolute links in notification emails.
+H3LAB_SITE_URL = env_str("H3LAB_SITE_URL", "http://127.0.0.1:8000")

@@ -133,3 +133,9 @@ class Cast:
 @pytest.fixture
 def cast(lab: Lab) -> Cast:
     return factories.make_cast(lab)
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings: object) -> None:
+    """PBKDF2 costs ~0.3 s per user on the CI machine; tests only need *a* hash."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # type: ignore[attr-defined]

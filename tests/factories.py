@@ -17,10 +17,14 @@ PASSWORD = "correct-horse-battery"
 
 def make_user(username: str | None = None, **kw: Any) -> User:
     username = username or f"user{next(_seq)}"
-    return User.objects.create_user(username=username, password=PASSWORD, email=f"{username}@lab.test", **kw)
+    return User.objects.create_user(
+        username=username, password=PASSWORD, email=f"{username}@lab.test", **kw
+    )
 
 
-def make_project(slug: str | None = None, *, members: list[User] | tuple[User, ...] = ()) -> Project:
+def make_project(
+    slug: str | None = None, *, members: list[User] | tuple[User, ...] = ()
+) -> Project:
     slug = slug or f"project-{next(_seq)}"
     return actions.do_create_project(
         slug=slug, name=slug.replace("-", " ").title(), members=members, acting_user=None
@@ -71,11 +75,101 @@ def add_metrics(run: Run, name: str, values: list[float]) -> None:
     )
 
 
-def make_finding(project: Project, *, tier: int = Tier.TEAM, title: str | None = None, **kw: Any) -> Finding:
+def make_finding(
+    project: Project, *, tier: int = Tier.TEAM, title: str | None = None, **kw: Any
+) -> Finding:
     return Finding.objects.create(
         project=project,
         title=title or f"Finding {next(_seq)}",
         body=kw.pop("body", "An **induction head** forms at step 300."),
         tier=tier,
         **kw,
+    )
+
+
+# --- disclosure ---------------------------------------------------------------------------------
+
+
+def add_to_group(user: User, name: str) -> None:
+    from django.contrib.auth.models import Group
+
+    Group.objects.get_or_create(name=name)[0].user_set.add(user)
+
+
+def make_reviewer(username: str) -> User:
+    from django.conf import settings
+
+    user = make_user(username)
+    add_to_group(user, settings.H3LAB_REVIEW_BOARD_GROUP)
+    return user
+
+
+def make_release_manager(username: str) -> User:
+    from django.conf import settings
+
+    user = make_user(username)
+    add_to_group(user, settings.H3LAB_RELEASE_MANAGERS_GROUP)
+    return user
+
+
+def make_agreement(version: int, *, hours_ago: float = 48) -> Any:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from disclosure.models import AgreementVersion
+
+    return AgreementVersion.objects.create(
+        version=version,
+        title="Collaborator agreement",
+        text=f"Version {version}: do not redistribute restricted findings.",
+        effective_at=timezone.now() - timedelta(hours=hours_ago),
+    )
+
+
+def make_grant(
+    user: User | None = None, *, project: Project | None = None, days: float = 30, **kw: Any
+) -> Any:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from disclosure.models import AgreementVersion, Grant
+
+    return Grant.objects.create(
+        user=user,
+        project=project,
+        expires_at=timezone.now() + timedelta(days=days),
+        agreement=AgreementVersion.objects.order_by("-version").first(),
+        **kw,
+    )
+
+
+def accept(user: User, agreement: Any) -> None:
+    from disclosure.models import AgreementAcceptance
+
+    AgreementAcceptance.objects.create(user=user, agreement=agreement)
+
+
+def make_cast(lab: Any) -> Any:
+    from tests.conftest import Cast
+
+    v1 = make_agreement(1, hours_ago=72)
+    v2 = make_agreement(2, hours_ago=1)
+    carol, erin, nick = make_user("carol"), make_user("erin"), make_user("nick")
+    make_grant(carol, project=lab.project)
+    make_grant(erin, project=lab.project, days=-1)
+    make_grant(nick, project=lab.project)
+    for user in (carol, erin):
+        accept(user, v2)
+    accept(nick, v1)
+    return Cast(
+        lab=lab,
+        rita=make_reviewer("rita"),
+        rex=make_reviewer("rex"),
+        mara=make_release_manager("mara"),
+        carol=carol,
+        erin=erin,
+        nick=nick,
+        agreement=v2,
     )

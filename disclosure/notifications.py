@@ -1,0 +1,60 @@
+"""Notifications: an in-app inbox row per recipient, and an email through Django's mail backend
+(console in development) sent only after the transaction that caused it commits."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from django.core.mail import get_connection, send_mass_mail
+from django.db import transaction
+
+from disclosure.models import Notification, NotificationKind
+
+User = get_user_model()
+
+
+def notify(
+    users: Iterable[Any], kind: NotificationKind, subject: str, body: str = "", url: str = ""
+) -> list[Notification]:
+    """Notify each distinct active user once. Call inside the action's transaction."""
+    recipients = {u.pk: u for u in users if u is not None and u.is_active}
+    rows = Notification.objects.bulk_create(
+        Notification(user=u, kind=kind, subject=subject[:200], body=body, url=url)
+        for u in recipients.values()
+    )
+    link = f"{settings.H3LAB_SITE_URL}{url}" if url else ""
+    messages = [
+        (f"[h3lab] {subject}", f"{body}\n\n{link}".strip() + "\n", None, [u.email])
+        for u in recipients.values()
+        if u.email
+    ]
+    if messages:
+        # SECURITY: the email says what happened and links to the page; the page re-checks
+        # access, so a forwarded email reveals no restricted content.
+        transaction.on_commit(
+            lambda: send_mass_mail(messages, fail_silently=True, connection=get_connection())
+        )
+    return rows
+
+
+def group_members(name: str) -> list[Any]:
+    group = Group.objects.filter(name=name).first()
+    return list(group.user_set.filter(is_active=True)) if group else []
+
+
+def reviewers() -> list[Any]:
+    return group_members(settings.H3LAB_REVIEW_BOARD_GROUP)
+
+
+def release_managers() -> list[Any]:
+    return group_members(settings.H3LAB_RELEASE_MANAGERS_GROUP)
+
+
+def unread_count(user: Any) -> int:
+    if not getattr(user, "is_authenticated", False):
+        return 0
+    return Notification.objects.filter(user=user, read_at__isnull=True).count()

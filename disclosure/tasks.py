@@ -1,0 +1,23 @@
+"""Periodic disclosure jobs (Celery beat; schedule in :func:`h3lab.celery._beat_schedule`).
+
+Thin: each task calls one action, which re-checks every gate itself and is idempotent, so a
+duplicate delivery or an overlapping beat tick changes nothing twice.
+"""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from disclosure import actions
+
+
+@shared_task(acks_late=True, soft_time_limit=120, time_limit=180, ignore_result=True)
+def release_due_findings() -> list[tuple[int, str]]:
+    """At each embargo instant: re-check quorum, objections, retractions and dependencies,
+    then promote, or record why the release was held back."""
+    return actions.do_release_due()
+
+
+@shared_task(acks_late=True, soft_time_limit=120, time_limit=180, ignore_result=True)
+def warn_expiring_grants() -> int:
+    return actions.do_warn_expiring_grants()
