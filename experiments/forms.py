@@ -10,7 +10,7 @@ from __future__ import annotations
 import codecs
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from django import forms
 from django.conf import settings
@@ -134,12 +134,18 @@ class RunForm(forms.Form):
         self.project = project
         self.base = base or {}
         corpora = project_corpora(project)
-        self.fields["corpus"].choices = [("", "—"), *((n, n) for n in corpora)]
+        cast(forms.ChoiceField, self.fields["corpus"]).choices = [
+            ("", "—"),
+            *((n, n) for n in corpora),
+        ]
         base_task = self.base.get("task", {}).get("name")
         if base_task and base_task not in dict(TASK_CHOICES):
             # A run submitted through the API with a task the form doesn't offer (jsonl):
             # repeating it keeps that task and its file.
-            self.fields["task"].choices = [*TASK_CHOICES, (base_task, base_task)]
+            cast(forms.ChoiceField, self.fields["task"]).choices = [
+                *TASK_CHOICES,
+                (base_task, base_task),
+            ]
 
     @classmethod
     def initial_from_run(cls, run: Run) -> dict[str, Any]:
@@ -173,7 +179,7 @@ class RunForm(forms.Form):
         return upload
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        data = super().clean() or {}
         if data.get("task") in FILE_TASKS and not self._corpus_given(data):
             self.add_error("corpus_upload", "Upload a text file or choose one uploaded before.")
         return data
@@ -287,7 +293,7 @@ class RunFilterForm(forms.Form):
 
     def __init__(self, *args: Any, projects: QuerySet[Project], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["project"].queryset = projects
+        cast(forms.ModelChoiceField, self.fields["project"]).queryset = projects
 
     def filter(self, runs: QuerySet[Run]) -> QuerySet[Run]:
         if not self.is_valid():
@@ -327,6 +333,16 @@ class CompareForm(forms.Form):
         return ids
 
 
+class RunChoiceField(forms.ModelMultipleChoiceField):
+    def label_from_instance(self, obj: Any) -> str:
+        return f"#{obj.pk} {obj.name or obj.experiment.name} · {obj.preset} · {obj.status}"
+
+
+class ArtifactChoiceField(forms.ModelMultipleChoiceField):
+    def label_from_instance(self, obj: Any) -> str:
+        return f"{obj.name} ({obj.kind})"
+
+
 class FindingForm(forms.Form):
     """Record a finding from a run, citing runs, artifacts and metric values as evidence."""
 
@@ -335,10 +351,10 @@ class FindingForm(forms.Form):
         widget=forms.Textarea(attrs={"rows": 12}),
         help_text="Markdown. Rendered and sanitized when shown.",
     )
-    runs = forms.ModelMultipleChoiceField(
+    runs = RunChoiceField(
         queryset=Run.objects.none(), required=False, widget=forms.CheckboxSelectMultiple
     )
-    artifacts = forms.ModelMultipleChoiceField(
+    artifacts = ArtifactChoiceField(
         queryset=Artifact.objects.none(), required=False, widget=forms.CheckboxSelectMultiple
     )
     metrics = forms.MultipleChoiceField(
@@ -357,10 +373,6 @@ class FindingForm(forms.Form):
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["runs"].queryset = runs
-        self.fields["runs"].label_from_instance = lambda r: (
-            f"#{r.pk} {r.name or r.experiment.name} · {r.preset} · {r.status}"
-        )
-        self.fields["artifacts"].queryset = artifacts
-        self.fields["artifacts"].label_from_instance = lambda a: f"{a.name} ({a.kind})"
-        self.fields["metrics"].choices = [(n, n) for n in metric_names]
+        cast(forms.ModelMultipleChoiceField, self.fields["runs"]).queryset = runs
+        cast(forms.ModelMultipleChoiceField, self.fields["artifacts"]).queryset = artifacts
+        cast(forms.ChoiceField, self.fields["metrics"]).choices = [(n, n) for n in metric_names]

@@ -1,6 +1,277 @@
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+"""Pages of the experiments app. Thin: parse with a form, ask :mod:`disclosure.policy` for
+objects, call one action, render or redirect.
+
+SECURITY: every object and queryset here comes from the policy module; forbidden and missing
+both answer 404, so a probe cannot learn which runs or projects exist.
+"""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.db.models import Count, Max, Q, QuerySet
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.http import content_disposition_header
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from disclosure import policy
+from experiments import actions, presenters
+from experiments.forms import TASK_DEFAULTS, CompareForm, FindingForm, RunFilterForm, RunForm
+from experiments.models import ACTIVE_STATUSES, MetricPoint, Project, Run
+from experiments.storage import open_artifact
+from h3lab.config import ConfigError
+
+RUNS_PER_PAGE = 50
+INLINE_TYPES = ("image/png", "image/svg+xml")
 
 
+def _managed_run_or_404(request: HttpRequest, pk: int) -> Run:
+    run = policy.get_run_or_404(request.user, pk)
+    if not policy.can_manage_run(request.user, run):
+        raise Http404("Not found.")
+    return run
+
+
+def _submittable_project_or_404(request: HttpRequest, slug: str) -> Project:
+    project = policy.get_project_or_404(request.user, slug)
+    if not policy.can_submit_run(request.user, project):
+        raise Http404("Not found.")
+    return project
+
+
+def _with_run_counts(projects: QuerySet[Project]) -> QuerySet[Project]:
+    active = Q(runs__status__in=ACTIVE_STATUSES)
+    return projects.annotate(
+        n_runs=Count("runs", distinct=True),
+        n_active=Count("runs", filter=active, distinct=True),
+        last_run_at=Max("runs__created_at"),
+    )
+
+
+@never_cache
+@require_GET
 def home(request: HttpRequest) -> HttpResponse:
-    return render(request, "experiments/home.html", {})
+    user = request.user
+    findings = policy.visible_findings(user).select_related("project")[:6]
+    if not user.is_authenticated:
+        return render(request, "experiments/landing.html", {"findings": findings})
+    runs = policy.visible_runs(user).select_related("project", "experiment", "created_by")
+    context = {
+        "projects": _with_run_counts(policy.visible_projects(user)),
+        "recent_runs": runs[:10],
+        "active_runs": runs.filter(status__in=ACTIVE_STATUSES)[:10],
+        "findings": findings,
+    }
+    return render(request, "experiments/home.html", context)
+
+
+@login_required
+@require_GET
+def project_detail(request: HttpRequest, slug: str) -> HttpResponse:
+    project = policy.get_project_or_404(request.user, slug)
+    runs = policy.visible_runs(request.user).filter(project=project)
+    experiments = project.experiments.annotate(n_runs=Count("runs")).order_by("-created_at")
+    context = {
+        "project": project,
+        "experiments": experiments,
+        "runs": runs.select_related("experiment", "created_by")[:20],
+        "findings": policy.visible_findings(request.user).filter(project=project)[:20],
+        "can_submit": policy.can_submit_run(request.user, project),
+    }
+    return render(request, "experiments/project_detail.html", context)
+
+
+def _submit(request: HttpRequest, form: RunForm, rerun_of: Run | None) -> HttpResponse | None:
+    """Submit the run described by a valid ``form``; None (with field errors) if its config
+    does not validate."""
+    try:
+        run = actions.check_submit_run(
+            project=form.project,
+            config=form.config(),
+            experiment_name=form.cleaned_data["experiment"],
+            name=form.cleaned_data["name"],
+            queue=form.cleaned_data["queue"],
+            rerun_of=rerun_of,
+            acting_user=request.user,
+        )
+    except ConfigError as exc:
+        form.add_config_errors(exc)
+        return None
+    messages.success(request, f"Run #{run.pk} queued on the {run.get_queue_display()} queue.")
+    return redirect(run)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def run_new(request: HttpRequest, slug: str) -> HttpResponse:
+    project = _submittable_project_or_404(request, slug)
+    form = RunForm(request.POST or None, request.FILES or None, project=project)
+    if form.is_bound and form.is_valid() and (done := _submit(request, form, None)):
+        return done
+    return _render_run_form(request, form, None)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def run_rerun(request: HttpRequest, pk: int) -> HttpResponse:
+    source = _managed_run_or_404(request, pk)
+    form = RunForm(
+        request.POST or None,
+        request.FILES or None,
+        project=source.project,
+        base=source.config,
+        initial=RunForm.initial_from_run(source),
+    )
+    if form.is_bound and form.is_valid() and (done := _submit(request, form, source)):
+        return done
+    return _render_run_form(request, form, source)
+
+
+def _render_run_form(request: HttpRequest, form: RunForm, rerun_of: Run | None) -> HttpResponse:
+    context = {
+        "form": form,
+        "project": form.project,
+        "rerun_of": rerun_of,
+        "task_defaults": TASK_DEFAULTS,
+    }
+    return render(request, "experiments/run_form.html", context)
+
+
+@login_required
+@require_GET
+def run_list(request: HttpRequest) -> HttpResponse:
+    projects = policy.visible_projects(request.user)
+    filters = RunFilterForm(request.GET or None, projects=projects)
+    runs = filters.filter(policy.visible_runs(request.user))
+    runs = runs.select_related("project", "experiment", "created_by")
+    page = Paginator(runs, RUNS_PER_PAGE).get_page(request.GET.get("page"))
+    query = request.GET.copy()
+    query.pop("page", None)
+    context = {"filters": filters, "page": page, "query": query.urlencode()}
+    return render(request, "experiments/run_list.html", context)
+
+
+@never_cache
+@login_required
+@require_GET
+def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    run = policy.get_run_or_404(request.user, pk)
+    artifacts = list(run.artifacts.all())
+    log = presenters.find_log(artifacts) if not run.is_active else None
+    context = {
+        "run": run,
+        "sections": presenters.config_sections(run.config),
+        "artifacts": artifacts,
+        "plots": [a for a in artifacts if a.content_type in INLINE_TYPES],
+        "log_lines": presenters.log_tail(log) if log else None,
+        "can_manage": policy.can_manage_run(request.user, run),
+    }
+    return render(request, "experiments/run_detail.html", context)
+
+
+@never_cache
+@login_required
+@require_GET
+def run_progress(request: HttpRequest, pk: int) -> JsonResponse:
+    run = policy.get_run_or_404(request.user, pk)
+    try:
+        after = max(0, int(request.GET.get("after", 0)))
+    except ValueError:
+        after = 0
+    return JsonResponse(presenters.progress_payload(run, after=after))
+
+
+@login_required
+@require_POST
+def run_cancel(request: HttpRequest, pk: int) -> HttpResponse:
+    run = _managed_run_or_404(request, pk)
+    if actions.do_cancel_run(run, acting_user=request.user):
+        messages.success(request, f"Run #{run.pk} cancelled.")
+    else:
+        messages.info(request, f"Run #{run.pk} had already {run.status}; nothing to cancel.")
+    return redirect(run)
+
+
+@never_cache
+@require_GET
+def artifact_download(request: HttpRequest, pk: int) -> StreamingHttpResponse:
+    # No login_required: artifacts cited by a public finding are public evidence; the policy
+    # decides, and answers 404 for everything else.
+    artifact = policy.get_artifact_or_404(request.user, pk)
+    try:
+        chunks = open_artifact(artifact)
+    except FileNotFoundError:
+        raise Http404("Not found.") from None
+    actions.record_artifact_download(artifact, acting_user=request.user)
+    inline = request.GET.get("inline") == "1" and artifact.content_type in INLINE_TYPES
+    response = StreamingHttpResponse(chunks, content_type=artifact.content_type)
+    response["Content-Length"] = str(artifact.size)
+    response["Content-Disposition"] = _disposition(artifact.name, inline)
+    response["X-Content-Type-Options"] = "nosniff"
+    # SECURITY: artifacts are produced by training code and may be crafted; an SVG opened
+    # directly would run its scripts on our origin. The sandbox CSP gives every artifact
+    # response an opaque origin with no script, so inline SVG plots are only ever pictures.
+    response["Content-Security-Policy"] = "sandbox; default-src 'none'; style-src 'unsafe-inline'"
+    return response
+
+
+def _disposition(name: str, inline: bool) -> str:
+    return content_disposition_header(not inline, name) or "attachment"
+
+
+@login_required
+@require_GET
+def run_compare(request: HttpRequest) -> HttpResponse:
+    form = CompareForm(request.GET)
+    if not form.is_valid():
+        messages.info(request, "Select one or more runs to compare.")
+        return redirect("runs")
+    ids = form.cleaned_data["ids"]
+    found = policy.visible_runs(request.user).filter(pk__in=ids).select_related("project")
+    runs = sorted(found, key=lambda r: ids.index(r.pk))
+    if len(runs) != len(ids):
+        raise Http404("Not found.")  # SECURITY: one invisible id and the whole page is 404
+    series, _ = presenters.metric_series(ids)
+    chart_runs = [{"id": r.pk, "label": f"#{r.pk} {r.name}".strip()} for r in runs]
+    context = {
+        "runs": runs,
+        "rows": presenters.config_diff(runs),
+        "chart_data": {"runs": chart_runs, "series": series},
+    }
+    return render(request, "experiments/run_compare.html", context)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def finding_new(request: HttpRequest, pk: int) -> HttpResponse:
+    run = _managed_run_or_404(request, pk)
+    evidence_runs = policy.visible_runs(request.user).filter(project=run.project)
+    form = FindingForm(
+        request.POST or None,
+        runs=evidence_runs.select_related("experiment"),
+        artifacts=policy.visible_artifacts(request.user).filter(run=run),
+        metric_names=list(
+            MetricPoint.objects.filter(run=run)
+            .order_by("name")
+            .values_list("name", flat=True)
+            .distinct()
+        ),
+        initial={"runs": [run.pk]},
+    )
+    if form.is_bound and form.is_valid():
+        finding = actions.do_record_finding(
+            project=run.project,
+            title=form.cleaned_data["title"],
+            body=form.cleaned_data["body"],
+            runs=form.cleaned_data["runs"],
+            artifacts=form.cleaned_data["artifacts"],
+            snapshot_metrics=[(run, name) for name in form.cleaned_data["metrics"]],
+            acting_user=request.user,
+        )
+        messages.success(request, "Finding recorded as a private team draft.")
+        return redirect(reverse("finding", args=[finding.pk]))
+    return render(request, "experiments/finding_form.html", {"form": form, "run": run})

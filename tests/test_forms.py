@@ -31,7 +31,7 @@ VALID = {
 }
 
 
-def bound(project: Project, files: dict[str, Any] | None = None, **changes: str) -> RunForm:
+def bound(project: Project, files: dict[str, Any] | None = None, /, **changes: str) -> RunForm:
     return RunForm({**VALID, **changes}, files or {}, project=project)
 
 

@@ -1,0 +1,49 @@
+"""Small display filters for lab pages: durations, metric values, config values."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import template
+
+register = template.Library()
+
+
+@register.filter
+def duration(seconds: float | None) -> str:
+    """``93.4`` → ``"1m 33s"``; empty for unknown."""
+    if seconds is None:
+        return ""
+    s = round(seconds)
+    if s < 60:
+        return f"{seconds:.1f} s" if seconds < 10 else f"{s} s"
+    m, s = divmod(s, 60)
+    if m < 60:
+        return f"{m}m {s:02d}s"
+    h, m = divmod(m, 60)
+    return f"{h}h {m:02d}m"
+
+
+@register.filter
+def metric(value: float | None, digits: int = 4) -> str:
+    """A metric with ``digits`` significant figures; an em dash when absent."""
+    if value is None:
+        return "—"
+    return f"{value:.{digits}g}"
+
+
+@register.filter
+def percent(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f}%"
+
+
+@register.filter
+def cfg(value: Any) -> str:
+    """A config value as a researcher would write it."""
+    if value is None:
+        return "—"
+    if value == "":
+        return "(empty)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
