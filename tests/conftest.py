@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -68,7 +69,7 @@ def _isolated_storage(settings: object, tmp_path_factory: pytest.TempPathFactory
 
 
 @pytest.fixture(scope="session", autouse=True)
-def test_broker(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def test_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """Jobs sent during tests go to a broker namespace of this session only: a temporary folder
     for the embedded filesystem broker, a unique key prefix on a shared Redis. Never the
     developer's ``var/broker`` (a running ``make run`` worker would pick test jobs up).
@@ -98,7 +99,14 @@ def test_broker(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         }
         env["H3LAB_BROKER_PREFIX"] = prefix
     ensure_embedded_dirs(app.conf)
-    return env
+    yield env
+    if "H3LAB_BROKER_PREFIX" in env:  # leave nothing behind on a shared Redis
+        import redis
+
+        client = redis.Redis.from_url(str(app.conf.broker_url))
+        for key in client.scan_iter(match=env["H3LAB_BROKER_PREFIX"] + "*"):
+            client.delete(key)
+        client.close()
 
 
 # --- disclosure personas (one per role and grant state) ----------------------------------------

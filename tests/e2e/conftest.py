@@ -1,0 +1,156 @@
+"""Real Celery workers against the test database.
+
+A worker is a ``celery -A h3lab.celery worker`` subprocess consuming from the session's broker
+namespace (see ``tests/conftest.py::test_broker``: a temporary folder for the embedded
+filesystem broker, a key prefix on Redis) and writing to the test database, which the test
+process commits to (``transactional_db``/``live_server``):
+
+- SQLite: the test database is a file (``TEST.NAME`` = ``var/test.sqlite3``, WAL mode), so the
+  worker opens the same file.
+- PostgreSQL: the worker connects to the ``test_<name>`` database pytest-django created.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from django.conf import settings
+from django.db import connection
+
+from experiments.models import Run
+
+ROOT = Path(__file__).resolve().parents[2]
+READY_TIMEOUT_S = 90.0  # a loaded 2-core machine imports Django + Celery slowly
+
+
+def database_url() -> str:
+    """A DATABASE_URL for the test database this process is using."""
+    s = connection.settings_dict
+    if s["ENGINE"] == "django.db.backends.sqlite3":
+        name = str(s["NAME"])
+        if name == ":memory:" or "mode=memory" in name:
+            pytest.skip("an in-memory SQLite test database cannot be shared with a worker")
+        return f"sqlite:///{Path(name).resolve()}"
+    if s["ENGINE"] == "django.db.backends.postgresql":
+        auth = quote(s["USER"] or "", safe="")
+        if s.get("PASSWORD"):
+            auth += ":" + quote(s["PASSWORD"], safe="")
+        host = s.get("HOST") or "localhost"
+        port = f":{s['PORT']}" if s.get("PORT") else ""
+        return f"postgres://{auth}@{host}{port}/{s['NAME']}"
+    pytest.skip(f"no worker support for {s['ENGINE']}")
+    raise AssertionError  # unreachable; pytest.skip raises
+
+
+@dataclass
+class Worker:
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    name: str
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL the worker's whole process group: no cleanup runs, as on OOM or power loss."""
+        if self.alive():
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self, grace: float = 20.0) -> None:
+        if not self.alive():
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+def wait_for(
+    predicate: Callable[[], Any], *, timeout: float, interval: float = 0.2, what: str = ""
+) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+def run_row(pk: int) -> Run:
+    return Run.objects.get(pk=pk)
+
+
+@pytest.fixture
+def start_worker(
+    test_broker: dict[str, str], tmp_path: Path, transactional_db: None
+) -> Iterator[Callable[..., Worker]]:
+    """Start real workers (``beat=True`` embeds the beat scheduler, i.e. the reaper); all are
+    stopped at teardown, before the test database is flushed."""
+    workers: list[Worker] = []
+    var_dir = tmp_path / "worker-var"
+    var_dir.mkdir()
+
+    def start(*, beat: bool = False, env: dict[str, str] | None = None) -> Worker:
+        name = f"e2e-{uuid.uuid4().hex[:6]}"
+        full_env = {
+            **os.environ,
+            **test_broker,
+            "DATABASE_URL": database_url(),
+            "H3LAB_VAR_DIR": str(var_dir),  # beat schedule, results: never the developer's var/
+            "H3LAB_DATA_DIR": str(settings.MEDIA_ROOT),  # same artifacts/workdirs as the test
+            "H3LAB_HEARTBEAT_S": "1",
+            "OMP_NUM_THREADS": "1",
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
+        argv = [
+            sys.executable, "-m", "celery", "-A", "h3lab.celery", "worker",
+            "--queues=cpu,gpu,default", "--pool=solo", "--concurrency=1",
+            "--prefetch-multiplier=1", f"--hostname={name}@%h", "--loglevel=INFO",
+            "--without-gossip", "--without-mingle",
+        ]  # fmt: skip
+        if beat:
+            argv += ["--beat", f"--schedule={var_dir / f'beat-{name}'}"]
+        log_path = tmp_path / f"{name}.log"
+        with log_path.open("wb") as out:
+            proc = subprocess.Popen(
+                argv, cwd=ROOT, env=full_env, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        worker = Worker(proc=proc, log_path=log_path, name=name, extra=env or {})
+        workers.append(worker)
+        try:
+            wait_for(
+                lambda: "ready." in worker.log() or not worker.alive(),
+                timeout=READY_TIMEOUT_S,
+                what=f"worker {name} to start",
+            )
+        except AssertionError:
+            worker.kill()
+            raise AssertionError(f"worker {name} did not start:\n{worker.log()[-3000:]}") from None
+        assert worker.alive(), f"worker {name} exited:\n{worker.log()[-3000:]}"
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()
