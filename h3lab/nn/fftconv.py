@@ -8,6 +8,7 @@ length where the circular convolution equals the linear one on the first ``L`` o
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -36,22 +37,63 @@ def next_fast_len(n: int) -> int:
     return best
 
 
+class _FFTConv(torch.autograd.Function):
+    """Causal FFT convolution with a hand-written backward.
+
+    Autograd through rfft/irfft would save the input's spectrum (twice the input's memory at
+    n ≈ 2L) and run a chain of padding and complex-to-complex transforms. Here the forward
+    saves only ``u`` and the kernel's (small) spectrum, and the backward takes one rfft of the
+    incoming gradient, re-transforms ``u``, and needs a single irfft for ``∂u``; the kernel
+    gradient is summed over the batch *before* its inverse transform.
+    Both gradients are correlations, which the same zero padding keeps exact (``n ≥ L + Lk −
+    1`` means no wrapped term reaches a needed lag).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, u: Tensor, k: Tensor, D: Tensor | None, n: int) -> Tensor:
+        L, Lk = u.shape[-1], k.shape[-1]
+        k_f = torch.fft.rfft(k, n=n)  # (H, n//2+1)
+        y = torch.fft.irfft(torch.fft.rfft(u, n=n).mul_(k_f), n=n)[..., :L]  # (B, H, L)
+        if D is not None:
+            y = torch.addcmul(y, u, D[:, None])
+        ctx.save_for_backward(u, k_f, D)
+        ctx.sizes = (L, Lk, n)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
+        u, k_f, D = ctx.saved_tensors
+        L, Lk, n = ctx.sizes
+        need_u, need_k, need_D = ctx.needs_input_grad[:3]
+        g_f = torch.fft.rfft(g, n=n)  # (B, H, n//2+1)
+        grad_u = grad_k = grad_D = None
+        if need_k:
+            u_f = torch.fft.rfft(u, n=n)  # recomputed rather than saved: memory over time
+            # Σ_b G · conj(U) — sum over the batch in frequency space, then one small irfft.
+            grad_k = torch.fft.irfft(torch.einsum("bhf,bhf->hf", g_f, u_f.conj_physical()), n=n)
+            grad_k = grad_k[..., :Lk]  # (H, Lk)
+        if need_u:
+            grad_u = torch.fft.irfft(g_f.mul_(k_f.conj()), n=n)[..., :L]  # (B, H, L)
+            if D is not None:
+                grad_u = torch.addcmul(grad_u, g, D[:, None])
+        if need_D and D is not None:
+            grad_D = torch.einsum("bhl,bhl->h", g, u)
+        return grad_u, grad_k, grad_D, None
+
+
 def fftconv(u: Tensor, k: Tensor, D: Tensor | None = None) -> Tensor:
     """Causal convolution of ``u`` with per-channel kernels ``k``, by FFT.
 
     u: (B, H, L) real; k: (H, Lk) real with any ``Lk`` (only the first ``L`` taps can reach
     an output, so a longer kernel is truncated and a shorter one costs a shorter transform);
-    D: (H,) skip weights or None. Returns y: (B, H, L) in ``u``'s dtype.
+    D: (H,) skip weights or None. Returns y: (B, H, L) in ``u``'s dtype. Differentiable in
+    all three (see :class:`_FFTConv`).
     """
     L = u.shape[-1]
     k = k[..., :L]
     n = next_fast_len(L + k.shape[-1] - 1)  # no wrap-around reaches outputs t < L
-    u_f = torch.fft.rfft(u, n=n)  # (B, H, n//2+1)
-    k_f = torch.fft.rfft(k, n=n)  # (H, n//2+1)
-    y = torch.fft.irfft(u_f * k_f, n=n)[..., :L]  # (B, H, L)
-    if D is not None:
-        y = torch.addcmul(y, u, D[:, None])
-    return y
+    out: Tensor = _FFTConv.apply(u, k, D, n)
+    return out
 
 
 def direct_conv_ref(u: Tensor, k: Tensor, D: Tensor | None = None) -> Tensor:

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from h3lab.nn.config import LMConfig
 from h3lab.nn.fftconv import fftconv
 from h3lab.nn.hooks import HookPoint
+from h3lab.nn.layout import linear_from_channels_first, linear_to_channels_first
 from h3lab.nn.ssm import DiagonalSSM, DiagonalStepParams, ShiftSSM
 
 
@@ -95,9 +96,9 @@ class H3(nn.Module):
         :meth:`allocate_state`) also leave in it the recurrent state after the sequence
         (prefill), so :meth:`step` can continue from there."""
         L = x.shape[1]
-        # Channels-first (B, 3D, L) straight out of the matmul: the FFTs then run over
+        # Channels-first (B, 3D, L) straight out of the GEMM: the FFTs then run over
         # contiguous rows, with no transpose copy of q, k, v.
-        qkv = torch.matmul(self.in_proj.weight, x.mT) + self.in_proj.bias[:, None]  # (B, 3D, L)
+        qkv = linear_to_channels_first(x, self.in_proj.weight, self.in_proj.bias)  # (B, 3D, L)
         q, k, v = qkv.chunk(3, dim=1)  # (B, D, L) each
         q = self.hook_q(q.mT).mT
         k = self.hook_k(k.mT).mT
@@ -114,8 +115,9 @@ class H3(nn.Module):
         s = self.hook_diag(s.mT).mT
 
         y = self._contract(q, s)  # (B, D, L)
-        y = self.hook_y(y.mT)  # (B, L, D)
-        out = self.hook_out(self.out_proj(y))  # (B, L, D)
+        y = self.hook_y(y.mT).mT  # (B, D, L)
+        out = linear_from_channels_first(y, self.out_proj.weight, self.out_proj.bias)
+        out = self.hook_out(out)  # (B, L, D)
         if state is not None:
             self.shift_ssm.prefill_state(k, state.shift)
             self.kv_ssm.prefill_state(kv, state.kv)

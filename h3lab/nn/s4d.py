@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from h3lab.nn.config import LMConfig
 from h3lab.nn.fftconv import fftconv
 from h3lab.nn.hooks import HookPoint
+from h3lab.nn.layout import linear_to_channels_first
 from h3lab.nn.ssm import DiagonalSSM, DiagonalStepParams
 
 
@@ -57,7 +58,7 @@ class S4D(nn.Module):
     def forward(self, x: Tensor, state: S4DState | None = None) -> Tensor:
         """x: (B, L, D) → (B, L, D), causal; with ``state``, also prefill it."""
         L = x.shape[1]
-        u = torch.matmul(self.in_proj.weight, x.mT) + self.in_proj.bias[:, None]  # (B, D, L)
+        u = linear_to_channels_first(x, self.in_proj.weight, self.in_proj.bias)  # (B, D, L)
         u = self.hook_in(u.mT).mT
         kernel = self.hook_kernel(self.ssm.kernel(L))  # (D, L)
         s = self.hook_diag(fftconv(u, kernel, self.ssm.D).mT)  # (B, L, D)

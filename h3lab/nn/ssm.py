@@ -39,16 +39,21 @@ def vandermonde_kernel(W: Tensor, log_A: Tensor, L: int) -> Tensor:
     H = W.shape[0]
     M = 1 << max(0, math.ceil(math.log2(max(L, 1)) / 2))  # inner block ≈ √L, a power of two
     n_outer = -(-L // M)
-    real = W.real.dtype
-    b = torch.arange(M, device=W.device, dtype=real)
-    a = torch.arange(n_outer, device=W.device, dtype=real) * M
-    inner = torch.exp(log_A[..., None] * b)  # (H, N, M)         Ā^b
-    outer = W[..., None] * torch.exp(log_A[..., None] * a)  # (H, N, A)  W·Ā^{aM}
+    b = torch.arange(M, device=W.device, dtype=log_A.real.dtype)
+    a = torch.arange(n_outer, device=W.device, dtype=log_A.real.dtype) * M
+    inner = _powers(log_A, b)  # (H, N, M)             Ā^b
+    outer = W[..., None] * _powers(log_A, a)  # (H, N, A)   W·Ā^{aM}
     # Re(Σ_n o·i) = Σ_n (Re o · Re i − Im o · Im i): a real matmul over 2N.
     lhs = torch.cat([outer.real, -outer.imag], dim=1).transpose(1, 2)  # (H, A, 2N)
     rhs = torch.cat([inner.real, inner.imag], dim=1)  # (H, 2N, M)
     K = torch.bmm(lhs, rhs)  # (H, A, M)
     return 2 * K.reshape(H, n_outer * M)[:, :L]  # (H, L)
+
+
+def _powers(log_A: Tensor, ls: Tensor) -> Tensor:
+    """``exp(l · log_A)`` for each l in ``ls``: (H, N) × (P,) → (H, N, P) complex. Built as
+    ``polar(exp(l·Re), l·Im)`` — on CPU a complex ``exp`` is ~7× slower than its real parts."""
+    return torch.polar(torch.exp(log_A.real[..., None] * ls), log_A.imag[..., None] * ls)
 
 
 def vandermonde_kernel_ref(W: Tensor, A_bar: Tensor, L: int) -> Tensor:
