@@ -205,5 +205,5 @@ def test_a_requeued_run_resumes_from_its_checkpoint(
     assert run.status == RunStatus.SUCCEEDED
     assert run.attempt == 2
     assert first_steps[2] > 10, f"attempt 2 started from scratch: {first_steps}"
-    log = (Path(settings.ARTIFACTS_DIR) / Artifact.objects.get(run=run, name="train.log").path)
+    log = Path(settings.ARTIFACTS_DIR) / Artifact.objects.get(run=run, name="train.log").path
     assert "resumed from" in log.read_text()
