@@ -274,11 +274,13 @@ def do_request_review(finding: Finding, *, rationale: str = "", acting_user: Any
 def do_request_release(
     finding: Finding, *, rationale: str = "", acting_user: Any
 ) -> ReleaseRequest:
-    if finding.is_retracted or finding.tier >= Tier.PUBLIC:
-        raise ValidationError("This finding cannot move up a tier.")
-    if ReleaseRequest.objects.pending().filter(finding=finding).exists():
-        raise ValidationError("A request for this finding is already pending.")
     with transaction.atomic():
+        # Re-read under a row lock: the caller's copy may predate a release or a retraction.
+        finding = Finding.objects.select_for_update().select_related("project").get(pk=finding.pk)
+        if finding.is_retracted or finding.tier >= Tier.PUBLIC:
+            raise ValidationError("This finding cannot move up a tier.")
+        if ReleaseRequest.objects.pending().filter(finding=finding).exists():
+            raise ValidationError("A request for this finding is already pending.")
         request = ReleaseRequest.objects.create(
             finding=finding,
             from_tier=finding.tier,
@@ -669,6 +671,7 @@ def do_retract_finding(finding: Finding, *, reason: str, acting_user: Any) -> bo
             return False
         old_status = finding.status
         finding.refresh_from_db()
+        told = [u for u in readers_of(finding) + _team(finding) if u != acting_user]
         ReleaseRequest.objects.pending().filter(finding=finding).update(
             state=RequestState.CANCELLED,
             hold_reason="the finding was retracted",
@@ -682,7 +685,7 @@ def do_retract_finding(finding: Finding, *, reason: str, acting_user: Any) -> bo
             new={"status": finding.status, "reason": reason},
         )
         notify(
-            readers_of(finding) + _team(finding),
+            told,
             NotificationKind.RETRACTION,
             f"Finding #{finding.pk} was retracted",
             body=reason,

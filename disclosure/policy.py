@@ -287,6 +287,15 @@ def can_review(user: Any, finding: Finding) -> bool:
     )
 
 
+def can_see_review(user: Any, finding: Finding) -> bool:
+    """Assessments, votes and the review timeline: the team, reviewers who have not recused,
+    and release managers. SECURITY: partners and the public see the finding, not the
+    dual-use deliberation about it (rationales can describe the risky part)."""
+    if is_member(user, finding.project) or can_manage_releases(user, finding.project):
+        return True
+    return is_reviewer(user) and not Recusal.objects.filter(finding=finding, reviewer=user).exists()
+
+
 def can_retract(user: Any, finding: Finding) -> bool:
     return not finding.is_retracted and (
         is_member(user, finding.project) or can_manage_releases(user, finding.project)

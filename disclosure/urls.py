@@ -5,4 +5,28 @@ from disclosure import views
 urlpatterns = [
     path("findings/", views.finding_list, name="findings"),
     path("findings/<int:pk>/", views.finding_detail, name="finding"),
+    path(
+        "findings/<int:pk>/request-review/",
+        views.finding_request_review,
+        name="finding-request-review",
+    ),
+    path(
+        "findings/<int:pk>/request-release/",
+        views.finding_request_release,
+        name="finding-request-release",
+    ),
+    path("findings/<int:pk>/assess/", views.finding_assess, name="finding-assess"),
+    path("findings/<int:pk>/vote/", views.finding_vote, name="finding-vote"),
+    path("findings/<int:pk>/recuse/", views.finding_recuse, name="finding-recuse"),
+    path("findings/<int:pk>/schedule/", views.finding_schedule, name="finding-schedule"),
+    path("findings/<int:pk>/retract/", views.finding_retract, name="finding-retract"),
+    path("objections/<int:pk>/resolve/", views.objection_resolve, name="objection-resolve"),
+    path("review/", views.review_queue, name="review-queue"),
+    path("grants/", views.grant_list, name="grants"),
+    path("grants/<int:pk>/revoke/", views.grant_revoke, name="grant-revoke"),
+    path("access/", views.my_access, name="my-access"),
+    path("access/accept/", views.agreement_accept, name="agreement-accept"),
+    path("inbox/", views.inbox, name="inbox"),
+    path("audit/", views.audit_log, name="audit"),
+    path("audit/export.csv", views.audit_export, name="audit-export"),
 ]
