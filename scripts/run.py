@@ -55,10 +55,11 @@ def commands(python: str, host: str, port: str) -> list[Child]:
 
 
 def stop_all(children: list[Child], grace: float) -> None:
-    """SIGTERM every live child's process group, wait up to ``grace`` s, then SIGKILL."""
+    """SIGTERM every live child (Celery then stops its own pool), wait up to ``grace`` s, then
+    SIGKILL the child's whole process group."""
     for child in children:
         if child.proc and child.proc.poll() is None:
-            _signal_group(child.proc, signal.SIGTERM)
+            child.proc.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + grace
     for child in children:
         if not child.proc:
