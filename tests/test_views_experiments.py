@@ -49,6 +49,11 @@ def make_artifact(run: Run, tmp_path: Path, name: str, data: bytes) -> Artifact:
     return artifact
 
 
+# Every signed-in page renders the disclosure app's nav (templates/disclosure/_nav.html), which
+# asks: is the user on the review board?, a release manager?, how many unread notifications?
+NAV_QUERIES = 3
+
+
 def login_redirect(response: Any) -> bool:
     return response.status_code == 302 and response["Location"].startswith(reverse("login"))
 
@@ -255,8 +260,8 @@ def test_runs_list_uses_a_constant_number_of_queries(
         factories.make_run(lab.project, experiment=f"exp-{i % 4}", user=lab.alice)
     # 1 session, 2 user, 3 the filter's project (validating ?project=), 4 paginator count,
     # 5 the project choices rendered in the filter form, 6 the page of runs joined to project,
-    # experiment and creator. Nothing per row.
-    with django_assert_num_queries(6):
+    # experiment and creator; plus the nav's queries. Nothing per row.
+    with django_assert_num_queries(6 + NAV_QUERIES):
         response = as_alice.get(reverse("runs"), {"project": "induction"})
     assert len(response.context["page"]) == n_runs
 
@@ -310,8 +315,9 @@ def test_run_page_uses_a_constant_number_of_queries(
         make_artifact(done, tmp_path, f"probe-{i}.json", b"{}")
     factories.add_metrics(done, "train_loss", [1.0 / (i + 1) for i in range(n_items)])
     # 1 session, 2 user, 3 the run joined to experiment and project, 4 its artifacts,
-    # 5 membership check for the action buttons, 6 the creator's name.
-    with django_assert_num_queries(6):
+    # 5 membership check for the action buttons, 6 the creator's name; plus the nav's queries.
+    # Metric points are not read here: the page's script fetches them from progress.json.
+    with django_assert_num_queries(6 + NAV_QUERIES):
         as_alice.get(reverse("run", args=[done.pk]))
 
 
@@ -522,3 +528,27 @@ def test_evidence_from_another_project_is_rejected(as_alice: Client, lab: Lab, r
     assert response.status_code == 200
     assert "runs" in response.context["form"].errors
     assert Finding.objects.exists() is False
+
+
+def test_artifacts_cited_by_a_public_finding_download_without_logging_in(
+    client: Client, lab: Lab, tmp_path: Path
+) -> None:
+    done = factories.make_run(lab.project)
+    plot = make_artifact(done, tmp_path, "loss.png", b"\x89PNG public evidence")
+    finding = factories.make_finding(lab.project, tier=Tier.PUBLIC)
+    finding.artifacts.add(plot)
+    response = client.get(reverse("artifact-download", args=[plot.pk]))
+    assert response.status_code == 200
+    assert response.getvalue() == b"\x89PNG public evidence"
+
+
+# --- layout -------------------------------------------------------------------------------------
+
+
+def test_login_page_renders_and_signed_in_pages_log_out_by_post(
+    client: Client, as_alice: Client
+) -> None:
+    assert 'name="password"' in client.get(reverse("login")).content.decode()
+    page = as_alice.get(reverse("home")).content.decode()
+    assert f'<form method="post" action="{reverse("logout")}"' in page
+    assert reverse("findings") in page and reverse("runs") in page

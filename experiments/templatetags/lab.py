@@ -6,6 +6,8 @@ from typing import Any
 
 from django import template
 
+from experiments.forms import TASK_CHOICES
+
 register = template.Library()
 
 
@@ -47,3 +49,9 @@ def cfg(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+@register.filter
+def task_label(name: str) -> str:
+    """``induction_head`` → ``Induction head``; unknown names as they are."""
+    return dict(TASK_CHOICES, jsonl="JSONL dataset", text="Text file").get(name, name)

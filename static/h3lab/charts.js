@@ -12,7 +12,7 @@
   var NS = "http://www.w3.org/2000/svg";
   var PALETTE = ["#4f46e5", "#0ea5e9", "#f59e0b", "#10b981", "#ef4444", "#8b5cf6",
                  "#ec4899", "#14b8a6", "#84cc16", "#f97316", "#64748b", "#a855f7"];
-  var W = 560, H = 260, M = { top: 16, right: 16, bottom: 34, left: 52 };
+  var W = 560, H = 270, M = { top: 30, right: 16, bottom: 34, left: 52 };
   var MAX_POINTS = 1500; // more than the chart has pixels; thin out longer series
 
   function el(name, attrs, parent, text) {
@@ -104,12 +104,12 @@
     });
 
     if (opts.legend !== false) {
-      var g = el("g", { "class": "legend" }, svg), x = M.left + 10;
+      var g = el("g", { "class": "legend" }, svg), x = M.left;
       drawn.forEach(function (s, i) {
         var color = s.color || PALETTE[i % PALETTE.length];
-        el("line", { x1: x, x2: x + 16, y1: M.top + 6, y2: M.top + 6, stroke: color, "stroke-width": 3,
+        el("line", { x1: x, x2: x + 16, y1: 10, y2: 10, stroke: color, "stroke-width": 3,
                      "stroke-dasharray": s.dashed ? "5 3" : "none" }, g);
-        var label = el("text", { x: x + 21, y: M.top + 10 }, g, s.label || "");
+        var label = el("text", { x: x + 21, y: 14 }, g, s.label || "");
         x += 34 + (label.getComputedTextLength ? label.getComputedTextLength() : 40);
       });
     }

@@ -6,6 +6,8 @@
   var root = document.getElementById("progress");
   if (!root || !window.H3Charts) return;
   var url = root.dataset.progressUrl;
+  var log = document.querySelector("pre.log[tabindex]");
+  if (log) log.scrollTop = log.scrollHeight; // it is a tail: show the last lines first
   var loadedActive = root.dataset.active === "1";
   var cursor = 0;
   var series = {};
@@ -57,7 +59,7 @@
     set("worker_host", d.worker_host || "—");
     set("device", d.device || "—");
     set("attempt", d.attempt);
-    if (d.heartbeat_at) set("heartbeat_at", new Date(d.heartbeat_at).toLocaleTimeString());
+    if (d.heartbeat_at) set("heartbeat_at", new Date(d.heartbeat_at).toLocaleTimeString([], { hour12: false }));
     var badge = document.querySelector("[data-status] .badge");
     if (badge && badge.textContent.trim() !== d.status) {
       badge.className = "badge badge-" + d.status;
