@@ -1,0 +1,309 @@
+"""The permission matrix: every URL of the site × every persona × every tier.
+
+``REGISTRY`` maps each URL name to how to call it for a world whose finding is at a given tier
+and who may use it. The URL names are enumerated from the resolver, so a new view that is not
+in the registry fails ``test_every_url_is_in_the_registry`` until someone states who may use
+it — and the matrix then checks the view enforces exactly that. Admin URLs are excluded by
+prefix (the admin's querysets come from the policy, see experiments/admin.py and
+disclosure/admin.py).
+
+Allowed: any status below 400 that is not a redirect to the login page. Denied: 404, or a
+redirect to the login page for anonymous visitors. Nothing else (403, 405, 500) is accepted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.db import transaction
+from django.test import Client
+from django.urls import URLPattern, URLResolver, get_resolver, reverse
+
+from disclosure.models import Grant, Recusal, ReleaseRequest, Vote
+from experiments.models import Artifact, Finding, Run, Tier
+from experiments.storage import store_file
+from tests import factories
+from tests.conftest import Cast, login
+
+pytestmark = pytest.mark.django_db
+
+EXCLUDED_PREFIXES = ("admin/",)
+
+PERSONAS = [
+    "anonymous",
+    "outsider",
+    "other_member",
+    "member",
+    "reviewer",
+    "recused_reviewer",
+    "collaborator",
+    "expired_grant",
+    "unaccepted_agreement",
+    "release_manager",
+]
+AUTHENTICATED = set(PERSONAS) - {"anonymous"}
+
+
+def sees(persona: str, tier: int) -> bool:
+    """The tier table (design.md), for the world's finding (the recused reviewer recused)."""
+    if persona == "member":
+        return True
+    if persona in ("reviewer", "release_manager"):
+        return tier >= Tier.REVIEW
+    if persona == "collaborator":
+        return tier >= Tier.PARTNERS
+    return tier == Tier.PUBLIC
+
+
+@dataclass
+class World:
+    cast: Cast
+    tier: int
+    finding: Finding
+    run: Run
+    artifact: Artifact
+    objection: Vote
+    grant: Grant
+    users: dict[str, Any] = field(default_factory=dict)
+
+
+Rule = Callable[[str, int], bool]
+
+
+@dataclass(frozen=True)
+class Entry:
+    kwargs: Callable[[World], dict[str, Any]] = lambda w: {}
+    allowed: Rule = lambda p, t: True
+    method: str = "get"
+    query: Callable[[World], dict[str, Any]] = lambda w: {}
+    fresh_client: bool = False  # the request ends the session (logout)
+
+
+def finding_kw(w: World) -> dict[str, Any]:
+    return {"pk": w.finding.pk}
+
+
+def run_kw(w: World) -> dict[str, Any]:
+    return {"pk": w.run.pk}
+
+
+def project_kw(w: World) -> dict[str, Any]:
+    return {"slug": w.cast.lab.project.slug}
+
+
+def member_only(p: str, t: int) -> bool:
+    return p == "member"
+
+
+def signed_in(p: str, t: int) -> bool:
+    return p in AUTHENTICATED
+
+
+def release_manager(p: str, t: int) -> bool:
+    return p == "release_manager"
+
+
+def reviewing(p: str, t: int) -> bool:
+    return p == "reviewer" and t >= Tier.REVIEW
+
+
+REGISTRY: dict[str, Entry] = {
+    # site
+    "login": Entry(),
+    "logout": Entry(method="post", fresh_client=True),
+    # experiments (team working material)
+    "home": Entry(),
+    "project": Entry(project_kw, member_only),
+    "run-new": Entry(project_kw, member_only),
+    "runs": Entry(allowed=signed_in),
+    "runs-compare": Entry(allowed=member_only, query=lambda w: {"ids": str(w.run.pk)}),
+    "run": Entry(run_kw, member_only),
+    "run-progress": Entry(run_kw, member_only),
+    "run-cancel": Entry(run_kw, member_only, method="post"),
+    "run-rerun": Entry(run_kw, member_only),
+    "finding-new": Entry(run_kw, member_only),
+    # evidence cited by the world's finding follows the finding's visibility
+    "artifact-download": Entry(lambda w: {"pk": w.artifact.pk}, sees),
+    # disclosure
+    "findings": Entry(),
+    "finding": Entry(finding_kw, sees),
+    "finding-request-review": Entry(
+        finding_kw, lambda p, t: p == "member" and t == Tier.TEAM, method="post"
+    ),
+    "finding-request-release": Entry(
+        finding_kw,
+        lambda p, t: t in (Tier.REVIEW, Tier.PARTNERS) and p in ("member", "release_manager"),
+        method="post",
+    ),
+    "finding-assess": Entry(finding_kw, reviewing),
+    "finding-vote": Entry(finding_kw, reviewing, method="post"),
+    "finding-recuse": Entry(finding_kw, reviewing, method="post"),
+    "finding-schedule": Entry(
+        finding_kw, lambda p, t: p == "release_manager" and t >= Tier.REVIEW, method="post"
+    ),
+    "finding-retract": Entry(
+        finding_kw,
+        lambda p, t: p == "member" or (p == "release_manager" and t >= Tier.REVIEW),
+        method="post",
+    ),
+    "objection-resolve": Entry(
+        lambda w: {"pk": w.objection.pk},
+        lambda p, t: p == "release_manager" and t >= Tier.REVIEW,
+        method="post",
+    ),
+    "review-queue": Entry(
+        allowed=lambda p, t: p in ("reviewer", "recused_reviewer", "release_manager")
+    ),
+    "grants": Entry(allowed=release_manager),
+    "grant-revoke": Entry(lambda w: {"pk": w.grant.pk}, release_manager, method="post"),
+    "my-access": Entry(allowed=signed_in),
+    "agreement-accept": Entry(allowed=signed_in, method="post"),
+    "inbox": Entry(allowed=signed_in),
+    "audit": Entry(allowed=release_manager),
+    "audit-export": Entry(allowed=release_manager),
+}
+
+
+def url_names() -> set[str]:
+    """Every named URL of the site outside the excluded prefixes."""
+    names: set[str] = set()
+
+    def walk(patterns: list[Any], prefix: str, namespaced: bool) -> None:
+        for p in patterns:
+            route = prefix + str(p.pattern)
+            if route.startswith(EXCLUDED_PREFIXES):
+                continue
+            if isinstance(p, URLResolver):
+                walk(p.url_patterns, route, namespaced or bool(p.namespace))
+            elif isinstance(p, URLPattern):
+                assert p.name, f"URL {route!r} has no name: name it and add it to REGISTRY"
+                names.add(p.name)
+
+    walk(get_resolver().url_patterns, "", False)
+    return names
+
+
+def test_every_url_is_in_the_registry() -> None:
+    names = url_names()
+    missing = sorted(names - REGISTRY.keys())
+    assert not missing, f"URL names without a permission-matrix entry: {missing}"
+    assert not sorted(REGISTRY.keys() - names), "stale REGISTRY entries"
+
+
+def build_world(cast: Cast, tier: int, tmp_path: Path) -> World:
+    lab = cast.lab
+    run = factories.make_run(lab.project, user=lab.alice)
+    src = tmp_path / "probe.json"
+    src.write_text('{"accuracy": 0.97}')
+    artifact = store_file(run, src, "probe.json")
+    artifact.save()
+    finding = factories.make_finding(lab.project, tier=tier, title="The finding under test")
+    finding.runs.add(run)
+    finding.artifacts.add(artifact)
+    Recusal.objects.create(finding=finding, reviewer=cast.rex, reason="co-author")
+    request = ReleaseRequest.objects.create(
+        finding=finding, from_tier=tier, target_tier=min(tier + 1, Tier.PUBLIC)
+    )
+    ola = factories.make_reviewer("ola")
+    objection = Vote.objects.create(
+        request=request, finding=finding, reviewer=ola, kind="object", rationale="too early"
+    )
+    users = {
+        "anonymous": None,
+        "outsider": lab.charlie,
+        "other_member": lab.bob,
+        "member": lab.alice,
+        "reviewer": cast.rita,
+        "recused_reviewer": cast.rex,
+        "collaborator": cast.carol,
+        "expired_grant": cast.erin,
+        "unaccepted_agreement": cast.nick,
+        "release_manager": cast.mara,
+    }
+    return World(
+        cast=cast,
+        tier=tier,
+        finding=finding,
+        run=run,
+        artifact=artifact,
+        objection=objection,
+        grant=Grant.objects.get(user=cast.carol),
+        users=users,
+    )
+
+
+def client_for(user: User | None) -> Client:
+    return login(user) if user is not None else Client()
+
+
+def is_login_redirect(response: Any) -> bool:
+    return response.status_code == 302 and response["Location"].startswith(reverse("login"))
+
+
+def call(client: Client, entry: Entry, name: str, world: World) -> Any:
+    """One request, rolled back afterwards so that allowed POSTs leave the world unchanged."""
+    url = reverse(name, kwargs=entry.kwargs(world))
+    with transaction.atomic():
+        response = getattr(client, entry.method)(url, entry.query(world))
+        if hasattr(response, "streaming_content"):
+            b"".join(response.streaming_content)
+        transaction.set_rollback(True)
+    return response
+
+
+@pytest.mark.parametrize("tier", list(Tier), ids=[t.label for t in Tier])
+def test_permission_matrix(cast: Cast, tier: int, tmp_path: Path) -> None:
+    world = build_world(cast, tier, tmp_path)
+    failures: list[str] = []
+    clients = {p: client_for(u) for p, u in world.users.items()}
+    for name in sorted(url_names()):
+        entry = REGISTRY[name]
+        for persona in PERSONAS:
+            client = client_for(world.users[persona]) if entry.fresh_client else clients[persona]
+            response = call(client, entry, name, world)
+            allowed = entry.allowed(persona, tier)
+            ok = (
+                response.status_code < 400 and not is_login_redirect(response)
+                if allowed
+                else response.status_code == 404
+                or (persona == "anonymous" and is_login_redirect(response))
+            )
+            if not ok:
+                failures.append(
+                    f"{name} as {persona}: {'allowed' if allowed else 'denied'} expected, "
+                    f"got {response.status_code} {response.get('Location', '')}"
+                )
+    assert not failures, "\n".join(failures)
+
+
+def test_list_results_equal_per_object_checks(cast: Cast) -> None:
+    """For every persona, the finding list shows exactly the findings whose page opens, and
+    both match the tier table."""
+    findings = {t: factories.make_finding(cast.lab.project, tier=t) for t in Tier}
+    for f in findings.values():
+        Recusal.objects.create(finding=f, reviewer=cast.rex, reason="co-author")
+    users = {
+        "anonymous": None,
+        "outsider": cast.lab.charlie,
+        "other_member": cast.lab.bob,
+        "member": cast.lab.alice,
+        "reviewer": cast.rita,
+        "recused_reviewer": cast.rex,
+        "collaborator": cast.carol,
+        "expired_grant": cast.erin,
+        "unaccepted_agreement": cast.nick,
+        "release_manager": cast.mara,
+    }
+    for persona, user in users.items():
+        client = client_for(user)
+        listed = {f.pk for f in client.get(reverse("findings")).context["findings"]}
+        opens = {
+            f.pk for f in findings.values() if client.get(f.get_absolute_url()).status_code == 200
+        }
+        expected = {f.pk for t, f in findings.items() if sees(persona, t)}
+        assert listed == opens == expected, persona
