@@ -222,7 +222,19 @@ def record_findings(demo: Demo) -> None:
         )
 
 
-STEPS: list[Callable[[Demo], None]] = [make_users, make_projects, train_runs, record_findings]
+def disclosure_demo(demo: Demo) -> None:
+    from disclosure.demo import load_disclosure_demo
+
+    load_disclosure_demo(demo)
+
+
+STEPS: list[Callable[[Demo], None]] = [
+    make_users,
+    make_projects,
+    train_runs,
+    record_findings,
+    disclosure_demo,
+]
 
 
 class Command(BaseCommand):
