@@ -69,15 +69,17 @@ class _FFTConv(torch.autograd.Function):
         grad_u = grad_k = grad_D = None
         if need_k:
             u_f = torch.fft.rfft(u, n=n)  # recomputed rather than saved: memory over time
-            # Σ_b G · conj(U) — sum over the batch in frequency space, then one small irfft.
-            grad_k = torch.fft.irfft(torch.einsum("bhf,bhf->hf", g_f, u_f.conj_physical()), n=n)
-            grad_k = grad_k[..., :Lk]  # (H, Lk)
+            # Σ_b G · conj(U) — summed over the batch in frequency space, then one small
+            # irfft. (In place on u_f, which is ours; einsum here would batch-matmul with
+            # permuted copies.)
+            gk_f = u_f.conj_physical_().mul_(g_f).sum(0)  # (H, n//2+1)
+            grad_k = torch.fft.irfft(gk_f, n=n)[..., :Lk]  # (H, Lk)
         if need_u:
             grad_u = torch.fft.irfft(g_f.mul_(k_f.conj()), n=n)[..., :L]  # (B, H, L)
             if D is not None:
                 grad_u = torch.addcmul(grad_u, g, D[:, None])
         if need_D and D is not None:
-            grad_D = torch.einsum("bhl,bhl->h", g, u)
+            grad_D = (g * u).sum((0, 2))  # (H,)
         return grad_u, grad_k, grad_D, None
 
 
