@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
@@ -89,8 +90,10 @@ def test_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
             "data_folder_out": str(root / "queue"),
             "control_folder": str(root / "control"),
         }
-        app.conf.result_backend = f"file://{root / 'results'}"
-        env.update(H3LAB_BROKER_DIR=str(root), CELERY_RESULT_BACKEND=app.conf.result_backend)
+        backend = f"file://{root / 'results'}"
+        conf: Any = app.conf
+        conf.result_backend = backend
+        env.update(H3LAB_BROKER_DIR=str(root), CELERY_RESULT_BACKEND=backend)
     else:
         prefix = f"h3lab-test-{uuid.uuid4().hex[:12]}:"
         app.conf.broker_transport_options = {
