@@ -212,6 +212,10 @@ def _claimed(run_id: int, token: uuid.UUID) -> Any:
     return Run.objects.filter(pk=run_id, claim=token, status=RunStatus.RUNNING)
 
 
+def is_cancelled(run_id: int) -> bool:
+    return Run.objects.filter(pk=run_id, status=RunStatus.CANCELLED).exists()
+
+
 def heartbeat(run_id: int, token: uuid.UUID, **fields: Any) -> bool:
     """Refresh the heartbeat; False means the claim is gone (cancelled or reaped): stop."""
     return bool(_claimed(run_id, token).update(heartbeat_at=timezone.now(), **fields))
@@ -404,6 +408,7 @@ __all__ = [
     "do_submit_run",
     "fail_run",
     "heartbeat",
+    "is_cancelled",
     "reap_stale_runs",
     "record_artifact_download",
     "record_progress",

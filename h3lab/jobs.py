@@ -158,7 +158,11 @@ def execute_run(run_id: int, *, task_id: str = "") -> str:
             return "failed"
         recorder.flush(force=True)
     if result.status == "stopped":
-        return "stopped"  # cancelled or reaped: the row already says so
+        # Cancelled or reaped: the row already says so. A cancelled run never resumes, so its
+        # checkpoint is garbage; a reaped one may be training again elsewhere from this folder.
+        if actions.is_cancelled(run_id):
+            shutil.rmtree(workdir, ignore_errors=True)
+        return "stopped"
     files = _output_files(workdir)
     done = actions.complete_run(
         run_id,

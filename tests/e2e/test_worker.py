@@ -74,6 +74,7 @@ def test_cancelling_a_running_job_stops_the_worker_within_seconds(
     assert run.step == step_when_stopped
     assert run.step < run.total_steps
     assert worker.alive(), "the worker survives and can take the next job"
+    assert not run_workdir(run.pk).exists(), "a cancelled run's checkpoint is not kept"
 
 
 def test_a_run_whose_worker_is_killed_is_resumed_by_another(lab: Lab, start_worker: Any) -> None:
