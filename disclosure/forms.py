@@ -21,6 +21,13 @@ class ReasonForm(forms.Form):
     reason = forms.CharField(max_length=300, widget=forms.Textarea(attrs={"rows": 2}))
 
 
+class RetractForm(ReasonForm):
+    destroy_data = forms.BooleanField(
+        required=False,
+        label="Destroy the evidence files (crypto-shredding: erase their data keys)",
+    )
+
+
 class RationaleForm(forms.Form):
     rationale = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
 

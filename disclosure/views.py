@@ -205,13 +205,17 @@ def finding_schedule(request: HttpRequest, finding: Finding) -> HttpResponse:
 
 @finding_action(policy.can_retract)
 def finding_retract(request: HttpRequest, finding: Finding) -> HttpResponse:
-    form = forms.ReasonForm(request.POST)
+    form = forms.RetractForm(request.POST)
     if not form.is_valid():
         return _invalid(request, form, finding)
+    destroy = form.cleaned_data["destroy_data"]
     actions.do_retract_finding(
-        finding, reason=form.cleaned_data["reason"], acting_user=request.user
+        finding, reason=form.cleaned_data["reason"], destroy_data=destroy, acting_user=request.user
     )
-    messages.success(request, "Finding retracted; everyone who accessed it has been notified.")
+    done = " Its evidence files were destroyed." if destroy else ""
+    messages.success(
+        request, "Finding retracted; everyone who accessed it has been notified." + done
+    )
     return redirect(finding)
 
 

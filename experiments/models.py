@@ -204,21 +204,37 @@ class Artifact(models.Model):
     kind = models.CharField(max_length=16, choices=ArtifactKind.choices)
     path = models.CharField(max_length=500, help_text="relative to ARTIFACTS_DIR")
     content_type = models.CharField(max_length=100, default="application/octet-stream")
-    size = models.PositiveBigIntegerField()
-    sha256 = models.CharField(max_length=64)
+    size = models.PositiveBigIntegerField(help_text="plaintext size")
+    sha256 = models.CharField(max_length=64, help_text="plaintext SHA-256")
     created_at = models.DateTimeField(default=timezone.now)
+    # Encryption at rest (experiments.storage): below the public tier the stored file is
+    # AES-256-GCM ciphertext under a per-artifact data key, kept only wrapped by the master key
+    # ``key_id``. A public release re-stores it in the clear (encrypted=False, no key).
+    # Crypto-shredding removes the wrapped key: the ciphertext can then never be read again.
+    encrypted = models.BooleanField(default=False)
+    key_id = models.CharField(max_length=64, blank=True, help_text="master key that wraps it")
+    wrapped_key = models.BinaryField(null=True, blank=True, editable=False)
+    shredded_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["run", "kind", "name"]
-        constraints = [
-            models.UniqueConstraint(fields=["run", "name"], name="artifact_unique_name")
-        ]
+        constraints = [models.UniqueConstraint(fields=["run", "name"], name="artifact_unique_name")]
 
     def __str__(self) -> str:
         return self.name
 
     def get_absolute_url(self) -> str:
         return reverse("artifact-download", args=[self.pk])
+
+    @property
+    def key_context(self) -> bytes:
+        """What a wrapped data key is bound to (AES-GCM associated data): this artifact's
+        identity, so a wrapped key copied onto another artifact's row does not unwrap."""
+        return f"artifact:{self.run_id}:{self.name}".encode()
+
+    @property
+    def is_shredded(self) -> bool:
+        return self.shredded_at is not None
 
 
 class FindingStatus(models.TextChoices):

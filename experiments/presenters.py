@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from experiments.models import Artifact, MetricPoint, Run
-from experiments.storage import open_artifact
+from experiments.storage import ArtifactUnavailable, open_artifact
 
 # The series the run page and the compare page draw.
 CHART_SERIES = ("train_loss", "test_loss", "train_accuracy", "test_accuracy")
@@ -111,7 +111,7 @@ def log_tail(artifact: Artifact, lines: int = LOG_TAIL_LINES) -> list[str] | Non
     """The last ``lines`` lines of a log artifact, or None if storage lost the file."""
     try:
         chunks = open_artifact(artifact)
-    except FileNotFoundError:
+    except (FileNotFoundError, ArtifactUnavailable):
         return None
     tail: deque[bytes] = deque(maxlen=lines)
     partial = b""

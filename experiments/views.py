@@ -7,6 +7,9 @@ both answer 404, so a probe cannot learn which runs or projects exist.
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
@@ -22,9 +25,10 @@ from disclosure import policy
 from experiments import actions, presenters
 from experiments.forms import TASK_DEFAULTS, CompareForm, FindingForm, RunFilterForm, RunForm
 from experiments.models import ACTIVE_STATUSES, MetricPoint, Project, Run
-from experiments.storage import open_artifact
+from experiments.storage import ArtifactUnavailable, open_artifact
 from h3lab.config import ConfigError
 
+log = logging.getLogger(__name__)
 RUNS_PER_PAGE = 50
 INLINE_TYPES = ("image/png", "image/svg+xml")
 
@@ -206,6 +210,8 @@ def artifact_download(request: HttpRequest, pk: int) -> StreamingHttpResponse:
         chunks = open_artifact(artifact)
     except FileNotFoundError:
         raise Http404("Not found.") from None
+    except ArtifactUnavailable as exc:
+        return _unavailable(request, artifact, exc)  # type: ignore[return-value]
     actions.record_artifact_download(artifact, acting_user=request.user)
     inline = request.GET.get("inline") == "1" and artifact.content_type in INLINE_TYPES
     response = StreamingHttpResponse(chunks, content_type=artifact.content_type)
@@ -217,6 +223,16 @@ def artifact_download(request: HttpRequest, pk: int) -> StreamingHttpResponse:
     # response an opaque origin with no script, so inline SVG plots are only ever pictures.
     response["Content-Security-Policy"] = "sandbox; default-src 'none'; style-src 'unsafe-inline'"
     return response
+
+
+def _unavailable(request: HttpRequest, artifact: Any, exc: ArtifactUnavailable) -> HttpResponse:
+    """A clear page instead of bytes: 410 when the content was destroyed, 503 when the server
+    cannot decrypt it (missing or wrong master key, corrupt file). SECURITY: the reason shown
+    is generic; the detail goes to the log for the operators."""
+    log.error("artifact %s unavailable: %s", artifact.pk, exc)
+    status = 410 if exc.reason == "destroyed" else 503
+    context = {"artifact": artifact, "reason": exc.reason}
+    return render(request, "experiments/artifact_unavailable.html", context, status=status)
 
 
 def _disposition(name: str, inline: bool) -> str:

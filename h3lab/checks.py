@@ -29,3 +29,27 @@ def check_guardian_anonymous(app_configs: Any, **kwargs: Any) -> list[Error]:
     if getattr(settings, "ANONYMOUS_USER_NAME", None) is not None:
         return [Error("ANONYMOUS_USER_NAME must be None.", id="h3lab.E002")]
     return []
+
+
+@register(Tags.security)
+def check_master_key(app_configs: Any, **kwargs: Any) -> list[Error]:
+    # SECURITY: without a master key restricted artifacts can be neither stored nor read. A
+    # development key file is generated only with DEBUG on; a deployment must bring its own.
+    from disclosure import keystore
+    from disclosure.crypto import KeyError_
+
+    if settings.DEBUG:
+        return []
+    if not keystore.configured():
+        return [
+            Error(
+                "No master key for encryption at rest while DEBUG is off.",
+                hint="Set H3LAB_MASTER_KEYS=id:base64(32 random bytes) or H3LAB_MASTER_KEY_FILE.",
+                id="h3lab.E010",
+            )
+        ]
+    try:
+        keystore.keyring()
+    except KeyError_ as exc:
+        return [Error(f"The master key configuration is invalid: {exc}", id="h3lab.E011")]
+    return []

@@ -220,3 +220,22 @@ H3LAB_RELEASE_CHECK_INTERVAL_S = float(env_str("H3LAB_RELEASE_CHECK_INTERVAL_S",
 H3LAB_GRANT_WARNING_DAYS = env_int("H3LAB_GRANT_WARNING_DAYS", 7)
 # Absolute links in notification emails.
 H3LAB_SITE_URL = env_str("H3LAB_SITE_URL", "http://127.0.0.1:8000")
+
+# --- encryption at rest and signing (issue 5) ---
+# Master keys wrap every restricted artifact's data key and every signing key. Either
+# H3LAB_MASTER_KEYS ("id:base64,id:base64", the first is current; older ids stay to read what
+# they wrapped until `manage.py rotate_master_key` re-wraps it) or H3LAB_MASTER_KEY_FILE (same
+# format, one key a line). SECURITY: keep them out of the database and its backups. With DEBUG
+# on and neither set, a key file is generated under var/ on first use (0600) so `make run`
+# needs no setup; with DEBUG off a missing key fails system check h3lab.E010.
+H3LAB_MASTER_KEYS = env_str("H3LAB_MASTER_KEYS", "")
+H3LAB_MASTER_KEY_FILE = env_str(
+    "H3LAB_MASTER_KEY_FILE", str(VAR_DIR / "master.key") if DEBUG and not H3LAB_MASTER_KEYS else ""
+)
+H3LAB_MASTER_KEY_AUTOCREATE = DEBUG and not os.environ.get("H3LAB_MASTER_KEY_FILE")
+# Built publication bundles (public ones in the clear, partner copies encrypted).
+EXPORTS_DIR = MEDIA_ROOT / "exports"
+H3LAB_BUNDLE_LICENSE = env_str(
+    "H3LAB_BUNDLE_LICENSE", "https://creativecommons.org/licenses/by/4.0/"
+)
+H3LAB_PUBLISHER = env_str("H3LAB_PUBLISHER", "h3lab")

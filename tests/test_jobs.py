@@ -6,20 +6,19 @@ connection of its own, exactly as on a worker, so nothing may hide inside a test
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
-from django.conf import settings
 from django.utils import timezone
 
 from experiments import actions
 from experiments.models import Artifact, MetricPoint, Run, RunStatus
 from experiments.signals import governed_change
-from experiments.storage import run_workdir, sha256_file
+from experiments.storage import open_artifact, run_workdir
 from h3lab import jobs
 from tests import factories
 from tests.conftest import Lab
@@ -77,8 +76,8 @@ def test_a_queued_run_trains_to_success_with_metrics_and_artifacts(
         artifacts
     )
     for artifact in artifacts.values():
-        stored = Path(settings.ARTIFACTS_DIR) / artifact.path
-        assert sha256_file(stored) == (artifact.sha256, artifact.size)
+        plain = b"".join(open_artifact(artifact))  # stored encrypted; decrypted in memory
+        assert (hashlib.sha256(plain).hexdigest(), len(plain)) == (artifact.sha256, artifact.size)
         assert artifact.project_id == lab.project.pk
     assert not run_workdir(run.pk).exists(), "the scratch directory is removed after success"
 
@@ -205,5 +204,5 @@ def test_a_requeued_run_resumes_from_its_checkpoint(
     assert run.status == RunStatus.SUCCEEDED
     assert run.attempt == 2
     assert first_steps[2] > 10, f"attempt 2 started from scratch: {first_steps}"
-    log = Path(settings.ARTIFACTS_DIR) / Artifact.objects.get(run=run, name="train.log").path
-    assert "resumed from" in log.read_text()
+    log = Artifact.objects.get(run=run, name="train.log")
+    assert "resumed from" in b"".join(open_artifact(log)).decode()

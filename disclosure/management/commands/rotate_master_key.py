@@ -1,0 +1,37 @@
+"""``manage.py rotate_master_key``: re-wrap every data key under the current master key."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from disclosure import actions, keystore
+from disclosure.crypto import DecryptionError, KeyError_
+from experiments.storage import ArtifactUnavailable
+
+
+class Command(BaseCommand):
+    help = (
+        "Re-wrap every artifact data key, partner-copy key and signing key under the current "
+        "master key (the first of H3LAB_MASTER_KEYS) without re-encrypting any data. Keep the "
+        "old key configured (after the new one) until this has run; then remove it. "
+        "--generate prints a fresh key to put first."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--generate", action="store_true", help="print a new id:base64 key and exit"
+        )
+
+    def handle(self, *args: Any, **opts: Any) -> None:
+        if opts["generate"]:
+            self.stdout.write(keystore.generate_key_line())
+            return
+        try:
+            counts = actions.do_rewrap_keys(acting_user=None)
+        except (KeyError_, DecryptionError, ArtifactUnavailable) as exc:
+            raise CommandError(str(exc)) from None
+        current = keystore.current().key_id
+        summary = ", ".join(f"{n} {what.replace('_', ' ')}" for what, n in counts.items())
+        self.stdout.write(f"re-wrapped under master key {current}: {summary}")
