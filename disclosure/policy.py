@@ -22,10 +22,14 @@ tombstone page is shown to whoever could read them before.
 from __future__ import annotations
 
 from datetime import datetime
+from functools import cache
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from django.conf import settings
-from django.db.models import Exists, Model, Q, QuerySet, Subquery
+from django.contrib.auth import get_user_model
+from django.db import connection
+from django.db.models import Model, Q, QuerySet
+from django.db.models.expressions import RawSQL
 from django.http import Http404
 from django.utils import timezone
 from guardian.core import ObjectPermissionChecker
@@ -108,37 +112,77 @@ def _not_retracted() -> Q:
     return ~Q(status=FindingStatus.RETRACTED)
 
 
+# The user's facts as small, uncorrelated subqueries of the finding statement. They are written
+# as SQL text (table and column names from the models) rather than nested querysets: building and
+# compiling seven ORM subqueries cost ~4 ms of Python per statement, ten times what the database
+# spends running the whole page; a RawSQL costs nothing to build. Every one depends only on the
+# user and ``now``, so the database evaluates each once (hashed), not per row.
+
+
+@cache
+def _sql() -> dict[str, str]:
+    def t(model: type[Model]) -> str:
+        return connection.ops.quote_name(model._meta.db_table)
+
+    groups = f"SELECT group_id FROM {t(get_user_model().groups.through)} WHERE user_id = %s"
+    agreement_in_force = (
+        f"SELECT id FROM {t(AgreementVersion)} WHERE effective_at <= %s "
+        "ORDER BY version DESC LIMIT 1"
+    )
+    grants = (
+        f"FROM {t(Grant)} WHERE revoked_at IS NULL AND expires_at > %s AND max_tier <= %s"
+        f" AND (user_id = %s OR group_id IN ({groups}))"
+        f" AND EXISTS (SELECT 1 FROM {t(AgreementAcceptance)}"
+        f" WHERE user_id = %s AND agreement_id = ({agreement_in_force}))"
+    )
+    return {
+        "team": f"SELECT id FROM {t(Project)} WHERE group_id IN ({groups})",
+        "lowest_clearance": (
+            f"SELECT MIN(tier) FROM {t(GroupClearance)} WHERE group_id IN ({groups})"
+        ),
+        "recused": f"SELECT finding_id FROM {t(Recusal)} WHERE reviewer_id = %s",
+        "granted_projects": f"SELECT project_id {grants} AND project_id IS NOT NULL",
+        "granted_findings": f"SELECT finding_id {grants} AND finding_id IS NOT NULL",
+    }
+
+
+def _team_q(user: Any) -> Q:
+    """Findings of the projects whose group the user is in (:func:`member_projects`)."""
+    return Q(project_id__in=RawSQL(_sql()["team"], [user.pk]))
+
+
 def _clearance_q(user: Any) -> Q:
     """Group clearance (review board, release managers: data in GroupClearance): findings at
-    the user's lowest cleared tier and above, except those the user recused from.
+    the user's lowest cleared tier and above, except those the user recused from. No clearance
+    gives NULL, which matches nothing.
 
     SECURITY: a recusal (conflict of interest) withdraws the review-board view of that finding
     too, not just the vote; the reviewer still sees it through any other route (team, grant,
     public).
     """
-    lowest = GroupClearance.objects.filter(group__user=user).order_by("tier").values("tier")[:1]
-    recused = Recusal.objects.filter(reviewer=user).values("finding_id")
-    return Q(tier__gte=Subquery(lowest)) & ~Q(pk__in=recused)
+    lowest = RawSQL(_sql()["lowest_clearance"], [user.pk])
+    recused = RawSQL(_sql()["recused"], [user.pk])
+    return Q(tier__gte=lowest) & ~Q(pk__in=recused)
 
 
 def _grant_q(user: Any, now: datetime) -> Q:
     """Collaborators: findings at or above a grant's tier, in the granted project or the granted
-    finding, while the grant is unrevoked and unexpired and the user has accepted the agreement
-    version in force now. No agreement in force means no grant gives access (fail closed)."""
-    current = AgreementVersion.objects.in_force(now).values("pk")[:1]
-    accepted = AgreementAcceptance.objects.filter(user=user, agreement=Subquery(current))
-    grants = Grant.objects.active(now).for_user(user)
+    finding, while the grant (the user's own or a group's) is unrevoked and unexpired and the
+    user has accepted the agreement version in force now.
+
+    SECURITY: no agreement in force, or one the user has not accepted, makes every grant
+    subquery empty (fail closed). A grant for the review tier also covers partners: the branch
+    for tier *t* takes the grants whose ``max_tier`` is at most *t*.
+    """
+    at = connection.ops.adapt_datetimefield_value(now)
     q = Q()
     for tier in (Tier.PARTNERS, Tier.REVIEW):
-        # A grant for the review tier also covers partners; each branch is two uncorrelated
-        # subqueries that the database evaluates once (hashed), not per row.
-        g = grants if tier == Tier.PARTNERS else grants.filter(max_tier=Tier.REVIEW)
-        scope = Q(project__in=g.filter(project__isnull=False).values("project_id")) | Q(
-            pk__in=g.filter(finding__isnull=False).values("finding_id")
-        )
-        branch = Q(tier__gte=tier) & scope
-        q = branch if tier == Tier.PARTNERS else q | branch
-    return q & Exists(accepted)
+        params = [at, tier, user.pk, user.pk, user.pk, at]
+        projects = RawSQL(_sql()["granted_projects"], params)
+        findings = RawSQL(_sql()["granted_findings"], params)
+        tiers = Q(tier__gte=tier) if tier == Tier.PARTNERS else Q(tier=tier)
+        q |= tiers & (Q(project_id__in=projects) | Q(pk__in=findings))
+    return q
 
 
 def finding_visibility_q(user: Any, *, include_retracted: bool = False) -> Q:
@@ -155,10 +199,8 @@ def finding_visibility_q(user: Any, *, include_retracted: bool = False) -> Q:
         return released if include_retracted else released & _not_retracted()
     if is_lab_admin(user):
         return Q()
-    now = timezone.now()
-    team = Q(project__in=member_projects(user).values("pk"))
-    others = released | _clearance_q(user) | _grant_q(user, now)
-    return team | (others if include_retracted else others & _not_retracted())
+    others = released | _clearance_q(user) | _grant_q(user, timezone.now())
+    return _team_q(user) | (others if include_retracted else others & _not_retracted())
 
 
 def visible_findings(user: Any) -> QuerySet[Finding]:
