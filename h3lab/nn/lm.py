@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
@@ -101,7 +101,6 @@ class InferenceState:
     layers: list[Any]
     max_len: int
     pos: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class LanguageModel(nn.Module):

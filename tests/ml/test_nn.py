@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 
+from h3lab.nn import fftconv as fftconv_module
 from h3lab.nn.attention import Attention
 from h3lab.nn.config import LMConfig, preset_mixers
 from h3lab.nn.fftconv import direct_conv_ref, fftconv, next_fast_len
@@ -73,6 +74,20 @@ def test_fftconv_equals_direct_causal_convolution(L: int, Lk: int) -> None:
     D = torch.randn(4, generator=g, dtype=torch.float64)
     torch.testing.assert_close(fftconv(u, k, D), direct_conv_ref(u, k, D), rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(fftconv(u, k), direct_conv_ref(u, k), rtol=1e-10, atol=1e-10)
+
+
+def test_fftconv_in_many_small_row_blocks_equals_direct_convolution_with_gradients(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A block budget of one row forces the blocked loop through every (batch, channel) pair.
+    monkeypatch.setattr(fftconv_module, "BLOCK_BYTES", 1)
+    g = gen()
+    u = torch.randn(2, 5, 12, generator=g, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(5, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    D = torch.randn(5, generator=g, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(fftconv(u, k, D), direct_conv_ref(u, k, D))
+    assert torch.autograd.gradcheck(fftconv, (u, k, D))
+    assert torch.autograd.gradcheck(fftconv, (u, k, None))
 
 
 def test_direct_reference_is_the_textbook_causal_sum() -> None:
