@@ -53,6 +53,16 @@ def database_url() -> str:
     raise AssertionError  # unreachable; pytest.skip raises
 
 
+def master_key_env() -> dict[str, str]:
+    """The worker must encrypt artifacts with the master key this process decrypts with."""
+    from disclosure import keystore
+
+    keystore.keyring()  # creates the development key file if that is how keys are configured
+    if settings.H3LAB_MASTER_KEYS:
+        return {"H3LAB_MASTER_KEYS": settings.H3LAB_MASTER_KEYS}
+    return {"H3LAB_MASTER_KEY_FILE": str(settings.H3LAB_MASTER_KEY_FILE)}
+
+
 @dataclass
 class Worker:
     proc: subprocess.Popen[bytes]
@@ -121,6 +131,7 @@ def start_worker(
             "H3LAB_HEARTBEAT_S": "1",
             "OMP_NUM_THREADS": "1",
             "PYTHONUNBUFFERED": "1",
+            **master_key_env(),
             **(env or {}),
         }
         argv = [

@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -60,6 +61,16 @@ def database_url(settings_dict: dict[str, Any]) -> str:
     return f"postgres://{auth}@{host}{port}/{settings_dict['NAME']}"
 
 
+def master_key_env() -> dict[str, str]:
+    """Workers encrypt artifacts with the master key of this process (see disclosure.keystore)."""
+    from disclosure import keystore
+
+    keystore.keyring()  # creates the development key file if that is how keys are configured
+    if settings.H3LAB_MASTER_KEYS:
+        return {"H3LAB_MASTER_KEYS": settings.H3LAB_MASTER_KEYS}
+    return {"H3LAB_MASTER_KEY_FILE": str(settings.H3LAB_MASTER_KEY_FILE)}
+
+
 def summary(values: list[float]) -> dict[str, float]:
     ordered = sorted(values)
     p95 = ordered[min(len(ordered) - 1, max(0, round(0.95 * len(ordered)) - 1))]
@@ -88,20 +99,28 @@ def scratch_database(workdir: Path) -> Iterator[str]:
         connection.creation.destroy_test_db(old_name, verbosity=0)
 
 
+BROKER_ENV = ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND")
+
+
 def use_broker(url: str, options: dict[str, Any], result_backend: str) -> None:
     """Point the (already configured) Celery app at another broker for the next sends."""
     from h3lab.celery import app, ensure_embedded_dirs
 
+    # Celery reads these two from the environment before its configuration: set both.
+    os.environ["CELERY_BROKER_URL"] = url
+    os.environ["CELERY_RESULT_BACKEND"] = result_backend
     conf: Any = app.conf
     conf.broker_url = url
     conf.broker_transport_options = options
     conf.result_backend = result_backend
-    # Celery caches the connection pool and producer pool built from the old URL.
+    # Celery caches the connection pool, producer pool and backend built from the old URLs.
     internals: Any = app
     if internals._pool is not None:
         internals._pool.force_close_all()
         internals._pool = None
     internals.amqp._producer_pool = None
+    internals._backend_cache = None
+    internals._local = threading.local()
     ensure_embedded_dirs(conf)
 
 
@@ -110,15 +129,21 @@ def celery_broker_restored() -> Iterator[None]:
     """Put the Celery app's broker settings back as they were (the command switches them)."""
     from h3lab.celery import app
 
+    saved_env = {k: os.environ.get(k) for k in BROKER_ENV}
     saved = (
-        app.conf.broker_url,
+        str(app.conf.broker_url),
         dict(app.conf.broker_transport_options or {}),
-        app.conf.result_backend,
+        str(app.conf.result_backend),
     )
     try:
         yield
     finally:
         use_broker(*saved)
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 class Worker:
@@ -280,6 +305,7 @@ class Command(BaseCommand):
             "H3LAB_DATA_DIR": str(settings.MEDIA_ROOT),
             "OMP_NUM_THREADS": "1",
             "PYTHONUNBUFFERED": "1",
+            **master_key_env(),
         }
         if broker == "filesystem":
             options = {
