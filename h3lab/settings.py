@@ -239,3 +239,54 @@ H3LAB_BUNDLE_LICENSE = env_str(
     "H3LAB_BUNDLE_LICENSE", "https://creativecommons.org/licenses/by/4.0/"
 )
 H3LAB_PUBLISHER = env_str("H3LAB_PUBLISHER", "h3lab")
+
+# --- API (api/: REST framework, personal tokens, OpenAPI schema) -------------------------------
+INSTALLED_APPS += ["rest_framework", "drf_spectacular", "drf_spectacular_sidecar", "api"]
+# Requests per token (token-authenticated) and per client address (anonymous readers of
+# public findings). Counters live in the default cache: per process with the built-in local
+# memory cache, shared once CACHES points at Redis.
+H3LAB_API_RATES = {
+    "token": env_str("H3LAB_API_TOKEN_RATE", "600/minute"),
+    "anon": env_str("H3LAB_API_ANON_RATE", "120/minute"),
+}
+H3LAB_API_TOKEN_MAX_DAYS = env_int("H3LAB_API_TOKEN_MAX_DAYS", 365)
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "api.auth.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",  # browser; enforces CSRF
+    ],
+    "DEFAULT_PERMISSION_CLASSES": [
+        "rest_framework.permissions.IsAuthenticated",
+        "api.auth.HasScope",
+    ],
+    "DEFAULT_THROTTLE_CLASSES": ["api.auth.TokenRateThrottle", "api.auth.AnonRateThrottle"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": [
+        "rest_framework.parsers.JSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
+    "DEFAULT_PAGINATION_CLASS": "api.pagination.Pagination",
+    "DEFAULT_SCHEMA_CLASS": "api.schema.ApiSchema",
+    "EXCEPTION_HANDLER": "api.errors.exception_handler",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "h3lab API",
+    "DESCRIPTION": (
+        "Submit and follow training runs, read metrics and artifacts, record findings and "
+        "take them through review. Authenticate with `Authorization: Bearer <token>` (create "
+        "tokens at /api/tokens/). Objects you may not see answer 404, exactly like missing ones."
+    ),
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "RunStatusEnum": "experiments.models.RunStatus",
+        "FindingStatusEnum": "experiments.models.FindingStatus",
+        "TierEnum": "experiments.models.Tier",
+    },
+}

@@ -9,6 +9,12 @@ disclosure/admin.py).
 
 Allowed: any status below 400 that is not a redirect to the login page. Denied: 404, or a
 redirect to the login page for anonymous visitors. Nothing else (403, 405, 500) is accepted.
+
+API URLs (names ``api-…``) answer anonymous visitors 401 instead of a login redirect, and an
+allowed API request may be refused on its *content* (400 for a body this generic call does not
+fill in, e.g. a finding that already has a pending request): anything below 500 except
+401/403/404/405 proves the request got past access control. tests/test_api_permissions.py
+checks every API method with real bodies.
 """
 
 from __future__ import annotations
@@ -112,6 +118,22 @@ def reviewing(p: str, t: int) -> bool:
     return p == "reviewer" and t >= Tier.REVIEW
 
 
+def sees_review(p: str, t: int) -> bool:
+    """Assessments and release requests: the team, and reviewers / release managers who can
+    see the finding (policy.can_see_review)."""
+    return p == "member" or (p in ("reviewer", "release_manager") and t >= Tier.REVIEW)
+
+
+def member_token(w: World) -> int:
+    from api import actions as api_actions
+
+    alice = w.cast.lab.alice
+    made = api_actions.do_create_token(
+        user=alice, name="matrix", scope="read", days=1, acting_user=alice
+    )
+    return made.token.pk
+
+
 REGISTRY: dict[str, Entry] = {
     # site
     "login": Entry(),
@@ -166,6 +188,43 @@ REGISTRY: dict[str, Entry] = {
     "inbox": Entry(allowed=signed_in),
     "audit": Entry(allowed=release_manager),
     "audit-export": Entry(allowed=release_manager),
+    # API (/api/v1/): the same rules as the pages they mirror
+    "api-root": Entry(),
+    "api-me": Entry(allowed=signed_in),
+    "api-project-list": Entry(allowed=signed_in),
+    "api-project-detail": Entry(project_kw, member_only),
+    "api-experiment-list": Entry(allowed=signed_in),
+    "api-experiment-detail": Entry(lambda w: {"pk": w.run.experiment_id}, member_only),
+    "api-run-list": Entry(allowed=signed_in),
+    "api-run-detail": Entry(run_kw, member_only),
+    "api-run-metrics": Entry(run_kw, member_only),
+    "api-run-logs": Entry(run_kw, member_only),
+    "api-run-cancel": Entry(run_kw, member_only, method="post"),
+    "api-run-rerun": Entry(run_kw, member_only, method="post"),
+    "api-artifact-list": Entry(),
+    "api-artifact-detail": Entry(lambda w: {"pk": w.artifact.pk}, sees),
+    "api-artifact-download": Entry(lambda w: {"pk": w.artifact.pk}, sees),
+    "api-finding-list": Entry(),
+    "api-finding-detail": Entry(finding_kw, sees),
+    "api-finding-request-review": Entry(
+        finding_kw, lambda p, t: p == "member" and t == Tier.TEAM, method="post"
+    ),
+    "api-finding-request-release": Entry(
+        finding_kw,
+        lambda p, t: t in (Tier.REVIEW, Tier.PARTNERS) and p in ("member", "release_manager"),
+        method="post",
+    ),
+    "api-finding-assessments": Entry(finding_kw, sees_review),
+    "api-finding-release-requests": Entry(finding_kw, sees_review),
+    "api-grant-list": Entry(allowed=release_manager),
+    "api-grant-detail": Entry(lambda w: {"pk": w.grant.pk}, release_manager),
+    "api-grant-revoke": Entry(lambda w: {"pk": w.grant.pk}, release_manager, method="post"),
+    "api-schema": Entry(),
+    "api-docs": Entry(),
+    "api-redoc": Entry(),
+    "tokens": Entry(allowed=signed_in),
+    # a token of the member's: only its owner may revoke it
+    "token-revoke": Entry(lambda w: {"pk": member_token(w)}, member_only, method="post"),
 }
 
 
@@ -237,8 +296,18 @@ def build_world(cast: Cast, tier: int, tmp_path: Path) -> World:
     )
 
 
+@pytest.fixture(autouse=True)
+def _no_api_rate_limit(settings: Any) -> None:
+    """The matrix sends hundreds of API requests a minute from one address."""
+    settings.H3LAB_API_RATES = {"token": None, "anon": None}
+
+
 def client_for(user: User | None) -> Client:
     return login(user) if user is not None else Client()
+
+
+def is_api(name: str) -> bool:
+    return name.startswith("api-")
 
 
 def is_login_redirect(response: Any) -> bool:
@@ -267,12 +336,16 @@ def test_permission_matrix(cast: Cast, tier: int, tmp_path: Path) -> None:
             client = client_for(world.users[persona]) if entry.fresh_client else clients[persona]
             response = call(client, entry, name, world)
             allowed = entry.allowed(persona, tier)
-            ok = (
-                response.status_code < 400 and not is_login_redirect(response)
-                if allowed
-                else response.status_code == 404
-                or (persona == "anonymous" and is_login_redirect(response))
-            )
+            code = response.status_code
+            if allowed and is_api(name):
+                ok = code < 500 and code not in (401, 403, 404, 405)
+            elif allowed:
+                ok = code < 400 and not is_login_redirect(response)
+            else:
+                ok = code == 404 or (
+                    persona == "anonymous"
+                    and (code == 401 if is_api(name) else is_login_redirect(response))
+                )
             if not ok:
                 failures.append(
                     f"{name} as {persona}: {'allowed' if allowed else 'denied'} expected, "
