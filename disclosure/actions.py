@@ -778,4 +778,6 @@ def do_rewrap_keys(*, acting_user: Any) -> dict[str, int]:
 
 
 def _rewrap_disclosure_keys(current: Any) -> dict[str, int]:
-    return {}
+    from disclosure import exports, signing
+
+    return {"exports": exports.rewrap_all(current), "signing_keys": signing.rewrap_all(current)}

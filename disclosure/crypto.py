@@ -117,6 +117,47 @@ def encrypt_file(
         index += 1
 
 
+class EncryptingWriter:
+    """A write-only file that encrypts what is written to ``dst`` (same format as
+    :func:`encrypt_stream`), for producers that write rather than read (``tarfile``). A full
+    chunk is held back until more data arrives, so the chunk written by :meth:`close` is the
+    one flagged last. Memory stays O(chunk_size)."""
+
+    def __init__(self, key: bytes, dst: BinaryIO, *, chunk_size: int = DEFAULT_CHUNK) -> None:
+        if len(key) != KEY_BYTES:
+            raise ValueError("data key must be 32 bytes")
+        self._aead = AESGCM(key)
+        self._dst = dst
+        self._chunk = chunk_size
+        self._header = HEADER.pack(MAGIC, VERSION, chunk_size, os.urandom(7))
+        self._prefix = self._header[-7:]
+        self._buf = bytearray()
+        self._index = 0
+        self.closed = False
+        dst.write(self._header)
+
+    def write(self, data: bytes) -> int:
+        self._buf += data
+        while len(self._buf) > self._chunk:
+            self._emit(bytes(self._buf[: self._chunk]), last=False)
+            del self._buf[: self._chunk]
+        return len(data)
+
+    def _emit(self, plain: bytes, *, last: bool) -> None:
+        nonce = _nonce(self._prefix, self._index, last)
+        self._dst.write(self._aead.encrypt(nonce, plain, self._header))
+        self._index += 1
+
+    def flush(self) -> None:
+        self._dst.flush()
+
+    def close(self) -> None:
+        if not self.closed:
+            self._emit(bytes(self._buf), last=True)
+            self._buf = bytearray()
+            self.closed = True
+
+
 def _read_full(src: BinaryIO, buf: memoryview) -> int:
     """Fill ``buf`` unless the stream ends first; returns the bytes read."""
     got = 0

@@ -135,3 +135,45 @@ class AuditFilterForm(forms.Form):
     finding = forms.IntegerField(required=False, min_value=1, label="Finding #")
     since = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
     until = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
+
+
+class ExportForm(forms.Form):
+    """Base of the export request forms: choices limited to what the user may export."""
+
+    findings = forms.ModelMultipleChoiceField(queryset=Finding.objects.none(), required=False)
+    project = forms.ModelChoiceField(queryset=Project.objects.none(), required=False)
+
+    def __init__(self, *args: Any, user: Any, **kwargs: Any) -> None:
+        from disclosure import policy
+
+        super().__init__(*args, **kwargs)
+        # SECURITY: only findings the user can see in projects they manage; anything else is
+        # "not a valid choice", which reveals nothing about it.
+        self.fields["findings"].queryset = policy.exportable_findings(user).select_related(  # type: ignore[attr-defined]
+            "project"
+        )
+        self.fields["project"].queryset = policy.manageable_projects(user)  # type: ignore[attr-defined]
+
+    def selection(self) -> dict[str, Any]:
+        return {
+            "findings": list(self.cleaned_data["findings"]),
+            "project": self.cleaned_data["project"],
+        }
+
+
+class PublicExportForm(ExportForm):
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if not data.get("findings") and not data.get("project"):
+            raise forms.ValidationError("Choose findings or a whole project.")
+        return data
+
+
+class PartnerExportForm(ExportForm):
+    recipient = forms.ModelChoiceField(
+        queryset=User.objects.filter(is_active=True).order_by("username"),
+        to_field_name="username",
+    )
+
+    def selection(self) -> dict[str, Any]:
+        return {**super().selection(), "recipient": self.cleaned_data["recipient"]}

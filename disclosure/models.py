@@ -516,3 +516,135 @@ class AuditHead(models.Model):
     id = models.PositiveSmallIntegerField(primary_key=True, default=1)
     last_id = models.BigIntegerField(default=0)
     last_hash = models.CharField(max_length=64, default="0" * 64)
+
+
+# --- publication: signing keys, exports, recipient marks ------------------------------------------
+
+
+class SigningKeyStatus(models.TextChoices):
+    CURRENT = "current", "current"
+    RETIRED = "retired", "retired (verifies old bundles)"
+    REVOKED = "revoked", "revoked (do not trust)"
+
+
+class SigningKey(models.Model):
+    """An Ed25519 key that signs publication bundles. The private key is stored only wrapped by
+    the master key (bound to ``key_id``); the public key is published at ``/keys/``. Rotation
+    retires the current key, which stays published so old bundles keep verifying."""
+
+    key_id = models.CharField(max_length=64, unique=True)
+    public_key_pem = models.TextField()
+    wrapped_private_key = models.BinaryField(editable=False)
+    master_key_id = models.CharField(max_length=64)
+    status = models.CharField(
+        max_length=16, choices=SigningKeyStatus.choices, default=SigningKeyStatus.CURRENT
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    retired_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["status"], condition=Q(status="current"), name="one_current_signing_key"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.key_id} ({self.status})"
+
+    @property
+    def key_context(self) -> bytes:
+        return f"signing-key:{self.key_id}".encode()
+
+
+class ExportKind(models.TextChoices):
+    PUBLIC = "public", "publication bundle"
+    PARTNER = "partner", "partner copy"
+
+
+class ExportStatus(models.TextChoices):
+    QUEUED = "queued", "queued"
+    RUNNING = "running", "building"
+    SUCCEEDED = "succeeded", "ready"
+    FAILED = "failed", "failed"
+    REFUSED = "refused", "refused"
+
+
+class Export(models.Model):
+    """One requested bundle: a publication bundle of public findings, or a recipient-marked
+    partner copy for one collaborator. Built by a Celery job (:mod:`disclosure.exports`); the
+    row is the source of truth for its state and progress. Partner copies are stored encrypted
+    (they hold partner-tier content); publication bundles in the clear."""
+
+    kind = models.CharField(max_length=16, choices=ExportKind.choices)
+    status = models.CharField(
+        max_length=16, choices=ExportStatus.choices, default=ExportStatus.QUEUED, db_index=True
+    )
+    progress = models.FloatField(default=0.0)
+    message = models.TextField(blank=True)
+    blockers = models.JSONField(default=dict, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    recipient = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="partner_copies",
+    )
+    project = models.ForeignKey(
+        Project, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    findings = models.ManyToManyField(Finding, related_name="exports")
+    name = models.CharField(max_length=120)
+    path = models.CharField(max_length=300, blank=True, help_text="relative to EXPORTS_DIR")
+    size = models.PositiveBigIntegerField(default=0)
+    sha256 = models.CharField(max_length=64, blank=True, help_text="of the archive")
+    signing_key_id = models.CharField(max_length=64, blank=True)
+    encrypted = models.BooleanField(default=False)
+    master_key_id = models.CharField(max_length=64, blank=True)
+    wrapped_key = models.BinaryField(null=True, blank=True, editable=False)
+    celery_task_id = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"export #{self.pk} ({self.get_kind_display()})"
+
+    @property
+    def key_context(self) -> bytes:
+        return f"export:{self.pk}".encode()
+
+    @property
+    def filename(self) -> str:
+        return f"{self.name}.tar.gz"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in (ExportStatus.QUEUED, ExportStatus.RUNNING)
+
+
+class RecipientMark(models.Model):
+    """The secret that marks one partner copy (:func:`disclosure.marks.mark_text`) and the
+    token written into its files' metadata. ``manage.py trace_leak`` tries every recorded mark.
+
+    SECURITY: a recipient who learned their secret could strip the wording marks; it is shown
+    nowhere and never leaves the server."""
+
+    export = models.OneToOneField(Export, on_delete=models.PROTECT, related_name="mark")
+    recipient = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
+    secret = models.CharField(max_length=64)
+    token = models.CharField(max_length=32, unique=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"mark {self.token} → {self.recipient}"

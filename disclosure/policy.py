@@ -357,3 +357,57 @@ def manageable_projects(user: Any) -> QuerySet[Project]:
     return get_objects_for_user(
         user, "experiments.change_project", Project, accept_global_perms=False
     )
+
+
+# --- publication: exports and partner copies ------------------------------------------------------
+
+
+def can_export(user: Any, project: Project) -> bool:
+    """Export a project's findings (publication bundles, partner copies): release managers, or
+    a user delegated release management of the project."""
+    return can_manage_releases(user, project)
+
+
+def exportable_findings(user: Any) -> QuerySet[Finding]:
+    """Findings the user may put in an export request: visible to them, in projects they
+    manage. Whether each may actually leave is decided per finding by the export's blockers."""
+    projects = manageable_projects(user)
+    return visible_findings(user).filter(project__in=projects.values("pk"))
+
+
+def partner_copy_findings(recipient: Any) -> QuerySet[Finding]:
+    """What a partner copy for ``recipient`` may contain: the partner-tier findings their own
+    active grants cover, while they have accepted the agreement in force (the grant branch of
+    :func:`finding_visibility_q`, not team membership or clearance). SECURITY: a copy leaves
+    the platform, so it carries only what was granted to this collaborator."""
+    if not _authenticated(recipient):
+        return Finding.objects.none()
+    q = _grant_q(recipient, timezone.now()) & _not_retracted()
+    return Finding.objects.filter(q, tier=Tier.PARTNERS)
+
+
+def visible_exports(user: Any) -> QuerySet[Any]:
+    """Exports a user may open: release managers all; others those they requested, and partner
+    copies addressed to them (downloads re-check the grant, see :func:`can_download_export`)."""
+    from disclosure.models import Export
+
+    if not _authenticated(user):
+        return Export.objects.none()
+    if is_release_manager(user):
+        return Export.objects.all()
+    return Export.objects.filter(Q(created_by=user) | Q(recipient=user))
+
+
+def get_export_or_404(user: Any, pk: Any) -> Any:
+    return get_visible_or_404(visible_exports(user).select_related("recipient"), pk=pk)
+
+
+def can_download_export(user: Any, export: Any) -> bool:
+    """A release manager or the requester; a partner copy's recipient only while every finding
+    in it is still granted to them (revocation, expiry or a new agreement take effect at once)."""
+    if is_release_manager(user) or (_authenticated(user) and export.created_by_id == user.pk):
+        return True
+    if export.recipient_id is None or export.recipient_id != getattr(user, "pk", None):
+        return False
+    ids = set(export.findings.values_list("pk", flat=True))
+    return ids <= set(partner_copy_findings(user).values_list("pk", flat=True))

@@ -21,3 +21,17 @@ def release_due_findings() -> list[tuple[int, str]]:
 @shared_task(acks_late=True, soft_time_limit=120, time_limit=180, ignore_result=True)
 def warn_expiring_grants() -> int:
     return actions.do_warn_expiring_grants()
+
+
+@shared_task(
+    name="disclosure.tasks.build_export",
+    acks_late=True,
+    soft_time_limit=3600,
+    time_limit=3900,
+    max_retries=0,
+)
+def build_export(export_id: int) -> str:
+    """Build one requested bundle; the Export row records progress and the outcome."""
+    from disclosure import exports
+
+    return exports.build_export(export_id)

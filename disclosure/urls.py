@@ -1,5 +1,6 @@
 from django.urls import path
 
+from disclosure import publication_views as pub
 from disclosure import views
 
 urlpatterns = [
@@ -29,4 +30,14 @@ urlpatterns = [
     path("inbox/", views.inbox, name="inbox"),
     path("audit/", views.audit_log, name="audit"),
     path("audit/export.csv", views.audit_export, name="audit-export"),
+    # publication (issue 5)
+    path("keys/", pub.key_list, name="keys"),
+    path("keys/<slug:key_id>.pem", pub.key_pem, name="key-pem"),
+    path(".well-known/h3lab-keys.json", pub.keys_json, name="keys-json"),
+    path("exports/", pub.export_list, name="exports"),
+    path("exports/new/public/", pub.export_public, name="export-public"),
+    path("exports/new/partner/", pub.export_partner, name="export-partner"),
+    path("exports/<int:pk>/", pub.export_detail, name="export"),
+    path("exports/<int:pk>/progress.json", pub.export_progress, name="export-progress"),
+    path("exports/<int:pk>/download/", pub.export_download, name="export-download"),
 ]

@@ -67,6 +67,7 @@ def _isolated_storage(settings: object, tmp_path_factory: pytest.TempPathFactory
     settings.MEDIA_ROOT = root  # type: ignore[attr-defined]
     settings.RUNS_DIR = root / "runs"  # type: ignore[attr-defined]
     settings.ARTIFACTS_DIR = root / "artifacts"  # type: ignore[attr-defined]
+    settings.EXPORTS_DIR = root / "exports"  # type: ignore[attr-defined]
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -119,3 +119,16 @@ def test_file_fast_path_writes_the_same_format_as_the_stream(size: int) -> None:
     assert crypto.encrypt_file(key, io.BytesIO(data), out, chunk_size=64) == size
     assert _decrypt(out.getvalue(), key) == data
     assert len(out.getvalue()) == crypto.encrypted_size(size, 64)
+
+
+@pytest.mark.parametrize("size", [0, 1, 64, 65, 128, 1000])
+def test_the_encrypting_writer_produces_the_stream_format(size: int) -> None:
+    key = crypto.new_data_key()
+    data = os.urandom(size)
+    out = io.BytesIO()
+    writer = crypto.EncryptingWriter(key, out, chunk_size=64)
+    for i in range(0, size, 7):  # odd-sized writes straddle chunk boundaries
+        writer.write(data[i : i + 7])
+    writer.close()
+    assert _decrypt(out.getvalue(), key) == data
+    assert len(out.getvalue()) == crypto.encrypted_size(size, 64)

@@ -76,6 +76,8 @@ class World:
     objection: Vote
     grant: Grant
     users: dict[str, Any] = field(default_factory=dict)
+    export_id: int = 0
+    signing_key_id: str = ""
 
 
 Rule = Callable[[str, int], bool]
@@ -225,6 +227,17 @@ REGISTRY: dict[str, Entry] = {
     "tokens": Entry(allowed=signed_in),
     # a token of the member's: only its owner may revoke it
     "token-revoke": Entry(lambda w: {"pk": member_token(w)}, member_only, method="post"),
+    # publication (issue 5): the signing keys are public; exports belong to release managers
+    # (the world's export was requested by mara; partner copies: test_publication_partner.py)
+    "keys": Entry(),
+    "key-pem": Entry(lambda w: {"key_id": w.signing_key_id}),
+    "keys-json": Entry(),
+    "exports": Entry(allowed=release_manager),
+    "export-public": Entry(allowed=release_manager, method="post"),
+    "export-partner": Entry(allowed=release_manager, method="post"),
+    "export": Entry(lambda w: {"pk": w.export_id}, release_manager),
+    "export-progress": Entry(lambda w: {"pk": w.export_id}, release_manager),
+    "export-download": Entry(lambda w: {"pk": w.export_id}, release_manager),
 }
 
 
@@ -284,7 +297,10 @@ def build_world(cast: Cast, tier: int, tmp_path: Path) -> World:
         "unaccepted_agreement": cast.nick,
         "release_manager": cast.mara,
     }
+    export = ready_export(cast, finding)
     return World(
+        export_id=export.pk,
+        signing_key_id=export.signing_key_id,
         cast=cast,
         tier=tier,
         finding=finding,
@@ -300,6 +316,35 @@ def build_world(cast: Cast, tier: int, tmp_path: Path) -> World:
 def _no_api_rate_limit(settings: Any) -> None:
     """The matrix sends hundreds of API requests a minute from one address."""
     settings.H3LAB_API_RATES = {"token": None, "anon": None}
+
+
+def ready_export(cast: Cast, finding: Finding) -> Any:
+    """A finished publication bundle requested by the release manager (its bytes are a stand-in:
+    the matrix checks who may fetch it; test_publication.py checks what it contains)."""
+    from django.conf import settings
+
+    from disclosure import exports, signing
+    from disclosure.models import Export, ExportKind, ExportStatus
+
+    export = exports.do_request_export(
+        kind=ExportKind.PUBLIC,
+        findings=[finding],
+        project=None,
+        recipient=None,
+        acting_user=cast.mara,
+        enqueue=False,
+    )
+    root = Path(settings.EXPORTS_DIR)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / f"{export.pk}.tar.gz").write_bytes(b"bundle")
+    Export.objects.filter(pk=export.pk).update(
+        status=ExportStatus.SUCCEEDED,
+        path=f"{export.pk}.tar.gz",
+        size=6,
+        signing_key_id=signing.current_key().key_id,
+    )
+    export.refresh_from_db()
+    return export
 
 
 def client_for(user: User | None) -> Client:
