@@ -217,6 +217,19 @@ class RunSubmitSerializer(serializers.Serializer):
     config = ConfigField(
         help_text="RunConfig as JSON: {preset, model, task, train}; omitted keys take defaults"
     )
+    n_layer = serializers.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=64,
+        help_text="depth, used when config has no model section (the model is then built from "
+        "config.preset, as the web form does)",
+    )
+    d_model = serializers.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=16384,
+        help_text="width, used when config has no model section",
+    )
 
 
 class RerunSerializer(serializers.Serializer):

@@ -37,6 +37,7 @@ from experiments import actions, presenters
 from experiments.forms import corpus_dir, project_corpora
 from experiments.models import Artifact, Experiment, Finding, MetricPoint, Project, Run, Tier
 from experiments.storage import open_artifact
+from h3lab.config import ConfigError, RunConfig, TaskConfig
 
 
 class Gone(exceptions.APIException):
@@ -218,6 +219,23 @@ def _checked_corpus(project: Project, config: dict[str, Any]) -> dict[str, Any]:
     return {**config, "task": {**task, "path": str(resolved)}}
 
 
+def _with_model(config: dict[str, Any], *, n_layer: int, d_model: int) -> dict[str, Any]:
+    """A config without a ``model`` section gets the model its ``preset`` names at the given
+    depth and width (RunConfig.build, as the web form does); with one, it is used as given."""
+    if "model" in config or not isinstance(config.get("task", {}), dict):
+        return config
+    try:
+        task = TaskConfig(**config.get("task", {}))
+        built = RunConfig.build(
+            preset=str(config.get("preset", "h3")), n_layer=n_layer, d_model=d_model, task=task
+        )
+    except ConfigError:
+        raise
+    except (TypeError, ValueError):
+        return config  # RunConfig.from_dict names the bad field precisely
+    return {**config, "model": built.model.to_dict()}
+
+
 class RunViewSet(ApiViewMixin, viewsets.GenericViewSet):
     """Training runs of your projects: submit, follow, cancel, repeat."""
 
@@ -259,9 +277,12 @@ class RunViewSet(ApiViewMixin, viewsets.GenericViewSet):
         project = policy.get_project_or_404(request.user, data["project"])
         if not policy.can_submit_run(request.user, project):
             raise _deny()
+        config = _with_model(
+            data["config"], n_layer=data.get("n_layer", 2), d_model=data.get("d_model", 64)
+        )
         run = actions.check_submit_run(
             project=project,
-            config=_checked_corpus(project, data["config"]),
+            config=_checked_corpus(project, config),
             experiment_name=data["experiment"],
             name=data["name"],
             queue=data["queue"],
