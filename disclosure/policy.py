@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connection
-from django.db.models import Model, Q, QuerySet
+from django.db.models import BooleanField, Model, Q, QuerySet
 from django.db.models.expressions import RawSQL
 from django.http import Http404
 from django.utils import timezone
@@ -132,10 +132,12 @@ def _sql() -> dict[str, str]:
     grants = (
         f"FROM {t(Grant)} WHERE revoked_at IS NULL AND expires_at > %s AND max_tier <= %s"
         f" AND (user_id = %s OR group_id IN ({groups}))"
-        f" AND EXISTS (SELECT 1 FROM {t(AgreementAcceptance)}"
-        f" WHERE user_id = %s AND agreement_id = ({agreement_in_force}))"
     )
     return {
+        "accepted": (
+            f"EXISTS (SELECT 1 FROM {t(AgreementAcceptance)}"
+            f" WHERE user_id = %s AND agreement_id = ({agreement_in_force}))"
+        ),
         "team": f"SELECT id FROM {t(Project)} WHERE group_id IN ({groups})",
         "lowest_clearance": (
             f"SELECT MIN(tier) FROM {t(GroupClearance)} WHERE group_id IN ({groups})"
@@ -170,19 +172,21 @@ def _grant_q(user: Any, now: datetime) -> Q:
     finding, while the grant (the user's own or a group's) is unrevoked and unexpired and the
     user has accepted the agreement version in force now.
 
-    SECURITY: no agreement in force, or one the user has not accepted, makes every grant
-    subquery empty (fail closed). A grant for the review tier also covers partners: the branch
-    for tier *t* takes the grants whose ``max_tier`` is at most *t*.
+    SECURITY: no agreement in force, or one the user has not accepted, makes the whole branch
+    false (fail closed). A grant for the review tier also covers partners: the branch for tier
+    *t* takes the grants whose ``max_tier`` is at most *t*.
     """
     at = connection.ops.adapt_datetimefield_value(now)
-    q = Q()
+    accepted = RawSQL(_sql()["accepted"], [user.pk, at], output_field=BooleanField())
+    scopes = Q()
     for tier in (Tier.PARTNERS, Tier.REVIEW):
-        params = [at, tier, user.pk, user.pk, user.pk, at]
+        params = [at, tier, user.pk, user.pk]
         projects = RawSQL(_sql()["granted_projects"], params)
         findings = RawSQL(_sql()["granted_findings"], params)
         tiers = Q(tier__gte=tier) if tier == Tier.PARTNERS else Q(tier=tier)
-        q |= tiers & (Q(project_id__in=projects) | Q(pk__in=findings))
-    return q
+        scopes |= tiers & (Q(project_id__in=projects) | Q(pk__in=findings))
+    # The agreement check once, outside the grant subqueries: PostgreSQL plans each copy.
+    return Q(accepted) & scopes
 
 
 def finding_visibility_q(user: Any, *, include_retracted: bool = False) -> Q:
