@@ -30,6 +30,7 @@ from disclosure.models import (
     ReleaseRequest,
     Vote,
 )
+from disclosure.pagination import CappedPaginator
 from experiments.markdown import render_markdown
 from experiments.models import Finding, Tier
 
@@ -78,8 +79,9 @@ def finding_list(request: HttpRequest) -> HttpResponse:
         findings = findings.filter(tier=int(tier))
     if q := request.GET.get("q", "").strip()[:100]:
         findings = findings.filter(title__icontains=q)
-    # Two queries: the page (findings joined to their project) and the count.
-    page = Paginator(findings, 50).get_page(request.GET.get("page"))
+    # Two queries: the count (capped, so it does not grow with the data) and the page (findings
+    # joined to their project).
+    page = CappedPaginator(findings, 50, cap=1000).get_page(request.GET.get("page"))
     return render(
         request,
         "disclosure/finding_list.html",
