@@ -154,11 +154,8 @@ def test_api_permission_matrix(cast: Cast, tier: int, tmp_path: Path) -> None:
                     or (persona == "anonymous" and code == 401)
                 )
             if not ok:
-                detail = (
-                    response.content[:200]
-                    if not hasattr(response, "streaming") or not response.streaming
-                    else b""
-                )
+                streamed = getattr(response, "streaming", False)
+                detail = b"" if streamed else response.content[:200]
                 failures.append(
                     f"{case.method.upper()} {case.name} as {persona}: "
                     f"{'allowed' if allowed else 'denied'} expected, got {code} {detail!r}"
