@@ -113,11 +113,13 @@ def use_broker(url: str, options: dict[str, Any], result_backend: str) -> None:
     conf.broker_url = url
     conf.broker_transport_options = options
     conf.result_backend = result_backend
-    # Celery caches the connection pool, producer pool and backend built from the old URLs.
+    # Celery caches the connection pool, producer pool and backend built from the old URLs;
+    # kombu keeps the pools in a global registry, so clear that too (closing them).
+    from kombu import pools
+
+    pools.reset()
     internals: Any = app
-    if internals._pool is not None:
-        internals._pool.force_close_all()
-        internals._pool = None
+    internals._pool = None
     internals.amqp._producer_pool = None
     internals._backend_cache = None
     internals._local = threading.local()
