@@ -1,0 +1,121 @@
+"""Schemathesis against the generated OpenAPI schema, in-process over WSGI, as an authenticated
+project member: no operation answers 5xx, and every answer (status code, content type, body)
+is what the schema says. Bounded: a fixed number of derandomized examples per operation, so it
+is reproducible and takes well under a minute."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import schemathesis
+from django.core import signals
+from django.core.cache import cache
+from django.db import close_old_connections, transaction
+from hypothesis import HealthCheck, Phase, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from api import actions as api_actions
+from experiments.models import Tier
+from experiments.storage import store_file
+from h3lab.wsgi import application
+from tests import factories
+from tests.conftest import Lab
+
+pytestmark = pytest.mark.django_db
+
+EXAMPLES_PER_OPERATION = 12
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
+
+
+@pytest.fixture
+def wsgi_in_test_transaction() -> Iterator[None]:
+    """Requests go straight to the WSGI app (not Django's test client), so stop it closing the
+    test's database connection at the end of each request, as the test client does."""
+    signals.request_started.disconnect(close_old_connections)
+    signals.request_finished.disconnect(close_old_connections)
+    try:
+        yield
+    finally:
+        signals.request_started.connect(close_old_connections)
+        signals.request_finished.connect(close_old_connections)
+
+
+def _world(lab: Lab, tmp_path: Path) -> dict[str, list[Any]]:
+    """Objects for generated ids to hit (besides the random ones that miss)."""
+    run = factories.make_run(lab.project, user=lab.alice)
+    factories.add_metrics(run, "train_loss", [2.0, 1.0, 0.5])
+    src = tmp_path / "train.log"
+    src.write_text("step 0\nstep 10\n")
+    artifact = store_file(run, src, "train.log")
+    artifact.save()
+    finding = factories.make_finding(lab.project, tier=Tier.TEAM)
+    finding.runs.add(run)
+    public = factories.make_finding(lab.project, tier=Tier.PUBLIC)
+    return {
+        "id": [run.pk, artifact.pk, finding.pk, public.pk, run.experiment_id],
+        "slug": [lab.project.slug],
+    }
+
+
+def test_the_api_conforms_to_its_schema_under_fuzzing(
+    lab: Lab, settings: Any, tmp_path: Path, wsgi_in_test_transaction: None
+) -> None:
+    settings.H3LAB_API_RATES = {"token": None, "anon": None}
+    cache.clear()
+    known = _world(lab, tmp_path)
+    secret = api_actions.do_create_token(
+        user=lab.alice, name="fuzz", scope="manage", days=1, acting_user=lab.alice
+    ).plaintext
+    headers = {"Authorization": f"Bearer {secret}"}
+    schema = schemathesis.openapi.from_wsgi("/api/schema/", application)
+    statuses: Counter[int] = Counter()
+    failures: list[str] = []
+
+    for result in schema.get_all_operations():
+        operation = result.ok()
+
+        @given(case=operation.as_strategy(), pick=st.data())
+        @hypothesis_settings(
+            max_examples=EXAMPLES_PER_OPERATION,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            phases=[Phase.explicit, Phase.generate],
+            suppress_health_check=list(HealthCheck),
+        )
+        def check(case: Any, pick: Any) -> None:
+            for name in case.path_parameters or {}:
+                # Half the time aim at an object that exists (and that alice may see).
+                if name in known and pick.draw(st.booleans()):
+                    case.path_parameters[name] = pick.draw(st.sampled_from(known[name]))
+            with transaction.atomic():  # each call leaves the world as it found it
+                response = case.call(headers=headers)
+                transaction.set_rollback(True)
+            statuses[response.status_code] += 1
+            case.validate_response(response, checks=CHECKS, headers=headers)
+
+        try:
+            check()
+        except Exception as exc:  # collect every operation's failure, not just the first
+            failures.append(f"{operation.label}: {type(exc).__name__}: {exc}"[:2000])
+
+    assert not failures, "\n\n".join(failures)
+    assert statuses[200] and statuses[201], f"the fuzz never succeeded: {dict(statuses)}"
+    assert not [s for s in statuses if s >= 500], json.dumps(statuses)
