@@ -25,6 +25,7 @@ from schemathesis.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from schemathesis.core.result import Ok
 
 from api import actions as api_actions
 from experiments.models import Tier
@@ -89,6 +90,7 @@ def test_the_api_conforms_to_its_schema_under_fuzzing(
     failures: list[str] = []
 
     for result in schema.get_all_operations():
+        assert isinstance(result, Ok), f"the schema does not load: {result}"
         operation = result.ok()
 
         @given(case=operation.as_strategy(), pick=st.data())
