@@ -89,7 +89,8 @@ def export_list(request: HttpRequest) -> HttpResponse:
 def _request(request: HttpRequest, form: forms.ExportForm, kind: str) -> HttpResponse:
     _require(_may_export(request))
     if not form.is_valid():
-        messages.error(request, "; ".join(f"{k}: {' '.join(v)}" for k, v in form.errors.items()))
+        errors = "; ".join(f"{k}: {' '.join(map(str, v))}" for k, v in form.errors.items())
+        messages.error(request, errors)
         return redirect("exports")
     try:
         export = exports.check_request_export(
@@ -149,7 +150,7 @@ def export_progress(request: HttpRequest, pk: int) -> JsonResponse:
 @never_cache
 @login_required
 @require_GET
-def export_download(request: HttpRequest, pk: int) -> HttpResponse:
+def export_download(request: HttpRequest, pk: int) -> HttpResponse | StreamingHttpResponse:
     export = policy.get_export_or_404(request.user, pk)
     _require(policy.can_download_export(request.user, export))
     try:
