@@ -307,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         k: LayerSpec(k, args.d_model, args.d_state, args.head_dim, args.n_head) for k in layers
     }
 
+    load_start = os.getloadavg()[0]
     train: list[dict[str, Any]] = []
     jobs = [(k, L) for L in args.lengths for k in layers]
     for kind, L in tqdm(jobs, desc="forward+backward", file=sys.stderr):
@@ -326,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
         generation += measure_step(specs[kind], args.contexts, device, args.threads, args.gen_steps)
 
     report = summarise(args, device, train, generation, torch.__version__)
+    # Other work on the machine inflates every timing; record how busy it was.
+    report["meta"]["load_avg_1min"] = [round(load_start, 2), round(os.getloadavg()[0], 2)]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(format_table(report))
@@ -436,6 +439,9 @@ def format_table(report: dict[str, Any]) -> str:
         f"Forward+backward, one layer: d_model {m['d_model']}, batch {m['batch']}, "
         f"{m['dtype']}, {m['device']}, {m['threads']} threads, torch {m['torch']}, "
         f"malloc: {m['malloc']}",
+        "1-min load average at start / end: "
+        + " / ".join(f"{v:.1f}" for v in m.get("load_avg_1min", []))
+        + f" on {m['cpu_count']} CPUs",
         "",
         f"{'L':>6} | {'H3 ms':>8} {'ref':>7} {'goal':>6} {'×ref':>5} | {'attn ms':>8} "
         f"{'ref':>7} | {'H3<attn':>7} | {'H3 MiB':>7} {'attn MiB':>8}",

@@ -44,9 +44,13 @@ def next_fast_len(n: int) -> int:
 BLOCK_BYTES = 1 << 20
 
 
-def _row_blocks(B: int, H: int, n: int, itemsize: int) -> list[tuple[int, int, int]]:
-    """(batch index, first channel, end channel) blocks of about BLOCK_BYTES of padded rows."""
-    hc = max(1, min(H, BLOCK_BYTES // (n * itemsize)))
+def _row_blocks(u: Tensor, n: int) -> list[tuple[int, int, int]]:
+    """(batch index, first channel, end channel) blocks of about BLOCK_BYTES of padded rows
+    of u (B, H, L) — on CPU; a GPU wants the whole batch in one launch."""
+    B, H, _ = u.shape
+    if u.device.type != "cpu":
+        return [(b, 0, H) for b in range(B)]
+    hc = max(1, min(H, BLOCK_BYTES // (n * u.element_size())))
     return [(b, h0, min(H, h0 + hc)) for b in range(B) for h0 in range(0, H, hc)]
 
 
@@ -64,11 +68,11 @@ class _FFTConv(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, u: Tensor, k: Tensor, D: Tensor | None, n: int) -> Tensor:
-        B, H, L = u.shape
+        L = u.shape[-1]
         Lk = k.shape[-1]
         k_f = torch.fft.rfft(k, n=n)  # (H, n//2+1)
         y = torch.empty_like(u, memory_format=torch.contiguous_format)  # (B, H, L)
-        for b, h0, h1 in _row_blocks(B, H, n, u.element_size()):
+        for b, h0, h1 in _row_blocks(u, n):
             uc = u[b, h0:h1]  # (hc, L)
             yc = torch.fft.irfft(torch.fft.rfft(uc, n=n).mul_(k_f[h0:h1]), n=n)[:, :L]
             if D is None:
@@ -83,7 +87,6 @@ class _FFTConv(torch.autograd.Function):
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
         u, k_f, D = ctx.saved_tensors
         L, Lk, n = ctx.sizes
-        B, H, _ = u.shape
         need_u, need_k, need_D = ctx.needs_input_grad[:3]
         grad_u = grad_k = grad_D = None
         if need_u:
@@ -91,7 +94,7 @@ class _FFTConv(torch.autograd.Function):
         # Σ_b G · conj(U), summed over the batch in frequency space: one small irfft at the end.
         gk_f = torch.zeros_like(k_f) if need_k else None  # (H, n//2+1)
         k_f_conj = k_f.conj()
-        for b, h0, h1 in _row_blocks(B, H, n, u.element_size()):
+        for b, h0, h1 in _row_blocks(u, n):
             gc = g[b, h0:h1]  # (hc, L)
             g_f = torch.fft.rfft(gc, n=n)  # (hc, n//2+1)
             if gk_f is not None:
@@ -119,6 +122,10 @@ def fftconv(u: Tensor, k: Tensor, D: Tensor | None = None) -> Tensor:
     D: (H,) skip weights or None. Returns y: (B, H, L) in ``u``'s dtype. Differentiable in
     all three (see :class:`_FFTConv`).
     """
+    if u.dtype in (torch.float16, torch.bfloat16):
+        # Half-precision FFTs lose the kernel's long tail (and CUDA's only take powers of 2).
+        D32 = None if D is None else D.float()
+        return fftconv(u.float(), k.float(), D32).to(u.dtype)
     L = u.shape[-1]
     k = k[..., :L]
     n = next_fast_len(L + k.shape[-1] - 1)  # no wrap-around reaches outputs t < L

@@ -19,7 +19,8 @@ def test_bench_main_writes_json_with_every_documented_key(
 
     report = json.loads(out.read_text())
     assert set(report) == {"meta", "train", "generation", "reference", "goals"}
-    assert {"device", "threads", "torch", "batch", "d_model", "memory"} <= set(report["meta"])
+    meta_keys = {"device", "threads", "torch", "batch", "d_model", "memory", "load_avg_1min"}
+    assert meta_keys <= set(report["meta"])
     (row,) = report["train"]
     assert row["L"] == 64
     for key in ("h3_ms", "attn_ms", "h3_peak_mib", "attn_peak_mib"):

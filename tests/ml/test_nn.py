@@ -90,6 +90,17 @@ def test_fftconv_in_many_small_row_blocks_equals_direct_convolution_with_gradien
     assert torch.autograd.gradcheck(lambda u, k: fftconv(u, k, None), (u, k))
 
 
+def test_fftconv_runs_half_precision_inputs_in_float32() -> None:
+    g = gen()
+    u = torch.randn(2, 3, 40, generator=g)
+    k = torch.randn(3, 40, generator=g) * 0.1
+    D = torch.randn(3, generator=g)
+    got = fftconv(u.bfloat16(), k.bfloat16(), D.bfloat16())
+    assert got.dtype == torch.bfloat16
+    want = direct_conv_ref(u.bfloat16().float(), k.bfloat16().float(), D.bfloat16().float())
+    torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=2e-2)
+
+
 def test_direct_reference_is_the_textbook_causal_sum() -> None:
     g = gen()
     u = torch.randn(1, 2, 6, generator=g, dtype=torch.float64)
