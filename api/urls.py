@@ -19,6 +19,7 @@ router.register("runs", views.RunViewSet, basename="api-run")
 router.register("artifacts", views.ArtifactViewSet, basename="api-artifact")
 router.register("findings", views.FindingViewSet, basename="api-finding")
 router.register("grants", views.GrantViewSet, basename="api-grant")
+router.register("exports", views.ExportViewSet, basename="api-export")
 
 urlpatterns = [
     path("api/v1/", views.RootView.as_view(), name="api-root"),

@@ -8,6 +8,7 @@ answer is ``Cache-Control: no-store`` because most hold restricted content.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +32,15 @@ from api.auth import HasScope
 from api.errors import ErrorSerializer
 from api.models import ApiToken, TokenScope
 from disclosure import actions as disclosure_actions
-from disclosure import audit, policy
-from disclosure.models import Assessment, Grant, ReleaseRequest, Vote
+from disclosure import audit, exports, policy
+from disclosure.models import Assessment, Export, Grant, ReleaseRequest, Vote
 from experiments import actions, presenters
 from experiments.forms import corpus_dir, project_corpora
 from experiments.models import Artifact, Experiment, Finding, MetricPoint, Project, Run, Tier
-from experiments.storage import open_artifact
+from experiments.storage import ArtifactUnavailable, open_artifact
 from h3lab.config import ConfigError, RunConfig, TaskConfig
+
+log = logging.getLogger(__name__)
 
 
 class Gone(exceptions.APIException):
@@ -103,7 +106,7 @@ class RootView(ApiViewMixin, APIView):
     def get(self, request: Request) -> Response:
         endpoints = {
             name: reverse(f"api-{name}-list")
-            for name in ("project", "experiment", "run", "artifact", "finding", "grant")
+            for name in ("project", "experiment", "run", "artifact", "finding", "grant", "export")
         }
         endpoints["me"] = reverse("api-me")
         return Response(
@@ -423,7 +426,9 @@ class ArtifactViewSet(ApiViewMixin, viewsets.ReadOnlyModelViewSet):
         responses={
             (200, "application/octet-stream"): OpenApiResponse(
                 OpenApiTypes.BINARY, description="the artifact's bytes"
-            )
+            ),
+            410: OpenApiResponse(ErrorSerializer, "destroyed when its finding was retracted"),
+            503: OpenApiResponse(ErrorSerializer, "cannot be decrypted now"),
         }
     )
     @action(detail=True, methods=["get"], content_negotiation_class=FirstRenderer)
@@ -435,6 +440,8 @@ class ArtifactViewSet(ApiViewMixin, viewsets.ReadOnlyModelViewSet):
             chunks = open_artifact(artifact)
         except FileNotFoundError:
             raise _deny() from None
+        except ArtifactUnavailable as exc:
+            raise _unavailable(f"artifact {artifact.pk}", exc) from None
         actions.record_artifact_download(artifact, acting_user=request.user)
         response = StreamingHttpResponse(chunks, content_type="application/octet-stream")
         response["Content-Length"] = str(artifact.size)
@@ -660,3 +667,95 @@ class GrantViewSet(ApiViewMixin, viewsets.GenericViewSet):
         reason = _body(s.RevokeSerializer, request)["reason"]
         disclosure_actions.do_revoke_grant(grant, reason=reason, acting_user=request.user)
         return Response(s.GrantSerializer(self._grant(pk)).data)
+
+
+# --- exports -----------------------------------------------------------------------------------
+
+
+class Unavailable(exceptions.APIException):
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_detail = "The content cannot be produced right now; the operators have been told."
+    default_code = "unavailable"
+
+
+class Destroyed(exceptions.APIException):
+    status_code = status.HTTP_410_GONE
+    default_detail = "This content was destroyed when its finding was retracted."
+    default_code = "destroyed"
+
+
+def _unavailable(what: str, exc: ArtifactUnavailable) -> exceptions.APIException:
+    # SECURITY: the reason given is generic; the detail goes to the operators' log.
+    log.error("%s unavailable: %s", what, exc)
+    return Destroyed() if exc.reason == "destroyed" else Unavailable()
+
+
+class ExportViewSet(ApiViewMixin, viewsets.GenericViewSet):
+    """Publication bundles and partner copies: release managers request them; the requester
+    and a partner copy's recipient (while still granted) download them."""
+
+    queryset = Export.objects.none()
+    serializer_class = s.ExportSerializer
+    lookup_value_regex = r"\d+"
+    scopes = {"create": TokenScope.MANAGE}
+
+    def _may_export(self) -> bool:
+        return policy.manageable_projects(self.request.user).exists()
+
+    def list(self, request: Request) -> Response:
+        mine = policy.visible_exports(request.user).select_related(
+            "recipient", "created_by", "project"
+        )
+        if not (self._may_export() or mine.exists()):
+            raise _deny()
+        page = self.paginate_queryset(mine.prefetch_related("findings"))
+        return self.get_paginated_response(s.ExportSerializer(page, many=True).data)
+
+    def retrieve(self, request: Request, pk: str) -> Response:
+        return Response(s.ExportSerializer(policy.get_export_or_404(request.user, _id(pk))).data)
+
+    @extend_schema(request=s.ExportRequestSerializer, responses={201: s.ExportSerializer})
+    def create(self, request: Request) -> Response:
+        if not self._may_export():
+            raise _deny()
+        data = _body(s.ExportRequestSerializer, request)
+        try:
+            export = exports.check_request_export(
+                kind=data["kind"],
+                findings=data.get("findings", []),
+                project=data.get("project"),
+                recipient=data.get("recipient"),
+                acting_user=request.user,
+            )
+        except exports.ExportRefused as refused:
+            raise exceptions.ValidationError(
+                {"": [exports.describe(refused.blockers)], **refused.blockers}
+            ) from None
+        return Response(s.ExportSerializer(export).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        responses={
+            (200, "application/gzip"): OpenApiResponse(OpenApiTypes.BINARY, "the bundle"),
+            410: OpenApiResponse(ErrorSerializer, "destroyed"),
+            503: OpenApiResponse(ErrorSerializer, "cannot be decrypted now"),
+        }
+    )
+    @action(detail=True, methods=["get"], content_negotiation_class=FirstRenderer)
+    def download(self, request: Request, pk: str) -> StreamingHttpResponse:
+        """The bundle (``.tar.gz``), audited like the web download."""
+        export = policy.get_export_or_404(request.user, _id(pk))
+        if not policy.can_download_export(request.user, export):
+            raise _deny()
+        try:
+            chunks = exports.open_export(export)
+        except FileNotFoundError:
+            raise _deny() from None
+        except ArtifactUnavailable as exc:
+            raise _unavailable(f"export {export.pk}", exc) from None
+        exports.record_download(export, request.user, audit.client_ip(request))
+        response = StreamingHttpResponse(chunks, content_type="application/gzip")
+        response["Content-Length"] = str(export.size)
+        response["Content-Disposition"] = content_disposition_header(True, export.filename) or ""
+        response["X-Checksum-SHA256"] = export.sha256
+        response["X-Content-Type-Options"] = "nosniff"
+        return response

@@ -654,3 +654,50 @@ def test_the_schema_and_the_docs_are_served_without_a_cdn(lab: Lab) -> None:
         assert page.status_code == 200
         assert b"cdn.jsdelivr.net" not in page.content
         assert b"/static/drf_spectacular_sidecar/" in page.content
+
+
+# --- exports and unavailable content --------------------------------------------------------------
+
+
+def test_a_release_manager_downloads_an_export_and_the_download_is_audited(cast: Cast) -> None:
+    from tests.test_permission_matrix import ready_export
+
+    finding = factories.make_finding(cast.lab.project, tier=Tier.PUBLIC)
+    export = ready_export(cast, finding)
+    mara = api(cast.mara, "read")
+    assert mara.get(reverse("api-export-detail", args=[export.pk])).json()["status"] == "succeeded"
+    response = mara.get(reverse("api-export-download", args=[export.pk]))
+    assert response.status_code == 200
+    assert b"".join(response.streaming_content) == b"bundle"
+    assert response["Content-Type"] == "application/gzip"
+    assert AuditEntry.objects.filter(action__startswith="export.download").exists()
+    assert api(cast.carol).get(reverse("api-export-download", args=[export.pk])).status_code == 404
+
+
+def test_a_refused_export_lists_its_blockers_as_field_errors(cast: Cast) -> None:
+    finding = factories.make_finding(cast.lab.project, tier=Tier.REVIEW)
+    response = post(
+        api(cast.mara), reverse("api-export-list"), {"kind": "public", "findings": [finding.pk]}
+    )
+    assert response.status_code == 400
+    err = error(response)
+    assert err["message"].startswith("Export refused")
+    assert any(str(finding.pk) in name for name in err["fields"])
+
+
+@pytest.mark.parametrize(("reason", "status"), [("destroyed", 410), ("key", 503)])
+def test_artifact_bytes_that_cannot_be_produced_answer_410_or_503(
+    lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reason: str, status: int
+) -> None:
+    from experiments.storage import ArtifactUnavailable
+
+    artifact = _artifact(factories.make_run(lab.project), tmp_path)
+
+    def unavailable(_: Any) -> Any:
+        raise ArtifactUnavailable(reason, "detail for the operators")
+
+    monkeypatch.setattr("api.views.open_artifact", unavailable)
+    response = api(lab.alice).get(reverse("api-artifact-download", args=[artifact.pk]))
+    assert response.status_code == status
+    assert "detail for the operators" not in error(response)["message"]
+    assert not AuditEntry.objects.filter(action="artifact.download").exists()
