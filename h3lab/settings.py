@@ -240,6 +240,17 @@ H3LAB_BUNDLE_LICENSE = env_str(
 )
 H3LAB_PUBLISHER = env_str("H3LAB_PUBLISHER", "h3lab")
 
+# The default cache backs API rate limits. Set CACHE_URL (redis://…) in deployment so every
+# web process counts against the same limits; the embedded default is per process.
+CACHE_URL = env_str("CACHE_URL", "")
+CACHES = {
+    "default": (
+        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL}
+        if CACHE_URL
+        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+    )
+}
+
 # --- API (api/: REST framework, personal tokens, OpenAPI schema) -------------------------------
 INSTALLED_APPS += ["rest_framework", "drf_spectacular", "drf_spectacular_sidecar", "api"]
 # Requests per token (token-authenticated) and per client address (anonymous readers of
