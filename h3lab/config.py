@@ -71,7 +71,8 @@ class TrainConfig:
     no weight decay, as in the H3 paper. ``early_stop_acc``: stop once test accuracy has been
     at or above it for ``early_stop_patience`` consecutive evaluations. The learning rate warms
     up linearly for ``warmup_steps`` then follows a cosine down to ``min_lr_ratio`` × peak.
-    ``log_every``: steps averaged into one training-loss row of the run's history."""
+    ``log_every``: steps averaged into one training-loss row of the run's history. ``amp``:
+    bf16 autocast on CUDA (CPU always runs in float32)."""
 
     steps: int = 1000
     batch_size: int = 32
@@ -88,6 +89,7 @@ class TrainConfig:
     early_stop_patience: int = 2
     log_every: int = 10
     min_lr_ratio: float = 0.1
+    amp: bool = True
 
     def errors(self) -> dict[str, str]:
         e: dict[str, str] = {}
