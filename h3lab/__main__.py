@@ -1,0 +1,316 @@
+"""Command line: ``python -m h3lab train|eval|generate|probe|bench|reproduce``.
+
+Pure PyTorch, like the rest of the ML core: the web platform runs the same functions through
+Celery; this is the way in for a researcher at a terminal. Progress bars go to stderr,
+results (JSON where useful) to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from h3lab.config import PRESETS, TASKS, ConfigError, RunConfig, TaskConfig, TrainConfig
+
+EPILOG = """examples:
+  python -m h3lab train --preset h3 --task induction_head --steps 2000 --out runs/ih-h3
+  python -m h3lab eval --checkpoint runs/ih-h3
+  python -m h3lab probe --checkpoint runs/ih-h3 --kind kernels --out runs/ih-h3/probes
+  python -m h3lab reproduce synthetic --out docs --budget-minutes 60
+  python -m h3lab <command> --help
+"""
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the examples in epilogs laid out as written."""
+
+
+def _sub(subs: Any, name: str, help: str, epilog: str) -> argparse.ArgumentParser:
+    return subs.add_parser(
+        name, help=help, description=help, epilog="examples:\n" + epilog, formatter_class=_Formatter
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m h3lab",
+        description="Train, evaluate and probe H3 and attention language models.",
+        epilog=EPILOG,
+        formatter_class=_Formatter,
+    )
+    subs = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = _sub(
+        subs,
+        "train",
+        "train a model (resumes from OUT/checkpoint when present)",
+        "  python -m h3lab train --preset attention --task associative_recall --out runs/ar-attn\n"
+        "  python -m h3lab train --config run.json --out runs/mine --steps 500\n",
+    )
+    p.add_argument(
+        "--config", type=Path, help="RunConfig JSON (as written in checkpoint/config.json)"
+    )
+    p.add_argument("--preset", choices=PRESETS, help="architecture (default h3)")
+    p.add_argument("--task", choices=TASKS, help="dataset (default associative_recall)")
+    p.add_argument("--data", help="file for the text / jsonl tasks")
+    p.add_argument("--vocab-size", type=int, help="task vocabulary (default 20)")
+    p.add_argument("--seq-len", type=int, help="sequence length (default 40)")
+    p.add_argument("--d-model", type=int, help="model width (default 64)")
+    p.add_argument("--n-layer", type=int, help="depth (default 2)")
+    p.add_argument("--steps", type=int, help="optimizer steps (default 1000)")
+    p.add_argument("--lr", type=float, help="peak learning rate (also the SSM lr unless --ssm-lr)")
+    p.add_argument("--ssm-lr", type=float, help="learning rate of SSM parameters")
+    p.add_argument("--batch-size", type=int, help="batch size (default 32)")
+    p.add_argument("--seed", type=int, help="seed for data order, init and task data")
+    p.add_argument("--device", help="auto, cpu or cuda[:N]")
+    p.add_argument("--early-stop-acc", type=float, help="stop once test accuracy holds ≥ this")
+    p.add_argument("--out", type=Path, required=True, help="run directory")
+    p.add_argument(
+        "--no-resume", action="store_true", help="start over even if OUT has a checkpoint"
+    )
+
+    p = _sub(
+        subs,
+        "eval",
+        "evaluate a checkpoint on its test set or a JSONL file",
+        "  python -m h3lab eval --checkpoint runs/ih-h3\n"
+        "  python -m h3lab eval --checkpoint runs/ih-h3 --data heldout.jsonl\n",
+    )
+    p.add_argument("--checkpoint", type=Path, required=True, help="run or checkpoint directory")
+    p.add_argument("--data", type=Path, help="JSONL file (see docs/data-format.md)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="cpu")
+
+    p = _sub(
+        subs,
+        "generate",
+        "continue a prompt greedily or by sampling",
+        '  python -m h3lab generate --checkpoint runs/ih-h3 --prompt "3 7 19 4 19"\n'
+        '  python -m h3lab generate --checkpoint runs/text --prompt "The " --temperature 0.8\n',
+    )
+    p.add_argument("--checkpoint", type=Path, required=True, help="run or checkpoint directory")
+    p.add_argument(
+        "--prompt", required=True, help="text (byte-level models) or space-separated token ids"
+    )
+    p.add_argument("--max-new-tokens", type=int, default=20)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--seed", type=int, default=0)
+
+    from h3lab.probes import PROBE_KINDS
+
+    p = _sub(
+        subs,
+        "probe",
+        "run an interpretability probe; writes PNG, SVG and JSON",
+        "  python -m h3lab probe --checkpoint runs/ih-attn --kind induction --out probes/\n"
+        "  python -m h3lab probe --checkpoint runs/ar-h3 --kind recall --out probes/\n",
+    )
+    p.add_argument("--checkpoint", type=Path, required=True, help="run or checkpoint directory")
+    p.add_argument("--kind", choices=PROBE_KINDS, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+
+    _sub(
+        subs,
+        "bench",
+        "speed benchmarks (see python -m h3lab bench --help)",
+        "  python -m h3lab bench --help\n",
+    )
+
+    from h3lab.reproduce import add_arguments
+
+    p = _sub(
+        subs,
+        "reproduce",
+        "reproduce the H3 paper's synthetic table",
+        "  python -m h3lab reproduce synthetic --out docs\n"
+        "  python -m h3lab reproduce synthetic --tasks induction_head --models h3 attention\n",
+    )
+    add_arguments(p)
+    return parser
+
+
+def _train_config(args: argparse.Namespace) -> RunConfig:
+    train_kw = {
+        k: v
+        for k, v in {
+            "steps": args.steps,
+            "lr": args.lr,
+            "ssm_lr": args.ssm_lr if args.ssm_lr is not None else args.lr,
+            "batch_size": args.batch_size,
+            "seed": args.seed,
+            "device": args.device,
+            "early_stop_acc": args.early_stop_acc,
+        }.items()
+        if v is not None
+    }
+    if args.config:
+        shaping = ("preset", "task", "data", "vocab_size", "seq_len", "d_model", "n_layer")
+        given = [f"--{n.replace('_', '-')}" for n in shaping if getattr(args, n) is not None]
+        if given:
+            raise ConfigError({"config": f"{', '.join(given)} cannot be combined with --config"})
+        cfg = RunConfig.from_dict(json.loads(args.config.read_text(encoding="utf-8")))
+        train = dataclasses.replace(cfg.train, **train_kw)
+        return RunConfig.validated(model=cfg.model, task=cfg.task, train=train, preset=cfg.preset)
+    task_kw = {
+        k: v
+        for k, v in {
+            "name": args.task,
+            "path": args.data,
+            "vocab_size": args.vocab_size,
+            "seq_len": args.seq_len,
+            "seed": args.seed,
+        }.items()
+        if v is not None
+    }
+    return RunConfig.build(
+        preset=args.preset or "h3",
+        n_layer=args.n_layer or 2,
+        d_model=args.d_model or 64,
+        task=TaskConfig(**task_kw),
+        train=TrainConfig(**train_kw),
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from h3lab.train import Callbacks, Progress, train
+
+    cfg = _train_config(args)
+    bar = tqdm(total=cfg.train.steps, file=sys.stderr, unit="step", dynamic_ncols=True)
+
+    def progress(p: Progress) -> None:
+        bar.n = p.step
+        acc = "" if p.accuracy is None else f"{p.accuracy:.2f}"
+        bar.set_postfix(loss=f"{p.loss:.3f}", acc=acc, lr=f"{p.lr:.1e}", refresh=True)
+
+    try:
+        result = train(
+            cfg,
+            args.out,
+            Callbacks(on_progress=progress, on_log=lambda line: tqdm.write(line, file=sys.stderr)),
+            resume=not args.no_resume,
+        )
+    finally:
+        bar.close()
+    print(
+        json.dumps(
+            {
+                "status": result.status,
+                "step": result.step,
+                "test_accuracy": result.test_accuracy,
+                "test_loss": result.test_loss,
+                "checkpoint": str(result.checkpoint_dir),
+            }
+        )
+    )
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from h3lab.data import TokenDataset, make_datasets
+    from h3lab.data.jsonl import read_jsonl, to_tensors
+    from h3lab.train import evaluate, load_checkpoint
+
+    model, cfg = load_checkpoint(args.checkpoint)
+    if args.data:
+        examples = read_jsonl(args.data, vocab_size=cfg.model.vocab_size)
+        dataset = TokenDataset(*to_tensors(examples))
+    else:
+        dataset = make_datasets(cfg.task)[1]
+    model.to(args.device)
+    r = evaluate(model, dataset, batch_size=args.batch_size, device=args.device)
+    print(json.dumps({"loss": r.loss, "accuracy": r.accuracy, "examples": len(dataset)}))
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from h3lab.train import load_checkpoint
+
+    model, cfg = load_checkpoint(args.checkpoint)
+    byte_level = cfg.task.name == "text"
+    if byte_level:
+        ids = list(args.prompt.encode("utf-8"))
+    else:
+        try:
+            ids = [int(t) for t in args.prompt.split()]
+        except ValueError:
+            raise ConfigError({"prompt": "give space-separated token ids"}) from None
+    if not ids or max(ids) >= cfg.model.vocab_size or min(ids) < 0:
+        raise ConfigError({"prompt": f"token ids must be in [0, {cfg.model.vocab_size})"})
+    g = torch.Generator().manual_seed(args.seed)
+    out = model.generate(
+        torch.tensor([ids]),
+        args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        generator=g,
+    )[0].tolist()
+    if byte_level:
+        print(bytes(out).decode("utf-8", errors="replace"))
+    else:
+        print(" ".join(map(str, out)))
+    return 0
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from h3lab.probes import run_probe
+    from h3lab.train import load_checkpoint
+
+    model, cfg = load_checkpoint(args.checkpoint)
+    data = run_probe(args.kind, model, cfg, args.out, seed=args.seed, device=args.device)
+    print(json.dumps({"probe": args.kind, "out": str(args.out), "files": data["files"]}))
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from h3lab.reproduce import reproduce_synthetic
+
+    reproduce_synthetic(
+        args.out,
+        tasks=args.tasks,
+        models=args.models,
+        budget_minutes=args.budget_minutes,
+        device=args.device,
+        work_dir=args.work_dir,
+        seed=args.seed,
+        log=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    print(json.dumps({"report": str(args.out / "synthetic.md")}))
+    return 0
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "eval": cmd_eval,
+    "generate": cmd_generate,
+    "probe": cmd_probe,
+    "reproduce": cmd_reproduce,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "bench":
+        from h3lab import bench  # lazily: it is the nn engineer's module and may pull in more
+
+        return int(bench.main(argv[1:]) or 0)
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
