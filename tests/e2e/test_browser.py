@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from django.db import connections
 
 from experiments.models import Run, RunStatus
 from tests import factories
@@ -48,6 +49,9 @@ def page(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         yield context.new_page()
         context.close()
         browser.close()
+        # ORM calls made while Playwright runs use a connection of their own (its greenlet has
+        # its own context); close it here, or PostgreSQL refuses to drop the test database.
+        connections.close_all()
 
 
 def test_a_researcher_submits_a_job_and_watches_it_finish(
