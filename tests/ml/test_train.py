@@ -126,7 +126,7 @@ def test_a_checkpoint_of_another_model_is_not_resumed(tmp_path: Path) -> None:
             "h3",
             marks=pytest.mark.skipif(
                 not os.environ.get("H3LAB_SLOW_TESTS"),
-                reason="about 40 s on a 2-core CPU (attention covers the default run); set H3LAB_SLOW_TESTS=1",
+                reason="about 40 s on a 2-core CPU; attention covers the default run",
             ),
         ),
     ],
