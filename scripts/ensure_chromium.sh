@@ -7,7 +7,10 @@ for exe in /usr/bin/chromium /usr/bin/chromium-browser; do
 done
 if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing chromium for the browser test (apt-get)…"
-    if DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/tmp/h3lab-chromium.log 2>&1; then
+    # A fresh machine has no package lists yet: update once if the first try fails.
+    if DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/tmp/h3lab-chromium.log 2>&1 \
+        || { apt-get update -q >>/tmp/h3lab-chromium.log 2>&1 \
+             && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >>/tmp/h3lab-chromium.log 2>&1; }; then
         exit 0
     fi
     echo "apt-get could not install chromium (see /tmp/h3lab-chromium.log); the browser test will skip"
