@@ -53,7 +53,10 @@ class _Vandermonde(torch.autograd.Function):
     """
 
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)
     def forward(ctx: Any, W: Tensor, log_A: Tensor, L: int) -> Tensor:
+        # The kernel is always computed in float32 (autocast off): powers of Ā near the unit
+        # circle lose their phase in bf16, and the backward's matmuls need matching dtypes.
         H = W.shape[0]
         M = 1 << max(0, math.ceil(math.log2(max(L, 1)) / 2))  # inner block ≈ √L, a power of 2
         n_outer = -(-L // M)
@@ -72,8 +75,10 @@ class _Vandermonde(torch.autograd.Function):
         return K.reshape(H, n_outer * M)[:, :L]  # (H, L)
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx: Any, G: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
         W, Z, lhs, rhs, a, b = ctx.saved_tensors
+        G = G.to(rhs.dtype)
         N, A, M = W.shape[1], a.shape[0], b.shape[0]
         G3 = F.pad(G, (0, A * M - ctx.L)).reshape(-1, A, M)  # (H, A, M)
         R = torch.bmm(rhs, G3.mT)  # (H, 2N, A) = [Σ_b G·Re I ; Σ_b G·Im I]
