@@ -107,8 +107,12 @@ def do_accept_agreement(
 def grantees(grants: Iterable[Grant]) -> list[Any]:
     users: dict[int, Any] = {}
     for g in grants:
-        for u in [g.user] if g.user_id else list(g.group.user_set.all()):  # type: ignore[union-attr]
-            users[u.pk] = u
+        if g.user is not None:
+            users[g.user.pk] = g.user
+        else:
+            assert g.group is not None  # a grant names exactly one user or one group
+            for u in g.group.user_set.all():
+                users[u.pk] = u
     return list(users.values())
 
 
@@ -157,6 +161,9 @@ def do_give_grant(
     acting_user: Any,
 ) -> Grant:
     with transaction.atomic():
+        agreement = AgreementVersion.objects.current()
+        if agreement is None:  # check_give_grant() checks this first; the column is NOT NULL
+            raise ValidationError("Publish a collaborator agreement first.")
         grant = Grant.objects.create(
             user=user,
             group=group,
@@ -165,7 +172,7 @@ def do_give_grant(
             max_tier=max_tier,
             expires_at=expires_at,
             note=note,
-            agreement=AgreementVersion.objects.current(),
+            agreement=agreement,
             granted_by=acting_user if getattr(acting_user, "is_authenticated", False) else None,
         )
         audit.record(
@@ -548,6 +555,8 @@ def do_promote(
             _hold(request, reasons, now)
             return None
         gate = evaluate(request)
+        # gate_reasons() found no reasons just above, so a policy rule covers this step.
+        assert gate.policy is not None and gate.rule is not None
         status = (
             FindingStatus.RELEASED
             if request.target_tier == Tier.PUBLIC
@@ -572,8 +581,8 @@ def do_promote(
             policy=gate.policy,
             approvals=gate.approvals,
             rationale=(
-                f"{len(gate.approvals)} approval(s) of {gate.rule.approvals_required} required "  # type: ignore[union-attr]
-                f"under policy v{gate.policy.version}; highest capability uplift "  # type: ignore[union-attr]
+                f"{len(gate.approvals)} approval(s) of {gate.rule.approvals_required} required "
+                f"under policy v{gate.policy.version}; highest capability uplift "
                 f"{_uplift(gate.uplift)}; no open objections; dependencies released"
                 + ("" if user else "; promoted by the scheduler at the embargo instant")
             ),
@@ -588,7 +597,7 @@ def do_promote(
             old={"tier": _tier(request.from_tier)},
             new={
                 "tier": _tier(request.target_tier),
-                "policy": gate.policy.version,  # type: ignore[union-attr]
+                "policy": gate.policy.version,
                 "approvals": gate.approvals,
             },
         )

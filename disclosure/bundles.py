@@ -99,7 +99,8 @@ def write_bundle(
     Returns the manifest."""
     files = list(files)
     seen: set[str] = set()
-    entries = []
+    entries: list[dict[str, object]] = []
+    sizes: dict[str, int] = {}
     for f in files:
         _check_path(f.path)
         if f.path in seen:
@@ -107,6 +108,7 @@ def write_bundle(
         seen.add(f.path)
         digest, size = _digest(f)
         entries.append({"path": f.path, "sha256": digest, "size": size})
+        sizes[f.path] = size
     sums = "".join(f"{e['sha256']}  {e['path']}\n" for e in entries).encode()
     sums_entry = {
         "path": "SHA256SUMS",
@@ -125,9 +127,8 @@ def write_bundle(
     mtime = int(time.time())
     with tarfile.open(fileobj=out, mode="w|gz", format=tarfile.PAX_FORMAT) as tar:
         for f in files:
-            size = next(e["size"] for e in entries if e["path"] == f.path)
             info = tarfile.TarInfo(f"{name}/{f.path}")
-            info.size, info.mtime, info.mode = int(size), mtime, 0o644  # type: ignore[call-overload]
+            info.size, info.mtime, info.mode = sizes[f.path], mtime, 0o644
             with f.open() as fh:
                 tar.addfile(info, fh)
         for arcname, data in (

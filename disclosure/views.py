@@ -308,6 +308,7 @@ def grant_revoke(request: HttpRequest, pk: int) -> HttpResponse:
 @never_cache
 @login_required
 def my_access(request: HttpRequest) -> HttpResponse:
+    assert request.user.is_authenticated  # @login_required
     current = AgreementVersion.objects.current()
     accepted = (
         current is not None
@@ -352,6 +353,7 @@ def inbox(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         actions.do_mark_notifications_read(request.user, acting_user=request.user)
         return redirect("inbox")
+    assert request.user.is_authenticated  # @login_required
     notes = Notification.objects.filter(user=request.user)[:200]
     return render(request, "disclosure/inbox.html", {"notifications": notes})
 

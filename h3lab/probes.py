@@ -85,9 +85,10 @@ def ov_copying_score(model: LanguageModel, layer: int, head: int) -> float | Non
     does not expose ``in_proj`` / ``out_proj`` weights."""
     mixer = model.blocks[layer].mixer
     in_proj, out_proj = getattr(mixer, "in_proj", None), getattr(mixer, "out_proj", None)
-    if in_proj is None or out_proj is None or not hasattr(mixer, "head_dim"):
+    hd: int | None = getattr(mixer, "head_dim", None)
+    if in_proj is None or out_proj is None or hd is None:
         return None
-    d, hd = model.cfg.d_model, mixer.head_dim
+    d = model.cfg.d_model
     w_v = in_proj.weight[2 * d + head * hd : 2 * d + (head + 1) * hd].double()  # (hd, D)
     w_o = out_proj.weight[:, head * hd : (head + 1) * hd].double()  # (D, hd)
     w_e = model.embed.weight.double()  # (V, D)

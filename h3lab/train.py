@@ -465,9 +465,9 @@ def _train(
             )
 
         if loop.step % tc.eval_every == 0 or last_step:
-            result = run_eval()
+            ev = run_eval()
             if tc.early_stop_acc is not None:
-                loop.good_evals = loop.good_evals + 1 if result.accuracy >= tc.early_stop_acc else 0
+                loop.good_evals = loop.good_evals + 1 if ev.accuracy >= tc.early_stop_acc else 0
                 if loop.good_evals >= tc.early_stop_patience:
                     status = "early_stopped"
                     log(

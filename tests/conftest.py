@@ -10,14 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 
-from experiments.models import Project
+from experiments.models import Finding, Project
 from tests import factories
+
+if TYPE_CHECKING:
+    from disclosure.models import AgreementVersion
 
 
 @dataclass
@@ -134,9 +137,9 @@ class Cast:
     carol: User
     erin: User
     nick: User
-    agreement: object
+    agreement: AgreementVersion
 
-    def recuse(self, finding: object) -> None:
+    def recuse(self, finding: Finding) -> None:
         from disclosure.models import Recusal
 
         Recusal.objects.create(finding=finding, reviewer=self.rex, reason="co-author")

@@ -136,11 +136,13 @@ def make_grant(
 
     from disclosure.models import AgreementVersion, Grant
 
+    agreement = AgreementVersion.objects.order_by("-version").first()
+    assert agreement is not None, "make_agreement() before make_grant()"
     return Grant.objects.create(
         user=user,
         project=project,
         expires_at=timezone.now() + timedelta(days=days),
-        agreement=AgreementVersion.objects.order_by("-version").first(),
+        agreement=agreement,
         **kw,
     )
 

@@ -14,18 +14,19 @@ from disclosure.models import AuditEntry
 from experiments import actions as exp_actions
 from experiments.signals import governed_change
 from tests import factories
+from tests.conftest import Lab
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def chain(lab: object) -> list[AuditEntry]:
+def chain(lab: Lab) -> list[AuditEntry]:
     for i in range(5):
-        audit.record(lab.alice, "test.event", lab.project, new={"i": i}, ip="10.0.0.1")  # type: ignore[attr-defined]
+        audit.record(lab.alice, "test.event", lab.project, new={"i": i}, ip="10.0.0.1")
     return list(AuditEntry.objects.order_by("id"))
 
 
-def raw(sql: str, *params: object) -> None:
+def raw(sql: str, *params: int | str) -> None:
     with connection.cursor() as cur:
         cur.execute(sql, params)
 
@@ -37,7 +38,7 @@ def verify_fails_at(entry_id: int) -> str:
     return str(err.value)
 
 
-def test_experiments_governed_changes_are_chained_into_the_log(lab: object) -> None:
+def test_experiments_governed_changes_are_chained_into_the_log(lab: Lab) -> None:
     entries = list(AuditEntry.objects.order_by("id"))
     assert [e.action for e in entries][:2] == ["project.create", "project.create"]
     assert entries[0].prev_hash == audit.GENESIS
@@ -45,8 +46,8 @@ def test_experiments_governed_changes_are_chained_into_the_log(lab: object) -> N
     assert audit.verify() == (len(entries), None)
 
 
-def test_a_download_announced_by_the_web_ui_is_recorded_with_its_ip(lab: object) -> None:
-    run = factories.make_run(lab.project)  # type: ignore[attr-defined]
+def test_a_download_announced_by_the_web_ui_is_recorded_with_its_ip(lab: Lab) -> None:
+    run = factories.make_run(lab.project)
     from experiments.models import Artifact
 
     art = Artifact.objects.create(
@@ -60,7 +61,7 @@ def test_a_download_announced_by_the_web_ui_is_recorded_with_its_ip(lab: object)
     )
     governed_change.send(
         sender=Artifact, actor=lab.bob, action="artifact.download", obj=art, ip="10.1.2.3"
-    )  # type: ignore[attr-defined]
+    )
     entry = AuditEntry.objects.latest("id")
     assert (entry.action, entry.actor_name, entry.ip, entry.object_id) == (
         "artifact.download",
@@ -116,10 +117,10 @@ def test_postgresql_refuses_update_and_delete_on_the_log(chain: list[AuditEntry]
     assert audit.verify()[1] is None
 
 
-def test_an_action_that_rolls_back_leaves_no_entry(lab: object) -> None:
+def test_an_action_that_rolls_back_leaves_no_entry(lab: Lab) -> None:
     before = AuditEntry.objects.count()
     with pytest.raises(RuntimeError), transaction.atomic():
-        exp_actions.do_add_project_member(lab.project, lab.charlie, acting_user=lab.alice)  # type: ignore[attr-defined]
+        exp_actions.do_add_project_member(lab.project, lab.charlie, acting_user=lab.alice)
         raise RuntimeError
     assert AuditEntry.objects.count() == before
     assert audit.verify()[1] is None

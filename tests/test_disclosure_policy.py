@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from django.contrib.auth.models import Group, Permission
 from django.db import connection
@@ -10,29 +12,29 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from disclosure import actions, policy
-from experiments.models import Tier
+from experiments.models import Finding, Tier
 from tests import factories
-from tests.conftest import Cast
+from tests.conftest import Cast, Lab
 
 pytestmark = pytest.mark.django_db
 
 ALL = {Tier.TEAM, Tier.REVIEW, Tier.PARTNERS, Tier.PUBLIC}
 
 
-def tiers_seen(user: object, findings: dict[int, object]) -> set[int]:
+def tiers_seen(user: Any, findings: dict[Tier, Finding]) -> set[int]:
     ids = set(policy.visible_findings(user).values_list("pk", flat=True))
-    return {t for t, f in findings.items() if f.pk in ids}  # type: ignore[attr-defined]
+    return {t for t, f in findings.items() if f.pk in ids}
 
 
 @pytest.fixture
-def findings(cast: Cast) -> dict[int, object]:
+def findings(cast: Cast) -> dict[Tier, Finding]:
     found = {t: factories.make_finding(cast.lab.project, tier=t) for t in Tier}
     cast.recuse(found[Tier.REVIEW])
     cast.recuse(found[Tier.PARTNERS])
     return found
 
 
-def test_each_persona_sees_exactly_its_tiers(cast: Cast, findings: dict[int, object]) -> None:
+def test_each_persona_sees_exactly_its_tiers(cast: Cast, findings: dict[Tier, Finding]) -> None:
     from django.contrib.auth.models import AnonymousUser
 
     lab = cast.lab
@@ -53,7 +55,7 @@ def test_each_persona_sees_exactly_its_tiers(cast: Cast, findings: dict[int, obj
 
 
 def test_a_global_view_permission_does_not_widen_the_list(
-    cast: Cast, findings: dict[int, object]
+    cast: Cast, findings: dict[Tier, Finding]
 ) -> None:
     perm = Permission.objects.get(codename="view_finding")
     cast.lab.charlie.user_permissions.add(perm)
@@ -63,30 +65,30 @@ def test_a_global_view_permission_does_not_widen_the_list(
 
 
 def test_accepting_the_new_agreement_restores_access(
-    cast: Cast, findings: dict[int, object]
+    cast: Cast, findings: dict[Tier, Finding]
 ) -> None:
-    actions.do_accept_agreement(cast.nick, cast.agreement, acting_user=cast.nick)  # type: ignore[arg-type]
+    actions.do_accept_agreement(cast.nick, cast.agreement, acting_user=cast.nick)
     assert tiers_seen(cast.nick, findings) == {Tier.PARTNERS, Tier.PUBLIC}
 
 
 def test_a_future_agreement_version_does_not_cut_access_before_it_takes_effect(
-    cast: Cast, findings: dict[int, object]
+    cast: Cast, findings: dict[Tier, Finding]
 ) -> None:
     factories.make_agreement(3, hours_ago=-24)
     assert tiers_seen(cast.carol, findings) == {Tier.PARTNERS, Tier.PUBLIC}
 
 
 def test_publishing_a_new_agreement_requires_re_acceptance(
-    cast: Cast, findings: dict[int, object]
+    cast: Cast, findings: dict[Tier, Finding]
 ) -> None:
     actions.do_publish_agreement(title="Agreement", text="v3", acting_user=cast.mara)
     assert tiers_seen(cast.carol, findings) == {Tier.PUBLIC}
     assert cast.carol.notifications.filter(kind="agreement").exists()  # type: ignore[attr-defined]
 
 
-def test_no_agreement_in_force_means_grants_give_nothing(lab: object, db: None) -> None:
+def test_no_agreement_in_force_means_grants_give_nothing(lab: Lab, db: None) -> None:
     carol = factories.make_user("carol")
-    project = lab.project  # type: ignore[attr-defined]
+    project = lab.project
     factories.make_agreement(1, hours_ago=-1)  # not yet in force
     factories.make_grant(carol, project=project)
     f = factories.make_finding(project, tier=Tier.PARTNERS)
@@ -94,7 +96,7 @@ def test_no_agreement_in_force_means_grants_give_nothing(lab: object, db: None) 
 
 
 def test_revoking_a_grant_takes_effect_on_the_next_request(
-    cast: Cast, findings: dict[int, object]
+    cast: Cast, findings: dict[Tier, Finding]
 ) -> None:
     from disclosure.models import Grant
 
@@ -103,7 +105,7 @@ def test_revoking_a_grant_takes_effect_on_the_next_request(
     assert tiers_seen(cast.carol, findings) == {Tier.PUBLIC}
 
 
-def test_group_and_single_finding_grants(cast: Cast, findings: dict[int, object]) -> None:
+def test_group_and_single_finding_grants(cast: Cast, findings: dict[Tier, Finding]) -> None:
     partners = Group.objects.create(name="partner-lab")
     dana, fred = factories.make_user("dana"), factories.make_user("fred")
     partners.user_set.add(dana)
@@ -119,7 +121,7 @@ def test_group_and_single_finding_grants(cast: Cast, findings: dict[int, object]
 
 
 def test_a_review_tier_grant_reaches_the_review_tier(
-    cast: Cast, findings: dict[int, object]
+    cast: Cast, findings: dict[Tier, Finding]
 ) -> None:
     expert = factories.make_user("expert")
     factories.accept(expert, cast.agreement)
@@ -128,9 +130,9 @@ def test_a_review_tier_grant_reaches_the_review_tier(
 
 
 def test_retracted_findings_leave_everyones_list_but_the_teams(
-    cast: Cast, findings: dict[int, object]
+    cast: Cast, findings: dict[Tier, Finding]
 ) -> None:
-    actions.do_retract_finding(findings[Tier.PUBLIC], reason="wrong", acting_user=cast.mara)  # type: ignore[arg-type]
+    actions.do_retract_finding(findings[Tier.PUBLIC], reason="wrong", acting_user=cast.mara)
     from django.contrib.auth.models import AnonymousUser
 
     assert tiers_seen(AnonymousUser(), findings) == set()
@@ -138,22 +140,22 @@ def test_retracted_findings_leave_everyones_list_but_the_teams(
     assert tiers_seen(cast.lab.alice, findings) == ALL
     _finding, readable = policy.get_finding_or_tombstone_or_404(
         AnonymousUser(), findings[Tier.PUBLIC].pk
-    )  # type: ignore[attr-defined]
+    )
     assert readable is False
 
 
 def test_single_object_access_raises_404_for_missing_and_forbidden_alike(
-    cast: Cast, findings: dict[int, object]
+    cast: Cast, findings: dict[Tier, Finding]
 ) -> None:
     with pytest.raises(Http404) as forbidden:
-        policy.get_finding_or_404(cast.lab.bob, findings[Tier.TEAM].pk)  # type: ignore[attr-defined]
+        policy.get_finding_or_404(cast.lab.bob, findings[Tier.TEAM].pk)
     with pytest.raises(Http404) as missing:
         policy.get_finding_or_404(cast.lab.bob, 999_999)
     assert str(forbidden.value) == str(missing.value)
 
 
 def test_the_list_costs_two_queries_whatever_the_persona(
-    cast: Cast, findings: dict[int, object]
+    cast: Cast, findings: dict[Tier, Finding]
 ) -> None:
     for user in (cast.lab.alice, cast.rita, cast.rex, cast.carol, cast.nick, cast.mara):
         with CaptureQueriesContext(connection) as ctx:

@@ -15,6 +15,7 @@ from disclosure.models import (
     ImmutableError,
     Notification,
     ReleaseDecision,
+    ReleaseRequest,
 )
 from experiments.models import Finding, FindingStatus, Tier
 from tests import factories
@@ -36,7 +37,7 @@ def assess(cast: Cast, f: Finding, uplift: int = 0) -> None:
     )
 
 
-def scheduled_to_partners(cast: Cast, *, approvals: int = 1) -> tuple[Finding, object]:
+def scheduled_to_partners(cast: Cast, *, approvals: int = 1) -> tuple[Finding, ReleaseRequest]:
     f = at_review(cast)
     assess(cast, f)
     req = actions.do_request_release(f, acting_user=cast.lab.alice)
@@ -63,7 +64,7 @@ def test_the_scheduler_promotes_a_due_release_that_passes_every_gate(cast: Cast)
     results = tasks.release_due_findings()
     f.refresh_from_db()
     assert f.tier == Tier.PARTNERS
-    assert results == [(req.pk, "released")]  # type: ignore[attr-defined]
+    assert results == [(req.pk, "released")]
     decision = ReleaseDecision.objects.get(finding=f, to_tier=Tier.PARTNERS)
     assert decision.decided_by is None and decision.approvals == ["rita"]
     assert "scheduler" in decision.rationale
@@ -85,7 +86,7 @@ def test_the_scheduler_holds_back_on_an_open_objection_until_it_is_resolved(cast
         req,
         kind="object",
         rationale="leaks a capability trick",
-        acting_user=factories.make_reviewer("ola"),  # type: ignore[arg-type]
+        acting_user=factories.make_reviewer("ola"),
     )
     tasks.release_due_findings()
     tasks.release_due_findings()  # a second tick with the same reason adds no entry

@@ -6,6 +6,7 @@ from datetime import timedelta
 
 import pytest
 from django.db import connection
+from django.http import StreamingHttpResponse
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
@@ -156,7 +157,9 @@ def test_the_audit_page_filters_shows_who_has_seen_a_finding_and_exports_csv(cas
     page = mara.get(reverse("audit"), {"finding": f.pk})
     assert page.status_code == 200
     assert [s["actor_name"] for s in page.context["seen_by"]] == ["carol", "rita"]
-    csv = b"".join(mara.get(reverse("audit-export"), {"action": "finding.view"}).streaming_content)
+    export = mara.get(reverse("audit-export"), {"action": "finding.view"})
+    assert isinstance(export, StreamingHttpResponse)
+    csv = b"".join(export.streaming_content)
     assert csv.count(b"finding.view") == 2 and csv.startswith(b"id,created_at")
     assert AuditEntry.objects.filter(action="audit.export", actor_name="mara").exists()
     assert login(cast.rita).get(reverse("audit")).status_code == 404

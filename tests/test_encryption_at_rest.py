@@ -222,6 +222,7 @@ def test_retraction_with_destroy_shreds_the_evidence_and_downloads_say_so(
     page = login(lab.alice).get(reverse("artifact-download", args=[artifact.pk]))
     assert page.status_code == 410 and b"destroyed" in page.content
     entry = AuditEntry.objects.get(action="finding.retract", finding_id=finding.pk)
+    assert entry.new is not None
     assert entry.new["destroyed"][0]["artifact"] == artifact.pk
 
 

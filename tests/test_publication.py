@@ -275,6 +275,7 @@ def test_non_public_or_undecided_findings_are_refused_with_exactly_what_blocks_e
     }
     assert not Export.objects.exists()
     entry = AuditEntry.objects.get(action="export.refuse")
+    assert entry.new is not None
     assert entry.new["blockers"] == refused.value.blockers
 
 
@@ -313,7 +314,7 @@ def test_the_export_page_lists_the_blockers_of_a_refused_request(cast: Cast) -> 
     response = login(cast.mara).post(reverse("export-public"), {"findings": [review.pk]})
     assert response.status_code == 200
     assert b"Export refused" in response.content
-    assert "finding #%d “Under review”" % review.pk in response.content.decode()
+    assert f"finding #{review.pk} “Under review”" in response.content.decode()
     assert b"at the review tier, not public" in response.content
     assert not Export.objects.exists()
 

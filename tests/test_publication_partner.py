@@ -156,6 +156,7 @@ def test_copies_are_marked_per_recipient_in_text_and_file_metadata(world: World)
     assert csv_text.startswith(f"# h3lab-mark: {token}\n")
     assert json.loads(c[f"findings/{slug}.json"])["h3lab-mark"] == token
     entry = AuditEntry.objects.get(action="export.build", object_id=str(carol.pk))
+    assert entry.new is not None
     assert (entry.new["recipient"], entry.new["mark"]) == ("carol", token)
 
 
