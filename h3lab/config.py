@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from h3lab.nn.config import PRESETS, LMConfig, preset_mixers
+from h3lab.nn.config import PRESETS, InvalidModelConfig, LMConfig, preset_mixers
 
 TaskName = Literal["associative_recall", "induction_head", "text", "jsonl"]
 TASKS: tuple[str, ...] = ("associative_recall", "induction_head", "text", "jsonl")
@@ -196,11 +196,26 @@ class RunConfig:
         errors: dict[str, str] = {}
         task = _section(TaskConfig, d.get("task", {}), "task", errors)
         train = _section(TrainConfig, d.get("train", {}), "train", errors)
-        try:
-            model = LMConfig.from_dict(d.get("model", {}))
-        except (TypeError, ValueError) as exc:
-            errors["model"] = str(exc)
-            model = None
+        preset = d.get("preset", "h3")
+        model: LMConfig | None = None
+        if "model" not in d:
+            # A config may name only the architecture: resolve the preset as build() does.
+            if not isinstance(preset, str) or preset not in PRESETS:
+                errors["preset"] = f"unknown model {preset!r}; choose from {', '.join(PRESETS)}"
+            elif task is not None:
+                try:
+                    model = LMConfig(
+                        mixers=preset_mixers(preset, 2), vocab_size=task.model_vocab_size
+                    )
+                except InvalidModelConfig as exc:
+                    errors.update({f"model.{k}": v for k, v in exc.errors.items()})
+        else:
+            try:
+                model = LMConfig.from_dict(d["model"])
+            except InvalidModelConfig as exc:
+                errors.update({f"model.{k}": v for k, v in exc.errors.items()})
+            except (TypeError, ValueError, AttributeError) as exc:
+                errors["model"] = str(exc)
         unknown = set(d) - {"preset", "model", "task", "train"}
         if unknown:
             errors["config"] = f"unknown section(s): {', '.join(sorted(unknown))}"
@@ -212,7 +227,9 @@ class RunConfig:
 def _model(**kw: Any) -> LMConfig:
     try:
         return LMConfig(**kw)
-    except ValueError as exc:
+    except InvalidModelConfig as exc:
+        raise ConfigError({f"model.{k}": v for k, v in exc.errors.items()}) from exc
+    except (TypeError, ValueError) as exc:
         raise ConfigError({"model": str(exc)}) from exc
 
 

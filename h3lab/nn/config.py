@@ -21,6 +21,14 @@ MIXER_KINDS: tuple[str, ...] = ("h3", "attn", "s4d", "shift")
 PRESETS: tuple[str, ...] = ("h3", "attention", "hybrid", "s4d", "shift")
 
 
+class InvalidModelConfig(ValueError):
+    """An :class:`LMConfig` failed validation; ``errors`` maps field names to messages."""
+
+    def __init__(self, errors: dict[str, str]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
+
+
 def preset_mixers(preset: str, n_layer: int) -> tuple[str, ...]:
     """The per-layer mixer list for a named preset.
 
@@ -70,7 +78,7 @@ class LMConfig:
     def __post_init__(self) -> None:
         errors = self.errors()
         if errors:
-            raise ValueError("; ".join(f"{k}: {v}" for k, v in errors.items()))
+            raise InvalidModelConfig(errors)
 
     @property
     def n_layer(self) -> int:
