@@ -97,6 +97,8 @@ DATABASES = {
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # SQLite creates the file but not its folder: a fresh clone has no var/ yet.
+    Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
     # Web server, worker and scheduler share one SQLite file: WAL lets readers proceed while a
     # worker writes progress, and the busy timeout turns lock contention into a short wait.
     DATABASES["default"]["OPTIONS"] = {
