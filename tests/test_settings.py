@@ -97,3 +97,22 @@ def test_a_deployment_that_kept_the_development_key_fails_the_deploy_check(
 
     assert out.returncode != 0
     assert "h3lab.E001" in out.stderr
+
+
+def test_a_fresh_checkout_without_var_can_open_the_embedded_database(tmp_path: Path) -> None:
+    var = tmp_path / "fresh" / "var"
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env["H3LAB_VAR_DIR"] = str(var)
+    code = (
+        "import django; django.setup(); "
+        "from django.db import connection; connection.ensure_connection()"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**env, "DJANGO_SETTINGS_MODULE": "h3lab.settings"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (var / "h3lab.sqlite3").exists()
