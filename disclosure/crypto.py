@@ -64,33 +64,10 @@ def _nonce(prefix: bytes, index: int, last: bool) -> bytes:
     return prefix + struct.pack(">IB", index, 1 if last else 0)
 
 
-def encrypt_stream(
-    key: bytes, src: BinaryIO, *, chunk_size: int = DEFAULT_CHUNK
-) -> Iterator[bytes]:
-    """Yield the header then one authenticated ciphertext chunk per ``chunk_size`` plaintext
-    bytes. Memory stays O(chunk_size) whatever the input size."""
-    if len(key) != KEY_BYTES:
-        raise ValueError("data key must be 32 bytes")
-    aead = AESGCM(key)
-    header = HEADER.pack(MAGIC, VERSION, chunk_size, os.urandom(7))
-    prefix = header[-7:]
-    yield header
-    index = 0
-    current = src.read(chunk_size)
-    while True:
-        following = src.read(chunk_size) if len(current) == chunk_size else b""
-        last = not following
-        yield aead.encrypt(_nonce(prefix, index, last), current, header)
-        if last:
-            return
-        current = following
-        index += 1
-
-
 def encrypt_file(
     key: bytes, src: BinaryIO, dst: BinaryIO, *, chunk_size: int = DEFAULT_CHUNK
 ) -> int:
-    """Encrypt ``src`` into ``dst`` (same format as :func:`encrypt_stream`) reusing two
+    """Encrypt ``src`` into ``dst`` (the format above) reusing two
     preallocated buffers, so no per-chunk allocation or copy happens in Python. Returns the
     number of plaintext bytes."""
     if len(key) != KEY_BYTES:
@@ -119,7 +96,7 @@ def encrypt_file(
 
 class EncryptingWriter:
     """A write-only file that encrypts what is written to ``dst`` (same format as
-    :func:`encrypt_stream`), for producers that write rather than read (``tarfile``). A full
+    :func:`encrypt_file`), for producers that write rather than read (``tarfile``). A full
     chunk is held back until more data arrives, so the chunk written by :meth:`close` is the
     one flagged last. Memory stays O(chunk_size)."""
 
