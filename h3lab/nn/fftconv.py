@@ -44,14 +44,21 @@ def next_fast_len(n: int) -> int:
 BLOCK_BYTES = 1 << 20
 
 
-def _row_blocks(u: Tensor, n: int) -> list[tuple[int, int, int]]:
-    """(batch index, first channel, end channel) blocks of about BLOCK_BYTES of padded rows
-    of u (B, H, L) — on CPU; a GPU wants the whole batch in one launch."""
+def _row_blocks(u: Tensor, n: int) -> list[tuple[slice, slice]]:
+    """(batch slice, channel slice) blocks of about BLOCK_BYTES of padded rows of u (B, H, L)
+    on CPU: several whole sequences per block when they are short (per-block overhead would
+    otherwise dominate at L ≈ 40 and batch 128), part of one sequence's channels when they are
+    long. A GPU wants the whole batch in one launch."""
     B, H, _ = u.shape
     if u.device.type != "cpu":
-        return [(b, 0, H) for b in range(B)]
-    hc = max(1, min(H, BLOCK_BYTES // (n * u.element_size())))
-    return [(b, h0, min(H, h0 + hc)) for b in range(B) for h0 in range(0, H, hc)]
+        return [(slice(0, B), slice(0, H))]
+    rows = max(1, BLOCK_BYTES // (n * u.element_size()))  # padded rows per block
+    if rows >= H:
+        nb = rows // H
+        return [(slice(b, min(B, b + nb)), slice(0, H)) for b in range(0, B, nb)]
+    return [
+        (slice(b, b + 1), slice(h, min(H, h + rows))) for b in range(B) for h in range(0, H, rows)
+    ]
 
 
 class _FFTConv(torch.autograd.Function):
@@ -72,13 +79,13 @@ class _FFTConv(torch.autograd.Function):
         Lk = k.shape[-1]
         k_f = torch.fft.rfft(k, n=n)  # (H, n//2+1)
         y = torch.empty_like(u, memory_format=torch.contiguous_format)  # (B, H, L)
-        for b, h0, h1 in _row_blocks(u, n):
-            uc = u[b, h0:h1]  # (hc, L)
-            yc = torch.fft.irfft(torch.fft.rfft(uc, n=n).mul_(k_f[h0:h1]), n=n)[:, :L]
+        for bs, hs in _row_blocks(u, n):
+            uc = u[bs, hs]  # (bc, hc, L)
+            yc = torch.fft.irfft(torch.fft.rfft(uc, n=n).mul_(k_f[hs]), n=n)[..., :L]
             if D is None:
-                y[b, h0:h1] = yc
+                y[bs, hs] = yc
             else:
-                torch.addcmul(yc, uc, D[h0:h1, None], out=y[b, h0:h1])
+                torch.addcmul(yc, uc, D[hs, None], out=y[bs, hs])
         ctx.save_for_backward(u, k_f, D)
         ctx.sizes = (L, Lk, n)
         return y
@@ -94,19 +101,19 @@ class _FFTConv(torch.autograd.Function):
         # Σ_b G · conj(U), summed over the batch in frequency space: one small irfft at the end.
         gk_f = torch.zeros_like(k_f) if need_k else None  # (H, n//2+1)
         k_f_conj = k_f.conj()
-        for b, h0, h1 in _row_blocks(u, n):
-            gc = g[b, h0:h1]  # (hc, L)
-            g_f = torch.fft.rfft(gc, n=n)  # (hc, n//2+1)
+        for bs, hs in _row_blocks(u, n):
+            gc = g[bs, hs]  # (bc, hc, L)
+            g_f = torch.fft.rfft(gc, n=n)  # (bc, hc, n//2+1)
             if gk_f is not None:
                 # rfft(u) is recomputed rather than saved: memory over time.
-                u_f = torch.fft.rfft(u[b, h0:h1], n=n)
-                gk_f[h0:h1] += u_f.conj_physical_().mul_(g_f)
+                u_f = torch.fft.rfft(u[bs, hs], n=n)
+                gk_f[hs] += u_f.conj_physical_().mul_(g_f).sum(0)
             if grad_u is not None:
-                gu = torch.fft.irfft(g_f.mul_(k_f_conj[h0:h1]), n=n)[:, :L]
+                gu = torch.fft.irfft(g_f.mul_(k_f_conj[hs]), n=n)[..., :L]
                 if D is None:
-                    grad_u[b, h0:h1] = gu
+                    grad_u[bs, hs] = gu
                 else:
-                    torch.addcmul(gu, gc, D[h0:h1, None], out=grad_u[b, h0:h1])
+                    torch.addcmul(gu, gc, D[hs, None], out=grad_u[bs, hs])
         if gk_f is not None:
             grad_k = torch.fft.irfft(gk_f, n=n)[..., :Lk]  # (H, Lk)
         if need_D and D is not None:

@@ -76,14 +76,24 @@ def test_fftconv_equals_direct_causal_convolution(L: int, Lk: int) -> None:
     torch.testing.assert_close(fftconv(u, k), direct_conv_ref(u, k), rtol=1e-10, atol=1e-10)
 
 
-def test_fftconv_in_many_small_row_blocks_equals_direct_convolution_with_gradients(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize(
+    "block_bytes",
+    [
+        1,  # one row per block: the loop visits every (batch, channel) pair
+        2 * 5 * 18 * 8,  # two whole sequences per block, the last block a single one
+    ],
+    ids=["channel-blocks", "batch-blocks"],
+)
+def test_fftconv_in_row_blocks_equals_direct_convolution_with_gradients(
+    monkeypatch: pytest.MonkeyPatch, block_bytes: int
 ) -> None:
-    # A block budget of one row forces the blocked loop through every (batch, channel) pair.
-    monkeypatch.setattr(fftconv_module, "BLOCK_BYTES", 1)
+    # u is (3, 5, 12) float64 with a 7-tap kernel: padded rows of n = 18 points.
+    monkeypatch.setattr(fftconv_module, "BLOCK_BYTES", block_bytes)
     g = gen()
-    u = torch.randn(2, 5, 12, generator=g, dtype=torch.float64, requires_grad=True)
+    u = torch.randn(3, 5, 12, generator=g, dtype=torch.float64, requires_grad=True)
     k = torch.randn(5, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    blocks = fftconv_module._row_blocks(u, 18)
+    assert len(blocks) == (15 if block_bytes == 1 else 2)
     D = torch.randn(5, generator=g, dtype=torch.float64, requires_grad=True)
     torch.testing.assert_close(fftconv(u, k, D), direct_conv_ref(u, k, D))
     assert torch.autograd.gradcheck(fftconv, (u, k, D))
