@@ -273,7 +273,30 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from h3lab.reproduce import reproduce_synthetic
+    from tqdm import tqdm
+
+    from h3lab.reproduce import LABELS, reproduce_synthetic
+
+    bars: dict[tuple[str, str], Any] = {}
+
+    def on_event(e: dict[str, Any]) -> None:
+        key = (e["task"], e["model"])
+        if e["kind"] == "start":
+            bars[key] = tqdm(
+                total=e["steps"],
+                desc=f"{LABELS[e['model']]} / {e['task']}",
+                file=sys.stderr,
+                unit="step",
+                dynamic_ncols=True,
+                leave=False,
+            )
+        elif key in bars and e["kind"] == "progress":
+            bars[key].n = e["step"]
+            bars[key].refresh()
+        elif key in bars and e["kind"] == "eval":
+            bars[key].set_postfix(test_acc=f"{e['accuracy']:.3f}")
+        elif key in bars and e["kind"] in ("done", "failed"):
+            bars.pop(key).close()
 
     reproduce_synthetic(
         args.out,
@@ -283,7 +306,11 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         device=args.device,
         work_dir=args.work_dir,
         seed=args.seed,
-        log=lambda line: print(line, file=sys.stderr, flush=True),
+        jobs=args.jobs,
+        threads=args.threads,
+        train_overrides={"steps": args.steps} if args.steps else None,
+        on_event=on_event,
+        log=lambda line: tqdm.write(line, file=sys.stderr),
     )
     print(json.dumps({"report": str(args.out / "synthetic.md")}))
     return 0

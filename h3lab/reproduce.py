@@ -18,8 +18,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import multiprocessing
+import os
+import queue
 import time
+import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -105,22 +110,24 @@ def write_report(out: Path, rows: list[dict[str, Any]], *, meta: dict[str, Any])
         cells = []
         for t in tasks:
             r = cell.get((t, m))
-            ours = None if r is None else 100 * r["test_accuracy"]
+            ours = None if r is None or r["test_accuracy"] is None else 100 * r["test_accuracy"]
             cells.append(f"{_fmt(ours)} / {_fmt(PAPER.get((t, m)))}")
         lines.append(f"| {LABELS[m]} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "| task | model | status | steps | seconds | device |",
-        "|---|---|---|---|---|---|",
+        "| task | model | status | steps | seconds | device | threads |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        status = r["status"] + (f" ({r['error']})" if r.get("error") else "")
         lines.append(
-            f"| {r['task']} | {LABELS[r['model']]} | {r['status']} | {r['step']} | "
-            f"{r['elapsed_s']:.0f} | {r['device']} |"
+            f"| {r['task']} | {LABELS[r['model']]} | {status} | {r['step']} | "
+            f"{r['elapsed_s']:.0f} | {r['device']} | {r.get('threads') or '—'} |"
         )
     lines += [
         "",
-        f"Total {meta['elapsed_s'] / 60:.1f} minutes (budget {meta['budget_minutes']} minutes). "
+        f"Total {meta['elapsed_s'] / 60:.1f} minutes (budget {meta['budget_minutes']} minutes, "
+        f"{meta.get('jobs', 1)} cell(s) at a time). "
         f"Hyperparameters: {json.dumps(meta['train'])}; lr by model: {json.dumps(LR_BY_MODEL)}; "
         f"model options by model: {json.dumps(MODEL_KW)}.",
         "",
@@ -140,7 +147,9 @@ def _plot(path: Path, rows: list[dict[str, Any]], tasks: list[str], models: list
     cell = {(r["task"], r["model"]): r for r in rows}
     for ax, t in zip(axes, tasks, strict=True):
         xs = list(range(len(models)))
-        ours = [100 * cell[(t, m)]["test_accuracy"] if (t, m) in cell else 0.0 for m in models]
+        ours = [
+            100 * (cell[(t, m)]["test_accuracy"] or 0.0) if (t, m) in cell else 0.0 for m in models
+        ]
         paper = [PAPER.get((t, m), float("nan")) for m in models]
         ax.bar([x - 0.2 for x in xs], ours, 0.4, label="ours")
         ax.bar([x + 0.2 for x in xs], paper, 0.4, label="paper", alpha=0.6)
@@ -148,6 +157,118 @@ def _plot(path: Path, rows: list[dict[str, Any]], tasks: list[str], models: list
         ax.set(title=t.replace("_", " "), ylabel="test accuracy (%)", ylim=(0, 105))
         ax.legend(fontsize=8, loc="lower right")
     fig.savefig(path, dpi=110)
+
+
+def budget_share(
+    now: float, deadline: float, lanes: int, running_deadlines: list[float], waiting: int
+) -> float:
+    """Seconds of wall clock for the next cell to start: the lane time left before
+    ``deadline`` once running cells' reservations are taken out, split evenly over the
+    ``waiting`` cells not yet started (this one included), and never past the deadline.
+    Early stops hand their unused reservation back to the cells that start after them."""
+    left = max(0.0, deadline - now)
+    reserved = sum(max(0.0, d - now) for d in running_deadlines)
+    free = max(0.0, lanes * left - reserved)
+    return min(left, free / max(1, waiting))
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (task, model) run of the table, picklable for a worker process. ``deadline`` is
+    wall-clock (``time.time()``) so that it means the same in every process."""
+
+    task: str
+    model: str
+    config: dict[str, Any]
+    run_dir: str
+    deadline: float
+    threads: int | None = None
+
+
+Event = dict[str, Any]
+
+
+def run_cell(cell: Cell, emit: Callable[[Event], None] = lambda e: None) -> dict[str, Any]:
+    """Train one cell until early stop, its step cap or its deadline; the table row.
+    ``emit`` receives ``progress`` and ``eval`` events as the run goes."""
+    import torch
+
+    from h3lab.train import Callbacks, Progress, train
+
+    if cell.threads:
+        torch.set_num_threads(cell.threads)
+    cfg = RunConfig.from_dict(cell.config)
+    key = {"task": cell.task, "model": cell.model}
+
+    def on_progress(p: Progress) -> None:
+        emit({**key, "kind": "progress", "step": p.step, "loss": p.loss, "accuracy": p.accuracy})
+
+    def on_eval(ev: Any) -> None:
+        emit({**key, "kind": "eval", "step": ev.step, "accuracy": ev.accuracy})
+
+    callbacks = Callbacks(
+        on_progress=on_progress,
+        on_eval=on_eval,
+        should_stop=lambda: time.time() > cell.deadline,
+    )
+    result = train(cfg, Path(cell.run_dir), callbacks, resume=False)
+    return {
+        **key,
+        "status": result.status,
+        "step": result.step,
+        "test_accuracy": result.test_accuracy,
+        "best_test_accuracy": result.best_test_accuracy,
+        "test_loss": result.test_loss,
+        "elapsed_s": result.elapsed_s,
+        "device": result.device,
+        "threads": cell.threads or torch.get_num_threads(),
+        "paper": PAPER.get((cell.task, cell.model)),
+        "run_dir": cell.run_dir,
+    }
+
+
+def _worker(cell: Cell, events: Any) -> None:
+    """Entry point of a worker process: every outcome, failure included, becomes an event."""
+    try:
+        row = run_cell(cell, events.put)
+        events.put({"kind": "done", "task": cell.task, "model": cell.model, "row": row})
+    except BaseException:  # reported to the parent, which records the cell
+        events.put(
+            {
+                "kind": "failed",
+                "task": cell.task,
+                "model": cell.model,
+                "error": traceback.format_exc(limit=8),
+            }
+        )
+
+
+def _failed_row(cell: Cell, error: str) -> dict[str, Any]:
+    return {
+        "task": cell.task,
+        "model": cell.model,
+        "status": "failed",
+        "step": 0,
+        "test_accuracy": None,
+        "best_test_accuracy": None,
+        "test_loss": None,
+        "elapsed_s": 0.0,
+        "device": "—",
+        "threads": cell.threads,
+        "paper": PAPER.get((cell.task, cell.model)),
+        "run_dir": cell.run_dir,
+        "error": error.strip().splitlines()[-1] if error.strip() else "worker exited",
+    }
+
+
+def default_jobs(device: str, n_cells: int) -> int:
+    """Cells trained at once: one on a GPU; on CPU one per core (these models are far too
+    small for a single run to use several cores well), never more than there are cells."""
+    from h3lab.train import resolve_device
+
+    if resolve_device(device).type != "cpu":
+        return 1
+    return max(1, min(n_cells, os.cpu_count() or 1))
 
 
 def reproduce_synthetic(
@@ -159,58 +280,131 @@ def reproduce_synthetic(
     device: str = "auto",
     work_dir: Path = Path("runs/reproduce"),
     seed: int = 0,
-    on_run: Callable[[str, str, RunConfig], Any] | None = None,
+    jobs: int | None = None,
+    threads: int | None = None,
+    train_overrides: dict[str, Any] | None = None,
+    on_event: Callable[[Event], None] | None = None,
     log: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
     """Train every (task, model) cell and write the report; returns the result rows.
 
-    ``on_run(task, model, cfg)`` may return :class:`h3lab.train.Callbacks` for that run
-    (its ``should_stop`` is combined with the time budget)."""
-    from h3lab.train import Callbacks, train
-
+    ``jobs`` cells train at once, each in its own process with ``threads`` torch threads
+    (defaults: :func:`default_jobs`, and the cores shared out between the jobs); with
+    ``jobs=1`` the cells run one after another in this process. Each cell gets a wall-clock
+    share of ``budget_minutes`` (:func:`budget_share`). ``on_event`` receives ``start``,
+    ``progress``, ``eval``, ``done`` and ``failed`` events; a cell whose worker fails is
+    recorded as ``failed`` and the others go on. ``train_overrides`` replaces
+    :data:`TRAIN` fields for every cell (e.g. fewer ``steps`` for a quick look)."""
     tasks = tasks or list(TASKS)
     models = models or list(MODELS)
-    cells = [(t, m) for t in tasks for m in models]
-    start = time.monotonic()
-    deadline = start + budget_minutes * 60
-    rows: list[dict[str, Any]] = []
-    for i, (task, model) in enumerate(cells):
+    keys = [(t, m) for t in tasks for m in models]
+    lanes = jobs or default_jobs(device, len(keys))
+    if threads is None and lanes > 1:
+        threads = max(1, (os.cpu_count() or 1) // lanes)
+    emit = on_event or (lambda e: None)
+    start_wall, start = time.time(), time.monotonic()
+    deadline = start_wall + budget_minutes * 60
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    waiting = list(keys)
+    running: dict[tuple[str, str], tuple[Any, Cell]] = {}
+    ctx = multiprocessing.get_context("spawn")
+    events: Any = ctx.Queue() if lanes > 1 else None
+    seen_dead: set[tuple[str, str]] = set()
+
+    def make_cell(task: str, model: str) -> Cell:
         cfg = run_config(task, model, device=device, seed=seed)
-        share = (deadline - time.monotonic()) / (len(cells) - i)
-        run_deadline = time.monotonic() + max(share, 0.0)
-        cb = (on_run(task, model, cfg) if on_run else None) or Callbacks()
-        user_stop = cb.should_stop
-
-        def should_stop(d: float = run_deadline, u: Callable[[], bool] | None = user_stop) -> bool:
-            return time.monotonic() > d or bool(u and u())
-
-        cb = dataclasses.replace(cb, should_stop=should_stop)
-        log(f"[{i + 1}/{len(cells)}] {model} on {task}: up to {share / 60:.1f} min")
-        result = train(cfg, work_dir / f"{task}-{model}", cb, resume=False)
-        rows.append(
+        if train_overrides:
+            cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **train_overrides))
+        now = time.time()
+        share = budget_share(
+            now, deadline, lanes, [c.deadline for _, c in running.values()], len(waiting)
+        )
+        cell = Cell(
+            task, model, cfg.to_dict(), str(work_dir / f"{task}-{model}"), now + share, threads
+        )
+        n = len(keys) - len(waiting) + 1
+        log(f"[{n}/{len(keys)}] {model} on {task}: up to {share / 60:.1f} min")
+        emit(
             {
+                "kind": "start",
                 "task": task,
                 "model": model,
-                "status": result.status,
-                "step": result.step,
-                "test_accuracy": result.test_accuracy,
-                "best_test_accuracy": result.best_test_accuracy,
-                "test_loss": result.test_loss,
-                "elapsed_s": result.elapsed_s,
-                "device": result.device,
-                "paper": PAPER.get((task, model)),
-                "run_dir": str(work_dir / f"{task}-{model}"),
+                "steps": cfg.train.steps,
+                "share_s": share,
             }
         )
-        log(f"    {result.status} at step {result.step}: test accuracy {result.test_accuracy:.3f}")
+        return cell
+
+    def finish(row: dict[str, Any]) -> None:
+        rows[(row["task"], row["model"])] = row
+        if row["status"] == "failed":
+            log(f"    {row['model']} on {row['task']} failed: {row['error']}")
+        else:
+            log(
+                f"    {row['model']} on {row['task']}: {row['status']} at step {row['step']}, "
+                f"test accuracy {row['test_accuracy']:.3f}"
+            )
+
+    while waiting or running:
+        if events is None:  # one lane: in this process, one cell after another
+            cell = make_cell(*waiting[0])
+            waiting.pop(0)
+            try:
+                row = run_cell(cell, emit)
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception:  # one broken cell must not lose the table
+                row = _failed_row(cell, traceback.format_exc(limit=8))
+            emit(
+                {
+                    "kind": "failed" if row["status"] == "failed" else "done",
+                    "row": row,
+                    **{k: row[k] for k in ("task", "model")},
+                }
+            )
+            finish(row)
+            continue
+        while waiting and len(running) < lanes:
+            cell = make_cell(*waiting[0])
+            waiting.pop(0)
+            proc = ctx.Process(target=_worker, args=(cell, events), daemon=True)
+            proc.start()
+            running[(cell.task, cell.model)] = (proc, cell)
+        try:
+            event = events.get(timeout=1.0)
+        except queue.Empty:
+            # A worker that died without a word (killed, out of memory) is failed once it
+            # has been seen dead across a whole quiet poll, so a last event in flight is read.
+            for key, (proc, cell) in list(running.items()):
+                if proc.is_alive():
+                    continue
+                if key not in seen_dead:
+                    seen_dead.add(key)
+                else:
+                    del running[key]
+                    row = _failed_row(cell, f"worker exited with code {proc.exitcode}")
+                    emit({"kind": "failed", "task": key[0], "model": key[1], "row": row})
+                    finish(row)
+            continue
+        key = (event["task"], event["model"])
+        if event["kind"] in ("done", "failed") and key in running:
+            proc, cell = running.pop(key)
+            proc.join(timeout=30)
+            row = event["row"] if event["kind"] == "done" else _failed_row(cell, event["error"])
+            event = {**event, "row": row}
+            finish(row)
+        emit(event)
+    ordered = [rows[k] for k in keys]
     meta = {
         "budget_minutes": budget_minutes,
         "elapsed_s": time.monotonic() - start,
         "seed": seed,
-        "train": dataclasses.asdict(TRAIN),
+        "jobs": lanes,
+        "threads": threads,
+        "train": {**dataclasses.asdict(TRAIN), **(train_overrides or {})},
     }
-    write_report(Path(out), rows, meta=meta)
-    return rows
+    write_report(Path(out), ordered, meta=meta)
+    return ordered
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -221,4 +415,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", nargs="+", choices=list(TASKS), help="subset of tasks")
     p.add_argument("--models", nargs="+", choices=list(MODELS), help="subset of models")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of every cell (data and init)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        help="cells trained at once, each in its own process (default: 1 on a GPU, one per "
+        "CPU core otherwise)",
+    )
+    p.add_argument("--threads", type=int, help="torch threads per cell (default: cores / jobs)")
+    p.add_argument("--steps", type=int, help="step cap per cell (default 6000), for a quick look")

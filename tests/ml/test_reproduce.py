@@ -1,0 +1,112 @@
+"""The reproduction driver: budget shares, parallel worker processes, failed cells and the report.
+
+The table itself is a 30-60 minute command (docs/synthetic.md); here cells train a few steps.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from h3lab.__main__ import main
+from h3lab.reproduce import budget_share, reproduce_synthetic
+
+
+def test_one_lane_splits_what_is_left_evenly_over_the_cells_not_started() -> None:
+    assert budget_share(0.0, 800.0, 1, [], 8) == pytest.approx(100.0)
+    # A cell that stopped early left 300 s of its 400 s: the next three share it.
+    assert budget_share(100.0, 800.0, 1, [], 3) == pytest.approx(700.0 / 3)
+
+
+def test_running_cells_keep_their_reservation_and_no_share_passes_the_deadline() -> None:
+    # Two lanes, 600 s left: 1200 lane-seconds, one running cell holds 500 of them.
+    assert budget_share(0.0, 600.0, 2, [500.0], 7) == pytest.approx(100.0)
+    # The last cell may have the rest of its lane, but not beyond the deadline.
+    assert budget_share(0.0, 600.0, 2, [100.0], 1) == pytest.approx(600.0)
+    assert budget_share(700.0, 600.0, 2, [], 2) == 0.0
+
+
+def _rows_by_key(rows: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(r["task"], r["model"]): r for r in rows}
+
+
+@pytest.mark.parametrize("jobs", [1, 2], ids=["in-process", "two-workers"])
+def test_cells_train_and_a_broken_cell_is_reported_without_losing_the_others(
+    tmp_path: Path, jobs: int
+) -> None:
+    work = tmp_path / "runs"
+    work.mkdir()
+    # A file where the shift cell's run directory should go: that cell cannot start training.
+    (work / "induction_head-shift").write_text("in the way")
+    events: list[dict[str, Any]] = []
+    rows = reproduce_synthetic(
+        tmp_path / "out",
+        tasks=["induction_head"],
+        models=["attention", "shift", "h3"],
+        budget_minutes=5,
+        device="cpu",
+        work_dir=work,
+        jobs=jobs,
+        threads=1,
+        train_overrides={"steps": 6, "eval_every": 3, "batch_size": 16},
+        on_event=events.append,
+        log=lambda line: None,
+    )
+    by_key = _rows_by_key(rows)
+    assert [r["model"] for r in rows] == ["attention", "shift", "h3"]  # the table's order
+    for model in ("attention", "h3"):
+        row = by_key[("induction_head", model)]
+        assert row["status"] == "completed" and row["step"] == 6
+        assert 0.0 <= row["test_accuracy"] <= 1.0
+        assert (work / f"induction_head-{model}" / "metrics.json").exists()
+    broken = by_key[("induction_head", "shift")]
+    assert broken["status"] == "failed" and broken["test_accuracy"] is None
+    assert "induction_head-shift" in broken["error"]
+
+    kinds = {(e["model"], e["kind"]) for e in events}
+    assert {("attention", "start"), ("attention", "eval"), ("attention", "done")} <= kinds
+    assert ("shift", "failed") in kinds
+
+    report = (tmp_path / "out" / "synthetic.md").read_text()
+    assert "| Shift-only | — / — |" in report  # failed: no number, and none in the paper
+    assert "| induction_head | Shift-only | failed (" in report
+    assert f"{jobs} cell(s) at a time" in report
+    data = json.loads((tmp_path / "out" / "synthetic.json").read_text())
+    assert data["meta"]["jobs"] == jobs and data["meta"]["train"]["steps"] == 6
+    assert (tmp_path / "out" / "synthetic.png").stat().st_size > 0
+
+
+def test_a_spent_budget_stops_every_cell_at_once_and_still_writes_the_table(
+    tmp_path: Path,
+) -> None:
+    rows = reproduce_synthetic(
+        tmp_path / "out",
+        tasks=["associative_recall"],
+        models=["s4d"],
+        budget_minutes=0,
+        device="cpu",
+        work_dir=tmp_path / "runs",
+        jobs=1,
+        train_overrides={"steps": 50, "eval_every": 10, "batch_size": 8},
+        log=lambda line: None,
+    )
+    assert rows[0]["status"] == "stopped" and rows[0]["step"] < 50
+    assert (tmp_path / "out" / "synthetic.md").exists()
+
+
+def test_reproduce_from_the_command_line_with_a_step_cap(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "docs"
+    argv = ["reproduce", "synthetic", "--tasks", "associative_recall", "--models", "attention"]
+    argv += ["--steps", "4", "--jobs", "1", "--device", "cpu"]
+    argv += ["--out", str(out), "--work-dir", str(tmp_path / "runs")]
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out) == {"report": str(out / "synthetic.md")}
+    data = json.loads((out / "synthetic.json").read_text())
+    assert [(r["model"], r["status"], r["step"]) for r in data["results"]] == [
+        ("attention", "completed", 4)
+    ]
