@@ -13,6 +13,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from disclosure import bundles
+from tests import tarballs
 
 KEY = Ed25519PrivateKey.generate()
 KEYS = {"k1": KEY.public_key()}
@@ -29,20 +30,6 @@ def _bundle(files: list[bundles.BundleFile] = FILES) -> bytes:
     return out.getvalue()
 
 
-def _members(blob: bytes) -> list[tuple[tarfile.TarInfo, bytes]]:
-    with tarfile.open(fileobj=io.BytesIO(blob), mode="r:gz") as tar:
-        return [(m, tar.extractfile(m).read()) for m in tar.getmembers() if m.isfile()]  # type: ignore[union-attr]
-
-
-def _repack(members: list[tuple[tarfile.TarInfo, bytes]]) -> bytes:
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w:gz") as tar:
-        for info, data in members:
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return out.getvalue()
-
-
 def test_a_fresh_bundle_verifies() -> None:
     report = bundles.verify_bundle(io.BytesIO(_bundle()), KEYS)
     assert report.ok is True, report.problems
@@ -50,13 +37,13 @@ def test_a_fresh_bundle_verifies() -> None:
 
 
 def test_changing_any_byte_of_any_file_fails_naming_that_file() -> None:
-    members = _members(_bundle())
+    members = tarballs.members(_bundle())
     for i, (info, data) in enumerate(members):
         for pos in (0, len(data) - 1):
             changed = bytearray(data)
             changed[pos] ^= 0x20
             tampered = [*members[:i], (info, bytes(changed)), *members[i + 1 :]]
-            report = bundles.verify_bundle(io.BytesIO(_repack(tampered)), KEYS)
+            report = bundles.verify_bundle(io.BytesIO(tarballs.repack(tampered)), KEYS)
             rel = info.name.split("/", 1)[1]
             assert report.ok is False
             named = rel.removesuffix(".sig")
@@ -70,12 +57,12 @@ def test_corrupted_archive_bytes_fail() -> None:
 
 
 def test_missing_and_extra_files_are_reported() -> None:
-    members = _members(_bundle())
+    members = tarballs.members(_bundle())
     dropped = [m for m in members if not m[0].name.endswith("curves.csv")]
-    report = bundles.verify_bundle(io.BytesIO(_repack(dropped)), KEYS)
+    report = bundles.verify_bundle(io.BytesIO(tarballs.repack(dropped)), KEYS)
     assert "evidence/curves.csv: missing from the archive" in report.problems
     extra = tarfile.TarInfo("h3lab-demo/evidence/extra.txt")
-    report = bundles.verify_bundle(io.BytesIO(_repack([*members, (extra, b"x")])), KEYS)
+    report = bundles.verify_bundle(io.BytesIO(tarballs.repack([*members, (extra, b"x")])), KEYS)
     assert "evidence/extra.txt: not listed in the manifest" in report.problems
 
 

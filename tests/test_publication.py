@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import subprocess
-import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from experiments.storage import store_file
 from tests import factories
 from tests.conftest import Cast, login
 from tests.publishing import promote
+from tests.tarballs import members, repack
 
 pytestmark = pytest.mark.django_db
 
@@ -86,20 +86,6 @@ def export_now(cast: Cast, findings: list[Finding], **kw: Any) -> Export:
 
 def bundle_bytes(export: Export) -> bytes:
     return b"".join(exports.open_export(export))
-
-
-def members(blob: bytes) -> list[tuple[tarfile.TarInfo, bytes]]:
-    with tarfile.open(fileobj=io.BytesIO(blob), mode="r:gz") as tar:
-        return [(m, tar.extractfile(m).read()) for m in tar.getmembers() if m.isfile()]  # type: ignore[union-attr]
-
-
-def repack(items: list[tuple[tarfile.TarInfo, bytes]]) -> bytes:
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w:gz") as tar:
-        for info, data in items:
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return out.getvalue()
 
 
 def verify(path: Path, *extra: str) -> tuple[bool, str]:
