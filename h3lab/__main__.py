@@ -289,6 +289,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                 unit="step",
                 dynamic_ncols=True,
                 leave=False,
+                disable=None,  # bars on a terminal only: in a log, stacked bars' cursor codes
             )
         elif key in bars and e["kind"] == "progress":
             bars[key].n = e["step"]
