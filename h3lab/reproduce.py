@@ -412,7 +412,12 @@ def reproduce_synthetic(
         "seed": seed,
         "jobs": lanes,
         "threads": threads,
-        "train": {**dataclasses.asdict(TRAIN), **(train_overrides or {})},
+        "train": {
+            **dataclasses.asdict(TRAIN),
+            "seed": seed,
+            "device": device,
+            **(train_overrides or {}),
+        },
     }
     write_report(Path(out), ordered, meta=meta)
     return ordered

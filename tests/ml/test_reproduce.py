@@ -102,7 +102,7 @@ def test_reproduce_from_the_command_line_with_a_step_cap(
 ) -> None:
     out = tmp_path / "docs"
     argv = ["reproduce", "synthetic", "--tasks", "associative_recall", "--models", "attention"]
-    argv += ["--steps", "4", "--jobs", "1", "--device", "cpu"]
+    argv += ["--steps", "4", "--jobs", "1", "--device", "cpu", "--seed", "3"]
     argv += ["--out", str(out), "--work-dir", str(tmp_path / "runs")]
     assert main(argv) == 0
     assert json.loads(capsys.readouterr().out) == {"report": str(out / "synthetic.md")}
@@ -110,3 +110,11 @@ def test_reproduce_from_the_command_line_with_a_step_cap(
     assert [(r["model"], r["status"], r["step"]) for r in data["results"]] == [
         ("attention", "completed", 4)
     ]
+    # The hyperparameters reported are the ones the cells ran with.
+    assert data["meta"]["seed"] == 3
+    assert {k: data["meta"]["train"][k] for k in ("seed", "device", "steps")} == {
+        "seed": 3,
+        "device": "cpu",
+        "steps": 4,
+    }
+    assert '"seed": 3' in (out / "synthetic.md").read_text()
