@@ -71,17 +71,19 @@ LR_BY_MODEL = {"attention": 1e-3}
 # H3 with head_dim 1 (elementwise k ⊙ v, a 64-channel state) plateaued at 67 % on associative
 # recall (overfitting from step ~1,600); per-head outer products (head_dim 8: 8 heads of 8×8 kv
 # channels, the H3 paper's multi-head form) reach 97 % by step 750. Induction head is solved
-# either way. The remaining associative-recall errors (≈ 2 %) were queries whose key last
-# occurred in the first few pairs: the kv SSM had forgotten them. A smaller largest step size
-# (dt_max 0.01, so decay over 40 tokens is at most e^-0.2) keeps the early pairs and lifts
-# test accuracy from ~97.5 to ~98.5 %.
+# either way. Of the remaining associative-recall errors (≈ 2 %), 7 in 11 were queries whose
+# key first occurred in the first two pairs (4 only there): the kv SSM had forgotten them.
+# A smaller largest step size (dt_max 0.01, so decay over 40 tokens is at most e^-0.2) keeps
+# the early pairs and lifts test accuracy from ~97.5 to ~98.5 %.
 MODEL_KW: dict[str, dict[str, Any]] = {"h3": {"head_dim": 8, "dt_max": 0.01}}
 
 
-def run_config(task: str, model: str, *, device: str = "auto", seed: int = 0) -> RunConfig:
-    """The run config used for one cell of the table."""
-    lr = LR_BY_MODEL.get(model, TRAIN.lr)
-    train = dataclasses.replace(TRAIN, lr=lr, ssm_lr=lr, device=device, seed=seed)
+def run_config(
+    task: str, model: str, *, device: str = "auto", seed: int = 0, train: TrainConfig = TRAIN
+) -> RunConfig:
+    """The run config used for one cell of the table (``train`` with the model's lr)."""
+    lr = LR_BY_MODEL.get(model, train.lr)
+    train = dataclasses.replace(train, lr=lr, ssm_lr=lr, device=device, seed=seed)
     return RunConfig.build(
         preset=model,
         n_layer=2,
@@ -272,9 +274,8 @@ def _failed_row(cell: Cell, error: str) -> dict[str, Any]:
 
 def default_jobs(device: str, n_cells: int) -> int:
     """Cells trained at once: one on a GPU; on CPU one per core, never more than there are
-    cells (one single-threaded cell per core is 1.0–1.3× the throughput of one cell using
-    every core for these small models, measured on 2 cores, and evaluation and start-up
-    overlap with training)."""
+    cells (for these small models one single-threaded cell per core is 1.0–1.3× the
+    throughput of one cell using both cores, measured on a 2-core CPU)."""
     from h3lab.train import resolve_device
 
     if resolve_device(device).type != "cpu":
@@ -312,6 +313,7 @@ def reproduce_synthetic(
     lanes = jobs or default_jobs(device, len(keys))
     if threads is None and lanes > 1:
         threads = max(1, (os.cpu_count() or 1) // lanes)
+    train = dataclasses.replace(TRAIN, device=device, seed=seed, **(train_overrides or {}))
     emit = on_event or (lambda e: None)
     start_wall, start = time.time(), time.monotonic()
     deadline = start_wall + budget_minutes * 60
@@ -323,9 +325,7 @@ def reproduce_synthetic(
     seen_dead: set[tuple[str, str]] = set()
 
     def make_cell(task: str, model: str) -> Cell:
-        cfg = run_config(task, model, device=device, seed=seed)
-        if train_overrides:
-            cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **train_overrides))
+        cfg = run_config(task, model, device=device, seed=seed, train=train)
         now = time.time()
         share = budget_share(
             now, deadline, lanes, [c.deadline for _, c in running.values()], len(waiting)
@@ -348,7 +348,16 @@ def reproduce_synthetic(
 
     def finish(row: dict[str, Any]) -> None:
         rows[(row["task"], row["model"])] = row
-        if row["status"] == "failed":
+        failed = row["status"] == "failed"
+        emit(
+            {
+                "kind": "failed" if failed else "done",
+                "task": row["task"],
+                "model": row["model"],
+                "row": row,
+            }
+        )
+        if failed:
             log(f"    {row['model']} on {row['task']} failed: {row['error']}")
         else:
             log(
@@ -366,13 +375,6 @@ def reproduce_synthetic(
                 raise
             except Exception:  # one broken cell must not lose the table
                 row = _failed_row(cell, traceback.format_exc(limit=8))
-            emit(
-                {
-                    "kind": "failed" if row["status"] == "failed" else "done",
-                    "row": row,
-                    **{k: row[k] for k in ("task", "model")},
-                }
-            )
             finish(row)
             continue
         while waiting and len(running) < lanes:
@@ -393,18 +395,15 @@ def reproduce_synthetic(
                     seen_dead.add(key)
                 else:
                     del running[key]
-                    row = _failed_row(cell, f"worker exited with code {proc.exitcode}")
-                    emit({"kind": "failed", "task": key[0], "model": key[1], "row": row})
-                    finish(row)
+                    finish(_failed_row(cell, f"worker exited with code {proc.exitcode}"))
             continue
         key = (event["task"], event["model"])
-        if event["kind"] in ("done", "failed") and key in running:
+        if event["kind"] not in ("done", "failed"):
+            emit(event)
+        elif key in running:  # (not a cell already given up as dead)
             proc, cell = running.pop(key)
             proc.join(timeout=30)
-            row = event["row"] if event["kind"] == "done" else _failed_row(cell, event["error"])
-            event = {**event, "row": row}
-            finish(row)
-        emit(event)
+            finish(event["row"] if event["kind"] == "done" else _failed_row(cell, event["error"]))
     ordered = [rows[k] for k in keys]
     meta = {
         "budget_minutes": budget_minutes,
@@ -412,12 +411,7 @@ def reproduce_synthetic(
         "seed": seed,
         "jobs": lanes,
         "threads": threads,
-        "train": {
-            **dataclasses.asdict(TRAIN),
-            "seed": seed,
-            "device": device,
-            **(train_overrides or {}),
-        },
+        "train": dataclasses.asdict(train),
     }
     write_report(Path(out), ordered, meta=meta)
     return ordered
