@@ -428,7 +428,7 @@ class ReleaseRequestSerializer(serializers.ModelSerializer):
         ]
 
     def get_gate(self, request: ReleaseRequest) -> list[str]:
-        from disclosure.actions import gate_reasons
+        from disclosure.gates import gate_reasons
 
         pending = request.state in ("open", "scheduled")
         return gate_reasons(request) if pending else []

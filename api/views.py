@@ -31,8 +31,10 @@ from api import serializers as s
 from api.auth import HasScope
 from api.errors import ErrorSerializer
 from api.models import ApiToken, TokenScope
-from disclosure import actions as disclosure_actions
 from disclosure import audit, exports, policy
+from disclosure.actions.grants import check_give_grant, do_revoke_grant
+from disclosure.actions.release import do_request_release, do_request_review
+from disclosure.actions.review import do_assess_finding
 from disclosure.models import Assessment, Export, Grant, ReleaseRequest, Vote
 from experiments import actions, presenters
 from experiments.forms import corpus_dir, project_corpora
@@ -565,9 +567,7 @@ class FindingViewSet(ApiViewMixin, viewsets.GenericViewSet):
         """Team → review tier (decided at once under the default policy)."""
         finding = self._allowed(pk, policy.can_request_review)
         rationale = _body(s.RationaleSerializer, request)["rationale"]
-        release = disclosure_actions.do_request_review(
-            finding, rationale=rationale, acting_user=request.user
-        )
+        release = do_request_review(finding, rationale=rationale, acting_user=request.user)
         return self._release_answer(release)
 
     @extend_schema(request=s.RationaleSerializer, responses={201: s.ReleaseRequestSerializer})
@@ -576,9 +576,7 @@ class FindingViewSet(ApiViewMixin, viewsets.GenericViewSet):
         """Ask for the step above review (reviewers vote; a release manager schedules)."""
         finding = self._allowed(pk, policy.can_request_release)
         rationale = _body(s.RationaleSerializer, request)["rationale"]
-        release = disclosure_actions.do_request_release(
-            finding, rationale=rationale, acting_user=request.user
-        )
+        release = do_request_release(finding, rationale=rationale, acting_user=request.user)
         return self._release_answer(release)
 
     @extend_schema(methods=["GET"], responses=s.AssessmentSerializer(many=True))
@@ -597,7 +595,7 @@ class FindingViewSet(ApiViewMixin, viewsets.GenericViewSet):
             return Response(s.AssessmentSerializer(rows, many=True).data)
         finding = self._allowed(pk, policy.can_review)
         data = _body(s.AssessmentCreateSerializer, request)
-        assessment = disclosure_actions.do_assess_finding(finding, **data, acting_user=request.user)
+        assessment = do_assess_finding(finding, **data, acting_user=request.user)
         return Response(s.AssessmentSerializer(assessment).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(responses=s.ReleaseRequestSerializer(many=True))
@@ -651,7 +649,7 @@ class GrantViewSet(ApiViewMixin, viewsets.GenericViewSet):
     def create(self, request: Request) -> Response:
         self.get_queryset()  # 404 for anyone who manages no project
         data = _body(s.GrantCreateSerializer, request)
-        grant = disclosure_actions.check_give_grant(**data, acting_user=request.user)
+        grant = check_give_grant(**data, acting_user=request.user)
         return Response(s.GrantSerializer(grant).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=s.RevokeSerializer, responses=s.GrantSerializer)
@@ -665,7 +663,7 @@ class GrantViewSet(ApiViewMixin, viewsets.GenericViewSet):
         if not policy.can_manage_releases(request.user, project):
             raise _deny()
         reason = _body(s.RevokeSerializer, request)["reason"]
-        disclosure_actions.do_revoke_grant(grant, reason=reason, acting_user=request.user)
+        do_revoke_grant(grant, reason=reason, acting_user=request.user)
         return Response(s.GrantSerializer(self._grant(pk)).data)
 
 

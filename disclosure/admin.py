@@ -14,7 +14,9 @@ from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from disclosure import actions, policy
+from disclosure import policy
+from disclosure.actions.agreements import do_publish_agreement
+from disclosure.actions.grants import do_revoke_grant
 from disclosure.models import (
     AgreementVersion,
     Assessment,
@@ -65,7 +67,7 @@ class AgreementVersionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         return False
 
     def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
-        published = actions.do_publish_agreement(
+        published = do_publish_agreement(
             title=obj.title, text=obj.text, effective_at=obj.effective_at, acting_user=request.user
         )
         obj.pk, obj.version = published.pk, published.version
@@ -113,7 +115,7 @@ class GrantAdmin(ReadOnlyAdmin):
     @admin.action(description="Revoke selected grants")
     def revoke(self, request: HttpRequest, queryset: QuerySet[Grant]) -> None:
         n = sum(
-            actions.do_revoke_grant(g, reason="revoked in admin", acting_user=request.user)
+            do_revoke_grant(g, reason="revoked in admin", acting_user=request.user)
             for g in queryset
         )
         self.message_user(request, f"Revoked {n} grant(s).")

@@ -13,7 +13,15 @@ from django.contrib.auth.models import Group, User
 from django.db import transaction
 from django.utils import timezone
 
-from disclosure import actions
+from disclosure.actions.agreements import do_accept_agreement, do_publish_agreement
+from disclosure.actions.grants import do_give_grant
+from disclosure.actions.release import (
+    check_schedule_release,
+    do_release_due,
+    do_request_release,
+    do_request_review,
+)
+from disclosure.actions.review import do_assess_finding, do_vote
 from disclosure.models import AgreementAcceptance, AgreementVersion, Grant, ReleaseRequest
 from experiments import actions as exp_actions
 from experiments.models import Finding, Tier
@@ -45,8 +53,8 @@ def _walk_to(finding: Finding, tier: int, users: dict[str, Any], *, backdate: bo
     """Move ``finding`` up to ``tier`` through requests, assessments, votes and decisions."""
     ada, rosalind, mary = users["ada"], users["rosalind"], users["mary"]
     katalin = users[SECOND_REVIEWER[0]]
-    actions.do_request_review(finding, acting_user=ada)
-    actions.do_assess_finding(
+    do_request_review(finding, acting_user=ada)
+    do_assess_finding(
         finding,
         capability_uplift=0,
         alignment_value=2,
@@ -55,19 +63,17 @@ def _walk_to(finding: Finding, tier: int, users: dict[str, Any], *, backdate: bo
         acting_user=rosalind,
     )
     while (finding := Finding.objects.get(pk=finding.pk)).tier < tier:
-        request = actions.do_request_release(finding, acting_user=mary)
+        request = do_request_release(finding, acting_user=mary)
         if backdate:  # demo only: let the policy's observation window have passed already
             ReleaseRequest.objects.filter(pk=request.pk).update(
                 requested_at=timezone.now() - timedelta(days=8)
             )
             request.refresh_from_db()
         for reviewer in (rosalind, katalin):
-            actions.do_vote(
-                request, kind="approve", rationale="fine to share", acting_user=reviewer
-            )
+            do_vote(request, kind="approve", rationale="fine to share", acting_user=reviewer)
         embargo = request.requested_at + timedelta(days=7 if backdate else 0)
-        actions.check_schedule_release(request, embargo_until=embargo, acting_user=mary)
-        actions.do_release_due()
+        check_schedule_release(request, embargo_until=embargo, acting_user=mary)
+        do_release_due()
 
 
 def load_disclosure_demo(demo: Any) -> None:
@@ -86,7 +92,7 @@ def load_disclosure_demo(demo: Any) -> None:
     project = demo.projects["induction-heads"]
 
     with transaction.atomic():
-        agreement = AgreementVersion.objects.current() or actions.do_publish_agreement(
+        agreement = AgreementVersion.objects.current() or do_publish_agreement(
             title="h3lab collaborator agreement",
             text="Restricted findings are for your organisation's safety research only. Do not "
             "redistribute them or their evidence; report suspected misuse; access is logged.",
@@ -94,7 +100,7 @@ def load_disclosure_demo(demo: Any) -> None:
             acting_user=admin,
         )
         if not Grant.objects.active().filter(user=chen, project=project).exists():
-            actions.do_give_grant(
+            do_give_grant(
                 user=chen,
                 project=project,
                 expires_at=timezone.now() + timedelta(days=60),
@@ -102,7 +108,7 @@ def load_disclosure_demo(demo: Any) -> None:
                 acting_user=mary,
             )
         if not AgreementAcceptance.objects.filter(user=chen, agreement=agreement).exists():
-            actions.do_accept_agreement(chen, agreement, acting_user=chen)
+            do_accept_agreement(chen, agreement, acting_user=chen)
 
     for tier, title, body in FINDINGS:
         if Finding.objects.filter(project=project, title=title).exists():
@@ -122,11 +128,9 @@ def load_disclosure_demo(demo: Any) -> None:
         and not ReleaseRequest.objects.pending().filter(finding=finding).exists()
     ):
         with transaction.atomic():
-            request = actions.do_request_release(finding, acting_user=mary)
-            actions.do_vote(
-                request, kind="approve", rationale="ready", acting_user=users["rosalind"]
-            )
-            actions.check_schedule_release(
+            request = do_request_release(finding, acting_user=mary)
+            do_vote(request, kind="approve", rationale="ready", acting_user=users["rosalind"])
+            check_schedule_release(
                 request, embargo_until=timezone.now() + timedelta(days=3), acting_user=mary
             )
     demo.log("disclosure: agreement, chen's grant, findings at every tier, a scheduled release")

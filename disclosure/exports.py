@@ -36,7 +36,7 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.text import slugify
 
-from disclosure import audit, bundles, crypto, keystore, marks, policy, signing
+from disclosure import audit, bundles, marks, policy, signing
 from disclosure.models import (
     Export,
     ExportKind,
@@ -46,6 +46,7 @@ from disclosure.models import (
 )
 from experiments import storage
 from experiments.models import Artifact, Finding, MetricPoint, Project, Tier
+from vault import crypto, keystore
 
 log = logging.getLogger(__name__)
 

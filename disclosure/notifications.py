@@ -41,6 +41,11 @@ def notify(
     return rows
 
 
+def team_of(finding: Any) -> list[Any]:
+    """Members of the finding's project team."""
+    return list(finding.project.group.user_set.all())
+
+
 def group_members(name: str) -> list[Any]:
     group = Group.objects.filter(name=name).first()
     return list(group.user_set.filter(is_active=True)) if group else []

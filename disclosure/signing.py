@@ -15,8 +15,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from django.db import transaction
 from django.utils import timezone
 
-from disclosure import audit, bundles, crypto, keystore
+from disclosure import audit, bundles
 from disclosure.models import SigningKey, SigningKeyStatus
+from vault import crypto, keystore
 
 
 def _key_id(public: Ed25519PublicKey) -> str:

@@ -8,19 +8,20 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from disclosure import actions
+from disclosure.actions.grants import do_warn_expiring_grants
+from disclosure.actions.release import do_release_due
 
 
 @shared_task(acks_late=True, soft_time_limit=120, time_limit=180, ignore_result=True)
 def release_due_findings() -> list[tuple[int, str]]:
     """At each embargo instant: re-check quorum, objections, retractions and dependencies,
     then promote, or record why the release was held back."""
-    return actions.do_release_due()
+    return do_release_due()
 
 
 @shared_task(acks_late=True, soft_time_limit=120, time_limit=180, ignore_result=True)
 def warn_expiring_grants() -> int:
-    return actions.do_warn_expiring_grants()
+    return do_warn_expiring_grants()
 
 
 @shared_task(

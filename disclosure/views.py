@@ -20,7 +20,14 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
-from disclosure import actions, audit, forms, policy
+from disclosure import audit, forms, policy
+from disclosure.actions.agreements import do_accept_agreement
+from disclosure.actions.grants import check_give_grant, do_revoke_grant
+from disclosure.actions.inbox import do_mark_notifications_read
+from disclosure.actions.release import check_schedule_release, do_request_release, do_request_review
+from disclosure.actions.retraction import do_retract_finding
+from disclosure.actions.review import do_assess_finding, do_recuse, do_resolve_objection, do_vote
+from disclosure.gates import gate_reasons
 from disclosure.models import (
     AgreementAcceptance,
     AgreementVersion,
@@ -119,7 +126,7 @@ def _review_context(user: Any, finding: Finding) -> dict[str, Any] | None:
         "recusals": finding.recusals.select_related("reviewer"),
         "pending": pending,
         "votes": pending.votes.select_related("reviewer", "resolved_by") if pending else [],
-        "gate": actions.gate_reasons(pending) if pending else [],
+        "gate": gate_reasons(pending) if pending else [],
         "timeline": AuditEntry.objects.filter(finding_id=finding.pk)
         .exclude(action="finding.view")
         .order_by("-id")[:50],
@@ -140,7 +147,7 @@ def _abilities(user: Any, finding: Finding) -> dict[str, bool]:
 def finding_request_review(request: HttpRequest, finding: Finding) -> HttpResponse:
     form = forms.RationaleForm(request.POST)
     form.is_valid()
-    actions.do_request_review(
+    do_request_review(
         finding, rationale=form.cleaned_data.get("rationale", ""), acting_user=request.user
     )
     messages.success(request, "Review requested.")
@@ -151,7 +158,7 @@ def finding_request_review(request: HttpRequest, finding: Finding) -> HttpRespon
 def finding_request_release(request: HttpRequest, finding: Finding) -> HttpResponse:
     form = forms.RationaleForm(request.POST)
     form.is_valid()
-    actions.do_request_release(
+    do_request_release(
         finding, rationale=form.cleaned_data.get("rationale", ""), acting_user=request.user
     )
     messages.success(request, "Promotion requested; reviewers have been notified.")
@@ -165,7 +172,7 @@ def finding_assess(request: HttpRequest, pk: int) -> HttpResponse:
     _require(policy.can_review(request.user, finding))
     form = forms.AssessmentForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        actions.do_assess_finding(finding, **form.cleaned_data, acting_user=request.user)
+        do_assess_finding(finding, **form.cleaned_data, acting_user=request.user)
         messages.success(request, "Assessment recorded.")
         return redirect(finding)
     return render(request, "disclosure/assess.html", {"finding": finding, "form": form})
@@ -177,7 +184,7 @@ def finding_vote(request: HttpRequest, finding: Finding) -> HttpResponse:
     pending = ReleaseRequest.objects.pending().filter(finding=finding).first()
     if not form.is_valid() or pending is None:
         return _invalid(request, form, finding)
-    actions.do_vote(pending, **form.cleaned_data, acting_user=request.user)
+    do_vote(pending, **form.cleaned_data, acting_user=request.user)
     messages.success(request, "Vote recorded.")
     return redirect(finding)
 
@@ -187,7 +194,7 @@ def finding_recuse(request: HttpRequest, finding: Finding) -> HttpResponse:
     form = forms.ReasonForm(request.POST)
     if not form.is_valid():
         return _invalid(request, form, finding)
-    actions.do_recuse(finding, reason=form.cleaned_data["reason"], acting_user=request.user)
+    do_recuse(finding, reason=form.cleaned_data["reason"], acting_user=request.user)
     messages.success(request, "You have recused yourself; the finding is no longer shown to you.")
     return redirect("review-queue")
 
@@ -198,7 +205,7 @@ def finding_schedule(request: HttpRequest, finding: Finding) -> HttpResponse:
     pending = ReleaseRequest.objects.pending().filter(finding=finding).first()
     if not form.is_valid() or pending is None:
         return _invalid(request, form, finding)
-    actions.check_schedule_release(
+    check_schedule_release(
         pending, embargo_until=form.cleaned_data["embargo_until"], acting_user=request.user
     )
     messages.success(request, "Release scheduled; the scheduler re-checks every gate then.")
@@ -211,7 +218,7 @@ def finding_retract(request: HttpRequest, finding: Finding) -> HttpResponse:
     if not form.is_valid():
         return _invalid(request, form, finding)
     destroy = form.cleaned_data["destroy_data"]
-    actions.do_retract_finding(
+    do_retract_finding(
         finding, reason=form.cleaned_data["reason"], destroy_data=destroy, acting_user=request.user
     )
     done = " Its evidence files were destroyed." if destroy else ""
@@ -232,9 +239,7 @@ def objection_resolve(request: HttpRequest, pk: int) -> HttpResponse:
     form = forms.ResolveForm(request.POST)
     if not form.is_valid():
         return _invalid(request, form, finding)
-    actions.do_resolve_objection(
-        vote, resolution=form.cleaned_data["resolution"], acting_user=request.user
-    )
+    do_resolve_objection(vote, resolution=form.cleaned_data["resolution"], acting_user=request.user)
     messages.success(request, "Objection resolved.")
     return redirect(finding)
 
@@ -275,7 +280,7 @@ def grant_list(request: HttpRequest) -> HttpResponse:
     if request.method == "POST" and form.is_valid():
         try:
             data = {k: v for k, v in form.cleaned_data.items() if k != "expires_on"}
-            actions.check_give_grant(**data, acting_user=request.user)
+            check_give_grant(**data, acting_user=request.user)
             messages.success(request, "Access granted; the grantee has been notified.")
             return redirect("grants")
         except ValidationError as err:
@@ -297,7 +302,7 @@ def grant_revoke(request: HttpRequest, pk: int) -> HttpResponse:
     _require(policy.can_manage_releases(request.user, project))
     form = forms.ReasonForm(request.POST)
     reason = form.cleaned_data["reason"] if form.is_valid() else ""
-    actions.do_revoke_grant(grant, reason=reason, acting_user=request.user)
+    do_revoke_grant(grant, reason=reason, acting_user=request.user)
     messages.success(request, "Grant revoked; it no longer gives access.")
     return redirect("grants")
 
@@ -340,7 +345,7 @@ def agreement_accept(request: HttpRequest) -> HttpResponse:
     if not form.is_valid() or current is None or form.cleaned_data["version"] != current.version:
         messages.error(request, "Tick the box to accept the current agreement.")
         return redirect("my-access")
-    actions.do_accept_agreement(
+    do_accept_agreement(
         request.user, current, ip=audit.client_ip(request), acting_user=request.user
     )
     messages.success(request, f"Agreement v{current.version} accepted.")
@@ -351,7 +356,7 @@ def agreement_accept(request: HttpRequest) -> HttpResponse:
 @login_required
 def inbox(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
-        actions.do_mark_notifications_read(request.user, acting_user=request.user)
+        do_mark_notifications_read(request.user, acting_user=request.user)
         return redirect("inbox")
     assert request.user.is_authenticated  # @login_required
     notes = Notification.objects.filter(user=request.user)[:200]

@@ -3,7 +3,7 @@
 
 Encryption at rest: a run's outputs are restricted (team tier) when they are stored, so
 :func:`store_file` encrypts them straight from the worker's file into the artifact store
-(AES-256-GCM in authenticated 1 MiB chunks, :mod:`disclosure.crypto`) under a fresh data key,
+(AES-256-GCM in authenticated 1 MiB chunks, :mod:`vault.crypto`) under a fresh data key,
 which is kept only wrapped by the master key and bound to the artifact's identity. No
 plaintext copy is ever written. :func:`open_artifact` decrypts as a stream, in memory, for the
 permission-checked download view (and exports); :func:`declassify` re-stores an artifact in the
@@ -27,8 +27,8 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from disclosure import crypto, keystore
 from experiments.models import Artifact, ArtifactKind, Run
+from vault import crypto, keystore
 
 CHUNK = 1 << 20
 

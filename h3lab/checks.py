@@ -35,8 +35,8 @@ def check_guardian_anonymous(app_configs: Any, **kwargs: Any) -> list[Error]:
 def check_master_key(app_configs: Any, **kwargs: Any) -> list[Error]:
     # SECURITY: without a master key restricted artifacts can be neither stored nor read. A
     # development key file is generated only with DEBUG on; a deployment must bring its own.
-    from disclosure import keystore
-    from disclosure.crypto import KeyError_
+    from vault import keystore
+    from vault.crypto import KeyError_
 
     if settings.DEBUG:
         return []

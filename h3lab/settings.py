@@ -59,6 +59,7 @@ INSTALLED_APPS = [
     "h3lab.apps.H3LabConfig",
     "experiments",
     "disclosure",
+    "web",
 ]
 
 MIDDLEWARE = [

@@ -8,5 +8,5 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("", include("api.urls")),
     path("", include("disclosure.urls")),
-    path("", include("experiments.urls")),
+    path("", include("web.urls")),
 ]

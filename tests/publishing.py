@@ -7,7 +7,13 @@ from typing import Any
 
 from django.utils import timezone
 
-from disclosure import actions
+from disclosure.actions.release import (
+    check_schedule_release,
+    do_release_due,
+    do_request_release,
+    do_request_review,
+)
+from disclosure.actions.review import do_assess_finding, do_vote
 from experiments.models import Finding, Tier
 from tests import factories
 from tests.conftest import Cast
@@ -18,20 +24,20 @@ def promote(cast: Cast, finding: Finding, to: int = Tier.PUBLIC) -> Finding:
     assessment, the approvals policy v1 needs and an embargo that has passed: each step
     leaves its recorded release decision."""
     if finding.tier == Tier.TEAM:
-        actions.do_request_review(finding, acting_user=cast.lab.alice)
+        do_request_review(finding, acting_user=cast.lab.alice)
         finding.refresh_from_db()
     if not finding.assessments.exists():
-        actions.do_assess_finding(
+        do_assess_finding(
             finding, capability_uplift=0, alignment_value=2, rationale="ok", acting_user=cast.rita
         )
     board = [cast.rita, _reviewer("ravi"), _reviewer("rosa")]
     while finding.tier < to:
-        req = actions.do_request_release(finding, acting_user=cast.lab.alice)
+        req = do_request_release(finding, acting_user=cast.lab.alice)
         for reviewer in board:
-            actions.do_vote(req, kind="approve", acting_user=reviewer)
+            do_vote(req, kind="approve", acting_user=reviewer)
         embargo = timezone.now() + timedelta(hours=25 if req.target_tier == Tier.PUBLIC else 0)
-        actions.check_schedule_release(req, embargo_until=embargo, acting_user=cast.mara)
-        actions.do_release_due(now=embargo + timedelta(seconds=1))
+        check_schedule_release(req, embargo_until=embargo, acting_user=cast.mara)
+        do_release_due(now=embargo + timedelta(seconds=1))
         finding.refresh_from_db()
         assert finding.tier == req.target_tier, req.hold_reason
     return finding

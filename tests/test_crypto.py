@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from disclosure import crypto
+from vault import crypto
 
 
 def _encrypt(data: bytes, key: bytes, chunk: int = 64) -> bytes:

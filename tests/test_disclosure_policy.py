@@ -11,7 +11,10 @@ from django.http import Http404
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from disclosure import actions, policy
+from disclosure import policy
+from disclosure.actions.agreements import do_accept_agreement, do_publish_agreement
+from disclosure.actions.grants import do_revoke_grant
+from disclosure.actions.retraction import do_retract_finding
 from experiments.models import Finding, Tier
 from tests import factories
 from tests.conftest import Cast, Lab
@@ -67,7 +70,7 @@ def test_a_global_view_permission_does_not_widen_the_list(
 def test_accepting_the_new_agreement_restores_access(
     cast: Cast, findings: dict[Tier, Finding]
 ) -> None:
-    actions.do_accept_agreement(cast.nick, cast.agreement, acting_user=cast.nick)
+    do_accept_agreement(cast.nick, cast.agreement, acting_user=cast.nick)
     assert tiers_seen(cast.nick, findings) == {Tier.PARTNERS, Tier.PUBLIC}
 
 
@@ -81,7 +84,7 @@ def test_a_future_agreement_version_does_not_cut_access_before_it_takes_effect(
 def test_publishing_a_new_agreement_requires_re_acceptance(
     cast: Cast, findings: dict[Tier, Finding]
 ) -> None:
-    actions.do_publish_agreement(title="Agreement", text="v3", acting_user=cast.mara)
+    do_publish_agreement(title="Agreement", text="v3", acting_user=cast.mara)
     assert tiers_seen(cast.carol, findings) == {Tier.PUBLIC}
     assert cast.carol.notifications.filter(kind="agreement").exists()  # type: ignore[attr-defined]
 
@@ -101,7 +104,7 @@ def test_revoking_a_grant_takes_effect_on_the_next_request(
     from disclosure.models import Grant
 
     grant = Grant.objects.get(user=cast.carol)
-    actions.do_revoke_grant(grant, reason="project ended", acting_user=cast.mara)
+    do_revoke_grant(grant, reason="project ended", acting_user=cast.mara)
     assert tiers_seen(cast.carol, findings) == {Tier.PUBLIC}
 
 
@@ -132,7 +135,7 @@ def test_a_review_tier_grant_reaches_the_review_tier(
 def test_retracted_findings_leave_everyones_list_but_the_teams(
     cast: Cast, findings: dict[Tier, Finding]
 ) -> None:
-    actions.do_retract_finding(findings[Tier.PUBLIC], reason="wrong", acting_user=cast.mara)
+    do_retract_finding(findings[Tier.PUBLIC], reason="wrong", acting_user=cast.mara)
     from django.contrib.auth.models import AnonymousUser
 
     assert tiers_seen(AnonymousUser(), findings) == set()

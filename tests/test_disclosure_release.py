@@ -9,7 +9,17 @@ from django.core import mail
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
-from disclosure import actions, audit, tasks
+from disclosure import audit, tasks
+from disclosure.actions.grants import do_warn_expiring_grants
+from disclosure.actions.release import (
+    check_schedule_release,
+    do_release_due,
+    do_request_release,
+    do_request_review,
+)
+from disclosure.actions.retraction import do_retract_finding
+from disclosure.actions.review import do_assess_finding, do_resolve_objection, do_vote
+from disclosure.gates import gate_reasons
 from disclosure.models import (
     AuditEntry,
     ImmutableError,
@@ -26,13 +36,13 @@ pytestmark = pytest.mark.django_db
 
 def at_review(cast: Cast) -> Finding:
     f = factories.make_finding(cast.lab.project, title="Induction heads in H3")
-    actions.do_request_review(f, acting_user=cast.lab.alice)
+    do_request_review(f, acting_user=cast.lab.alice)
     f.refresh_from_db()
     return f
 
 
 def assess(cast: Cast, f: Finding, uplift: int = 0) -> None:
-    actions.do_assess_finding(
+    do_assess_finding(
         f, capability_uplift=uplift, alignment_value=2, rationale="ok", acting_user=cast.rita
     )
 
@@ -40,11 +50,11 @@ def assess(cast: Cast, f: Finding, uplift: int = 0) -> None:
 def scheduled_to_partners(cast: Cast, *, approvals: int = 1) -> tuple[Finding, ReleaseRequest]:
     f = at_review(cast)
     assess(cast, f)
-    req = actions.do_request_release(f, acting_user=cast.lab.alice)
+    req = do_request_release(f, acting_user=cast.lab.alice)
     board = [cast.rita, factories.make_reviewer("ravi")]
     for reviewer in board[:approvals]:
-        actions.do_vote(req, kind="approve", acting_user=reviewer)
-    actions.check_schedule_release(req, embargo_until=timezone.now(), acting_user=cast.mara)
+        do_vote(req, kind="approve", acting_user=reviewer)
+    check_schedule_release(req, embargo_until=timezone.now(), acting_user=cast.mara)
     return f, req
 
 
@@ -82,7 +92,7 @@ def test_the_scheduler_holds_back_on_a_missing_approval(cast: Cast) -> None:
 
 def test_the_scheduler_holds_back_on_an_open_objection_until_it_is_resolved(cast: Cast) -> None:
     f, req = scheduled_to_partners(cast)
-    objection = actions.do_vote(
+    objection = do_vote(
         req,
         kind="object",
         rationale="leaks a capability trick",
@@ -93,7 +103,7 @@ def test_the_scheduler_holds_back_on_an_open_objection_until_it_is_resolved(cast
     f.refresh_from_db()
     assert f.tier == Tier.REVIEW
     assert AuditEntry.objects.filter(action="release.hold").count() == 1
-    actions.do_resolve_objection(objection, resolution="trick removed", acting_user=cast.mara)
+    do_resolve_objection(objection, resolution="trick removed", acting_user=cast.mara)
     tasks.release_due_findings()
     f.refresh_from_db()
     assert f.tier == Tier.PARTNERS
@@ -103,7 +113,7 @@ def test_the_scheduler_holds_back_on_a_retracted_dependency(cast: Cast) -> None:
     f, _req = scheduled_to_partners(cast)
     base = factories.make_finding(cast.lab.project, tier=Tier.PUBLIC)
     f.depends_on.add(base)
-    actions.do_retract_finding(base, reason="flawed eval", acting_user=cast.lab.alice)
+    do_retract_finding(base, reason="flawed eval", acting_user=cast.lab.alice)
     [(_, outcome)] = tasks.release_due_findings()
     assert f"depends on retracted finding #{base.pk}" in outcome
     f.refresh_from_db()
@@ -120,15 +130,15 @@ def test_an_approval_from_someone_who_left_the_board_no_longer_counts(cast: Cast
 def test_public_release_waits_for_the_embargo_instant(cast: Cast) -> None:
     f, _ = scheduled_to_partners(cast)
     tasks.release_due_findings()
-    req = actions.do_request_release(f, acting_user=cast.mara)
+    req = do_request_release(f, acting_user=cast.mara)
     for r in (cast.rita, factories.make_reviewer("ravi2")):
-        actions.do_vote(req, kind="approve", acting_user=r)
+        do_vote(req, kind="approve", acting_user=r)
     with pytest.raises(ValidationError):  # policy v1: at least 24 h
-        actions.check_schedule_release(req, embargo_until=timezone.now(), acting_user=cast.mara)
+        check_schedule_release(req, embargo_until=timezone.now(), acting_user=cast.mara)
     embargo = timezone.now() + timedelta(hours=25)
-    actions.check_schedule_release(req, embargo_until=embargo, acting_user=cast.mara)
-    assert actions.do_release_due() == []
-    assert actions.do_release_due(now=embargo + timedelta(seconds=1)) == [(req.pk, "released")]
+    check_schedule_release(req, embargo_until=embargo, acting_user=cast.mara)
+    assert do_release_due() == []
+    assert do_release_due(now=embargo + timedelta(seconds=1)) == [(req.pk, "released")]
     f.refresh_from_db()
     assert (f.tier, f.status) == (Tier.PUBLIC, FindingStatus.RELEASED)
 
@@ -136,9 +146,9 @@ def test_public_release_waits_for_the_embargo_instant(cast: Cast) -> None:
 def test_high_capability_uplift_raises_the_bar(cast: Cast) -> None:
     f = at_review(cast)
     assess(cast, f, uplift=3)
-    req = actions.do_request_release(f, acting_user=cast.lab.alice)
-    actions.do_vote(req, kind="approve", acting_user=cast.rita)
-    reasons = actions.gate_reasons(req, now=timezone.now() + timedelta(days=10))
+    req = do_request_release(f, acting_user=cast.lab.alice)
+    do_vote(req, kind="approve", acting_user=cast.rita)
+    reasons = gate_reasons(req, now=timezone.now() + timedelta(days=10))
     assert reasons == ["1 of 3 required approvals (policy v1)"]
 
 
@@ -156,9 +166,9 @@ def test_retraction_notifies_everyone_who_accessed_it_and_leaves_a_tombstone(cas
     audit.record(cast.rita, "finding.view", f)
     mail.outbox.clear()
     with pytest.raises(ValidationError):
-        actions.do_retract_finding(f, reason=" ", acting_user=cast.mara)
+        do_retract_finding(f, reason=" ", acting_user=cast.mara)
     with django_capture_on_commit():
-        actions.do_retract_finding(f, reason="flawed evaluation", acting_user=cast.mara)
+        do_retract_finding(f, reason="flawed evaluation", acting_user=cast.mara)
     told = set(
         Notification.objects.filter(kind="retraction").values_list("user__username", flat=True)
     )
@@ -171,12 +181,12 @@ def test_retraction_notifies_everyone_who_accessed_it_and_leaves_a_tombstone(cas
 
 def test_expiry_warnings_are_sent_once_and_lapsed_grants_are_announced(cast: Cast) -> None:
     factories.make_grant(cast.carol, project=cast.lab.other_project, days=3)
-    assert actions.do_warn_expiring_grants() == 2  # carol's 3-day grant warned, erin's lapsed
+    assert do_warn_expiring_grants() == 2  # carol's 3-day grant warned, erin's lapsed
     assert tasks.warn_expiring_grants() == 0
     kinds = set(Notification.objects.values_list("user__username", "kind"))
     assert {("carol", "grant_expiring"), ("erin", "grant_expired")} <= kinds
     later = timezone.now() + timedelta(days=4)
-    assert actions.do_warn_expiring_grants(now=later) == 1  # carol's grant has now lapsed
+    assert do_warn_expiring_grants(now=later) == 1  # carol's grant has now lapsed
 
 
 def test_the_beat_schedule_runs_the_release_scheduler() -> None:

@@ -11,7 +11,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from disclosure import actions
+from disclosure.actions.release import do_release_due, do_request_release
 from disclosure.models import AuditEntry, Grant, Notification, ReleaseRequest
 from experiments.models import Finding, Tier
 from tests import factories
@@ -45,8 +45,8 @@ def test_the_whole_flow_through_the_pages(cast: Cast) -> None:
     soon = timezone.now() + timedelta(minutes=2)
     mara.post(reverse("finding-schedule", args=[f.pk]), {"embargo_until": f"{soon:%Y-%m-%dT%H:%M}"})
     assert ReleaseRequest.objects.get(finding=f, target_tier=2).state == "scheduled"
-    assert actions.do_release_due() == []  # not yet
-    actions.do_release_due(now=soon + timedelta(minutes=1))
+    assert do_release_due() == []  # not yet
+    do_release_due(now=soon + timedelta(minutes=1))
     f.refresh_from_db()
     assert f.tier == Tier.PARTNERS
     # The collaborator sees the finding but not the deliberation about it.
@@ -56,7 +56,7 @@ def test_the_whole_flow_through_the_pages(cast: Cast) -> None:
 
 def test_the_embargo_form_takes_local_time_and_stores_utc(cast: Cast) -> None:
     f = factories.make_finding(cast.lab.project, tier=Tier.REVIEW)
-    req = actions.do_request_release(f, acting_user=cast.lab.alice)
+    req = do_request_release(f, acting_user=cast.lab.alice)
     login(cast.mara).post(
         reverse("finding-schedule", args=[f.pk]),
         {"embargo_until": "2031-06-01T14:00", "tz_offset": "120"},
@@ -141,7 +141,7 @@ def test_collaborators_accept_the_current_agreement_on_my_access(cast: Cast) -> 
 
 def test_the_inbox_shows_an_unread_count_and_marks_read(cast: Cast) -> None:
     f = factories.make_finding(cast.lab.project, tier=Tier.REVIEW)
-    actions.do_request_release(f, acting_user=cast.lab.alice)
+    do_request_release(f, acting_user=cast.lab.alice)
     rita = login(cast.rita)
     assert b'aria-label="1 unread"' in rita.get(reverse("home")).content
     assert b"Review requested" in rita.get(reverse("inbox")).content
@@ -174,7 +174,7 @@ def test_recusing_hides_the_finding_from_the_reviewer(cast: Cast) -> None:
 
 def test_objections_block_and_release_managers_resolve_them(cast: Cast) -> None:
     f = factories.make_finding(cast.lab.project, tier=Tier.REVIEW)
-    actions.do_request_release(f, acting_user=cast.lab.alice)
+    do_request_release(f, acting_user=cast.lab.alice)
     login(cast.rita).post(
         reverse("finding-vote", args=[f.pk]), {"kind": "object", "rationale": "too early"}
     )

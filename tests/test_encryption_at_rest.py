@@ -17,7 +17,7 @@ from django.core.management import call_command
 from django.test import Client
 from django.urls import reverse
 
-from disclosure import actions, crypto, keystore
+from disclosure.actions.retraction import do_retract_finding
 from disclosure.models import AuditEntry
 from experiments import actions as exp_actions
 from experiments.models import Artifact, Tier
@@ -26,6 +26,7 @@ from h3lab import checks, jobs
 from tests import factories
 from tests.conftest import Cast, Lab, login
 from tests.publishing import promote
+from vault import crypto, keystore
 
 SECRET = b"induction-head weights: layer 1 head 3 copies the token after the match. " * 40
 
@@ -233,7 +234,7 @@ def test_retraction_without_destroy_keeps_the_data(
     artifact = stored(cast.lab, tmp_path)
     finding = factories.make_finding(cast.lab.project)
     finding.artifacts.add(artifact)
-    actions.do_retract_finding(finding, reason="superseded", acting_user=cast.lab.alice)
+    do_retract_finding(finding, reason="superseded", acting_user=cast.lab.alice)
     artifact.refresh_from_db()
     assert b"".join(open_artifact(artifact)) == SECRET
 

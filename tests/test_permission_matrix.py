@@ -4,7 +4,7 @@
 and who may use it. The URL names are enumerated from the resolver, so a new view that is not
 in the registry fails ``test_every_url_is_in_the_registry`` until someone states who may use
 it — and the matrix then checks the view enforces exactly that. Admin URLs are excluded by
-prefix (the admin's querysets come from the policy, see experiments/admin.py and
+prefix (the admin's querysets come from the policy, see web/admin.py and
 disclosure/admin.py).
 
 Allowed: any status below 400 that is not a redirect to the login page. Denied: 404, or a

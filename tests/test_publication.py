@@ -242,9 +242,9 @@ def test_non_public_or_undecided_findings_are_refused_with_exactly_what_blocks_e
     partners = promote(cast, factories.make_finding(p, title="Shared"), to=Tier.PARTNERS)
     undecided = factories.make_finding(p, tier=Tier.PUBLIC, title="Set public by hand")
     retracted = promote(cast, factories.make_finding(p, title="Withdrawn"))
-    from disclosure import actions
+    from disclosure.actions.retraction import do_retract_finding
 
-    actions.do_retract_finding(retracted, reason="bug", acting_user=cast.lab.alice)
+    do_retract_finding(retracted, reason="bug", acting_user=cast.lab.alice)
     retracted.refresh_from_db()
     with pytest.raises(exports.ExportRefused) as refused:
         exports.check_request_export(

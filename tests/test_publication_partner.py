@@ -17,13 +17,15 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.urls import reverse
 
-from disclosure import actions, crypto, exports, leaks, marks, policy
+from disclosure import exports, leaks, marks, policy
+from disclosure.actions.grants import do_revoke_grant
 from disclosure.models import AuditEntry, Export, ExportKind, Grant, RecipientMark
 from experiments.models import Finding, Tier
 from tests import factories
 from tests.conftest import Cast, login
 from tests.publishing import promote
 from tests.test_publication import BODY, PNG, evidence_finding, members
+from vault import crypto
 
 pytestmark = pytest.mark.django_db
 
@@ -136,7 +138,7 @@ def test_no_copy_before_the_agreement_is_accepted_or_after_the_grant_lapsed(worl
     export = exports.check_request_export(
         kind=ExportKind.PARTNER, recipient=cast.carol, acting_user=cast.mara
     )
-    actions.do_revoke_grant(Grant.objects.get(user=cast.carol), acting_user=cast.mara)
+    do_revoke_grant(Grant.objects.get(user=cast.carol), acting_user=cast.mara)
     assert exports.build_export(export.pk) == "refused"
     export.refresh_from_db()
     assert "not covered by an active grant of carol" in export.message
@@ -218,6 +220,6 @@ def test_the_recipient_downloads_their_copy_only_while_the_grant_holds(world: Wo
     assert blob.startswith(b"\x1f\x8b")  # decrypted for the download: a gzip archive
     assert login(world.dora).get(url).status_code == 404
     assert login(cast.erin).get(url).status_code == 404
-    actions.do_revoke_grant(Grant.objects.get(user=cast.carol), acting_user=cast.mara)
+    do_revoke_grant(Grant.objects.get(user=cast.carol), acting_user=cast.mara)
     assert login(cast.carol).get(url).status_code == 404
     assert login(cast.mara).get(url).status_code == 200

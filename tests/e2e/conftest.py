@@ -55,7 +55,7 @@ def database_url() -> str:
 
 def master_key_env() -> dict[str, str]:
     """The worker must encrypt artifacts with the master key this process decrypts with."""
-    from disclosure import keystore
+    from vault import keystore
 
     keystore.keyring()  # creates the development key file if that is how keys are configured
     if settings.H3LAB_MASTER_KEYS:

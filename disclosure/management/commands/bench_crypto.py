@@ -17,7 +17,7 @@ from django.core.management.base import BaseCommand, CommandParser
 CHILD = r"""
 import io, json, os, sys, time
 sys.path.insert(0, {root!r})
-from disclosure import crypto
+from vault import crypto
 mode, src, dst, key_hex = sys.argv[1:5]
 chunk = int(sys.argv[5])
 key = bytes.fromhex(key_hex)

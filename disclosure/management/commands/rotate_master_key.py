@@ -6,9 +6,10 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from disclosure import actions, keystore
-from disclosure.crypto import DecryptionError, KeyError_
+from disclosure.actions.keys import do_rewrap_keys
 from experiments.storage import ArtifactUnavailable
+from vault import keystore
+from vault.crypto import DecryptionError, KeyError_
 
 
 class Command(BaseCommand):
@@ -29,7 +30,7 @@ class Command(BaseCommand):
             self.stdout.write(keystore.generate_key_line())
             return
         try:
-            counts = actions.do_rewrap_keys(acting_user=None)
+            counts = do_rewrap_keys(acting_user=None)
         except (KeyError_, DecryptionError, ArtifactUnavailable) as exc:
             raise CommandError(str(exc)) from None
         current = keystore.current().key_id

@@ -62,8 +62,8 @@ def database_url(settings_dict: dict[str, Any]) -> str:
 
 
 def master_key_env() -> dict[str, str]:
-    """Workers encrypt artifacts with the master key of this process (see disclosure.keystore)."""
-    from disclosure import keystore
+    """Workers encrypt artifacts with the master key of this process (see vault.keystore)."""
+    from vault import keystore
 
     keystore.keyring()  # creates the development key file if that is how keys are configured
     if settings.H3LAB_MASTER_KEYS:

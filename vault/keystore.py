@@ -15,7 +15,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-from disclosure.crypto import KeyError_, Keyring, MasterKey
+from vault.crypto import KeyError_, Keyring, MasterKey
 
 
 def keyring() -> Keyring:

@@ -1,0 +1,6 @@
+"""Keys and encryption at rest, below both apps.
+
+:mod:`vault.crypto` is the pure format (streamed AES-256-GCM chunks, wrapped data keys);
+:mod:`vault.keystore` reads the configured master keys. ``experiments`` stores artifacts with
+them and ``disclosure`` signs and exports with them; neither app is imported here.
+"""
