@@ -285,7 +285,8 @@ class _Loop:
     elapsed_s: float = 0.0  # over all sessions
 
     def to_state(self) -> dict[str, Any]:
-        return json_safe(dict(self.__dict__))
+        state: dict[str, Any] = json_safe(dict(self.__dict__))
+        return state
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> _Loop:
@@ -424,7 +425,7 @@ def _train(
             logits = model(x)  # (B, L, V)
         loss = _loss(logits, y)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        torch.autograd.backward(loss)
         if tc.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
         optimizer.step()

@@ -103,7 +103,8 @@ class Attention(nn.Module):
             state.k[:, :, :L] = k
             state.v[:, :, :L] = v
             state.pos = L
-        return self.hook_out(self.out_proj(z))
+        out: Tensor = self.hook_out(self.out_proj(z))
+        return out
 
     def allocate_state(
         self,
@@ -139,4 +140,5 @@ class Attention(nn.Module):
         z = F.scaled_dot_product_attention(
             apply_rotary(q, cos, sin), state.k[:, :, : t + 1], state.v[:, :, : t + 1]
         )  # (B, nh, 1, hd): the new query attends to every cached key, so no mask
-        return self.out_proj(rearrange(z, "b h 1 d -> b (h d)"))
+        out: Tensor = self.out_proj(rearrange(z, "b h 1 d -> b (h d)"))
+        return out

@@ -8,7 +8,8 @@ length where the circular convolution equals the linear one on the first ``L`` o
 from __future__ import annotations
 
 import functools
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -136,8 +137,8 @@ def fftconv(u: Tensor, k: Tensor, D: Tensor | None = None) -> Tensor:
     L = u.shape[-1]
     k = k[..., :L]
     n = next_fast_len(L + k.shape[-1] - 1)  # no wrap-around reaches outputs t < L
-    out: Tensor = _FFTConv.apply(u, k, D, n)
-    return out
+    apply = cast(Callable[..., Tensor], _FFTConv.apply)  # Function.apply is untyped
+    return apply(u, k, D, n)
 
 
 def direct_conv_ref(u: Tensor, k: Tensor, D: Tensor | None = None) -> Tensor:

@@ -118,6 +118,7 @@ class H3(nn.Module):
         y = self.hook_y(y.mT).mT  # (B, D, L)
         out = linear_from_channels_first(y, self.out_proj.weight, self.out_proj.bias)
         out = self.hook_out(out)  # (B, L, D)
+        assert isinstance(out, Tensor)
         if state is not None:
             self.shift_ssm.prefill_state(k, state.shift)
             self.kv_ssm.prefill_state(kv, state.kv)
@@ -176,4 +177,5 @@ class H3(nn.Module):
             assert isinstance(self.kv_ssm, ShiftSSM)
             s = self.kv_ssm.step(kv, state.kv)
         y = q * s if self.head_dim == 1 else self._contract(q[..., None], s[..., None])[..., 0]
-        return self.out_proj(y)
+        out: Tensor = self.out_proj(y)
+        return out

@@ -60,7 +60,8 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """(…, D) → (…, D)."""
-        return self.fc_out(F.gelu(self.fc_in(x)))
+        out: Tensor = self.fc_out(F.gelu(self.fc_in(x)))
+        return out
 
 
 class Block(nn.Module):
@@ -84,7 +85,8 @@ class Block(nn.Module):
         x = self.hook_resid_mid(x + self.dropout(self.mixer(self.ln_mixer(x), state)))
         if self.mlp is not None and self.ln_mlp is not None:
             x = x + self.dropout(self.mlp(self.ln_mlp(x)))
-        return self.hook_resid_post(x)
+        out: Tensor = self.hook_resid_post(x)
+        return out
 
     def step(self, x: Tensor, state: Any) -> Tensor:
         """x: (B, D) → (B, D), one token; no hooks, no dropout."""
@@ -163,7 +165,8 @@ class LanguageModel(nn.Module):
             x = block(x, None if state is None else state.layers[i])
         if state is not None:
             state.pos = input_ids.shape[1]
-        return self.lm_head(self.ln_final(x))  # (B, L, V)
+        logits: Tensor = self.lm_head(self.ln_final(x))  # (B, L, V)
+        return logits
 
     def prefill(self, input_ids: Tensor, state: InferenceState) -> Tensor:
         """Run the prompt (B, L) in parallel and leave ``state`` where L calls of
@@ -172,7 +175,8 @@ class LanguageModel(nn.Module):
             raise ValueError("prefill needs a fresh state")
         if input_ids.shape[1] > state.max_len:
             raise ValueError("prompt longer than the state's max_len")
-        return self(input_ids, state)
+        logits: Tensor = self(input_ids, state)
+        return logits
 
     # ---------------------------------------------------------------------- recurrent
 
@@ -194,7 +198,8 @@ class LanguageModel(nn.Module):
         for block, s in zip(self.block_list, state.layers, strict=True):
             x = block.step(x, s)
         state.pos += 1
-        return self.lm_head(self.ln_final(x))
+        logits: Tensor = self.lm_head(self.ln_final(x))
+        return logits
 
     @torch.no_grad()
     def generate(

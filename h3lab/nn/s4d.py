@@ -62,7 +62,7 @@ class S4D(nn.Module):
         u = self.hook_in(u.mT).mT
         kernel = self.hook_kernel(self.ssm.kernel(L))  # (D, L)
         s = self.hook_diag(fftconv(u, kernel, self.ssm.D).mT)  # (B, L, D)
-        out = self.hook_out(self.out_proj(F.gelu(s)))  # (B, L, D)
+        out: Tensor = self.hook_out(self.out_proj(F.gelu(s)))  # (B, L, D)
         if state is not None:
             self.ssm.prefill_state(u, state.x)
         return out
@@ -84,4 +84,5 @@ class S4D(nn.Module):
     def step(self, x: Tensor, state: S4DState) -> Tensor:
         """One token. x: (B, D) → (B, D); state advances in place."""
         s = DiagonalSSM.step(self.in_proj(x), state.x, state.params)
-        return self.out_proj(F.gelu(s))
+        out: Tensor = self.out_proj(F.gelu(s))
+        return out

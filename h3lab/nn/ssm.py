@@ -10,14 +10,27 @@ recurrence would have reached, so generation need not replay the prompt token by
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 Discretization = Literal["zoh", "bilinear"]
+_Fn = TypeVar("_Fn", bound=Callable[..., Any])
+
+
+def _float32_forward(fn: _Fn) -> _Fn:
+    """``torch.amp.custom_fwd`` in float32 with autocast off (untyped in torch; keeps ``fn``'s
+    signature)."""
+    return cast(_Fn, torch.amp.custom_fwd(fn, device_type="cuda", cast_inputs=torch.float32))
+
+
+def _autocast_backward(fn: _Fn) -> _Fn:
+    """``torch.amp.custom_bwd``: the backward runs under the forward's autocast state."""
+    return cast(_Fn, torch.amp.custom_bwd(fn, device_type="cuda"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -37,8 +50,8 @@ def vandermonde_kernel(W: Tensor, log_A: Tensor, L: int) -> Tensor:
     is an exp of a multiple of ``log Ā`` (never repeated multiplication), so errors do not
     compound with ``l``. The backward (see :class:`_Vandermonde`) is two more such matmuls.
     """
-    out: Tensor = _Vandermonde.apply(W, log_A, L)
-    return out
+    apply = cast(Callable[..., Tensor], _Vandermonde.apply)  # Function.apply is untyped
+    return apply(W, log_A, L)
 
 
 class _Vandermonde(torch.autograd.Function):
@@ -53,7 +66,7 @@ class _Vandermonde(torch.autograd.Function):
     """
 
     @staticmethod
-    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)
+    @_float32_forward
     def forward(ctx: Any, W: Tensor, log_A: Tensor, L: int) -> Tensor:
         # The kernel is always computed in float32 (autocast off): powers of Ā near the unit
         # circle lose their phase in bf16, and the backward's matmuls need matching dtypes.
@@ -75,7 +88,7 @@ class _Vandermonde(torch.autograd.Function):
         return K.reshape(H, n_outer * M)[:, :L]  # (H, L)
 
     @staticmethod
-    @torch.amp.custom_bwd(device_type="cuda")
+    @_autocast_backward
     def backward(ctx: Any, G: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
         W, Z, lhs, rhs, a, b = ctx.saved_tensors
         G = G.to(rhs.dtype)
