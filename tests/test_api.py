@@ -696,7 +696,7 @@ def test_artifact_bytes_that_cannot_be_produced_answer_410_or_503(
     def unavailable(_: Any) -> Any:
         raise ArtifactUnavailable(reason, "detail for the operators")
 
-    monkeypatch.setattr("api.views.open_artifact", unavailable)
+    monkeypatch.setattr("api.views.artifacts.open_artifact", unavailable)
     response = api(lab.alice).get(reverse("api-artifact-download", args=[artifact.pk]))
     assert response.status_code == status
     assert "detail for the operators" not in error(response)["message"]
