@@ -22,8 +22,8 @@ from rest_framework.test import APIClient
 from api import actions as api_actions
 from api.models import ApiToken
 from disclosure.models import AuditEntry, Grant, ReleaseRequest
-from experiments.forms import corpus_dir
 from experiments.models import Artifact, Finding, Run, RunStatus, Tier
+from experiments.runconfig import corpus_dir
 from experiments.storage import store_file
 from tests import factories
 from tests.conftest import Cast, Lab, login

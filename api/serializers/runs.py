@@ -20,6 +20,7 @@ from experiments.models import (
     Run,
     RunStatus,
 )
+from experiments.runconfig import MAX_D_MODEL, MAX_LAYERS
 
 User = get_user_model()
 
@@ -124,14 +125,14 @@ class RunSubmitSerializer(serializers.Serializer):
     n_layer = serializers.IntegerField(
         required=False,
         min_value=1,
-        max_value=64,
+        max_value=MAX_LAYERS,
         help_text="depth, used when config has no model section (the model is then built from "
         "config.preset, as the web form does)",
     )
     d_model = serializers.IntegerField(
         required=False,
         min_value=1,
-        max_value=16384,
+        max_value=MAX_D_MODEL,
         help_text="width, used when config has no model section",
     )
 

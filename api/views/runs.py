@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 from django.urls import reverse
 from drf_spectacular.utils import extend_schema
-from rest_framework import exceptions, status, viewsets
+from rest_framework import status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -35,57 +34,10 @@ from api.views.common import (
 )
 from disclosure import policy
 from experiments import actions, presenters
-from experiments.forms import corpus_dir, project_corpora
-from experiments.models import MetricPoint, Project, Run
-from h3lab.config import ConfigError, RunConfig, TaskConfig
+from experiments.models import MetricPoint, Run
+from experiments.runconfig import build_run_config
 
 log = logging.getLogger(__name__)
-
-
-def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """``overrides`` merged into ``base`` section by section (nested dicts merge)."""
-    merged = dict(base)
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def _checked_corpus(project: Project, config: dict[str, Any]) -> dict[str, Any]:
-    """SECURITY: a text/jsonl task reads the file at ``task.path`` on the worker. Through the
-    API it may only name a file uploaded to the project (by name, or by its stored path) —
-    never an arbitrary path on the server."""
-    task = config.get("task")
-    if not isinstance(task, dict) or not task.get("path") or not isinstance(task["path"], str):
-        return config
-    folder = corpus_dir(project).resolve()
-    candidate = Path(task["path"])
-    resolved = (candidate if candidate.is_absolute() else folder / candidate).resolve()
-    if resolved.parent != folder or not resolved.is_file():
-        uploaded = ", ".join(project_corpora(project)) or "none uploaded yet"
-        raise exceptions.ValidationError(
-            {"config": {"task.path": [f"name a file uploaded to this project ({uploaded})"]}}
-        )
-    return {**config, "task": {**task, "path": str(resolved)}}
-
-
-def _with_model(config: dict[str, Any], *, n_layer: int, d_model: int) -> dict[str, Any]:
-    """A config without a ``model`` section gets the model its ``preset`` names at the given
-    depth and width (RunConfig.build, as the web form does); with one, it is used as given."""
-    if "model" in config or not isinstance(config.get("task", {}), dict):
-        return config
-    try:
-        task = TaskConfig(**config.get("task", {}))
-        built = RunConfig.build(
-            preset=str(config.get("preset", "h3")), n_layer=n_layer, d_model=d_model, task=task
-        )
-    except ConfigError:
-        raise
-    except (TypeError, ValueError):
-        return config  # RunConfig.from_dict names the bad field precisely
-    return {**config, "model": built.model.to_dict()}
 
 
 class RunViewSet(ApiViewMixin, viewsets.GenericViewSet):
@@ -129,12 +81,12 @@ class RunViewSet(ApiViewMixin, viewsets.GenericViewSet):
         project = policy.get_project_or_404(request.user, data["project"])
         if not policy.can_submit_run(request.user, project):
             raise deny()
-        config = _with_model(
-            data["config"], n_layer=data.get("n_layer", 2), d_model=data.get("d_model", 64)
+        config = build_run_config(
+            project, data["config"], n_layer=data.get("n_layer"), d_model=data.get("d_model")
         )
         run = actions.check_submit_run(
             project=project,
-            config=_checked_corpus(project, config),
+            config=config.to_dict(),
             experiment_name=data["experiment"],
             name=data["name"],
             queue=data["queue"],
@@ -218,10 +170,10 @@ class RunViewSet(ApiViewMixin, viewsets.GenericViewSet):
         """Submit a new run with the source run's config, with ``config`` overrides merged in."""
         source = self._managed_run(pk)
         data = parse_body(RerunSerializer, request)
-        config = _merge(source.config, data.get("config", {}))
+        config = build_run_config(source.project, data.get("config", {}), base=source.config)
         run = actions.check_submit_run(
             project=source.project,
-            config=_checked_corpus(source.project, config),
+            config=config.to_dict(),
             experiment_name=data.get("experiment", source.experiment.name),
             name=data.get("name", f"{source.name or f'run {source.pk}'} (again)"[:200]),
             queue=data.get("queue", source.queue),
