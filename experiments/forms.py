@@ -344,7 +344,9 @@ class ArtifactChoiceField(forms.ModelMultipleChoiceField):
 
 
 class FindingForm(forms.Form):
-    """Record a finding from a run, citing runs, artifacts and metric values as evidence."""
+    """Record a finding from a run, citing runs, artifacts and metric values as evidence
+    (the rule is :func:`experiments.actions.check_record_finding`'s; the form offers the
+    project's runs, and this run's artifacts and metric series)."""
 
     title = forms.CharField(max_length=300)
     body = forms.CharField(
@@ -361,7 +363,7 @@ class FindingForm(forms.Form):
         required=False,
         widget=forms.CheckboxSelectMultiple,
         label="Metric snapshots",
-        help_text="Freezes the latest value of each chosen series of this run.",
+        help_text="Freezes the latest value of each chosen series of every cited run.",
     )
 
     def __init__(

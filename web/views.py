@@ -12,6 +12,7 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.db.models import Count, Max, Q, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
@@ -279,15 +280,11 @@ def finding_new(request: HttpRequest, pk: int) -> HttpResponse:
         initial={"runs": [run.pk]},
     )
     if form.is_bound and form.is_valid():
-        finding = actions.do_record_finding(
-            project=run.project,
-            title=form.cleaned_data["title"],
-            body=form.cleaned_data["body"],
-            runs=form.cleaned_data["runs"],
-            artifacts=form.cleaned_data["artifacts"],
-            snapshot_metrics=[(run, name) for name in form.cleaned_data["metrics"]],
-            acting_user=request.user,
-        )
-        messages.success(request, "Finding recorded as a private team draft.")
-        return redirect(reverse("finding", args=[finding.pk]))
+        try:
+            finding = actions.check_record_finding(**form.cleaned_data, acting_user=request.user)
+        except ValidationError as exc:
+            form.add_error(None, exc)
+        else:
+            messages.success(request, "Finding recorded as a private team draft.")
+            return redirect(reverse("finding", args=[finding.pk]))
     return render(request, "experiments/finding_form.html", {"form": form, "run": run})

@@ -80,7 +80,7 @@ class FindingFilterSerializer(serializers.Serializer):
 
 class FindingCreateSerializer(serializers.Serializer):
     """Record a finding from runs of one project you are a member of, citing artifacts of
-    that project and freezing the latest value of named metric series of each cited run."""
+    those runs and freezing the latest value of named metric series of each cited run."""
 
     title = serializers.CharField(max_length=300)
     body = serializers.CharField(help_text="Markdown")
@@ -102,15 +102,6 @@ class FindingCreateSerializer(serializers.Serializer):
             # SECURITY: invisible and missing ids give the same "does not exist" error.
             self.fields["runs"].child_relation.queryset = policy.visible_runs(user)
             self.fields["artifacts"].child_relation.queryset = policy.visible_artifacts(user)
-
-    def validate(self, data: dict[str, Any]) -> dict[str, Any]:
-        projects = {run.project_id for run in data["runs"]}
-        if len(projects) != 1:
-            raise serializers.ValidationError({"runs": "cite runs of one project"})
-        project_id = projects.pop()
-        if any(a.project_id != project_id for a in data.get("artifacts", [])):
-            raise serializers.ValidationError({"artifacts": "cite artifacts of the runs' project"})
-        return data
 
 
 class FindingEditSerializer(serializers.Serializer):

@@ -123,15 +123,7 @@ class FindingViewSet(ApiViewMixin, viewsets.GenericViewSet):
         runs: list[Run] = data["runs"]
         if not all(policy.can_manage_run(request.user, run) for run in runs):
             raise deny()
-        finding = actions.do_record_finding(
-            project=runs[0].project,
-            title=data["title"],
-            body=data["body"],
-            runs=runs,
-            artifacts=data.get("artifacts", []),
-            snapshot_metrics=[(run, name) for run in runs for name in data.get("metrics", [])],
-            acting_user=request.user,
-        )
+        finding = actions.check_record_finding(**data, acting_user=request.user)
         finding = _findings_with_evidence(Finding.objects.filter(pk=finding.pk)).get()
         location = reverse("api-finding-detail", args=[finding.pk])
         body = FindingSerializer(finding).data
