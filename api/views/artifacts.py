@@ -7,7 +7,6 @@ from typing import Any
 
 from django.db.models import QuerySet
 from django.http import StreamingHttpResponse
-from django.utils.http import content_disposition_header
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import viewsets
@@ -29,6 +28,7 @@ from api.views.common import (
 )
 from disclosure import policy
 from experiments import actions
+from experiments.downloads import stream_artifact
 from experiments.models import Artifact
 from experiments.storage import ArtifactUnavailable, open_artifact
 
@@ -79,10 +79,4 @@ class ArtifactViewSet(ApiViewMixin, viewsets.ReadOnlyModelViewSet):
         except ArtifactUnavailable as exc:
             raise unavailable(f"artifact {artifact.pk}", exc) from None
         actions.record_artifact_download(artifact, acting_user=request.user)
-        response = StreamingHttpResponse(chunks, content_type="application/octet-stream")
-        response["Content-Length"] = str(artifact.size)
-        response["Content-Disposition"] = content_disposition_header(True, artifact.name) or ""
-        response["X-Checksum-SHA256"] = artifact.sha256
-        response["X-Content-Type-Options"] = "nosniff"
-        response["Content-Security-Policy"] = "sandbox; default-src 'none'"
-        return response
+        return stream_artifact(artifact, chunks)

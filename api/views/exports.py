@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 from django.http import StreamingHttpResponse
-from django.utils.http import content_disposition_header
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import exceptions, status, viewsets
@@ -26,6 +25,7 @@ from api.views.common import (
 )
 from disclosure import audit, exports, policy
 from disclosure.models import Export
+from experiments.downloads import stream_file
 from experiments.storage import ArtifactUnavailable
 
 log = logging.getLogger(__name__)
@@ -94,9 +94,10 @@ class ExportViewSet(ApiViewMixin, viewsets.GenericViewSet):
         except ArtifactUnavailable as exc:
             raise unavailable(f"export {export.pk}", exc) from None
         exports.record_download(export, request.user, audit.client_ip(request))
-        response = StreamingHttpResponse(chunks, content_type="application/gzip")
-        response["Content-Length"] = str(export.size)
-        response["Content-Disposition"] = content_disposition_header(True, export.filename) or ""
-        response["X-Checksum-SHA256"] = export.sha256
-        response["X-Content-Type-Options"] = "nosniff"
-        return response
+        return stream_file(
+            chunks,
+            filename=export.filename,
+            content_type="application/gzip",
+            size=export.size,
+            sha256=export.sha256,
+        )
