@@ -4,7 +4,6 @@ from :mod:`disclosure.policy`; every refusal of an object is a 404."""
 
 from __future__ import annotations
 
-import json
 import logging
 
 from django.contrib import messages
@@ -16,6 +15,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from disclosure import audit, exports, forms, policy
 from disclosure.models import ExportKind, SigningKey
+from experiments.downloads import stream_file
 from experiments.storage import ArtifactUnavailable
 
 log = logging.getLogger(__name__)
@@ -161,9 +161,10 @@ def export_download(request: HttpRequest, pk: int) -> HttpResponse | StreamingHt
         log.error("export %s unavailable: %s", export.pk, exc)
         return render(request, "disclosure/export_unavailable.html", {"export": export}, status=503)
     exports.record_download(export, request.user, audit.client_ip(request))
-    response = StreamingHttpResponse(chunks, content_type="application/gzip")
-    response["Content-Length"] = str(export.size)
-    response["Content-Disposition"] = f'attachment; filename="{export.filename}"'
-    response["X-Content-Type-Options"] = "nosniff"
-    response["Digest"] = "sha-256=" + json.dumps(export.sha256)[1:-1]
-    return response
+    return stream_file(
+        chunks,
+        filename=export.filename,
+        content_type="application/gzip",
+        size=export.size,
+        sha256=export.sha256,
+    )

@@ -22,6 +22,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import Group
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
@@ -343,6 +344,41 @@ def record_artifact_download(artifact: Artifact, acting_user: Any) -> None:
 # --- findings --------------------------------------------------------------------------------
 
 
+def check_record_finding(
+    *,
+    title: str,
+    body: str,
+    runs: Iterable[Run],
+    artifacts: Iterable[Artifact] = (),
+    metrics: Iterable[str] = (),
+    acting_user: Any,
+) -> Finding:
+    """Check the evidence, then record the finding in the runs' project. The one rule of the
+    web form and the API: at least one run, all of one project; each artifact one that a cited
+    run produced; each named metric series frozen for every cited run that recorded it.
+
+    Raises ``ValidationError`` keyed by ``runs`` or ``artifacts``. Whether the user may cite
+    these runs is the caller's question to :mod:`disclosure.policy`."""
+    runs = list(dict.fromkeys(runs))
+    artifacts = list(dict.fromkeys(artifacts))
+    if not runs:
+        raise ValidationError({"runs": "Cite at least one run."})
+    if len({run.project_id for run in runs}) != 1:
+        raise ValidationError({"runs": "Cite runs of one project."})
+    cited = {run.pk for run in runs}
+    if any(artifact.run_id not in cited for artifact in artifacts):
+        raise ValidationError({"artifacts": "Cite artifacts of the cited runs."})
+    return do_record_finding(
+        project=runs[0].project,
+        title=title,
+        body=body,
+        runs=runs,
+        artifacts=artifacts,
+        snapshot_metrics=[(run, name) for run in runs for name in dict.fromkeys(metrics)],
+        acting_user=acting_user,
+    )
+
+
 def do_record_finding(
     *,
     project: Project,
@@ -398,6 +434,7 @@ def _is_user(user: Any) -> bool:
 
 __all__ = [
     "Claim",
+    "check_record_finding",
     "check_submit_run",
     "claim_run",
     "complete_run",

@@ -1,8 +1,9 @@
 """Forms of the experiments web UI: they parse and validate input; views act on it.
 
-The run form is a thin layer over :class:`h3lab.config.RunConfig`: it converts the fields a
-researcher edits into a config, and maps the config's own validation errors (dotted keys such as
-``train.steps``) back onto the fields that caused them, so every bad input is a field error.
+The run form is a thin layer over :func:`experiments.runconfig.build_run_config` (which the API
+calls too): it turns the fields a researcher edits into config overrides, and maps the config's
+validation errors (dotted keys such as ``train.steps``) back onto the fields that caused them, so
+every bad input is a field error.
 """
 
 from __future__ import annotations
@@ -13,13 +14,20 @@ from pathlib import Path
 from typing import Any, cast
 
 from django import forms
-from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 from django.db.models import QuerySet
 from django.utils.text import slugify
 
 from experiments.models import Artifact, Project, Queue, Run, RunStatus
-from h3lab.config import ConfigError, RunConfig, TaskConfig, TrainConfig
+from experiments.runconfig import (
+    MAX_D_MODEL,
+    MAX_LAYERS,
+    MAX_VOCAB,
+    build_run_config,
+    corpus_dir,
+    project_corpora,
+)
+from h3lab.config import ConfigError
 
 PRESET_CHOICES = [
     ("h3", "H3"),
@@ -63,20 +71,6 @@ CONFIG_FIELD = {
 }
 
 
-def corpus_dir(project: Project) -> Path:
-    """Where a project's uploaded text corpora live (one flat folder per project)."""
-    return Path(settings.MEDIA_ROOT) / "corpora" / project.slug
-
-
-def project_corpora(project: Project) -> list[str]:
-    """File names of the project's uploaded corpora, newest first."""
-    folder = corpus_dir(project)
-    if not folder.is_dir():
-        return []
-    files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
-    return [p.name for p in sorted(files, key=lambda p: p.stat().st_mtime, reverse=True)]
-
-
 def _check_utf8(upload: UploadedFile) -> int:
     """Size of a non-empty UTF-8 upload; raises ValidationError otherwise. Decodes in chunks
     so a large corpus is never held in memory at once."""
@@ -99,6 +93,11 @@ def _check_utf8(upload: UploadedFile) -> int:
     return size
 
 
+def _bounded(low: int, high: int | None) -> forms.NumberInput:
+    attrs = {"min": low} if high is None else {"min": low, "max": high}
+    return forms.NumberInput(attrs=attrs)
+
+
 class RunForm(forms.Form):
     """Submit a training job. ``base`` is the config of the run being repeated: fields the
     form does not show (state size, eval cadence, dataset sizes …) are kept from it."""
@@ -113,17 +112,25 @@ class RunForm(forms.Form):
         required=False, label="Upload a text file", help_text="UTF-8 text; bytes are the tokens."
     )
     corpus = forms.ChoiceField(required=False, label="…or use an uploaded file")
+    # The bounds are build_run_config's (the API's too); the widgets only show them, so that an
+    # out-of-range value gets the same message here as through the API.
     vocab_size = forms.IntegerField(
-        initial=20, min_value=1, max_value=1_000_000, help_text="Ignored for text (bytes: 256)."
+        initial=20,
+        widget=_bounded(1, MAX_VOCAB),
+        help_text="Ignored for text (bytes: 256).",
     )
     seq_len = forms.IntegerField(initial=30, label="Sequence length")
-    d_model = forms.IntegerField(initial=64, max_value=16384, label="Width (d_model)")
-    n_layer = forms.IntegerField(initial=2, label="Depth (layers)")
+    d_model = forms.IntegerField(
+        initial=64, widget=_bounded(1, MAX_D_MODEL), label="Width (d_model)"
+    )
+    n_layer = forms.IntegerField(initial=2, widget=_bounded(1, MAX_LAYERS), label="Depth (layers)")
     steps = forms.IntegerField(initial=1000)
     lr = forms.FloatField(initial=5e-4, label="Learning rate")
     batch_size = forms.IntegerField(initial=32)
     seed = forms.IntegerField(
-        initial=0, min_value=0, help_text="Seeds the initialisation, batches and synthetic data."
+        initial=0,
+        widget=_bounded(0, None),
+        help_text="Seeds the initialisation, batches and synthetic data.",
     )
     queue = forms.ChoiceField(choices=Queue.choices, initial=Queue.CPU)
 
@@ -202,7 +209,15 @@ class RunForm(forms.Form):
         data = self.cleaned_data
         upload = data.get("corpus_upload")
         target = self._upload_target(upload) if upload else None
-        cfg = self._build(data, path=str(target) if target else self._chosen_path(data))
+        path = str(target) if target else self._chosen_path(data)
+        cfg = build_run_config(
+            self.project,
+            self._overrides(data, path=path),
+            base=self.base,
+            n_layer=data["n_layer"],
+            d_model=data["d_model"],
+            pending_corpus=target,
+        )
         if upload and target:
             target.parent.mkdir(parents=True, exist_ok=True)
             with target.open("wb") as out:
@@ -210,41 +225,25 @@ class RunForm(forms.Form):
                     out.write(chunk)
         return cfg.to_dict()
 
-    def _build(self, data: dict[str, Any], *, path: str) -> RunConfig:
-        base_task, base_train = self.base.get("task", {}), self.base.get("train", {})
-        model_kw = {
-            k: v
-            for k, v in self.base.get("model", {}).items()
-            if k not in ("vocab_size", "d_model", "mixers")
-        }
-        is_file_task = data["task"] in FILE_TASKS
-        task = TaskConfig(
-            **{
-                **base_task,
+    @staticmethod
+    def _overrides(data: dict[str, Any], *, path: str) -> dict[str, Any]:
+        """What the form's fields say, as config sections; the rest comes from ``base``."""
+        return {
+            "preset": data["preset"],
+            "task": {
                 "name": data["task"],
                 "vocab_size": 256 if data["task"] == "text" else data["vocab_size"],
                 "seq_len": data["seq_len"],
-                "path": path if is_file_task else "",
+                "path": path if data["task"] in FILE_TASKS else "",
                 "seed": data["seed"],
-            }
-        )
-        train = TrainConfig(
-            **{
-                **base_train,
+            },
+            "train": {
                 "steps": data["steps"],
                 "lr": data["lr"],
                 "batch_size": data["batch_size"],
                 "seed": data["seed"],
-            }
-        )
-        return RunConfig.build(
-            preset=data["preset"],
-            n_layer=data["n_layer"],
-            d_model=data["d_model"],
-            task=task,
-            train=train,
-            **model_kw,
-        )
+            },
+        }
 
     def _chosen_path(self, data: dict[str, Any]) -> str:
         if data.get("corpus"):
@@ -275,7 +274,8 @@ class RunForm(forms.Form):
         if key == "model.n_head":
             message = f"must be divisible by the number of attention heads ({message})"
         if field and field in self.fields:
-            self.add_error(field, message)
+            if message not in self.errors.get(field, []):  # seed: task.seed and train.seed
+                self.add_error(field, message)
         else:
             self.add_error(None, f"{key}: {message}")
 
@@ -344,7 +344,9 @@ class ArtifactChoiceField(forms.ModelMultipleChoiceField):
 
 
 class FindingForm(forms.Form):
-    """Record a finding from a run, citing runs, artifacts and metric values as evidence."""
+    """Record a finding from a run, citing runs, artifacts and metric values as evidence
+    (the rule is :func:`experiments.actions.check_record_finding`'s; the form offers the
+    project's runs, and this run's artifacts and metric series)."""
 
     title = forms.CharField(max_length=300)
     body = forms.CharField(
@@ -361,7 +363,7 @@ class FindingForm(forms.Form):
         required=False,
         widget=forms.CheckboxSelectMultiple,
         label="Metric snapshots",
-        help_text="Freezes the latest value of each chosen series of this run.",
+        help_text="Freezes the latest value of each chosen series of every cited run.",
     )
 
     def __init__(

@@ -22,8 +22,8 @@ from rest_framework.test import APIClient
 from api import actions as api_actions
 from api.models import ApiToken
 from disclosure.models import AuditEntry, Grant, ReleaseRequest
-from experiments.forms import corpus_dir
 from experiments.models import Artifact, Finding, Run, RunStatus, Tier
+from experiments.runconfig import corpus_dir
 from experiments.storage import store_file
 from tests import factories
 from tests.conftest import Cast, Lab, login
@@ -696,7 +696,7 @@ def test_artifact_bytes_that_cannot_be_produced_answer_410_or_503(
     def unavailable(_: Any) -> Any:
         raise ArtifactUnavailable(reason, "detail for the operators")
 
-    monkeypatch.setattr("api.views.open_artifact", unavailable)
+    monkeypatch.setattr("api.views.artifacts.open_artifact", unavailable)
     response = api(lab.alice).get(reverse("api-artifact-download", args=[artifact.pk]))
     assert response.status_code == status
     assert "detail for the operators" not in error(response)["message"]

@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
-from experiments.forms import RunFilterForm, RunForm, corpus_dir, project_corpora
+from experiments.forms import RunFilterForm, RunForm
 from experiments.models import Project, Run, RunStatus
+from experiments.runconfig import corpus_dir, project_corpora
 from h3lab.config import ConfigError, RunConfig
 from tests import factories
 from tests.conftest import Lab

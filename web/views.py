@@ -12,17 +12,18 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.db.models import Count, Max, Q, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
-from django.utils.http import content_disposition_header
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from disclosure import policy
 from experiments import actions, presenters
+from experiments.downloads import INLINE_TYPES, stream_artifact
 from experiments.forms import TASK_DEFAULTS, CompareForm, FindingForm, RunFilterForm, RunForm
 from experiments.models import ACTIVE_STATUSES, MetricPoint, Project, Run
 from experiments.storage import ArtifactUnavailable, open_artifact
@@ -30,7 +31,6 @@ from h3lab.config import ConfigError
 
 log = logging.getLogger(__name__)
 RUNS_PER_PAGE = 50
-INLINE_TYPES = ("image/png", "image/svg+xml")
 
 
 def _managed_run_or_404(request: HttpRequest, pk: int) -> Run:
@@ -213,16 +213,7 @@ def artifact_download(request: HttpRequest, pk: int) -> StreamingHttpResponse:
     except ArtifactUnavailable as exc:
         return _unavailable(request, artifact, exc)  # type: ignore[return-value]
     actions.record_artifact_download(artifact, acting_user=request.user)
-    inline = request.GET.get("inline") == "1" and artifact.content_type in INLINE_TYPES
-    response = StreamingHttpResponse(chunks, content_type=artifact.content_type)
-    response["Content-Length"] = str(artifact.size)
-    response["Content-Disposition"] = _disposition(artifact.name, inline)
-    response["X-Content-Type-Options"] = "nosniff"
-    # SECURITY: artifacts are produced by training code and may be crafted; an SVG opened
-    # directly would run its scripts on our origin. The sandbox CSP gives every artifact
-    # response an opaque origin with no script, so inline SVG plots are only ever pictures.
-    response["Content-Security-Policy"] = "sandbox; default-src 'none'; style-src 'unsafe-inline'"
-    return response
+    return stream_artifact(artifact, chunks, inline=request.GET.get("inline") == "1")
 
 
 def _unavailable(request: HttpRequest, artifact: Any, exc: ArtifactUnavailable) -> HttpResponse:
@@ -233,10 +224,6 @@ def _unavailable(request: HttpRequest, artifact: Any, exc: ArtifactUnavailable) 
     status = 410 if exc.reason == "destroyed" else 503
     context = {"artifact": artifact, "reason": exc.reason}
     return render(request, "experiments/artifact_unavailable.html", context, status=status)
-
-
-def _disposition(name: str, inline: bool) -> str:
-    return content_disposition_header(not inline, name) or "attachment"
 
 
 @login_required
@@ -279,15 +266,11 @@ def finding_new(request: HttpRequest, pk: int) -> HttpResponse:
         initial={"runs": [run.pk]},
     )
     if form.is_bound and form.is_valid():
-        finding = actions.do_record_finding(
-            project=run.project,
-            title=form.cleaned_data["title"],
-            body=form.cleaned_data["body"],
-            runs=form.cleaned_data["runs"],
-            artifacts=form.cleaned_data["artifacts"],
-            snapshot_metrics=[(run, name) for name in form.cleaned_data["metrics"]],
-            acting_user=request.user,
-        )
-        messages.success(request, "Finding recorded as a private team draft.")
-        return redirect(reverse("finding", args=[finding.pk]))
+        try:
+            finding = actions.check_record_finding(**form.cleaned_data, acting_user=request.user)
+        except ValidationError as exc:
+            form.add_error(None, exc)
+        else:
+            messages.success(request, "Finding recorded as a private team draft.")
+            return redirect(reverse("finding", args=[finding.pk]))
     return render(request, "experiments/finding_form.html", {"form": form, "run": run})

@@ -1,0 +1,186 @@
+"""Findings, their evidence and their review (assessments, release requests, votes)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.core.validators import URLValidator
+from rest_framework import serializers
+
+from api.serializers.common import (
+    FiniteFloatField,
+    user_field,
+)
+from disclosure import policy
+from disclosure.models import (
+    AlignmentValue,
+    Assessment,
+    CapabilityUplift,
+    ReleaseRequest,
+    Vote,
+)
+from experiments.models import (
+    Artifact,
+    Finding,
+    FindingStatus,
+    MetricSnapshot,
+    Run,
+    Tier,
+)
+
+User = get_user_model()
+
+
+class SnapshotSerializer(serializers.ModelSerializer):
+    value = FiniteFloatField()
+
+    class Meta:
+        model = MetricSnapshot
+        fields = ["run", "name", "step", "value"]
+
+
+class FindingSerializer(serializers.ModelSerializer):
+    project = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    tier_label = serializers.CharField(source="get_tier_display", read_only=True)
+    created_by = user_field("created_by")
+    runs = serializers.PrimaryKeyRelatedField(many=True, read_only=True)
+    artifacts = serializers.PrimaryKeyRelatedField(many=True, read_only=True)
+    snapshots = SnapshotSerializer(many=True, read_only=True)
+
+    class Meta:
+        model = Finding
+        fields = [
+            "id",
+            "public_id",
+            "project",
+            "title",
+            "body",
+            "tier",
+            "tier_label",
+            "status",
+            "created_by",
+            "created_at",
+            "updated_at",
+            "retracted_at",
+            "retraction_reason",
+            "runs",
+            "artifacts",
+            "snapshots",
+        ]
+        read_only_fields = fields
+
+
+class FindingFilterSerializer(serializers.Serializer):
+    project = serializers.SlugField(required=False)
+    tier = serializers.ChoiceField(choices=Tier.choices, required=False)
+    status = serializers.ChoiceField(choices=FindingStatus.choices, required=False)
+    q = serializers.CharField(required=False, max_length=100, help_text="words in the title")
+
+
+class FindingCreateSerializer(serializers.Serializer):
+    """Record a finding from runs of one project you are a member of, citing artifacts of
+    those runs and freezing the latest value of named metric series of each cited run."""
+
+    title = serializers.CharField(max_length=300)
+    body = serializers.CharField(help_text="Markdown")
+    runs = serializers.PrimaryKeyRelatedField(
+        many=True, queryset=Run.objects.none(), allow_empty=False
+    )
+    artifacts = serializers.PrimaryKeyRelatedField(
+        many=True, queryset=Artifact.objects.none(), required=False
+    )
+    metrics = serializers.ListField(
+        child=serializers.CharField(max_length=64), required=False, max_length=50
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        request = self.context.get("request")
+        if request is not None:
+            user = request.user
+            # SECURITY: invisible and missing ids give the same "does not exist" error.
+            self.fields["runs"].child_relation.queryset = policy.visible_runs(user)
+            self.fields["artifacts"].child_relation.queryset = policy.visible_artifacts(user)
+
+
+class FindingEditSerializer(serializers.Serializer):
+    title = serializers.CharField(max_length=300, required=False)
+    body = serializers.CharField(required=False)
+
+
+class RationaleSerializer(serializers.Serializer):
+    rationale = serializers.CharField(required=False, allow_blank=True, default="")
+
+
+class VoteSerializer(serializers.ModelSerializer):
+    reviewer = user_field("reviewer")
+
+    class Meta:
+        model = Vote
+        fields = ["id", "reviewer", "kind", "rationale", "created_at", "resolved_at", "resolution"]
+
+
+class ReleaseRequestSerializer(serializers.ModelSerializer):
+    requested_by = user_field("requested_by")
+    votes = VoteSerializer(many=True, read_only=True)
+    gate = serializers.SerializerMethodField(
+        help_text="why a pending request cannot be promoted now (empty: every gate passes)"
+    )
+
+    class Meta:
+        model = ReleaseRequest
+        fields = [
+            "id",
+            "finding",
+            "from_tier",
+            "target_tier",
+            "state",
+            "requested_by",
+            "requested_at",
+            "rationale",
+            "embargo_until",
+            "hold_reason",
+            "votes",
+            "gate",
+        ]
+
+    def get_gate(self, request: ReleaseRequest) -> list[str]:
+        from disclosure.gates import gate_reasons
+
+        pending = request.state in ("open", "scheduled")
+        return gate_reasons(request) if pending else []
+
+
+class AssessmentSerializer(serializers.ModelSerializer):
+    reviewer = user_field("reviewer")
+
+    class Meta:
+        model = Assessment
+        fields = [
+            "id",
+            "finding",
+            "reviewer",
+            "capability_uplift",
+            "alignment_value",
+            "categories",
+            "rationale",
+            "evidence_links",
+            "created_at",
+            "updated_at",
+        ]
+
+
+class AssessmentCreateSerializer(serializers.Serializer):
+    capability_uplift = serializers.ChoiceField(choices=CapabilityUplift.choices)
+    alignment_value = serializers.ChoiceField(choices=AlignmentValue.choices)
+    rationale = serializers.CharField()
+    categories = serializers.ListField(
+        child=serializers.CharField(max_length=64), required=False, max_length=20
+    )
+    # SECURITY: http(s) only, so a link rendered in a page cannot be javascript:.
+    evidence_links = serializers.ListField(
+        child=serializers.URLField(validators=[URLValidator(schemes=["http", "https"])]),
+        required=False,
+        max_length=20,
+    )
