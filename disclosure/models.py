@@ -357,6 +357,15 @@ class ReleaseRequest(models.Model):
     )
     last_checked_at = models.DateTimeField(null=True, blank=True)
     hold_reason = models.TextField(blank=True)
+    # A revision request keeps the finding at its tier (from_tier == target_tier) and, once
+    # every gate of that tier passes, makes the revision what readers see.
+    revision = models.OneToOneField(
+        "experiments.FindingRevision",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="request",
+    )
 
     objects = ReleaseRequestQuerySet.as_manager()
 
@@ -371,7 +380,9 @@ class ReleaseRequest(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.finding} → {Tier(self.target_tier).label}"
+        if self.revision_id is not None:
+            return f"revision of finding #{self.finding_id} at {Tier(self.target_tier).label}"
+        return f"finding #{self.finding_id} → {Tier(self.target_tier).label}"
 
 
 class VoteKind(models.TextChoices):
