@@ -38,6 +38,7 @@ from disclosure.models import (
     Vote,
 )
 from disclosure.pagination import CappedPaginator
+from disclosure.revisions import revisions_context
 from experiments.markdown import render_markdown
 from experiments.models import Finding, Tier
 
@@ -112,6 +113,7 @@ def finding_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "review": _review_context(request.user, finding),
             "decisions": finding.decisions.select_related("decided_by", "policy"),
             "can": _abilities(request.user, finding),
+            "revisions": revisions_context(request.user, finding),
         },
     )
 

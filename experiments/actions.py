@@ -414,7 +414,9 @@ def _next_revision(finding: Finding, content: dict[str, Any], **fields: Any) -> 
     _first_revision(finding)
     last = FindingRevision.objects.filter(finding=finding).order_by("-number").first()
     number = (last.number if last else 0) + 1
-    return FindingRevision.objects.create(finding=finding, number=number, **content, **fields)
+    return FindingRevision.objects.create(
+        finding=finding, number=number, tier=finding.tier, **content, **fields
+    )
 
 
 def do_edit_finding(

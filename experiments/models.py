@@ -321,6 +321,8 @@ class FindingRevision(models.Model):
     state = models.CharField(
         max_length=16, choices=RevisionState.choices, default=RevisionState.PENDING
     )
+    # The finding's tier when the revision was proposed (and approved): who may read it.
+    tier = models.IntegerField(choices=Tier.choices, default=Tier.TEAM)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
     )

@@ -8,16 +8,17 @@ from datetime import timedelta
 import pytest
 from django.core.exceptions import ValidationError
 from django.test import Client
+from django.urls import reverse
 from django.utils import timezone
 
 from disclosure.actions.release import check_schedule_release, do_release_due
 from disclosure.actions.retraction import do_retract_finding
+from disclosure.actions.review import do_vote
 from disclosure.actions.revisions import (
     check_propose_revision,
     do_withdraw_pending_revision,
     pending_revision,
 )
-from disclosure.actions.review import do_vote
 from disclosure.gates import gate_reasons
 from disclosure.models import ReleaseDecision, RequestState
 from experiments.actions import do_edit_finding
@@ -142,3 +143,50 @@ def test_retraction_withdraws_a_pending_revision(cast: Cast) -> None:
     do_retract_finding(finding, reason="wrong", acting_user=cast.lab.alice)
     revision.refresh_from_db()
     assert revision.state == RevisionState.WITHDRAWN
+
+
+def test_the_web_edit_of_a_partners_finding_opens_a_revision_and_reviewers_see_the_diff(
+    cast: Cast,
+) -> None:
+    finding = promote(
+        cast, factories.make_finding(cast.lab.project, body="line one\nOLD LINE"), to=Tier.PARTNERS
+    )
+    alice = login(cast.lab.alice)
+    response = alice.post(
+        reverse("finding-edit", args=[finding.pk]),
+        {"title": finding.title, "body": "line one\nNEW LINE", "note": "clearer"},
+    )
+    assert response.status_code == 302
+    finding.refresh_from_db()
+    assert finding.body == "line one\nOLD LINE"
+    review_page = login(cast.rita).get(finding.get_absolute_url()).content.decode()
+    assert 'class="diff-insert">+ NEW LINE' in review_page
+    assert 'class="diff-delete">- OLD LINE' in review_page
+    partner_page = login(cast.carol).get(finding.get_absolute_url()).content.decode()
+    assert "NEW LINE" not in partner_page and "pending review" not in partner_page
+
+
+def test_a_web_edit_with_no_title_is_a_form_error_and_changes_nothing(cast: Cast) -> None:
+    finding = factories.make_finding(cast.lab.project, title="Kept", body="kept")
+    response = login(cast.lab.alice).post(
+        reverse("finding-edit", args=[finding.pk]), {"title": "", "body": "lost?"}
+    )
+    assert response.status_code == 200
+    assert "This field is required" in response.content.decode()
+    finding.refresh_from_db()
+    assert (finding.title, finding.body) == ("Kept", "kept")
+
+
+def test_readers_see_only_revisions_from_their_tier_on(cast: Cast) -> None:
+    finding = factories.make_finding(cast.lab.project, body="TEAM-DRAFT-1")
+    do_edit_finding(finding, title=finding.title, body="TEAM-DRAFT-2", acting_user=cast.lab.alice)
+    finding = promote(cast, finding, to=Tier.PARTNERS)
+    check_propose_revision(finding, title=finding.title, body="P1", acting_user=cast.lab.alice)
+    finding.refresh_from_db()
+    from disclosure import policy
+
+    numbers = [r.number for r in policy.visible_revisions(cast.carol, finding)]
+    team = [r.number for r in policy.visible_revisions(cast.lab.alice, finding)]
+    assert team == [1, 2, 3]
+    # carol (partners) sees the revision current when it reached partners, not the drafts
+    assert numbers == [2]

@@ -140,7 +140,7 @@ def do_promote(
                 request.revision, acting_user=acting_user
             )
         else:
-            moved = at_tier.update(tier=request.target_tier, status=status, updated_at=now)
+            moved = bool(at_tier.update(tier=request.target_tier, status=status, updated_at=now))
         if not moved:
             _hold(request, ["the finding changed while being released"], now)
             return None
