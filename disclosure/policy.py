@@ -21,6 +21,7 @@ tombstone page is shown to whoever could read them before.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from functools import cache
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -441,3 +442,16 @@ def visible_revisions(user: Any, finding: Finding) -> list[Any]:
     approved = [r for r in rows if r.state == RevisionState.APPROVED]
     before = [r for r in approved if r.tier < finding.tier]
     return before[-1:] + [r for r in approved if r.tier >= finding.tier]
+
+
+# --- names of findings ------------------------------------------------------------------------
+
+
+def readable_finding_ids(user: Any, ids: Iterable[int | None]) -> set[int]:
+    """Which of ``ids`` ``user`` may read now (one query). Every place that names a finding
+    outside its own page (audit, inbox, grants, exports, partner copies) asks this at read
+    time, so a revoked grant or a retraction hides the name on the next request."""
+    wanted = {i for i in ids if i is not None}
+    if not wanted:
+        return set()
+    return set(visible_findings(user).filter(pk__in=wanted).values_list("pk", flat=True))

@@ -63,8 +63,9 @@ def do_request_release(
             notify(
                 reviewers() + release_managers(),
                 NotificationKind.REVIEW_REQUESTED,
-                f"Review requested: {finding.title} → {Tier(request.target_tier).label}",
+                f"Review requested: {{finding}} → {Tier(request.target_tier).label}",
                 url=finding.get_absolute_url(),
+                finding=finding,
             )
     return request
 
@@ -189,11 +190,12 @@ def do_promote(
             + (reviewers() if request.target_tier > 1 else []),
             NotificationKind.DECISION,
             (
-                f"Revision {request.revision.number} of {finding.title} is approved"
+                f"Revision {request.revision.number} of {{finding}} is approved"
                 if request.revision
-                else f"{finding.title} is now at the {Tier(request.target_tier).label} tier"
+                else f"{{finding}} is now at the {Tier(request.target_tier).label} tier"
             ),
             url=finding.get_absolute_url(),
+            finding=finding,
         )
     return decision
 
@@ -212,9 +214,10 @@ def _hold(request: ReleaseRequest, reasons: list[str], now: datetime) -> None:
             notify(
                 release_managers() + team_of(finding),
                 NotificationKind.RELEASE_HELD,
-                f"Release of {finding.title} held back",
+                "Release of {finding} held back",
                 body=reason,
                 url=finding.get_absolute_url(),
+                finding=finding,
             )
 
 

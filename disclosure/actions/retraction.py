@@ -89,6 +89,7 @@ def do_retract_finding(
             f"Finding #{finding.pk} was retracted",
             body=reason,
             url=finding.get_absolute_url(),
+            finding=finding,
         )
     return True
 

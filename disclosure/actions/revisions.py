@@ -108,6 +108,7 @@ def do_propose_revision(
             NotificationKind.REVIEW_REQUESTED,
             f"Revision {revision.number} of finding #{finding.pk} needs review",
             url=finding.get_absolute_url(),
+            finding=finding,
         )
     if not gate_reasons(request):  # a tier whose policy needs no approval (review)
         do_promote(request, acting_user=acting_user)
