@@ -38,9 +38,10 @@ from disclosure.models import (
     Vote,
 )
 from disclosure.pagination import CappedPaginator
+from disclosure.presenters import evidence_context
 from disclosure.revisions import revisions_context
 from experiments.markdown import render_markdown
-from experiments.models import Finding, Tier
+from experiments.models import Finding, FindingStatus, Tier
 
 View = Callable[..., HttpResponse]
 
@@ -114,6 +115,7 @@ def finding_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "decisions": finding.decisions.select_related("decided_by", "policy"),
             "can": _abilities(request.user, finding),
             "revisions": revisions_context(request.user, finding),
+            "evidence": evidence_context(request.user, finding),
         },
     )
 
@@ -261,7 +263,24 @@ def review_queue(request: HttpRequest) -> HttpResponse:
         .prefetch_related(Prefetch("votes", queryset=Vote.objects.select_related("reviewer")))
         .order_by("requested_at")
     )
-    return render(request, "disclosure/review_queue.html", {"requests": pending})
+    # Findings the board has not assessed yet (the reviewer's own team's work excluded: they
+    # cannot review it). Two queries with the pending requests above.
+    unassessed = (
+        visible.filter(tier__gte=Tier.REVIEW, assessments__isnull=True)
+        .exclude(status=FindingStatus.RETRACTED)
+        .exclude(project__in=policy.member_projects(request.user).values("pk"))
+        .select_related("project")
+        .order_by("updated_at")[:100]
+    )
+    return render(
+        request,
+        "disclosure/review_queue.html",
+        {
+            "requests": pending,
+            "unassessed": unassessed,
+            "can_assess": policy.is_reviewer(request.user),
+        },
+    )
 
 
 # --- grants ------------------------------------------------------------------------------------

@@ -59,7 +59,15 @@ def do_request_release(
             new={"from": Tier(request.from_tier).label, "to": Tier(request.target_tier).label},
             finding_id=finding.pk,
         )
-        if request.target_tier > Tier.REVIEW:
+        if request.target_tier == Tier.REVIEW:
+            notify(
+                reviewers(),
+                NotificationKind.REVIEW_REQUESTED,
+                "{finding} needs a dual-use assessment",
+                url=finding.get_absolute_url(),
+                finding=finding,
+            )
+        else:
             notify(
                 reviewers() + release_managers(),
                 NotificationKind.REVIEW_REQUESTED,
