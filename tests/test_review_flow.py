@@ -46,7 +46,9 @@ def test_readers_see_the_cited_evidence_with_frozen_metrics_and_plots(
     finding = factories.make_finding(cast.lab.project, title="Cited")
     finding.runs.add(run)
     finding.artifacts.add(plot)
-    MetricSnapshot.objects.create(finding=finding, run=run, name="test_accuracy", step=40, value=0.97)
+    MetricSnapshot.objects.create(
+        finding=finding, run=run, name="test_accuracy", step=40, value=0.97
+    )
     finding = promote(cast, finding, to=Tier.PARTNERS)
     page = login(cast.carol).get(finding.get_absolute_url()).content.decode()
     assert "test_accuracy = 0.9700 @ step 40" in page
