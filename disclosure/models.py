@@ -357,6 +357,15 @@ class ReleaseRequest(models.Model):
     )
     last_checked_at = models.DateTimeField(null=True, blank=True)
     hold_reason = models.TextField(blank=True)
+    # A revision request keeps the finding at its tier (from_tier == target_tier) and, once
+    # every gate of that tier passes, makes the revision what readers see.
+    revision = models.OneToOneField(
+        "experiments.FindingRevision",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="request",
+    )
 
     objects = ReleaseRequestQuerySet.as_manager()
 
@@ -371,7 +380,9 @@ class ReleaseRequest(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.finding} → {Tier(self.target_tier).label}"
+        if self.revision_id is not None:
+            return f"revision of finding #{self.finding_id} at {Tier(self.target_tier).label}"
+        return f"finding #{self.finding_id} → {Tier(self.target_tier).label}"
 
 
 class VoteKind(models.TextChoices):
@@ -448,6 +459,10 @@ class NotificationKind(models.TextChoices):
 
 
 class Notification(models.Model):
+    """An inbox row. SECURITY: a notice about a finding stores ``{finding}`` in its subject,
+    never the title; the inbox names the finding only if the reader may read it when they
+    look (:func:`Notification.subject_for`), and email never names it."""
+
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notifications"
     )
@@ -455,12 +470,28 @@ class Notification(models.Model):
     subject = models.CharField(max_length=200)
     body = models.TextField(blank=True)
     url = models.CharField(max_length=300, blank=True)
+    finding = models.ForeignKey(
+        Finding, null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
     created_at = models.DateTimeField(default=timezone.now)
     read_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
         indexes = [models.Index(fields=["user", "read_at"])]
+
+    def __str__(self) -> str:
+        return f"notice #{self.pk} to {self.user_id}"
+
+    def subject_for(self, *, readable: bool) -> str:
+        """The subject as its reader may see it now."""
+        if self.finding_id is None:
+            return self.subject
+        name = self.finding.title if readable and self.finding else "a finding you cannot see"
+        return self.subject.replace(FINDING_PLACEHOLDER, name)
+
+
+FINDING_PLACEHOLDER = "{finding}"
 
 
 # --- audit log ---------------------------------------------------------------------------------

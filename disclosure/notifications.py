@@ -12,29 +12,44 @@ from django.contrib.auth.models import Group
 from django.core.mail import get_connection, send_mass_mail
 from django.db import transaction
 
-from disclosure.models import Notification, NotificationKind
+from disclosure.models import FINDING_PLACEHOLDER, Notification, NotificationKind, Recusal
 
 User = get_user_model()
 
 
 def notify(
-    users: Iterable[Any], kind: NotificationKind, subject: str, body: str = "", url: str = ""
+    users: Iterable[Any],
+    kind: NotificationKind,
+    subject: str,
+    body: str = "",
+    url: str = "",
+    *,
+    finding: Any = None,
 ) -> list[Notification]:
-    """Notify each distinct active user once. Call inside the action's transaction."""
+    """Notify each distinct active user once. Call inside the action's transaction.
+
+    A notice about a finding passes it as ``finding`` and writes ``{finding}`` where its name
+    goes. SECURITY: the inbox names it only to readers who may read it when they look; email
+    (which leaves the lab) never names it and carries no body: a link to the page, which
+    re-checks access. Reviewers who recused from the finding get no notice about it."""
     recipients = {u.pk: u for u in users if u is not None and u.is_active}
+    if finding is not None:
+        recused = set(Recusal.objects.filter(finding=finding).values_list("reviewer_id", flat=True))
+        recipients = {pk: u for pk, u in recipients.items() if pk not in recused}
     rows = Notification.objects.bulk_create(
-        Notification(user=u, kind=kind, subject=subject[:200], body=body, url=url)
+        Notification(user=u, kind=kind, subject=subject[:200], body=body, url=url, finding=finding)
         for u in recipients.values()
     )
     link = f"{settings.H3LAB_SITE_URL}{url}" if url else ""
+    if finding is not None:
+        subject = subject.replace(FINDING_PLACEHOLDER, f"finding #{finding.pk}")
+        body = "Open the link to read it (the page checks your access)."
     messages = [
         (f"[h3lab] {subject}", f"{body}\n\n{link}".strip() + "\n", None, [u.email])
         for u in recipients.values()
         if u.email
     ]
     if messages:
-        # SECURITY: the email says what happened and links to the page; the page re-checks
-        # access, so a forwarded email reveals no restricted content.
         transaction.on_commit(
             lambda: send_mass_mail(messages, fail_silently=True, connection=get_connection())
         )

@@ -21,6 +21,7 @@ tombstone page is shown to whoever could read them before.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from functools import cache
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -416,3 +417,41 @@ def can_download_export(user: Any, export: Any) -> bool:
         return False
     ids = set(export.findings.values_list("pk", flat=True))
     return ids <= set(partner_copy_findings(user).values_list("pk", flat=True))
+
+
+# --- revisions ---------------------------------------------------------------------------------
+
+
+def can_revise_finding(user: Any, finding: Finding) -> bool:
+    """Edit a finding (in place at the team tier, as a reviewed revision above it): its team."""
+    return can_edit_finding(user, finding)
+
+
+def visible_revisions(user: Any, finding: Finding) -> list[Any]:
+    """The revisions of a finding ``user`` can already read, oldest first.
+
+    Those who see the review (team, reviewers who have not recused, release managers) see
+    every approved and pending revision. Other readers see the revisions approved while the
+    finding was at its current tier, and the one that was current when it got there.
+    SECURITY: team-tier drafts are never shown to readers cleared only for a higher tier."""
+    from experiments.models import FindingRevision, RevisionState
+
+    rows = FindingRevision.objects.filter(finding=finding).order_by("number")
+    if can_see_review(user, finding):
+        return list(rows.exclude(state=RevisionState.WITHDRAWN))
+    approved = [r for r in rows if r.state == RevisionState.APPROVED]
+    before = [r for r in approved if r.tier < finding.tier]
+    return before[-1:] + [r for r in approved if r.tier >= finding.tier]
+
+
+# --- names of findings ------------------------------------------------------------------------
+
+
+def readable_finding_ids(user: Any, ids: Iterable[int | None]) -> set[int]:
+    """Which of ``ids`` ``user`` may read now (one query). Every place that names a finding
+    outside its own page (audit, inbox, grants, exports, partner copies) asks this at read
+    time, so a revoked grant or a retraction hides the name on the next request."""
+    wanted = {i for i in ids if i is not None}
+    if not wanted:
+        return set()
+    return set(visible_findings(user).filter(pk__in=wanted).values_list("pk", flat=True))

@@ -1,7 +1,7 @@
 from django.urls import path
 
 from disclosure import publication_views as pub
-from disclosure import views
+from disclosure import revision_views, views
 
 urlpatterns = [
     path("findings/", views.finding_list, name="findings"),
@@ -15,6 +15,12 @@ urlpatterns = [
         "findings/<int:pk>/request-release/",
         views.finding_request_release,
         name="finding-request-release",
+    ),
+    path("findings/<int:pk>/edit/", revision_views.finding_edit, name="finding-edit"),
+    path(
+        "findings/<int:pk>/revision/withdraw/",
+        revision_views.revision_withdraw,
+        name="finding-revision-withdraw",
     ),
     path("findings/<int:pk>/assess/", views.finding_assess, name="finding-assess"),
     path("findings/<int:pk>/vote/", views.finding_vote, name="finding-vote"),

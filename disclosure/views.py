@@ -5,7 +5,7 @@ restricted content is ``never_cache``, and every read of non-public content is a
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from functools import wraps
 from typing import Any
 
@@ -38,8 +38,10 @@ from disclosure.models import (
     Vote,
 )
 from disclosure.pagination import CappedPaginator
+from disclosure.presenters import evidence_context
+from disclosure.revisions import revisions_context
 from experiments.markdown import render_markdown
-from experiments.models import Finding, Tier
+from experiments.models import Finding, FindingStatus, Tier
 
 View = Callable[..., HttpResponse]
 
@@ -112,6 +114,8 @@ def finding_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "review": _review_context(request.user, finding),
             "decisions": finding.decisions.select_related("decided_by", "policy"),
             "can": _abilities(request.user, finding),
+            "revisions": revisions_context(request.user, finding),
+            "evidence": evidence_context(request.user, finding),
         },
     )
 
@@ -259,7 +263,24 @@ def review_queue(request: HttpRequest) -> HttpResponse:
         .prefetch_related(Prefetch("votes", queryset=Vote.objects.select_related("reviewer")))
         .order_by("requested_at")
     )
-    return render(request, "disclosure/review_queue.html", {"requests": pending})
+    # Findings the board has not assessed yet (the reviewer's own team's work excluded: they
+    # cannot review it). Two queries with the pending requests above.
+    unassessed = (
+        visible.filter(tier__gte=Tier.REVIEW, assessments__isnull=True)
+        .exclude(status=FindingStatus.RETRACTED)
+        .exclude(project__in=policy.member_projects(request.user).values("pk"))
+        .select_related("project")
+        .order_by("updated_at")[:100]
+    )
+    return render(
+        request,
+        "disclosure/review_queue.html",
+        {
+            "requests": pending,
+            "unassessed": unassessed,
+            "can_assess": policy.is_reviewer(request.user),
+        },
+    )
 
 
 # --- grants ------------------------------------------------------------------------------------
@@ -326,13 +347,35 @@ def my_access(request: HttpRequest) -> HttpResponse:
         {
             "agreement": current,
             "accepted": accepted,
-            "grants": grants.distinct(),
+            "grants": grant_rows(request.user, grants.distinct()),
             "form": forms.AcceptAgreementForm(
                 initial={"version": current.version if current else 0}
             ),
             "now": timezone.now(),
         },
     )
+
+
+UNSEEN_FINDING = "a finding you cannot see"
+
+
+def grant_rows(user: Any, grants: Iterable[Grant]) -> list[dict[str, Any]]:
+    """Grants with their scope named as ``user`` may see it now: a finding grant names its
+    finding only while the user can read that finding (one query for the whole list)."""
+    grants = list(grants)
+    readable = policy.readable_finding_ids(user, (g.finding_id for g in grants))
+    return [
+        {
+            "grant": g,
+            "finding_readable": g.finding_id in readable,
+            "scope": (
+                f"project {g.project}"
+                if g.project is not None
+                else (g.finding.title if g.finding_id in readable and g.finding else UNSEEN_FINDING)
+            ),
+        }
+        for g in grants
+    ]
 
 
 @login_required
@@ -359,8 +402,17 @@ def inbox(request: HttpRequest) -> HttpResponse:
         do_mark_notifications_read(request.user, acting_user=request.user)
         return redirect("inbox")
     assert request.user.is_authenticated  # @login_required
-    notes = Notification.objects.filter(user=request.user)[:200]
-    return render(request, "disclosure/inbox.html", {"notifications": notes})
+    notes = list(Notification.objects.filter(user=request.user).select_related("finding")[:200])
+    readable = policy.readable_finding_ids(request.user, (n.finding_id for n in notes))
+    rows = [
+        {
+            "note": n,
+            "subject": n.subject_for(readable=n.finding_id in readable),
+            "body": n.body if n.finding_id is None or n.finding_id in readable else "",
+        }
+        for n in notes
+    ]
+    return render(request, "disclosure/inbox.html", {"rows": rows})
 
 
 # --- audit -------------------------------------------------------------------------------------
@@ -399,8 +451,11 @@ def audit_log(request: HttpRequest) -> HttpResponse:
         else None
     )
     page = Paginator(entries, 100).get_page(request.GET.get("page"))
+    rows = redact_audit(request.user, page.object_list)
     return render(
-        request, "disclosure/audit.html", {"form": form, "page": page, "seen_by": seen_by}
+        request,
+        "disclosure/audit.html",
+        {"form": form, "page": page, "rows": rows, "seen_by": seen_by},
     )
 
 
@@ -437,10 +492,41 @@ def audit_export(request: HttpRequest) -> StreamingHttpResponse:
             return value
 
     writer = csv.writer(Echo())
-    rows = ([str(getattr(e, f)) for f in fields] for e in entries.iterator(chunk_size=2000))
+    rows = (
+        [str(getattr(e, f)) for f in fields]
+        for chunk in _chunks(entries.iterator(chunk_size=2000), 2000)
+        for e in redact_audit(request.user, chunk)
+    )
     response = StreamingHttpResponse(_csv(writer, fields, rows), content_type="text/csv")
     response["Content-Disposition"] = 'attachment; filename="h3lab-audit.csv"'
     return response
+
+
+REDACTED = "(a finding you are not cleared to read)"
+
+
+def redact_audit(user: Any, entries: Iterable[AuditEntry]) -> list[AuditEntry]:
+    """The entries as ``user`` may read them: an entry about a finding the user cannot read now
+    keeps its action, actor, time and hashes, but not the finding's name or the values changed.
+    The rows are copies for display; the log itself stays whole (its hashes cover the
+    originals)."""
+    entries = list(entries)
+    readable = policy.readable_finding_ids(user, (e.finding_id for e in entries))
+    for e in entries:
+        if e.finding_id is not None and e.finding_id not in readable:
+            e.object_repr, e.old, e.new = REDACTED, None, {"redacted": True}
+    return entries
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def _csv(writer: Any, header: list[str], rows: Any) -> Any:

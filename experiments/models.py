@@ -295,6 +295,55 @@ class Finding(models.Model):
         return self.status == FindingStatus.RETRACTED
 
 
+class RevisionState(models.TextChoices):
+    PENDING = "pending", "pending review"
+    APPROVED = "approved", "approved"
+    WITHDRAWN = "withdrawn", "withdrawn"
+
+
+class FindingRevision(models.Model):
+    """One version of a finding's content: title, body and what it cites.
+
+    Readers always read the :class:`Finding` row, which holds the last *approved* revision.
+    Once a finding has left the team tier its content is frozen: an edit is a pending revision
+    that must pass review to the finding's current tier (:mod:`disclosure.actions.revisions`)
+    before it is copied onto the finding. Revision 1 is the content as recorded.
+    """
+
+    finding = models.ForeignKey(Finding, on_delete=models.CASCADE, related_name="revisions")
+    number = models.PositiveIntegerField()
+    title = models.CharField(max_length=300)
+    body = models.TextField()
+    run_ids = models.JSONField(default=list)
+    artifact_ids = models.JSONField(default=list)
+    dependency_ids = models.JSONField(default=list)
+    note = models.TextField(blank=True, help_text="what changed and why")
+    state = models.CharField(
+        max_length=16, choices=RevisionState.choices, default=RevisionState.PENDING
+    )
+    # The finding's tier when the revision was proposed (and approved): who may read it.
+    tier = models.IntegerField(choices=Tier.choices, default=Tier.TEAM)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    decided_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["finding", "number"]
+        constraints = [
+            models.UniqueConstraint(fields=["finding", "number"], name="one_number_per_revision"),
+            models.UniqueConstraint(
+                fields=["finding"],
+                condition=models.Q(state="pending"),
+                name="one_pending_revision_per_finding",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"revision {self.number} of finding #{self.finding_id}"
+
+
 class MetricSnapshot(models.Model):
     """A metric value cited as evidence by a finding, frozen at the time it was recorded."""
 

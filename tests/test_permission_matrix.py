@@ -164,6 +164,8 @@ REGISTRY: dict[str, Entry] = {
         lambda p, t: t in (Tier.REVIEW, Tier.PARTNERS) and p in ("member", "release_manager"),
         method="post",
     ),
+    "finding-edit": Entry(finding_kw, member_only),
+    "finding-revision-withdraw": Entry(finding_kw, member_only, method="post"),
     "finding-assess": Entry(finding_kw, reviewing),
     "finding-vote": Entry(finding_kw, reviewing, method="post"),
     "finding-recuse": Entry(finding_kw, reviewing, method="post"),

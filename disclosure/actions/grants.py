@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from disclosure import audit
 from disclosure.models import (
+    FINDING_PLACEHOLDER,
     AgreementVersion,
     Grant,
     NotificationKind,
@@ -35,6 +36,11 @@ def grantees(grants: Iterable[Grant]) -> list[Any]:
             for u in g.group.user_set.all():
                 users[u.pk] = u
     return list(users.values())
+
+
+def _scope(grant: Grant) -> str:
+    """How a notice names a grant's scope: the project, or ``{finding}`` (named at read time)."""
+    return str(grant.project) if grant.project is not None else FINDING_PLACEHOLDER
 
 
 def check_give_grant(
@@ -112,10 +118,11 @@ def do_give_grant(
         notify(
             grantees([grant]),
             NotificationKind.GRANT_GIVEN,
-            f"You were given {Tier(max_tier).label}-tier access to {grant.scope} "
+            f"You were given {Tier(max_tier).label}-tier access to {_scope(grant)} "
             f"until {expires_at:%Y-%m-%d %H:%M} UTC",
             body="Accept the current collaborator agreement on your access page to use it.",
             url="/access/",
+            finding=grant.finding,
         )
     return grant
 
@@ -139,9 +146,10 @@ def do_revoke_grant(grant: Grant, *, reason: str = "", acting_user: Any) -> bool
             notify(
                 grantees([grant]),
                 NotificationKind.GRANT_REVOKED,
-                f"Your access to {grant.scope} was revoked",
+                f"Your access to {_scope(grant)} was revoked",
                 body=reason,
                 url="/access/",
+                finding=grant.finding,
             )
     return bool(n)
 
@@ -164,8 +172,9 @@ def do_warn_expiring_grants(*, now: datetime | None = None) -> int:
                 notify(
                     grantees([grant]),
                     NotificationKind.GRANT_EXPIRING,
-                    f"Your access to {grant.scope} expires {grant.expires_at:%Y-%m-%d %H:%M} UTC",
+                    f"Your access to {_scope(grant)} expires {grant.expires_at:%Y-%m-%d %H:%M} UTC",
                     url="/access/",
+                    finding=grant.finding,
                 )
                 count += 1
     lapsed = Grant.objects.filter(
@@ -180,8 +189,9 @@ def do_warn_expiring_grants(*, now: datetime | None = None) -> int:
                 notify(
                     grantees([grant]),
                     NotificationKind.GRANT_EXPIRED,
-                    f"Your access to {grant.scope} has expired",
+                    f"Your access to {_scope(grant)} has expired",
                     url="/access/",
+                    finding=grant.finding,
                 )
                 count += 1
     return count

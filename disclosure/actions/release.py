@@ -20,6 +20,7 @@ from disclosure.models import (
     RequestState,
 )
 from disclosure.notifications import notify, release_managers, reviewers, team_of
+from experiments.actions import do_apply_revision
 from experiments.models import Finding, FindingStatus, Tier
 
 User = get_user_model()
@@ -58,12 +59,21 @@ def do_request_release(
             new={"from": Tier(request.from_tier).label, "to": Tier(request.target_tier).label},
             finding_id=finding.pk,
         )
-        if request.target_tier > Tier.REVIEW:
+        if request.target_tier == Tier.REVIEW:
+            notify(
+                reviewers(),
+                NotificationKind.REVIEW_REQUESTED,
+                "{finding} needs a dual-use assessment",
+                url=finding.get_absolute_url(),
+                finding=finding,
+            )
+        else:
             notify(
                 reviewers() + release_managers(),
                 NotificationKind.REVIEW_REQUESTED,
-                f"Review requested: {finding.title} → {Tier(request.target_tier).label}",
+                f"Review requested: {{finding}} → {Tier(request.target_tier).label}",
                 url=finding.get_absolute_url(),
+                finding=finding,
             )
     return request
 
@@ -130,11 +140,16 @@ def do_promote(
             if request.target_tier == Tier.PUBLIC
             else FindingStatus.IN_REVIEW
         )
-        moved = (
-            Finding.objects.filter(pk=request.finding_id, tier=request.from_tier)
-            .exclude(status=FindingStatus.RETRACTED)
-            .update(tier=request.target_tier, status=status, updated_at=now)
+        at_tier = Finding.objects.filter(pk=request.finding_id, tier=request.from_tier).exclude(
+            status=FindingStatus.RETRACTED
         )
+        if request.revision is not None:
+            # A revision keeps the tier: its content becomes what readers of that tier see.
+            moved = at_tier.exists() and do_apply_revision(
+                request.revision, acting_user=acting_user
+            )
+        else:
+            moved = bool(at_tier.update(tier=request.target_tier, status=status, updated_at=now))
         if not moved:
             _hold(request, ["the finding changed while being released"], now)
             return None
@@ -149,7 +164,8 @@ def do_promote(
             policy=gate.policy,
             approvals=gate.approvals,
             rationale=(
-                f"{len(gate.approvals)} approval(s) of {gate.rule.approvals_required} required "
+                (f"revision {request.revision.number}: " if request.revision else "")
+                + f"{len(gate.approvals)} approval(s) of {gate.rule.approvals_required} required "
                 f"under policy v{gate.policy.version}; highest capability uplift "
                 f"{uplift_label(gate.uplift)}; no open objections; dependencies released"
                 + ("" if user else "; promoted by the scheduler at the embargo instant")
@@ -167,6 +183,7 @@ def do_promote(
                 "tier": Tier(request.target_tier).label,
                 "policy": gate.policy.version,
                 "approvals": gate.approvals,
+                "revision": request.revision.number if request.revision else None,
             },
         )
         finding = Finding.objects.select_related("project__group").get(pk=request.finding_id)
@@ -180,8 +197,13 @@ def do_promote(
             + release_managers()
             + (reviewers() if request.target_tier > 1 else []),
             NotificationKind.DECISION,
-            f"{finding.title} is now at the {Tier(request.target_tier).label} tier",
+            (
+                f"Revision {request.revision.number} of {{finding}} is approved"
+                if request.revision
+                else f"{{finding}} is now at the {Tier(request.target_tier).label} tier"
+            ),
             url=finding.get_absolute_url(),
+            finding=finding,
         )
     return decision
 
@@ -200,9 +222,10 @@ def _hold(request: ReleaseRequest, reasons: list[str], now: datetime) -> None:
             notify(
                 release_managers() + team_of(finding),
                 NotificationKind.RELEASE_HELD,
-                f"Release of {finding.title} held back",
+                "Release of {finding} held back",
                 body=reason,
                 url=finding.get_absolute_url(),
+                finding=finding,
             )
 
 

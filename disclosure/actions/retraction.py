@@ -19,7 +19,7 @@ from disclosure.models import (
     RequestState,
 )
 from disclosure.notifications import notify, team_of
-from experiments.models import Finding, FindingStatus, Tier
+from experiments.models import Finding, FindingRevision, FindingStatus, RevisionState, Tier
 
 User = get_user_model()
 
@@ -65,6 +65,9 @@ def do_retract_finding(
         old_status = finding.status
         finding.refresh_from_db()
         told = [u for u in readers_of(finding) + team_of(finding) if u != acting_user]
+        FindingRevision.objects.filter(finding=finding, state=RevisionState.PENDING).update(
+            state=RevisionState.WITHDRAWN, decided_at=now
+        )
         ReleaseRequest.objects.pending().filter(finding=finding).update(
             state=RequestState.CANCELLED,
             hold_reason="the finding was retracted",
@@ -86,6 +89,7 @@ def do_retract_finding(
             f"Finding #{finding.pk} was retracted",
             body=reason,
             url=finding.get_absolute_url(),
+            finding=finding,
         )
     return True
 

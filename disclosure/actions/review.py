@@ -73,8 +73,9 @@ def do_assess_finding(
         notify(
             team_of(finding) + release_managers(),
             NotificationKind.ASSESSMENT,
-            f"New dual-use assessment of {finding.title}",
+            "New dual-use assessment of {finding}",
             url=finding.get_absolute_url(),
+            finding=finding,
         )
     return assessment
 
@@ -112,10 +113,10 @@ def do_vote(request: ReleaseRequest, *, kind: str, rationale: str = "", acting_u
         notify(
             team_of(request.finding) + release_managers(),
             NotificationKind.VOTE,
-            f"{acting_user.get_username()} {verb} {request.finding.title}"
-            f" → {Tier(request.target_tier).label}",
+            f"{acting_user.get_username()} {verb} {{finding}} → {Tier(request.target_tier).label}",
             body=rationale,
             url=request.finding.get_absolute_url(),
+            finding=request.finding,
         )
     return vote
 
