@@ -701,3 +701,25 @@ def test_artifact_bytes_that_cannot_be_produced_answer_410_or_503(
     assert response.status_code == status
     assert "detail for the operators" not in error(response)["message"]
     assert not AuditEntry.objects.filter(action="artifact.download").exists()
+
+
+def test_patching_a_public_finding_answers_with_a_pending_revision_and_readers_keep_the_text(
+    cast: Cast,
+) -> None:
+    from tests.publishing import promote
+
+    finding = promote(cast, factories.make_finding(cast.lab.project, body="RELEASED TEXT"))
+    url = reverse("api-finding-detail", args=[finding.pk])
+    response = api(cast.lab.alice, "submit").patch(
+        url, json.dumps({"body": "UNREVIEWED TEXT"}), content_type="application/json"
+    )
+    assert response.status_code == 202
+    assert (response.json()["state"], response.json()["body"]) == ("pending", "UNREVIEWED TEXT")
+    public = Client().get(url).json()
+    assert public["body"] == "RELEASED TEXT"
+    assert "UNREVIEWED TEXT" not in Client().get(finding.get_absolute_url()).content.decode()
+    # the public sees the public-tier history only; the team sees the pending revision too
+    public_revisions = Client().get(reverse("api-finding-revisions", args=[finding.pk])).json()
+    assert [r["state"] for r in public_revisions] == ["approved"]
+    team = api(cast.lab.alice, "read").get(reverse("api-finding-revisions", args=[finding.pk]))
+    assert [r["state"] for r in team.json()][-1] == "pending"

@@ -219,6 +219,7 @@ REGISTRY: dict[str, Entry] = {
         method="post",
     ),
     "api-finding-assessments": Entry(finding_kw, sees_review),
+    "api-finding-revisions": Entry(finding_kw, sees),
     "api-finding-release-requests": Entry(finding_kw, sees_review),
     "api-grant-list": Entry(allowed=release_manager),
     "api-grant-detail": Entry(lambda w: {"pk": w.grant.pk}, release_manager),

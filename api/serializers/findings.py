@@ -23,6 +23,7 @@ from disclosure.models import (
 from experiments.models import (
     Artifact,
     Finding,
+    FindingRevision,
     FindingStatus,
     MetricSnapshot,
     Run,
@@ -105,8 +106,42 @@ class FindingCreateSerializer(serializers.Serializer):
 
 
 class FindingEditSerializer(serializers.Serializer):
+    """An edit. At the team tier it applies at once; above it, it becomes a pending revision
+    reviewed to the finding's tier (answered 202 with the revision), and readers keep the
+    current text until it is approved."""
+
     title = serializers.CharField(max_length=300, required=False)
     body = serializers.CharField(required=False)
+    note = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
+
+
+class FindingRevisionSerializer(serializers.ModelSerializer):
+    """One version of a finding's content. ``state`` pending: under review; readers still see
+    the last approved revision."""
+
+    created_by = user_field("created_by")
+    tier = serializers.SerializerMethodField()
+
+    class Meta:
+        model = FindingRevision
+        fields = [
+            "number",
+            "state",
+            "tier",
+            "title",
+            "body",
+            "run_ids",
+            "artifact_ids",
+            "dependency_ids",
+            "note",
+            "created_by",
+            "created_at",
+            "decided_at",
+        ]
+        read_only_fields = fields
+
+    def get_tier(self, revision: FindingRevision) -> str:
+        return str(Tier(revision.tier).label)
 
 
 class RationaleSerializer(serializers.Serializer):

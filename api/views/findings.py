@@ -23,6 +23,7 @@ from api.serializers.findings import (
     FindingCreateSerializer,
     FindingEditSerializer,
     FindingFilterSerializer,
+    FindingRevisionSerializer,
     FindingSerializer,
     RationaleSerializer,
     ReleaseRequestSerializer,
@@ -37,6 +38,7 @@ from api.views.common import (
 from disclosure import audit, policy
 from disclosure.actions.release import do_request_release, do_request_review
 from disclosure.actions.review import do_assess_finding
+from disclosure.actions.revisions import check_propose_revision
 from disclosure.models import Assessment, ReleaseRequest, Vote
 from experiments import actions
 from experiments.models import Artifact, Finding, Run, Tier
@@ -77,7 +79,7 @@ class FindingViewSet(ApiViewMixin, viewsets.GenericViewSet):
     }
 
     def get_permissions(self) -> list[Any]:
-        if self.action in ("list", "retrieve"):
+        if self.action in ("list", "retrieve", "revisions"):
             return [AllowAny(), HasScope()]
         return super().get_permissions()
 
@@ -129,18 +131,37 @@ class FindingViewSet(ApiViewMixin, viewsets.GenericViewSet):
         body = FindingSerializer(finding).data
         return Response(body, status=status.HTTP_201_CREATED, headers={"Location": location})
 
-    @extend_schema(request=FindingEditSerializer, responses=FindingSerializer)
+    @extend_schema(
+        request=FindingEditSerializer,
+        responses={200: FindingSerializer, 202: FindingRevisionSerializer},
+    )
     def partial_update(self, request: Request, pk: str) -> Response:
-        finding = self._allowed(pk, policy.can_edit_finding)
+        """Edit a finding. A team-tier finding changes at once (200, the finding). Above the
+        team tier its content is frozen: the edit becomes a revision reviewed to the
+        finding's tier (202, the revision); readers keep the current text until approval."""
+        finding = self._allowed(pk, policy.can_revise_finding)
         data = parse_body(FindingEditSerializer, request, partial=True)
-        actions.do_edit_finding(
-            finding,
-            title=data.get("title", finding.title),
-            body=data.get("body", finding.body),
-            acting_user=request.user,
+        title, body = data.get("title", finding.title), data.get("body", finding.body)
+        note = data.get("note", "")
+        if finding.tier == Tier.TEAM:
+            actions.do_edit_finding(
+                finding, title=title, body=body, note=note, acting_user=request.user
+            )
+            finding = _findings_with_evidence(Finding.objects.filter(pk=finding.pk)).get()
+            return Response(FindingSerializer(finding).data)
+        revision = check_propose_revision(
+            finding, title=title, body=body, note=note, acting_user=request.user
         )
-        finding = _findings_with_evidence(Finding.objects.filter(pk=finding.pk)).get()
-        return Response(FindingSerializer(finding).data)
+        return Response(FindingRevisionSerializer(revision).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(responses=FindingRevisionSerializer(many=True))
+    @action(detail=True, methods=["get"], pagination_class=None)
+    def revisions(self, request: Request, pk: str) -> Response:
+        """The finding's revisions you are cleared for: every approved and pending one for the
+        team and the review board; for other readers, those of the finding's current tier."""
+        finding = self._finding(pk)
+        rows = policy.visible_revisions(request.user, finding)
+        return Response(FindingRevisionSerializer(rows, many=True).data)
 
     def _release_answer(self, request: ReleaseRequest) -> Response:
         request = ReleaseRequest.objects.select_related("requested_by").get(pk=request.pk)
