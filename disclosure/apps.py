@@ -8,9 +8,11 @@ class DisclosureConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from disclosure import receivers
         from experiments.signals import governed_change
 
         governed_change.connect(_audit_governed_change, dispatch_uid="disclosure.audit")
+        receivers.connect()
 
 
 def _audit_governed_change(

@@ -21,20 +21,51 @@ class ReasonForm(forms.Form):
     reason = forms.CharField(max_length=300, widget=forms.Textarea(attrs={"rows": 2}))
 
 
-class RetractForm(ReasonForm):
+class ConfirmedReasonForm(ReasonForm):
+    """An irreversible step: a reason, and a ticked box saying the user means it."""
+
+    confirm = forms.BooleanField(label="I understand this cannot be undone")
+
+
+class RetractForm(ConfirmedReasonForm):
     destroy_data = forms.BooleanField(
         required=False,
         label="Destroy the evidence files (crypto-shredding: erase their data keys)",
     )
+    destroy_reason = forms.CharField(
+        required=False,
+        max_length=300,
+        label="Why the evidence must be destroyed",
+    )
+    confirm_destroy = forms.BooleanField(
+        required=False, label="I understand nobody can ever read the destroyed files again"
+    )
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if data.get("destroy_data"):
+            if not data.get("confirm_destroy"):
+                self.add_error("confirm_destroy", "Confirm that the files are to be destroyed.")
+            if not (data.get("destroy_reason") or "").strip():
+                self.add_error("destroy_reason", "Say why the evidence must be destroyed.")
+        return data
 
 
 class RationaleForm(forms.Form):
     rationale = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
 
 
+# No answer is preselected: a reviewer who submits without choosing is asked to choose.
+UNCHOSEN: list[tuple[Any, str]] = [("", "— choose —")]
+
+
 class AssessmentForm(forms.Form):
-    capability_uplift = forms.TypedChoiceField(choices=CapabilityUplift.choices, coerce=int)
-    alignment_value = forms.TypedChoiceField(choices=AlignmentValue.choices, coerce=int)
+    capability_uplift = forms.TypedChoiceField(
+        choices=[*UNCHOSEN, *CapabilityUplift.choices], coerce=int
+    )
+    alignment_value = forms.TypedChoiceField(
+        choices=[*UNCHOSEN, *AlignmentValue.choices], coerce=int
+    )
     categories = forms.CharField(
         required=False, help_text="comma-separated, e.g. interpretability, training dynamics"
     )
@@ -58,12 +89,23 @@ class AssessmentForm(forms.Form):
 
 
 class VoteForm(forms.Form):
-    kind = forms.ChoiceField(choices=VoteKind.choices)
+    kind = forms.ChoiceField(choices=[*UNCHOSEN, *VoteKind.choices])
     rationale = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
 
 
-class ResolveForm(forms.Form):
-    resolution = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}))
+class WithdrawObjectionForm(forms.Form):
+    reason = forms.CharField(required=False, max_length=300)
+
+
+class ClearObjectionForm(forms.Form):
+    rationale = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}))
+
+
+class GrantApprovalForm(forms.Form):
+    decision = forms.ChoiceField(
+        choices=[*UNCHOSEN, ("approve", "approve"), ("decline", "decline")]
+    )
+    note = forms.CharField(required=False, max_length=300)
 
 
 class ScheduleForm(forms.Form):

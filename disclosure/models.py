@@ -107,9 +107,42 @@ class AgreementAcceptance(ImmutableModel):
         ]
 
 
+class GrantApproval(models.TextChoices):
+    """Separation of duties: a grant given by a *delegated* project manager (guardian
+    ``change_project``, not a release manager) takes effect only once a release manager other
+    than its giver approves it."""
+
+    NOT_NEEDED = "not_needed", "not needed"
+    PENDING = "pending", "awaiting approval"
+    APPROVED = "approved", "approved"
+    DECLINED = "declined", "declined"
+
+
+# The approval states in which a grant can give access (the policy's SQL reads these values).
+EFFECTIVE_APPROVALS = (GrantApproval.NOT_NEEDED, GrantApproval.APPROVED)
+
+
+class GrantState(models.TextChoices):
+    """What a grant does now, worded once for every page that shows it."""
+
+    ACTIVE = "active", "active"
+    AWAITING_APPROVAL = "awaiting_approval", "awaiting a release manager's approval"
+    DECLINED = "declined", "declined"
+    AWAITING_AGREEMENT = "awaiting_agreement", "inactive until the agreement is accepted"
+    EXPIRED = "expired", "expired"
+    REVOKED = "revoked", "revoked"
+
+
 class GrantQuerySet(models.QuerySet["Grant"]):
+    def effective(self) -> GrantQuerySet:
+        """Grants that need no approval or were approved (pending and declined ones give
+        nothing)."""
+        return self.filter(approval__in=EFFECTIVE_APPROVALS)
+
     def active(self, now: datetime | None = None) -> GrantQuerySet:
-        return self.filter(revoked_at__isnull=True, expires_at__gt=now or timezone.now())
+        return self.effective().filter(
+            revoked_at__isnull=True, expires_at__gt=now or timezone.now()
+        )
 
     def for_user(self, user: object) -> GrantQuerySet:
         return self.filter(Q(user=user) | Q(group__user=user))
@@ -153,6 +186,17 @@ class Grant(models.Model):
     revoke_reason = models.CharField(max_length=300, blank=True)
     expiry_warned_at = models.DateTimeField(null=True, blank=True)
     expiry_notified_at = models.DateTimeField(null=True, blank=True)
+    approval = models.CharField(
+        max_length=16,
+        choices=GrantApproval.choices,
+        default=GrantApproval.NOT_NEEDED,
+        db_index=True,
+    )
+    approval_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    approval_at = models.DateTimeField(null=True, blank=True)
+    approval_note = models.CharField(max_length=300, blank=True)
 
     objects = GrantQuerySet.as_manager()
 
@@ -185,7 +229,25 @@ class Grant(models.Model):
         return self.project or self.finding
 
     def is_active(self, now: datetime | None = None) -> bool:
-        return self.revoked_at is None and self.expires_at > (now or timezone.now())
+        return (
+            self.approval in EFFECTIVE_APPROVALS
+            and self.revoked_at is None
+            and self.expires_at > (now or timezone.now())
+        )
+
+    def state(self, *, accepted: bool, now: datetime | None = None) -> GrantState:
+        """The grant's state for a grantee who has (or has not) ``accepted`` the agreement in
+        force: one wording for the grants page, the access page and the admin."""
+        now = now or timezone.now()
+        if self.revoked_at is not None:
+            return GrantState.REVOKED
+        if self.expires_at <= now:
+            return GrantState.EXPIRED
+        if self.approval == GrantApproval.PENDING:
+            return GrantState.AWAITING_APPROVAL
+        if self.approval == GrantApproval.DECLINED:
+            return GrantState.DECLINED
+        return GrantState.ACTIVE if accepted else GrantState.AWAITING_AGREEMENT
 
 
 # --- guardian: delegated release management per project ----------------------------------------
@@ -392,7 +454,8 @@ class VoteKind(models.TextChoices):
 
 class Vote(models.Model):
     """A reviewer's approval of, or objection to, one release request. An objection blocks the
-    step until a release manager (or its author) resolves it."""
+    step until its author withdraws it or a quorum of other board members clears it
+    (:class:`ObjectionClearance`); ``resolved_*`` record which."""
 
     request = models.ForeignKey(ReleaseRequest, on_delete=models.CASCADE, related_name="votes")
     finding = models.ForeignKey(Finding, on_delete=models.CASCADE, related_name="votes")
@@ -417,6 +480,25 @@ class Vote(models.Model):
     @property
     def is_open_objection(self) -> bool:
         return self.kind == VoteKind.OBJECT and self.resolved_at is None
+
+
+class ObjectionClearance(ImmutableModel):
+    """One board member's vote to clear someone else's objection. Separation of duties: no one
+    person (release manager included) overrides an objection; it is cleared when enough board
+    members other than its author agree (:func:`disclosure.actions.review.objection_quorum`)."""
+
+    objection = models.ForeignKey(Vote, on_delete=models.CASCADE, related_name="clearances")
+    reviewer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
+    rationale = models.TextField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["objection", "reviewer"], name="clear_objection_once")
+        ]
 
 
 class ReleaseDecision(ImmutableModel):

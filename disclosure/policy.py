@@ -38,11 +38,16 @@ from guardian.core import ObjectPermissionChecker
 from guardian.shortcuts import get_objects_for_user
 
 from disclosure.models import (
+    EFFECTIVE_APPROVALS,
     AgreementAcceptance,
     AgreementVersion,
     Grant,
+    GrantApproval,
     GroupClearance,
+    ObjectionClearance,
     Recusal,
+    ReleaseRequest,
+    Vote,
 )
 from experiments.models import Artifact, Finding, FindingStatus, Project, Run, Tier
 
@@ -131,9 +136,11 @@ def _sql() -> dict[str, str]:
         f"SELECT id FROM {t(AgreementVersion)} WHERE effective_at <= %s "
         "ORDER BY version DESC LIMIT 1"
     )
+    # SECURITY: a grant awaiting a release manager's approval (or declined) gives nothing.
+    approvals = ", ".join(f"'{a.value}'" for a in EFFECTIVE_APPROVALS)
     grants = (
         f"FROM {t(Grant)} WHERE revoked_at IS NULL AND expires_at > %s AND max_tier <= %s"
-        f" AND (user_id = %s OR group_id IN ({groups}))"
+        f" AND approval IN ({approvals}) AND (user_id = %s OR group_id IN ({groups}))"
     )
     return {
         "accepted": (
@@ -171,8 +178,8 @@ def _clearance_q(user: Any) -> Q:
 
 def _grant_q(user: Any, now: datetime) -> Q:
     """Collaborators: findings at or above a grant's tier, in the granted project or the granted
-    finding, while the grant (the user's own or a group's) is unrevoked and unexpired and the
-    user has accepted the agreement version in force now.
+    finding, while the grant (the user's own or a group's) is unrevoked, unexpired and needs no
+    approval or was approved, and the user has accepted the agreement version in force now.
 
     SECURITY: no agreement in force, or one the user has not accepted, makes the whole branch
     false (fail closed). A grant for the review tier also covers partners: the branch for tier
@@ -362,6 +369,73 @@ def manageable_projects(user: Any) -> QuerySet[Project]:
         return Project.objects.none()
     return get_objects_for_user(
         user, "experiments.change_project", Project, accept_global_perms=False
+    )
+
+
+def manageable_grants(user: Any) -> QuerySet[Grant]:
+    """Grants the user may see and manage: those covering a project they manage or a finding of
+    one (the grants page, the admin and the API all list these)."""
+    ids = manageable_projects(user).values("pk")
+    return Grant.objects.filter(Q(project__in=ids) | Q(finding__project__in=ids))
+
+
+# --- separation of duties -------------------------------------------------------------------------
+
+
+def is_grantee(user: Any, *, grantee_user: Any = None, grantee_group: Any = None) -> bool:
+    """``user`` would gain from a grant to ``grantee_user`` / ``grantee_group``: it names them,
+    or a group they belong to."""
+    if not _authenticated(user):
+        return False
+    if grantee_user is not None and grantee_user.pk == user.pk:
+        return True
+    return grantee_group is not None and user.groups.filter(pk=grantee_group.pk).exists()
+
+
+def grant_needs_approval(user: Any, max_tier: int) -> bool:
+    """A grant above the team tier given by a *delegated* manager (guardian ``change_project``,
+    not a release manager) waits for a release manager's approval: two people, not one."""
+    return max_tier > Tier.TEAM and not is_release_manager(user)
+
+
+def can_approve_grant(user: Any, grant: Grant) -> bool:
+    """Approve or decline a pending grant: a release manager other than the grant's giver who
+    would not gain from it themselves."""
+    return (
+        grant.approval == GrantApproval.PENDING
+        and grant.revoked_at is None
+        and is_release_manager(user)
+        and grant.granted_by_id != user.pk
+        and not is_grantee(user, grantee_user=grant.user, grantee_group=grant.group)
+    )
+
+
+def can_withdraw_objection(user: Any, vote: Vote) -> bool:
+    """An open objection may be withdrawn by its author."""
+    return vote.is_open_objection and _authenticated(user) and vote.reviewer_id == user.pk
+
+
+def can_clear_objection(user: Any, vote: Vote, finding: Finding) -> bool:
+    """Vote to clear someone else's open objection: a board member who may review the finding
+    (not recused, not on its team) and has not voted to clear it yet. SECURITY: release
+    managers have no override; the quorum is counted by
+    :func:`disclosure.actions.review.objection_quorum`."""
+    return (
+        vote.is_open_objection
+        and _authenticated(user)
+        and vote.reviewer_id != user.pk
+        and can_review(user, finding)
+        and not ObjectionClearance.objects.filter(objection=vote, reviewer=user).exists()
+    )
+
+
+def can_schedule_release(user: Any, finding: Finding, pending: ReleaseRequest | None) -> bool:
+    """Set an embargo on a pending request above the review tier (the step to review needs no
+    embargo): release managers and delegated managers of the project."""
+    return (
+        pending is not None
+        and pending.target_tier > Tier.REVIEW
+        and can_manage_releases(user, finding.project)
     )
 
 

@@ -22,17 +22,24 @@ from django.views.decorators.http import require_POST
 
 from disclosure import audit, forms, policy
 from disclosure.actions.agreements import do_accept_agreement
-from disclosure.actions.grants import check_give_grant, do_revoke_grant
+from disclosure.actions.grants import check_give_grant, do_approve_grant, do_revoke_grant
 from disclosure.actions.inbox import do_mark_notifications_read
 from disclosure.actions.release import check_schedule_release, do_request_release, do_request_review
 from disclosure.actions.retraction import do_retract_finding
-from disclosure.actions.review import do_assess_finding, do_recuse, do_resolve_objection, do_vote
+from disclosure.actions.review import (
+    do_assess_finding,
+    do_clear_objection,
+    do_recuse,
+    do_vote,
+    do_withdraw_objection,
+)
 from disclosure.gates import gate_reasons
 from disclosure.models import (
     AgreementAcceptance,
     AgreementVersion,
     AuditEntry,
     Grant,
+    GrantState,
     Notification,
     ReleaseRequest,
     Vote,
@@ -105,31 +112,45 @@ def finding_detail(request: HttpRequest, pk: int) -> HttpResponse:
         return render(request, "disclosure/tombstone.html", {"finding": finding}, status=410)
     if finding.tier < Tier.PUBLIC or finding.is_retracted:
         audit.record(request.user, "finding.view", finding, ip=audit.client_ip(request))
+    pending = ReleaseRequest.objects.pending().filter(finding=finding).first()
     return render(
         request,
         "disclosure/finding_detail.html",
         {
             "finding": finding,
             "body_html": render_markdown(finding.body),
-            "review": _review_context(request.user, finding),
+            "review": _review_context(request.user, finding, pending),
             "decisions": finding.decisions.select_related("decided_by", "policy"),
-            "can": _abilities(request.user, finding),
+            "can": _abilities(request.user, finding, pending),
+            "retract_form": forms.RetractForm(),
             "revisions": revisions_context(request.user, finding),
             "evidence": evidence_context(request.user, finding),
         },
     )
 
 
-def _review_context(user: Any, finding: Finding) -> dict[str, Any] | None:
-    """Assessments, votes and the timeline: for the team, the board and release managers."""
+def _review_context(
+    user: Any, finding: Finding, pending: ReleaseRequest | None
+) -> dict[str, Any] | None:
+    """Assessments, votes and the timeline: for the team, the board and release managers.
+    Each vote comes with what the viewer may do about it (withdraw or vote to clear an
+    objection), decided by the policy."""
     if not policy.can_see_review(user, finding):
         return None
-    pending = ReleaseRequest.objects.pending().filter(finding=finding).first()
+    votes = pending.votes.select_related("reviewer", "resolved_by") if pending else []
     return {
         "assessments": finding.assessments.select_related("reviewer"),
         "recusals": finding.recusals.select_related("reviewer"),
         "pending": pending,
-        "votes": pending.votes.select_related("reviewer", "resolved_by") if pending else [],
+        "votes": [
+            {
+                "vote": v,
+                "can_withdraw": policy.can_withdraw_objection(user, v),
+                "can_clear": policy.can_clear_objection(user, v, finding),
+                "clearances": v.clearances.select_related("reviewer") if v.kind == "object" else [],
+            }
+            for v in votes
+        ],
         "gate": gate_reasons(pending) if pending else [],
         "timeline": AuditEntry.objects.filter(finding_id=finding.pk)
         .exclude(action="finding.view")
@@ -137,12 +158,13 @@ def _review_context(user: Any, finding: Finding) -> dict[str, Any] | None:
     }
 
 
-def _abilities(user: Any, finding: Finding) -> dict[str, bool]:
+def _abilities(user: Any, finding: Finding, pending: ReleaseRequest | None) -> dict[str, bool]:
     return {
         "request_review": policy.can_request_review(user, finding),
-        "request_release": policy.can_request_release(user, finding),
+        "request_release": policy.can_request_release(user, finding) and pending is None,
         "review": policy.can_review(user, finding),
-        "schedule": policy.can_manage_releases(user, finding.project),
+        "vote": policy.can_review(user, finding) and pending is not None,
+        "schedule": policy.can_schedule_release(user, finding, pending),
         "retract": policy.can_retract(user, finding),
     }
 
@@ -223,7 +245,11 @@ def finding_retract(request: HttpRequest, finding: Finding) -> HttpResponse:
         return _invalid(request, form, finding)
     destroy = form.cleaned_data["destroy_data"]
     do_retract_finding(
-        finding, reason=form.cleaned_data["reason"], destroy_data=destroy, acting_user=request.user
+        finding,
+        reason=form.cleaned_data["reason"],
+        destroy_data=destroy,
+        destroy_reason=form.cleaned_data["destroy_reason"],
+        acting_user=request.user,
     )
     done = " Its evidence files were destroyed." if destroy else ""
     messages.success(
@@ -232,19 +258,41 @@ def finding_retract(request: HttpRequest, finding: Finding) -> HttpResponse:
     return redirect(finding)
 
 
+def _objection_or_404(request: HttpRequest, pk: int) -> tuple[Vote, Finding]:
+    vote = get_object_or_404(Vote.objects.select_related("finding__project", "request"), pk=pk)
+    return vote, policy.get_finding_or_404(request.user, vote.finding_id)
+
+
 @login_required
 @require_POST
-def objection_resolve(request: HttpRequest, pk: int) -> HttpResponse:
-    vote = get_object_or_404(Vote.objects.select_related("finding__project"), pk=pk)
-    finding = policy.get_finding_or_404(request.user, vote.finding_id)
-    _require(
-        policy.can_manage_releases(request.user, finding.project) or vote.reviewer == request.user
-    )
-    form = forms.ResolveForm(request.POST)
+def objection_withdraw(request: HttpRequest, pk: int) -> HttpResponse:
+    vote, finding = _objection_or_404(request, pk)
+    _require(policy.can_withdraw_objection(request.user, vote))
+    form = forms.WithdrawObjectionForm(request.POST)
+    reason = form.cleaned_data["reason"] if form.is_valid() else ""
+    do_withdraw_objection(vote, reason=reason, acting_user=request.user)
+    messages.success(request, "Objection withdrawn.")
+    return redirect(finding)
+
+
+@login_required
+@require_POST
+def objection_clear(request: HttpRequest, pk: int) -> HttpResponse:
+    vote, finding = _objection_or_404(request, pk)
+    _require(policy.can_clear_objection(request.user, vote, finding))
+    form = forms.ClearObjectionForm(request.POST)
     if not form.is_valid():
         return _invalid(request, form, finding)
-    do_resolve_objection(vote, resolution=form.cleaned_data["resolution"], acting_user=request.user)
-    messages.success(request, "Objection resolved.")
+    try:
+        cleared = do_clear_objection(
+            vote, rationale=form.cleaned_data["rationale"], acting_user=request.user
+        )
+    except ValidationError as err:
+        messages.error(request, " ".join(err.messages))
+        return redirect(finding)
+    messages.success(
+        request, "Objection cleared." if cleared else "Your vote to clear the objection counts."
+    )
     return redirect(finding)
 
 
@@ -292,6 +340,42 @@ def _grant_form(request: HttpRequest, data: Any = None) -> forms.GrantForm:
     return forms.GrantForm(data, projects=projects, findings=findings)
 
 
+def _accepted_current(user_ids: set[int]) -> set[int]:
+    """Which of ``user_ids`` accepted the agreement in force (one query)."""
+    current = AgreementVersion.objects.current()
+    if current is None:
+        return set()
+    return set(
+        AgreementAcceptance.objects.filter(agreement=current, user_id__in=user_ids).values_list(
+            "user_id", flat=True
+        )
+    )
+
+
+def _grant_rows(user: Any, grants: Any) -> list[dict[str, Any]]:
+    """Each grant with its state in the shared wording (:class:`GrantState`) and whether the
+    viewer may approve it. A group grant reads as accepted when every member accepted."""
+    grants = list(grants)
+    members = {g.pk: [u.pk for u in g.group.user_set.all()] for g in grants if g.group_id}
+    accepted = _accepted_current(
+        {g.user_id for g in grants if g.user_id} | {u for ids in members.values() for u in ids}
+    )
+    now = timezone.now()
+    rows = []
+    for g, named in zip(grants, grant_rows(user, grants), strict=True):
+        ids = members.get(g.pk, [g.user_id])
+        state = g.state(accepted=bool(ids) and set(ids) <= accepted, now=now)
+        rows.append(
+            {
+                **named,
+                "state": state,
+                "revocable": state not in (GrantState.REVOKED, GrantState.EXPIRED),
+                "can_approve": policy.can_approve_grant(user, g),
+            }
+        )
+    return rows
+
+
 @never_cache
 @login_required
 def grant_list(request: HttpRequest) -> HttpResponse:
@@ -301,30 +385,62 @@ def grant_list(request: HttpRequest) -> HttpResponse:
     if request.method == "POST" and form.is_valid():
         try:
             data = {k: v for k, v in form.cleaned_data.items() if k != "expires_on"}
-            check_give_grant(**data, acting_user=request.user)
-            messages.success(request, "Access granted; the grantee has been notified.")
+            grant = check_give_grant(**data, acting_user=request.user)
+            messages.success(
+                request,
+                "Grant recorded; it takes effect once a release manager approves it."
+                if grant.state(accepted=True) == GrantState.AWAITING_APPROVAL
+                else "Access granted; the grantee has been notified.",
+            )
             return redirect("grants")
         except ValidationError as err:
             form.add_error(None, err)
-    grants = Grant.objects.filter(project__in=projects) | Grant.objects.filter(
-        finding__project__in=projects
+    grants = policy.manageable_grants(request.user).select_related(
+        "user", "group", "project", "finding", "agreement", "granted_by"
     )
-    grants = grants.select_related("user", "group", "project", "finding", "agreement")
     return render(
-        request, "disclosure/grants.html", {"grants": grants, "form": form, "now": timezone.now()}
+        request,
+        "disclosure/grants.html",
+        {
+            "grants": _grant_rows(request.user, grants.prefetch_related("group__user_set")),
+            "form": form,
+            "revoke_form": forms.ConfirmedReasonForm(),
+            "approval_form": forms.GrantApprovalForm(),
+        },
     )
+
+
+def _managed_grant_or_404(request: HttpRequest, pk: int) -> Grant:
+    return policy.get_visible_or_404(policy.manageable_grants(request.user), pk=pk)
 
 
 @login_required
 @require_POST
 def grant_revoke(request: HttpRequest, pk: int) -> HttpResponse:
-    grant = get_object_or_404(Grant.objects.select_related("project", "finding__project"), pk=pk)
-    project = grant.project or grant.finding.project  # type: ignore[union-attr]
-    _require(policy.can_manage_releases(request.user, project))
-    form = forms.ReasonForm(request.POST)
-    reason = form.cleaned_data["reason"] if form.is_valid() else ""
-    do_revoke_grant(grant, reason=reason, acting_user=request.user)
+    grant = _managed_grant_or_404(request, pk)
+    form = forms.ConfirmedReasonForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Give a reason and confirm to revoke the grant.")
+        return redirect("grants")
+    do_revoke_grant(grant, reason=form.cleaned_data["reason"], acting_user=request.user)
     messages.success(request, "Grant revoked; it no longer gives access.")
+    return redirect("grants")
+
+
+@login_required
+@require_POST
+def grant_approve(request: HttpRequest, pk: int) -> HttpResponse:
+    grant = _managed_grant_or_404(request, pk)
+    _require(policy.can_approve_grant(request.user, grant))
+    form = forms.GrantApprovalForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Choose whether to approve or decline the grant.")
+        return redirect("grants")
+    approve = form.cleaned_data["decision"] == "approve"
+    do_approve_grant(
+        grant, approve=approve, note=form.cleaned_data["note"], acting_user=request.user
+    )
+    messages.success(request, "Grant approved; it gives access now." if approve else "Declined.")
     return redirect("grants")
 
 
@@ -341,13 +457,17 @@ def my_access(request: HttpRequest) -> HttpResponse:
         and AgreementAcceptance.objects.filter(user=request.user, agreement=current).exists()
     )
     grants = Grant.objects.for_user(request.user).select_related("project", "finding", "group")
+    now = timezone.now()
     return render(
         request,
         "disclosure/my_access.html",
         {
             "agreement": current,
             "accepted": accepted,
-            "grants": grant_rows(request.user, grants.distinct()),
+            "grants": [
+                {**row, "state": row["grant"].state(accepted=accepted, now=now)}
+                for row in grant_rows(request.user, grants.distinct())
+            ],
             "form": forms.AcceptAgreementForm(
                 initial={"version": current.version if current else 0}
             ),

@@ -40,7 +40,7 @@ from experiments.models import (
     RunStatus,
     Tier,
 )
-from experiments.signals import governed_change
+from experiments.signals import acting_as, governed_change
 from h3lab.config import RunConfig
 
 log = logging.getLogger(__name__)
@@ -61,21 +61,25 @@ def do_create_project(
     with transaction.atomic():
         group = Group.objects.create(name=f"project:{slug}")
         project = Project.objects.create(slug=slug, name=name, description=description, group=group)
-        group.user_set.add(*members)
         _announce(acting_user, "project.create", project, new={"slug": slug, "name": name})
+        with acting_as(acting_user, "action"):
+            group.user_set.add(*members)
     return project
 
 
+# Membership is announced by the m2m_changed signal of the group's user set, wherever a change
+# comes from (these actions, the admin, the shell), so these actions only say who acts: an
+# announcement here as well would log each change twice.
+
+
 def do_add_project_member(project: Project, user: Any, *, acting_user: Any) -> None:
-    with transaction.atomic():
+    with transaction.atomic(), acting_as(acting_user, "action"):
         project.group.user_set.add(user)
-        _announce(acting_user, "project.add_member", project, new={"user": user.get_username()})
 
 
 def do_remove_project_member(project: Project, user: Any, *, acting_user: Any) -> None:
-    with transaction.atomic():
+    with transaction.atomic(), acting_as(acting_user, "action"):
         project.group.user_set.remove(user)
-        _announce(acting_user, "project.remove_member", project, old={"user": user.get_username()})
 
 
 # --- runs: submission and cancellation ---------------------------------------------------------

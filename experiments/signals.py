@@ -1,5 +1,15 @@
 """Signals the experiments app sends so that apps built on it (disclosure's audit log,
-notifications) can observe governed changes without experiments importing them."""
+notifications) can observe governed changes without experiments importing them, and the
+"current actor": who is making the changes of this request, task or action, for changes that
+arrive as plain ORM signals (group membership) rather than through an action."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
 
 from django.dispatch import Signal
 
@@ -7,3 +17,31 @@ from django.dispatch import Signal
 # kwargs: actor (User | None), action (str, e.g. "run.submit"), obj (Model),
 #         old (dict | None), new (dict | None)
 governed_change = Signal()
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who is acting (a user, or None when unknown) and by which route: ``action``, ``web``,
+    ``admin``, ``api``, or ``orm`` when nothing set it (a shell, a migration, a script)."""
+
+    user: Any
+    via: str
+
+
+_current: ContextVar[Actor | None] = ContextVar("h3lab_current_actor", default=None)
+
+
+def current_actor() -> Actor:
+    return _current.get() or Actor(user=None, via="orm")
+
+
+@contextmanager
+def acting_as(user: Any, via: str) -> Iterator[Actor]:
+    """Attribute the changes made inside the block to ``user`` (set by the request middleware
+    and by actions that change rows observed through ORM signals)."""
+    actor = Actor(user=user, via=via)
+    token = _current.set(actor)
+    try:
+        yield actor
+    finally:
+        _current.reset(token)

@@ -69,6 +69,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "disclosure.middleware.ActingUserMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -221,6 +222,10 @@ H3LAB_RELEASE_MANAGERS_GROUP = env_str("H3LAB_RELEASE_MANAGERS_GROUP", "release-
 # before they lapse.
 H3LAB_RELEASE_CHECK_INTERVAL_S = float(env_str("H3LAB_RELEASE_CHECK_INTERVAL_S", "60"))
 H3LAB_GRANT_WARNING_DAYS = env_int("H3LAB_GRANT_WARNING_DAYS", 7)
+# Separation of duties: no grant lasts longer than this; an open objection is cleared by its
+# author or by this many other board members (0: the release rule's approvals_required).
+H3LAB_GRANT_MAX_DAYS = env_int("H3LAB_GRANT_MAX_DAYS", 365)
+H3LAB_OBJECTION_QUORUM = env_int("H3LAB_OBJECTION_QUORUM", 0)
 # Absolute links in notification emails.
 H3LAB_SITE_URL = env_str("H3LAB_SITE_URL", "http://127.0.0.1:8000")
 

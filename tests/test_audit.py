@@ -40,7 +40,13 @@ def verify_fails_at(entry_id: int) -> str:
 
 def test_experiments_governed_changes_are_chained_into_the_log(lab: Lab) -> None:
     entries = list(AuditEntry.objects.order_by("id"))
-    assert [e.action for e in entries][:2] == ["project.create", "project.create"]
+    # each project is created with its first member (membership is audited too)
+    assert [e.action for e in entries][:4] == [
+        "project.create",
+        "project.add_member",
+        "project.create",
+        "project.add_member",
+    ]
     assert entries[0].prev_hash == audit.GENESIS
     assert all(b.prev_hash == a.hash for a, b in itertools.pairwise(entries))
     assert audit.verify() == (len(entries), None)

@@ -18,7 +18,7 @@ from disclosure.actions.release import (
     do_request_review,
 )
 from disclosure.actions.retraction import do_retract_finding
-from disclosure.actions.review import do_assess_finding, do_resolve_objection, do_vote
+from disclosure.actions.review import do_assess_finding, do_vote, do_withdraw_objection
 from disclosure.gates import gate_reasons
 from disclosure.models import (
     AuditEntry,
@@ -92,18 +92,14 @@ def test_the_scheduler_holds_back_on_a_missing_approval(cast: Cast) -> None:
 
 def test_the_scheduler_holds_back_on_an_open_objection_until_it_is_resolved(cast: Cast) -> None:
     f, req = scheduled_to_partners(cast)
-    objection = do_vote(
-        req,
-        kind="object",
-        rationale="leaks a capability trick",
-        acting_user=factories.make_reviewer("ola"),
-    )
+    ola = factories.make_reviewer("ola")
+    objection = do_vote(req, kind="object", rationale="leaks a capability trick", acting_user=ola)
     tasks.release_due_findings()
     tasks.release_due_findings()  # a second tick with the same reason adds no entry
     f.refresh_from_db()
     assert f.tier == Tier.REVIEW
     assert AuditEntry.objects.filter(action="release.hold").count() == 1
-    do_resolve_objection(objection, resolution="trick removed", acting_user=cast.mara)
+    do_withdraw_objection(objection, reason="trick removed", acting_user=ola)
     tasks.release_due_findings()
     f.refresh_from_db()
     assert f.tier == Tier.PARTNERS

@@ -103,7 +103,7 @@ def test_release_managers_grant_and_revoke_access(cast: Cast) -> None:
     grant = Grant.objects.get(user=dana)
     assert Notification.objects.filter(user=dana, kind="grant_given").exists()
     assert b"dana" in mara.get(reverse("grants")).content
-    mara.post(reverse("grant-revoke", args=[grant.pk]), {"reason": "done"})
+    mara.post(reverse("grant-revoke", args=[grant.pk]), {"reason": "done", "confirm": "1"})
     grant.refresh_from_db()
     assert grant.revoked_at is not None
     assert login(cast.carol).get(reverse("grants")).status_code == 404
@@ -131,7 +131,7 @@ def test_collaborators_accept_the_current_agreement_on_my_access(cast: Cast) -> 
     f = factories.make_finding(cast.lab.project, tier=Tier.PARTNERS)
     nick = login(cast.nick)
     page = nick.get(reverse("my-access"))
-    assert b"inactive until you accept" in page.content
+    assert b"inactive until the agreement is accepted" in page.content
     assert nick.get(f.get_absolute_url()).status_code == 404
     nick.post(reverse("agreement-accept"), {"version": 1, "confirm": "on"})  # stale version
     assert nick.get(f.get_absolute_url()).status_code == 404
@@ -172,27 +172,28 @@ def test_recusing_hides_the_finding_from_the_reviewer(cast: Cast) -> None:
     assert rita.get(f.get_absolute_url()).status_code == 404
 
 
-def test_objections_block_and_release_managers_resolve_them(cast: Cast) -> None:
+def test_objections_are_cleared_by_other_board_members_not_by_a_release_manager(
+    cast: Cast,
+) -> None:
     f = factories.make_finding(cast.lab.project, tier=Tier.REVIEW)
     do_request_release(f, acting_user=cast.lab.alice)
     login(cast.rita).post(
         reverse("finding-vote", args=[f.pk]), {"kind": "object", "rationale": "too early"}
     )
     vote = ReleaseRequest.objects.get(finding=f).votes.get()
-    assert (
-        login(cast.lab.alice)
-        .post(reverse("objection-resolve", args=[vote.pk]), {"resolution": "x"})
-        .status_code
-        == 404
-    )
-    login(cast.mara).post(reverse("objection-resolve", args=[vote.pk]), {"resolution": "addressed"})
+    for who in (cast.lab.alice, cast.mara, cast.rita):  # team, release manager, the author
+        r = login(who).post(reverse("objection-clear", args=[vote.pk]), {"rationale": "x"})
+        assert r.status_code == 404
+    login(cast.rex).post(reverse("objection-clear", args=[vote.pk]), {"rationale": "addressed"})
     vote.refresh_from_db()
-    assert vote.resolved_at is not None
+    assert vote.resolved_at is not None and vote.resolution == "cleared by rex"
 
 
 def test_members_retract_and_others_get_the_tombstone(cast: Cast) -> None:
     f = factories.make_finding(cast.lab.project, tier=Tier.PUBLIC, title="Secret sauce")
-    login(cast.lab.alice).post(reverse("finding-retract", args=[f.pk]), {"reason": "bug in eval"})
+    login(cast.lab.alice).post(
+        reverse("finding-retract", args=[f.pk]), {"reason": "bug in eval", "confirm": "1"}
+    )
     f = Finding.objects.get(pk=f.pk)
     assert f.is_retracted
     r = login(cast.lab.charlie).get(f.get_absolute_url())

@@ -214,7 +214,13 @@ def test_retraction_with_destroy_shreds_the_evidence_and_downloads_say_so(
     with django_capture_on_commit_callbacks(execute=True):  # type: ignore[operator]
         response = login(lab.alice).post(
             reverse("finding-retract", args=[finding.pk]),
-            {"reason": "wrong seed", "destroy_data": "1"},
+            {
+                "reason": "wrong seed",
+                "confirm": "1",
+                "destroy_data": "1",
+                "destroy_reason": "personal data in the log",
+                "confirm_destroy": "1",
+            },
         )
     assert response.status_code == 302
     artifact.refresh_from_db()

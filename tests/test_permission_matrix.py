@@ -75,6 +75,7 @@ class World:
     artifact: Artifact
     objection: Vote
     grant: Grant
+    pending_grant: Grant
     users: dict[str, Any] = field(default_factory=dict)
     export_id: int = 0
     signing_key_id: str = ""
@@ -177,16 +178,19 @@ REGISTRY: dict[str, Entry] = {
         lambda p, t: p == "member" or (p == "release_manager" and t >= Tier.REVIEW),
         method="post",
     ),
-    "objection-resolve": Entry(
-        lambda w: {"pk": w.objection.pk},
-        lambda p, t: p == "release_manager" and t >= Tier.REVIEW,
-        method="post",
+    # the objection is ola's: only ola withdraws it; board members who may review the finding
+    # vote to clear it (a release manager alone cannot)
+    "objection-withdraw": Entry(
+        lambda w: {"pk": w.objection.pk}, lambda p, t: False, method="post"
     ),
+    "objection-clear": Entry(lambda w: {"pk": w.objection.pk}, reviewing, method="post"),
     "review-queue": Entry(
         allowed=lambda p, t: p in ("reviewer", "recused_reviewer", "release_manager")
     ),
     "grants": Entry(allowed=release_manager),
     "grant-revoke": Entry(lambda w: {"pk": w.grant.pk}, release_manager, method="post"),
+    # a grant given by a delegated manager, awaiting a release manager's approval
+    "grant-approve": Entry(lambda w: {"pk": w.pending_grant.pk}, release_manager, method="post"),
     "my-access": Entry(allowed=signed_in),
     "agreement-accept": Entry(allowed=signed_in, method="post"),
     "inbox": Entry(allowed=signed_in),
@@ -314,6 +318,9 @@ def build_world(cast: Cast, tier: int, tmp_path: Path) -> World:
         artifact=artifact,
         objection=objection,
         grant=Grant.objects.get(user=cast.carol),
+        pending_grant=factories.make_grant(
+            factories.make_user("dana"), project=lab.project, approval="pending"
+        ),
         users=users,
     )
 

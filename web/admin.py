@@ -1,5 +1,6 @@
-"""Admin pages. SECURITY: every queryset comes from :mod:`disclosure.policy`, so staff see in
-the admin exactly what they may see on the site; governed changes go through actions."""
+"""Admin pages for the experiments app: read-only windows on what the policy lets the staff
+user see (see :class:`disclosure.admin.GovernedAdmin`). Governed changes go through actions:
+the one offered here is cancelling runs (:func:`experiments.actions.do_cancel_run`)."""
 
 from __future__ import annotations
 
@@ -10,31 +11,23 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from disclosure import policy
+from disclosure.admin import GovernedAdmin
 from experiments import actions
 from experiments.models import Artifact, Experiment, Finding, MetricPoint, Project, Run
 
 
-class PolicyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
-    policy_queryset: Any = None
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
-        return type(self).policy_queryset(request.user)
-
-
 @admin.register(Project)
-class ProjectAdmin(PolicyAdmin):
+class ProjectAdmin(GovernedAdmin):
+    """Projects and their member groups are created by ``do_create_project``; membership
+    changes (here through the user and group admin) are audited by a signal."""
+
     policy_queryset = staticmethod(policy.visible_projects)
     list_display = ("name", "slug", "created_at")
     search_fields = ("name", "slug")
-    readonly_fields = ("group",)
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        # Projects are created with their member group by actions.do_create_project.
-        return False
 
 
 @admin.register(Experiment)
-class ExperimentAdmin(PolicyAdmin):
+class ExperimentAdmin(GovernedAdmin):
     list_display = ("name", "project", "created_at")
     list_filter = ("project",)
 
@@ -44,25 +37,28 @@ class ExperimentAdmin(PolicyAdmin):
 
 
 @admin.register(Run)
-class RunAdmin(PolicyAdmin):
+class RunAdmin(GovernedAdmin):
     policy_queryset = staticmethod(policy.visible_runs)
     list_display = ("id", "project", "preset", "task", "status", "attempt", "step", "created_at")
-    list_filter = ("status", "preset", "task", "queue")
+    list_filter = ("status", "preset", "task", "queue", "project")
     list_select_related = ("project",)
-    readonly_fields = [f.name for f in Run._meta.fields]
     actions = ["cancel_runs"]
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    @admin.action(description="Cancel selected runs")
+    @admin.action(description="Cancel selected runs", permissions=["cancel"])
     def cancel_runs(self, request: HttpRequest, queryset: QuerySet[Run]) -> None:
-        n = sum(actions.do_cancel_run(run, acting_user=request.user) for run in queryset)
+        n = sum(
+            actions.do_cancel_run(run, acting_user=request.user)
+            for run in queryset
+            if policy.can_manage_run(request.user, run)
+        )
         self.message_user(request, f"Cancelled {n} run(s).")
+
+    def has_cancel_permission(self, request: HttpRequest) -> bool:
+        return policy.visible_runs(request.user).exists()
 
 
 @admin.register(MetricPoint)
-class MetricPointAdmin(PolicyAdmin):
+class MetricPointAdmin(GovernedAdmin):
     list_display = ("run", "name", "step", "value")
     list_filter = ("name",)
 
@@ -70,26 +66,24 @@ class MetricPointAdmin(PolicyAdmin):
     def policy_queryset(user: Any) -> QuerySet[Any]:
         return MetricPoint.objects.filter(run__in=policy.visible_runs(user).values("pk"))
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
 
 @admin.register(Artifact)
-class ArtifactAdmin(PolicyAdmin):
+class ArtifactAdmin(GovernedAdmin):
     policy_queryset = staticmethod(policy.visible_artifacts)
-    list_display = ("name", "run", "kind", "size", "sha256")
+    list_display = ("name", "project", "kind", "size", "sha256", "shredded_at")
     list_filter = ("kind",)
-    readonly_fields = ("run", "project", "name", "kind", "path", "size", "sha256", "content_type")
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
+    # SECURITY: a cited artifact is visible beyond the team; its run (a name) is not.
+    exclude = ("wrapped_key", "run", "path")
 
 
 @admin.register(Finding)
-class FindingAdmin(PolicyAdmin):
+class FindingAdmin(GovernedAdmin):
+    """Findings change through the site's actions (record, edit, review, release, retract)."""
+
     policy_queryset = staticmethod(policy.visible_findings)
     list_display = ("title", "project", "tier", "status", "created_at")
-    list_filter = ("tier", "status")
+    list_filter = ("tier", "status", "project")
     search_fields = ("title",)
-    # Tier and status move only through release decisions and retraction (disclosure actions).
-    readonly_fields = ("tier", "status", "retracted_at", "public_id")
+    # SECURITY: readers beyond the team may not see the cited runs or every dependency; the
+    # finding page shows what each reader may see of them.
+    exclude = ("runs", "depends_on")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from django.db.models import Q, QuerySet
+from django.db.models import QuerySet
 from drf_spectacular.utils import extend_schema
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
@@ -41,9 +41,8 @@ class GrantViewSet(ApiViewMixin, viewsets.GenericViewSet):
         projects = policy.manageable_projects(user)
         if not (policy.is_release_manager(user) or projects.exists()):
             raise deny()
-        ids = projects.values("pk")
         return (
-            Grant.objects.filter(Q(project__in=ids) | Q(finding__project__in=ids))
+            policy.manageable_grants(user)
             .select_related("user", "group", "project", "agreement", "granted_by")
             .order_by("-created_at", "-id")
         )

@@ -1,4 +1,9 @@
-"""Tiered access grants to collaborators: giving, revoking, expiry notices."""
+"""Tiered access grants to collaborators: giving, approving, revoking, expiry notices.
+
+Separation of duties: nobody grants access to themselves or to a group they belong to; a grant
+by a delegated project manager waits for a release manager's approval
+(:func:`disclosure.policy.grant_needs_approval`); no grant outlives ``H3LAB_GRANT_MAX_DAYS``.
+"""
 
 from __future__ import annotations
 
@@ -13,14 +18,16 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from disclosure import audit
+from disclosure import audit, policy
 from disclosure.models import (
     FINDING_PLACEHOLDER,
     AgreementVersion,
     Grant,
+    GrantApproval,
+    GroupClearance,
     NotificationKind,
 )
-from disclosure.notifications import notify
+from disclosure.notifications import notify, release_managers
 from experiments.models import Finding, Project, Tier
 
 User = get_user_model()
@@ -60,8 +67,17 @@ def check_give_grant(
         raise ValidationError("Grant a whole project or one finding.")
     if max_tier not in (Tier.REVIEW, Tier.PARTNERS):
         raise ValidationError("A grant covers the review or partners tier.")
-    if expires_at <= timezone.now():
+    now = timezone.now()
+    if expires_at <= now:
         raise ValidationError("The expiry must be in the future.")
+    max_days = settings.H3LAB_GRANT_MAX_DAYS
+    if expires_at > now + timedelta(days=max_days):
+        raise ValidationError(f"A grant lasts at most {max_days} days; give a nearer expiry.")
+    if policy.is_grantee(acting_user, grantee_user=user, grantee_group=group):
+        raise ValidationError(
+            "You cannot grant access to yourself or to a group you belong to; "
+            "ask another release manager."
+        )
     if AgreementVersion.objects.current() is None:
         raise ValidationError("Publish a collaborator agreement first.")
     return do_give_grant(
@@ -87,6 +103,9 @@ def do_give_grant(
     note: str = "",
     acting_user: Any,
 ) -> Grant:
+    """Give the grant; when a delegated manager gives it, it waits for a release manager's
+    approval (:func:`do_approve_grant`) before it gives access."""
+    pending = policy.grant_needs_approval(acting_user, max_tier)
     with transaction.atomic():
         agreement = AgreementVersion.objects.current()
         if agreement is None:  # check_give_grant() checks this first; the column is NOT NULL
@@ -101,6 +120,7 @@ def do_give_grant(
             note=note,
             agreement=agreement,
             granted_by=acting_user if getattr(acting_user, "is_authenticated", False) else None,
+            approval=GrantApproval.PENDING if pending else GrantApproval.NOT_NEEDED,
         )
         audit.record(
             acting_user,
@@ -112,19 +132,64 @@ def do_give_grant(
                 "max_tier": Tier(max_tier).label,
                 "expires_at": expires_at,
                 "agreement": grant.agreement.version,
+                "approval": grant.approval,
             },
             finding_id=finding.pk if finding else None,
         )
-        notify(
-            grantees([grant]),
-            NotificationKind.GRANT_GIVEN,
-            f"You were given {Tier(max_tier).label}-tier access to {_scope(grant)} "
-            f"until {expires_at:%Y-%m-%d %H:%M} UTC",
-            body="Accept the current collaborator agreement on your access page to use it.",
-            url="/access/",
-            finding=grant.finding,
-        )
+        if pending:
+            approvers = [u for u in release_managers() if policy.can_approve_grant(u, grant)]
+            notify(
+                approvers,
+                NotificationKind.GRANT_GIVEN,
+                f"A grant of {Tier(max_tier).label}-tier access awaits your approval",
+                url="/grants/",
+            )
+        else:
+            _notify_given(grant)
     return grant
+
+
+def _notify_given(grant: Grant) -> None:
+    notify(
+        grantees([grant]),
+        NotificationKind.GRANT_GIVEN,
+        f"You were given {Tier(grant.max_tier).label}-tier access to {_scope(grant)} "
+        f"until {grant.expires_at:%Y-%m-%d %H:%M} UTC",
+        body="Accept the current collaborator agreement on your access page to use it.",
+        url="/access/",
+        finding=grant.finding,
+    )
+
+
+def do_approve_grant(grant: Grant, *, approve: bool, note: str = "", acting_user: Any) -> bool:
+    """A release manager approves (the grant takes effect now) or declines a grant that waits
+    for approval. Refuses the grant's giver and anyone who would gain from it."""
+    if not policy.can_approve_grant(acting_user, grant):
+        raise ValidationError(
+            "Only a release manager other than the grant's giver, and not its grantee, "
+            "may approve or decline it."
+        )
+    state = GrantApproval.APPROVED if approve else GrantApproval.DECLINED
+    with transaction.atomic():
+        n = Grant.objects.filter(
+            pk=grant.pk, approval=GrantApproval.PENDING, revoked_at__isnull=True
+        ).update(
+            approval=state, approval_by=acting_user, approval_at=timezone.now(), approval_note=note
+        )
+        if not n:
+            return False
+        grant.refresh_from_db()
+        audit.record(
+            acting_user,
+            "grant.approve" if approve else "grant.decline",
+            grant,
+            old={"approval": GrantApproval.PENDING},
+            new={"approval": state, "note": note},
+            finding_id=grant.finding_id,
+        )
+        if approve:
+            _notify_given(grant)
+    return True
 
 
 def do_revoke_grant(grant: Grant, *, reason: str = "", acting_user: Any) -> bool:
@@ -195,3 +260,19 @@ def do_warn_expiring_grants(*, now: datetime | None = None) -> int:
                 )
                 count += 1
     return count
+
+
+def do_set_group_clearance(group: Group, tier: int, *, acting_user: Any) -> GroupClearance:
+    """Clear ``group`` for ``tier`` and above (the admin's one write on clearances): a change
+    of who reads every project's findings, so it is audited like a grant."""
+    with transaction.atomic():
+        existing = GroupClearance.objects.filter(group=group).first()
+        clearance, _ = GroupClearance.objects.update_or_create(group=group, defaults={"tier": tier})
+        audit.record(
+            acting_user,
+            "clearance.set",
+            clearance,
+            old={"tier": Tier(existing.tier).label} if existing else None,
+            new={"group": group.name, "tier": Tier(tier).label},
+        )
+    return clearance

@@ -11,7 +11,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from disclosure import audit
+from disclosure import audit, policy
 from disclosure.models import (
     AuditEntry,
     NotificationKind,
@@ -19,7 +19,14 @@ from disclosure.models import (
     RequestState,
 )
 from disclosure.notifications import notify, team_of
-from experiments.models import Finding, FindingRevision, FindingStatus, RevisionState, Tier
+from experiments.models import (
+    Artifact,
+    Finding,
+    FindingRevision,
+    FindingStatus,
+    RevisionState,
+    Tier,
+)
 
 User = get_user_model()
 
@@ -42,19 +49,64 @@ def readers_of(finding: Finding) -> list[Any]:
     return list(User.objects.filter(pk__in=actor_ids))
 
 
+def citing_findings(finding: Finding) -> list[Finding]:
+    """Other findings above the team tier, not retracted, that cite ``finding``'s evidence
+    artifacts, directly or through the runs that produced them: destroying that evidence would
+    take it from readers outside the team."""
+    artifacts = Artifact.objects.filter(findings=finding)
+    return list(
+        Finding.objects.exclude(pk=finding.pk)
+        .exclude(status=FindingStatus.RETRACTED)
+        .filter(tier__gt=Tier.TEAM)
+        .filter(Q(artifacts__in=artifacts.values("pk")) | Q(runs__in=artifacts.values("run_id")))
+        .distinct()
+        .order_by("pk")
+    )
+
+
+def check_destroy_evidence(finding: Finding, *, acting_user: Any) -> None:
+    """Refuse to destroy evidence that a finding above the team tier also cites, naming those
+    findings by number (and by title only where ``acting_user`` may read them)."""
+    citing = citing_findings(finding)
+    if not citing:
+        return
+    readable = set(
+        policy.visible_findings(acting_user)
+        .filter(pk__in=[f.pk for f in citing])
+        .values_list("pk", flat=True)
+    )
+    names = [f"#{f.pk} “{f.title}”" if f.pk in readable else f"#{f.pk}" for f in citing]
+    raise ValidationError(
+        "The evidence cannot be destroyed: it is also cited by finding "
+        + ", ".join(names)
+        + ". Retract without destroying the evidence, or retract those findings first."
+    )
+
+
 def do_retract_finding(
-    finding: Finding, *, reason: str, destroy_data: bool = False, acting_user: Any
+    finding: Finding,
+    *,
+    reason: str,
+    destroy_data: bool = False,
+    destroy_reason: str = "",
+    acting_user: Any,
 ) -> bool:
     """Retract now: the finding leaves every list on the next request (its team keeps it, with
     a banner), a tombstone stays at its address, and everyone who accessed it is told.
 
     ``destroy_data`` also crypto-shreds the finding's evidence artifacts (their data keys are
-    erased, see :func:`experiments.storage.shred`), recorded in the same audit entry. Files are
-    removed only after the retraction commits."""
+    erased, see :func:`experiments.storage.shred`), recorded in the same audit entry with
+    ``destroy_reason``. Files are removed only after the retraction commits. Evidence that a
+    finding above the team tier also cites is never destroyed (:func:`check_destroy_evidence`):
+    the whole retraction is refused instead, so nothing changes."""
     if not reason.strip():
         raise ValidationError("Say why the finding is retracted.")
+    if destroy_data and not destroy_reason.strip():
+        raise ValidationError("Say why the evidence must be destroyed.")
     now = timezone.now()
     with transaction.atomic():
+        if destroy_data:  # inside the transaction: the refusal leaves nothing changed
+            check_destroy_evidence(finding, acting_user=acting_user)
         n = (
             Finding.objects.filter(pk=finding.pk)
             .exclude(status=FindingStatus.RETRACTED)
@@ -81,7 +133,12 @@ def do_retract_finding(
             "finding.retract",
             finding,
             old={"status": old_status, "tier": Tier(finding.tier).label},
-            new={"status": finding.status, "reason": reason, "destroyed": shredded},
+            new={
+                "status": finding.status,
+                "reason": reason,
+                "destroyed": shredded,
+                **({"destroy_reason": destroy_reason} if destroy_data else {}),
+            },
         )
         notify(
             told,

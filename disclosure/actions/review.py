@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from disclosure import audit
+from disclosure import audit, policy
+from disclosure.gates import evaluate
 from disclosure.models import (
     Assessment,
     NotificationKind,
+    ObjectionClearance,
     Recusal,
     ReleaseRequest,
     RequestState,
@@ -121,13 +124,71 @@ def do_vote(request: ReleaseRequest, *, kind: str, rationale: str = "", acting_u
     return vote
 
 
-def do_resolve_objection(vote: Vote, *, resolution: str, acting_user: Any) -> bool:
+def do_withdraw_objection(vote: Vote, *, reason: str = "", acting_user: Any) -> bool:
+    """The objection's author withdraws it; no one else can (see :func:`do_clear_objection`)."""
+    if not policy.can_withdraw_objection(acting_user, vote):
+        raise ValidationError("Only the objection's author may withdraw it.")
     with transaction.atomic():
         n = Vote.objects.filter(pk=vote.pk, kind=VoteKind.OBJECT, resolved_at__isnull=True).update(
-            resolved_at=timezone.now(), resolved_by=acting_user, resolution=resolution
+            resolved_at=timezone.now(),
+            resolved_by=acting_user,
+            resolution=f"withdrawn by its author: {reason}"
+            if reason
+            else "withdrawn by its author",
+        )
+        if n:
+            audit.record(acting_user, "review.withdraw_objection", vote, new={"reason": reason})
+    return bool(n)
+
+
+def objection_quorum(vote: Vote) -> int:
+    """How many board members other than its author must agree to clear an objection:
+    ``H3LAB_OBJECTION_QUORUM`` when set, else the approvals the release rule for the step
+    requires (at least one)."""
+    if settings.H3LAB_OBJECTION_QUORUM > 0:
+        return int(settings.H3LAB_OBJECTION_QUORUM)
+    rule = evaluate(vote.request).rule
+    return max(1, rule.approvals_required if rule else 1)
+
+
+def do_clear_objection(vote: Vote, *, rationale: str, acting_user: Any) -> bool:
+    """A board member (not the objection's author, see :func:`policy.can_clear_objection`)
+    votes to clear an objection; when the quorum is reached it is resolved. Returns whether
+    the objection is now cleared.
+
+    SECURITY: separation of duties — one person, release managers included, never overrides
+    an objection alone."""
+    if not rationale.strip():
+        raise ValidationError("Say why the objection should be cleared.")
+    if not policy.can_clear_objection(acting_user, vote, vote.finding):
+        raise ValidationError(
+            "Only board members who may review the finding, other than the objection's author, "
+            "may vote to clear it, once each."
+        )
+    with transaction.atomic():
+        ObjectionClearance.objects.create(objection=vote, reviewer=acting_user, rationale=rationale)
+        clearers = list(
+            ObjectionClearance.objects.filter(objection=vote)
+            .exclude(reviewer_id=vote.reviewer_id)
+            .values_list("reviewer__username", flat=True)
+            .order_by("reviewer__username")
+        )
+        quorum = objection_quorum(vote)
+        audit.record(
+            acting_user,
+            "review.clear_objection_vote",
+            vote,
+            new={"rationale": rationale, "votes": len(clearers), "quorum": quorum},
+        )
+        if len(clearers) < quorum:
+            return False
+        n = Vote.objects.filter(pk=vote.pk, kind=VoteKind.OBJECT, resolved_at__isnull=True).update(
+            resolved_at=timezone.now(),
+            resolved_by=acting_user,
+            resolution=f"cleared by {', '.join(clearers)}",
         )
         if n:
             audit.record(
-                acting_user, "review.resolve_objection", vote, new={"resolution": resolution}
+                acting_user, "review.resolve_objection", vote, new={"cleared_by": clearers}
             )
     return bool(n)
