@@ -444,7 +444,7 @@ class ArtifactViewSet(ApiViewMixin, viewsets.ReadOnlyModelViewSet):
             raise _deny() from None
         except ArtifactUnavailable as exc:
             raise _unavailable(f"artifact {artifact.pk}", exc) from None
-        actions.record_artifact_download(artifact, acting_user=request.user)
+        actions.do_record_artifact_download(artifact, acting_user=request.user)
         response = StreamingHttpResponse(chunks, content_type="application/octet-stream")
         response["Content-Length"] = str(artifact.size)
         response["Content-Disposition"] = content_disposition_header(True, artifact.name) or ""

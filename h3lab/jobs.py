@@ -106,7 +106,7 @@ class ProgressRecorder:
         self._last = now
         points, self._points = self._points, []
         fields, self._fields = self._fields, {}
-        if not actions.record_progress(self.run_id, self.token, fields=fields, points=points):
+        if not actions.do_record_progress(self.run_id, self.token, fields=fields, points=points):
             self.lost = True
 
 
@@ -129,16 +129,18 @@ def execute_run(run_id: int, *, task_id: str = "") -> str:
     from h3lab.config import RunConfig
     from h3lab.train import Callbacks, train
 
-    claim = actions.claim_run(run_id, host=socket.gethostname(), task_id=task_id)
+    claim = actions.do_claim_run(run_id, host=socket.gethostname(), task_id=task_id)
     if claim is None:
         log.info("run %s is not queued; nothing to do (duplicate delivery or cancelled)", run_id)
         return "skipped"
     cfg = RunConfig.from_dict(claim.config)
-    actions.heartbeat(run_id, claim.token, device=_device_name(cfg.train.device))
+    actions.do_record_heartbeat(run_id, claim.token, device=_device_name(cfg.train.device))
     workdir = run_workdir(run_id)
     workdir.mkdir(parents=True, exist_ok=True)
     recorder = ProgressRecorder(run_id, claim.token)
-    liveness = Liveness(lambda: actions.heartbeat(run_id, claim.token), settings.H3LAB_HEARTBEAT_S)
+    liveness = Liveness(
+        lambda: actions.do_record_heartbeat(run_id, claim.token), settings.H3LAB_HEARTBEAT_S
+    )
     with liveness:
         callbacks = Callbacks(
             on_progress=recorder.progress,
@@ -149,7 +151,7 @@ def execute_run(run_id: int, *, task_id: str = "") -> str:
             result = train(cfg, workdir, callbacks, resume=True)
         except Exception as exc:
             recorder.flush(force=True)
-            actions.fail_run(
+            actions.do_fail_run(
                 run_id,
                 claim.token,
                 error=f"{type(exc).__name__}: {exc}",
@@ -164,7 +166,7 @@ def execute_run(run_id: int, *, task_id: str = "") -> str:
             shutil.rmtree(workdir, ignore_errors=True)
         return "stopped"
     files = _output_files(workdir)
-    done = actions.complete_run(
+    done = actions.do_complete_run(
         run_id,
         claim.token,
         result={
@@ -224,4 +226,4 @@ def reap_stale_runs() -> list[tuple[int, str]]:
     """Periodic (beat): requeue or fail runs whose worker stopped sending heartbeats."""
     from experiments import actions
 
-    return [(r.run_id, r.outcome) for r in actions.reap_stale_runs()]
+    return [(r.run_id, r.outcome) for r in actions.do_reap_stale_runs()]
