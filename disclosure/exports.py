@@ -744,20 +744,6 @@ def open_export(export: Export) -> Iterator[bytes]:
     return decrypted()
 
 
-def rewrap_all(current: crypto.MasterKey) -> int:
-    n = 0
-    for export in Export.objects.filter(encrypted=True).exclude(master_key_id=current.key_id):
-        master = keystore.keyring().get(export.master_key_id)
-        key = crypto.unwrap_key(
-            master, bytes(export.wrapped_key or b""), context=export.key_context
-        )
-        wrapped = crypto.wrap_key(current, key, context=export.key_context)
-        n += Export.objects.filter(pk=export.pk, master_key_id=export.master_key_id).update(
-            master_key_id=current.key_id, wrapped_key=wrapped
-        )
-    return n
-
-
 def record_download(export: Export, acting_user: Any, ip: str | None) -> None:
     audit.record(
         acting_user,

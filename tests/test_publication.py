@@ -20,6 +20,7 @@ from django.test import Client
 from django.urls import reverse
 
 from disclosure import exports, signing
+from disclosure.actions.keys import do_revoke_signing_key
 from disclosure.models import AuditEntry, Export, ExportKind, ExportStatus, SigningKeyStatus
 from experiments.models import Finding, Tier
 from experiments.storage import store_file
@@ -199,7 +200,7 @@ def test_a_wrong_public_key_and_a_revoked_key_fail_verification(
     pem = tmp_path / "right.pem"
     pem.write_text(key.public_key_pem)
     assert verify(bundle, "--key", str(pem))[0] is True
-    signing.do_revoke_signing_key(key, reason="laptop lost", acting_user=cast.mara)
+    do_revoke_signing_key(key, reason="laptop lost", acting_user=cast.mara)
     ok, report = verify(bundle)
     assert ok is False and "revoked" in report
 
