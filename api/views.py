@@ -31,10 +31,13 @@ from api import serializers as s
 from api.auth import HasScope
 from api.errors import ErrorSerializer
 from api.models import ApiToken, TokenScope
-from disclosure import audit, exports, policy
+from disclosure import audit, policy
+from disclosure.actions.exports import check_request_export, do_record_export_download
 from disclosure.actions.grants import check_give_grant, do_revoke_grant
 from disclosure.actions.release import do_request_release, do_request_review
 from disclosure.actions.review import do_assess_finding
+from disclosure.exports.build import open_export
+from disclosure.exports.rules import ExportRefused, describe_blockers
 from disclosure.models import Assessment, Export, Grant, ReleaseRequest, Vote
 from experiments import actions, presenters
 from experiments.forms import corpus_dir, project_corpora
@@ -718,16 +721,16 @@ class ExportViewSet(ApiViewMixin, viewsets.GenericViewSet):
             raise _deny()
         data = _body(s.ExportRequestSerializer, request)
         try:
-            export = exports.check_request_export(
+            export = check_request_export(
                 kind=data["kind"],
                 findings=data.get("findings", []),
                 project=data.get("project"),
                 recipient=data.get("recipient"),
                 acting_user=request.user,
             )
-        except exports.ExportRefused as refused:
+        except ExportRefused as refused:
             raise exceptions.ValidationError(
-                {"": [exports.describe(refused.blockers)], **refused.blockers}
+                {"": [describe_blockers(refused.blockers)], **refused.blockers}
             ) from None
         return Response(s.ExportSerializer(export).data, status=status.HTTP_201_CREATED)
 
@@ -745,12 +748,12 @@ class ExportViewSet(ApiViewMixin, viewsets.GenericViewSet):
         if not policy.can_download_export(request.user, export):
             raise _deny()
         try:
-            chunks = exports.open_export(export)
+            chunks = open_export(export)
         except FileNotFoundError:
             raise _deny() from None
         except ArtifactUnavailable as exc:
             raise _unavailable(f"export {export.pk}", exc) from None
-        exports.record_download(export, request.user, audit.client_ip(request))
+        do_record_export_download(export, acting_user=request.user, ip=audit.client_ip(request))
         response = StreamingHttpResponse(chunks, content_type="application/gzip")
         response["Content-Length"] = str(export.size)
         response["Content-Disposition"] = content_disposition_header(True, export.filename) or ""

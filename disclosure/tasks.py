@@ -33,6 +33,6 @@ def warn_expiring_grants() -> int:
 )
 def build_export(export_id: int) -> str:
     """Build one requested bundle; the Export row records progress and the outcome."""
-    from disclosure import exports
+    from disclosure.exports.build import build_export as build
 
-    return exports.build_export(export_id)
+    return build(export_id)
