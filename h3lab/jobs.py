@@ -4,6 +4,11 @@ A task takes ids and plain values, claims its row through :mod:`experiments.acti
 the pure training function :func:`h3lab.train.train`, and records the outcome through
 actions again. The Run row is the source of truth; every write is conditional on this
 worker's claim, so duplicate deliveries, cancellations and reaped runs are all harmless.
+
+The disclosure jobs (staged release, grant expiry, export builds) are here too, as thin
+wrappers around one disclosure function each. They keep the names they were registered under
+in ``disclosure.tasks`` (``name=`` below), so queued messages, routes and the beat schedule
+(:func:`h3lab.celery._beat_schedule`) stay valid.
 """
 
 from __future__ import annotations
@@ -227,3 +232,52 @@ def reap_stale_runs() -> list[tuple[int, str]]:
     from experiments import actions
 
     return [(r.run_id, r.outcome) for r in actions.do_reap_stale_runs()]
+
+
+# --- disclosure ---------------------------------------------------------------------------------
+# Thin: each task calls one disclosure function, which re-checks every gate itself and is
+# idempotent, so a duplicate delivery or an overlapping beat tick changes nothing twice.
+
+
+@app.task(
+    name="disclosure.tasks.release_due_findings",
+    acks_late=True,
+    soft_time_limit=120,
+    time_limit=180,
+    ignore_result=True,
+)
+def release_due_findings() -> list[tuple[int, str]]:
+    """Periodic (beat), at each embargo instant: re-check quorum, objections, retractions and
+    dependencies, then promote, or record why the release was held back."""
+    from disclosure.actions.release import do_release_due
+
+    return do_release_due()
+
+
+@app.task(
+    name="disclosure.tasks.warn_expiring_grants",
+    acks_late=True,
+    soft_time_limit=120,
+    time_limit=180,
+    ignore_result=True,
+)
+def warn_expiring_grants() -> int:
+    """Periodic (beat): warn holders of grants about to lapse and announce lapsed ones."""
+    from disclosure.actions.grants import do_warn_expiring_grants
+
+    return do_warn_expiring_grants()
+
+
+@app.task(
+    name="disclosure.tasks.build_export",
+    acks_late=True,
+    soft_time_limit=3600,
+    time_limit=3900,
+    max_retries=0,
+)
+def build_export(export_id: int) -> str:
+    """Build one requested bundle; the Export row records progress and the outcome. Sent by
+    :func:`disclosure.actions.exports.do_request_export` after commit."""
+    from disclosure.exports.build import build_export as build
+
+    return build(export_id)
