@@ -28,7 +28,7 @@ import io
 import json
 import tarfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -55,6 +55,22 @@ class BundleFile:
             return io.BytesIO(self.data)
         assert self.source is not None
         return self.source.open("rb")
+
+
+@dataclass(frozen=True)
+class LazyFile(BundleFile):
+    """A bundle file whose bytes come from an opener (a decrypted artifact stream): never
+    written to disk. ``on_open`` reports progress."""
+
+    opener: Callable[[], BinaryIO] | None = None
+    on_open: Callable[[], None] | None = None
+
+    def open(self) -> BinaryIO:
+        if self.on_open is not None:
+            self.on_open()
+        if self.opener is not None:
+            return self.opener()
+        return super().open()
 
 
 def _digest(f: BundleFile) -> tuple[str, int]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from disclosure import marks
-from disclosure.exports import MARK_KEY, PNG_SIGNATURE, png_marks
+from disclosure.marks import MARK_KEY, PNG_SIGNATURE, png_marks
 from disclosure.models import RecipientMark
 from experiments.models import Finding
 

@@ -13,6 +13,10 @@ have and counts agreements. Because the bit for a slot depends only on its own s
 sentences are enough; a recipient is named only when every observed slot agrees and there are
 enough of them that a chance match is unlikely (2^-k for k slots).
 
+Files other than prose carry the copy's *metadata token* (:func:`metadata_token`): a JSON
+field, a PNG ``tEXt`` chunk or a CSV comment line named ``h3lab-mark`` (:func:`mark_png`,
+:func:`mark_csv`, :func:`mark_json`). It names the copy exactly while the file is unchanged.
+
 Pure Python: no Django import.
 """
 
@@ -20,7 +24,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import re
+import struct
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -234,3 +241,51 @@ def trace(
         f"not enough evidence: {len(obs)} marked phrasing(s) found, best candidate matches "
         f"{best_agree}; at least {MIN_SLOTS} matching are needed",
     )  # fmt: skip
+
+
+# --- metadata tokens in files ------------------------------------------------------------------
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MARK_KEY = "h3lab-mark"
+
+
+def metadata_token(secret: str) -> str:
+    """The token written into a partner copy's file metadata (JSON field, PNG tEXt chunk, CSV
+    comment). Derived from the secret, so it names the copy without revealing the secret."""
+    return hmac.new(secret.encode(), b"h3lab-metadata-mark", hashlib.sha256).hexdigest()[:24]
+
+
+def mark_png(data: bytes, token: str) -> bytes:
+    """Insert a ``tEXt`` chunk (``h3lab-mark``) after IHDR; the image is unchanged."""
+    if not data.startswith(PNG_SIGNATURE) or data[12:16] != b"IHDR":
+        return data
+    (ihdr_len,) = struct.unpack(">I", data[8:12])
+    end = 8 + 12 + ihdr_len
+    body = b"tEXt" + MARK_KEY.encode() + b"\x00" + token.encode()
+    chunk = struct.pack(">I", len(body) - 4) + body + struct.pack(">I", zlib.crc32(body))
+    return data[:end] + chunk + data[end:]
+
+
+def png_marks(data: bytes) -> list[str]:
+    found, pos = [], 8
+    while pos + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
+        if kind == b"tEXt" and body.startswith(MARK_KEY.encode() + b"\x00"):
+            found.append(body.split(b"\x00", 1)[1].decode("latin-1"))
+        pos += 12 + length
+    return found
+
+
+def mark_csv(data: bytes, token: str) -> bytes:
+    return f"# {MARK_KEY}: {token}\n".encode() + data
+
+
+def mark_json(data: bytes, token: str) -> bytes:
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return data
+    if not isinstance(doc, dict):
+        return data
+    return json.dumps({**doc, MARK_KEY: token}, indent=2, sort_keys=True).encode() + b"\n"

@@ -13,7 +13,10 @@ from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
-from disclosure import audit, exports, forms, policy
+from disclosure import audit, forms, policy
+from disclosure.actions.exports import check_request_export, do_record_export_download
+from disclosure.exports.build import open_export
+from disclosure.exports.rules import ExportRefused
 from disclosure.models import ExportKind, SigningKey
 from experiments.downloads import stream_file
 from experiments.storage import ArtifactUnavailable
@@ -93,10 +96,8 @@ def _request(request: HttpRequest, form: forms.ExportForm, kind: str) -> HttpRes
         messages.error(request, errors)
         return redirect("exports")
     try:
-        export = exports.check_request_export(
-            kind=kind, **form.selection(), acting_user=request.user
-        )
-    except exports.ExportRefused as refused:
+        export = check_request_export(kind=kind, **form.selection(), acting_user=request.user)
+    except ExportRefused as refused:
         return render(
             request, "disclosure/export_refused.html", {"blockers": refused.blockers}, status=200
         )
@@ -154,13 +155,13 @@ def export_download(request: HttpRequest, pk: int) -> HttpResponse | StreamingHt
     export = policy.get_export_or_404(request.user, pk)
     _require(policy.can_download_export(request.user, export))
     try:
-        chunks = exports.open_export(export)
+        chunks = open_export(export)
     except FileNotFoundError:
         raise Http404("Not found.") from None
     except ArtifactUnavailable as exc:
         log.error("export %s unavailable: %s", export.pk, exc)
         return render(request, "disclosure/export_unavailable.html", {"export": export}, status=503)
-    exports.record_download(export, request.user, audit.client_ip(request))
+    do_record_export_download(export, acting_user=request.user, ip=audit.client_ip(request))
     return stream_file(
         chunks,
         filename=export.filename,

@@ -191,7 +191,7 @@ class Claim:
     attempt: int
 
 
-def claim_run(run_id: int, *, host: str, device: str = "", task_id: str = "") -> Claim | None:
+def do_claim_run(run_id: int, *, host: str, device: str = "", task_id: str = "") -> Claim | None:
     """Move a queued run to running for this worker; None if it is not queued (duplicate
     delivery, cancelled, already claimed)."""
     token = uuid.uuid4()
@@ -224,12 +224,12 @@ def is_cancelled(run_id: int) -> bool:
     return Run.objects.filter(pk=run_id, status=RunStatus.CANCELLED).exists()
 
 
-def heartbeat(run_id: int, token: uuid.UUID, **fields: Any) -> bool:
+def do_record_heartbeat(run_id: int, token: uuid.UUID, **fields: Any) -> bool:
     """Refresh the heartbeat; False means the claim is gone (cancelled or reaped): stop."""
     return bool(_claimed(run_id, token).update(heartbeat_at=timezone.now(), **fields))
 
 
-def record_progress(
+def do_record_progress(
     run_id: int,
     token: uuid.UUID,
     *,
@@ -248,7 +248,7 @@ def record_progress(
     return bool(n)
 
 
-def complete_run(
+def do_complete_run(
     run_id: int,
     token: uuid.UUID,
     *,
@@ -279,7 +279,7 @@ def complete_run(
     return True
 
 
-def fail_run(run_id: int, token: uuid.UUID, *, error: str, traceback: str = "") -> bool:
+def do_fail_run(run_id: int, token: uuid.UUID, *, error: str, traceback: str = "") -> bool:
     with transaction.atomic():
         n = _claimed(run_id, token).update(
             status=RunStatus.FAILED,
@@ -300,7 +300,7 @@ class Reaped:
     outcome: str  # "requeued" | "failed"
 
 
-def reap_stale_runs(
+def do_reap_stale_runs(
     *, timeout_s: float | None = None, max_attempts: int | None = None
 ) -> list[Reaped]:
     """Requeue (up to ``max_attempts`` claims) or fail running runs whose heartbeat stopped —
@@ -341,7 +341,7 @@ def reap_stale_runs(
 # --- artifacts -------------------------------------------------------------------------------
 
 
-def record_artifact_download(artifact: Artifact, acting_user: Any) -> None:
+def do_record_artifact_download(artifact: Artifact, acting_user: Any) -> None:
     """Announce that ``acting_user`` (None or anonymous for the public) fetched an artifact's
     bytes, so the audit log records who downloaded what. Changes no row itself."""
     actor = acting_user if _is_user(acting_user) else None
@@ -579,17 +579,17 @@ __all__ = [
     "Claim",
     "check_record_finding",
     "check_submit_run",
-    "claim_run",
-    "complete_run",
     "do_cancel_run",
+    "do_claim_run",
+    "do_complete_run",
     "do_create_project",
     "do_edit_finding",
+    "do_fail_run",
+    "do_reap_stale_runs",
+    "do_record_artifact_download",
     "do_record_finding",
+    "do_record_heartbeat",
+    "do_record_progress",
     "do_submit_run",
-    "fail_run",
-    "heartbeat",
     "is_cancelled",
-    "reap_stale_runs",
-    "record_artifact_download",
-    "record_progress",
 ]

@@ -215,7 +215,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from h3lab.data import TokenDataset, make_datasets
+    from h3lab.data.datasets import TokenDataset, make_datasets
     from h3lab.data.jsonl import read_jsonl, to_tensors
     from h3lab.train import evaluate, load_checkpoint
 

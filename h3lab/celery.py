@@ -1,4 +1,5 @@
-"""The Celery application. Tasks live in :mod:`h3lab.jobs` (and app ``tasks`` modules)."""
+"""The Celery application. Every task lives in :mod:`h3lab.jobs`, the one bridge between the ML
+core and Django (``tests/test_architecture.py`` keeps it so)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ app.conf.task_routes = {
     "disclosure.tasks.*": {"queue": "default"},
 }
 app.autodiscover_tasks(["h3lab"], related_name="jobs")
-app.autodiscover_tasks(["experiments", "disclosure"])  # their ``tasks`` modules, if any
 
 
 def _beat_schedule() -> dict[str, dict[str, object]]:
@@ -30,7 +30,8 @@ def _beat_schedule() -> dict[str, dict[str, object]]:
             "task": "h3lab.jobs.reap_stale_runs",
             "schedule": settings.H3LAB_REAPER_INTERVAL_S,
         },
-        # Staged release: promote due releases after re-checking every gate (disclosure.tasks).
+        # Staged release: promote due releases after re-checking every gate. The disclosure
+        # tasks live in h3lab.jobs under the names they had in disclosure.tasks.
         "release-due-findings": {
             "task": "disclosure.tasks.release_due_findings",
             "schedule": settings.H3LAB_RELEASE_CHECK_INTERVAL_S,

@@ -2,20 +2,20 @@
 
 A run's config is stored as JSON by the platform (``Run.config``) and validated here, so the
 web form, the API, the CLI and the worker all agree on what a valid run is. Pure Python: no
-Django, no torch import at module load.
+Django, no torch import at module load. The task section, :class:`TaskConfig`, belongs to the
+data package (:mod:`h3lab.data.config`) and is re-exported here.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
+from h3lab.data.config import TASKS, TaskConfig
 from h3lab.nn.config import PRESETS, InvalidModelConfig, LMConfig, preset_mixers
 
-TaskName = Literal["associative_recall", "induction_head", "text", "jsonl"]
-TASKS: tuple[str, ...] = ("associative_recall", "induction_head", "text", "jsonl")
-TEXT_VOCAB = 256  # byte-level
+__all__ = ["PRESETS", "TASKS", "ConfigError", "RunConfig", "TaskConfig", "TrainConfig"]
 
 
 class ConfigError(ValueError):
@@ -24,45 +24,6 @@ class ConfigError(ValueError):
     def __init__(self, errors: dict[str, str]) -> None:
         self.errors = errors
         super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
-
-
-@dataclass(frozen=True)
-class TaskConfig:
-    """A dataset. Synthetic tasks follow the H3 paper's protocol (seeded, loss on every
-    token, accuracy on the final token). ``path`` is a UTF-8 text file for ``text`` or a JSONL
-    file for ``jsonl``."""
-
-    name: str = "associative_recall"
-    vocab_size: int = 20
-    seq_len: int = 40
-    num_train: int = 5000
-    num_test: int = 500
-    path: str = ""
-    seed: int = 0
-
-    def errors(self) -> dict[str, str]:
-        e: dict[str, str] = {}
-        if self.name not in TASKS:
-            e["name"] = f"unknown task {self.name!r}; choose from {', '.join(TASKS)}"
-        if self.name in ("text", "jsonl") and not self.path:
-            e["path"] = f"the {self.name} task needs a file path"
-        if not 2 <= self.seq_len <= 65536:
-            e["seq_len"] = "must be between 2 and 65,536"
-        if self.name in ("associative_recall", "induction_head") and self.seq_len < 4:
-            e["seq_len"] = "synthetic tasks need at least 4 tokens"
-        if self.name in ("associative_recall", "induction_head") and self.vocab_size < 4:
-            e["vocab_size"] = "must be at least 4"
-        if self.name == "jsonl" and self.vocab_size < 2:
-            e["vocab_size"] = "must be at least 2"
-        if self.num_train < 1:
-            e["num_train"] = "must be positive"
-        if self.num_test < 1:
-            e["num_test"] = "must be positive"
-        return e
-
-    @property
-    def model_vocab_size(self) -> int:
-        return TEXT_VOCAB if self.name == "text" else self.vocab_size
 
 
 @dataclass(frozen=True)

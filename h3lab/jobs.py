@@ -4,6 +4,11 @@ A task takes ids and plain values, claims its row through :mod:`experiments.acti
 the pure training function :func:`h3lab.train.train`, and records the outcome through
 actions again. The Run row is the source of truth; every write is conditional on this
 worker's claim, so duplicate deliveries, cancellations and reaped runs are all harmless.
+
+The disclosure jobs (staged release, grant expiry, export builds) are here too, as thin
+wrappers around one disclosure function each. They keep the names they were registered under
+in ``disclosure.tasks`` (``name=`` below), so queued messages, routes and the beat schedule
+(:func:`h3lab.celery._beat_schedule`) stay valid.
 """
 
 from __future__ import annotations
@@ -106,7 +111,7 @@ class ProgressRecorder:
         self._last = now
         points, self._points = self._points, []
         fields, self._fields = self._fields, {}
-        if not actions.record_progress(self.run_id, self.token, fields=fields, points=points):
+        if not actions.do_record_progress(self.run_id, self.token, fields=fields, points=points):
             self.lost = True
 
 
@@ -129,16 +134,18 @@ def execute_run(run_id: int, *, task_id: str = "") -> str:
     from h3lab.config import RunConfig
     from h3lab.train import Callbacks, train
 
-    claim = actions.claim_run(run_id, host=socket.gethostname(), task_id=task_id)
+    claim = actions.do_claim_run(run_id, host=socket.gethostname(), task_id=task_id)
     if claim is None:
         log.info("run %s is not queued; nothing to do (duplicate delivery or cancelled)", run_id)
         return "skipped"
     cfg = RunConfig.from_dict(claim.config)
-    actions.heartbeat(run_id, claim.token, device=_device_name(cfg.train.device))
+    actions.do_record_heartbeat(run_id, claim.token, device=_device_name(cfg.train.device))
     workdir = run_workdir(run_id)
     workdir.mkdir(parents=True, exist_ok=True)
     recorder = ProgressRecorder(run_id, claim.token)
-    liveness = Liveness(lambda: actions.heartbeat(run_id, claim.token), settings.H3LAB_HEARTBEAT_S)
+    liveness = Liveness(
+        lambda: actions.do_record_heartbeat(run_id, claim.token), settings.H3LAB_HEARTBEAT_S
+    )
     with liveness:
         callbacks = Callbacks(
             on_progress=recorder.progress,
@@ -149,7 +156,7 @@ def execute_run(run_id: int, *, task_id: str = "") -> str:
             result = train(cfg, workdir, callbacks, resume=True)
         except Exception as exc:
             recorder.flush(force=True)
-            actions.fail_run(
+            actions.do_fail_run(
                 run_id,
                 claim.token,
                 error=f"{type(exc).__name__}: {exc}",
@@ -164,7 +171,7 @@ def execute_run(run_id: int, *, task_id: str = "") -> str:
             shutil.rmtree(workdir, ignore_errors=True)
         return "stopped"
     files = _output_files(workdir)
-    done = actions.complete_run(
+    done = actions.do_complete_run(
         run_id,
         claim.token,
         result={
@@ -224,4 +231,53 @@ def reap_stale_runs() -> list[tuple[int, str]]:
     """Periodic (beat): requeue or fail runs whose worker stopped sending heartbeats."""
     from experiments import actions
 
-    return [(r.run_id, r.outcome) for r in actions.reap_stale_runs()]
+    return [(r.run_id, r.outcome) for r in actions.do_reap_stale_runs()]
+
+
+# --- disclosure ---------------------------------------------------------------------------------
+# Thin: each task calls one disclosure function, which re-checks every gate itself and is
+# idempotent, so a duplicate delivery or an overlapping beat tick changes nothing twice.
+
+
+@app.task(
+    name="disclosure.tasks.release_due_findings",
+    acks_late=True,
+    soft_time_limit=120,
+    time_limit=180,
+    ignore_result=True,
+)
+def release_due_findings() -> list[tuple[int, str]]:
+    """Periodic (beat), at each embargo instant: re-check quorum, objections, retractions and
+    dependencies, then promote, or record why the release was held back."""
+    from disclosure.actions.release import do_release_due
+
+    return do_release_due()
+
+
+@app.task(
+    name="disclosure.tasks.warn_expiring_grants",
+    acks_late=True,
+    soft_time_limit=120,
+    time_limit=180,
+    ignore_result=True,
+)
+def warn_expiring_grants() -> int:
+    """Periodic (beat): warn holders of grants about to lapse and announce lapsed ones."""
+    from disclosure.actions.grants import do_warn_expiring_grants
+
+    return do_warn_expiring_grants()
+
+
+@app.task(
+    name="disclosure.tasks.build_export",
+    acks_late=True,
+    soft_time_limit=3600,
+    time_limit=3900,
+    max_retries=0,
+)
+def build_export(export_id: int) -> str:
+    """Build one requested bundle; the Export row records progress and the outcome. Sent by
+    :func:`disclosure.actions.exports.do_request_export` after commit."""
+    from disclosure.exports.build import build_export as build
+
+    return build(export_id)

@@ -273,7 +273,7 @@ def recall_probe(
     """Accuracy at the final query of the associative-recall test set, grouped by the position
     of the queried key's last occurrence (and so by its distance from the query). Raises
     ValueError for other tasks."""
-    from h3lab.data import make_datasets
+    from h3lab.data.datasets import make_datasets
 
     if cfg.task.name != "associative_recall":
         raise ValueError(f"the recall probe needs the associative_recall task, not {cfg.task.name}")
@@ -327,7 +327,7 @@ def run_probe(
             model, out_dir, half_len=max(8, cfg.task.seq_len // 2), seed=seed, device=device
         )
     if kind == "attention":
-        from h3lab.data import make_datasets
+        from h3lab.data.datasets import make_datasets
 
         _, test = make_datasets(cfg.task)
         return attention_probe(model, test.inputs[0], out_dir, device=device)

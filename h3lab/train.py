@@ -37,7 +37,7 @@ from h3lab.checkpoint import (
 )
 from h3lab.config import RunConfig, TrainConfig
 from h3lab.curves import json_safe, plot_curves, write_metrics
-from h3lab.data import TokenDataset, make_datasets
+from h3lab.data.datasets import TokenDataset, make_datasets
 
 if TYPE_CHECKING:
     from h3lab.nn.lm import LanguageModel

@@ -77,7 +77,7 @@ def test_a_broker_outage_leaves_the_run_queued_for_the_reaper_to_resend(
     broker = Sent()
     monkeypatch.setattr(app, "send_task", broker)
     with django_capture_on_commit_callbacks(execute=True):
-        actions.reap_stale_runs(timeout_s=30)
+        actions.do_reap_stale_runs(timeout_s=30)
 
     assert broker.calls == [("h3lab.jobs.run_training", [run.pk], "cpu")]
 
@@ -85,8 +85,8 @@ def test_a_broker_outage_leaves_the_run_queued_for_the_reaper_to_resend(
 def test_a_run_is_claimed_once(lab: Lab) -> None:
     run = factories.make_run(lab.project, status=RunStatus.QUEUED)
 
-    first = actions.claim_run(run.pk, host="a")
-    second = actions.claim_run(run.pk, host="b")
+    first = actions.do_claim_run(run.pk, host="a")
+    second = actions.do_claim_run(run.pk, host="b")
 
     assert first is not None and first.attempt == 1
     assert second is None
@@ -96,18 +96,19 @@ def test_a_run_is_claimed_once(lab: Lab) -> None:
 
 def test_a_cancelled_run_refuses_every_later_worker_write(lab: Lab) -> None:
     run = factories.make_run(lab.project, status=RunStatus.QUEUED)
-    claim = actions.claim_run(run.pk, host="w")
+    claim = actions.do_claim_run(run.pk, host="w")
     assert claim is not None
 
     assert actions.do_cancel_run(run, acting_user=lab.alice) is True
 
     token = claim.token
-    assert actions.heartbeat(run.pk, token) is False
+    assert actions.do_record_heartbeat(run.pk, token) is False
     assert (
-        actions.record_progress(run.pk, token, fields={"step": 5}, points=[("x", 5, 1.0)]) is False
+        actions.do_record_progress(run.pk, token, fields={"step": 5}, points=[("x", 5, 1.0)])
+        is False
     )
-    assert actions.complete_run(run.pk, token, result={"status": "completed"}) is False
-    assert actions.fail_run(run.pk, token, error="late") is False
+    assert actions.do_complete_run(run.pk, token, result={"status": "completed"}) is False
+    assert actions.do_fail_run(run.pk, token, error="late") is False
     run.refresh_from_db()
     assert run.status == RunStatus.CANCELLED
     assert run.step == 0 and run.error == ""
@@ -116,10 +117,10 @@ def test_a_cancelled_run_refuses_every_later_worker_write(lab: Lab) -> None:
 
 def test_a_worker_with_a_stale_token_cannot_write(lab: Lab) -> None:
     run = factories.make_run(lab.project, status=RunStatus.QUEUED)
-    assert actions.claim_run(run.pk, host="w") is not None
+    assert actions.do_claim_run(run.pk, host="w") is not None
 
-    assert actions.heartbeat(run.pk, uuid.uuid4()) is False
-    assert actions.complete_run(run.pk, uuid.uuid4(), result={}) is False
+    assert actions.do_record_heartbeat(run.pk, uuid.uuid4()) is False
+    assert actions.do_complete_run(run.pk, uuid.uuid4(), result={}) is False
     run.refresh_from_db()
     assert run.status == RunStatus.RUNNING
 
@@ -136,10 +137,10 @@ def test_cancelling_a_finished_run_changes_nothing(lab: Lab, status: str) -> Non
 
 def test_a_resumed_attempt_keeps_the_first_value_of_a_replayed_metric_point(lab: Lab) -> None:
     run = factories.make_run(lab.project, status=RunStatus.QUEUED)
-    claim = actions.claim_run(run.pk, host="w")
+    claim = actions.do_claim_run(run.pk, host="w")
     assert claim is not None
-    actions.record_progress(run.pk, claim.token, fields={}, points=[("train_loss", 10, 2.0)])
+    actions.do_record_progress(run.pk, claim.token, fields={}, points=[("train_loss", 10, 2.0)])
 
-    actions.record_progress(run.pk, claim.token, fields={}, points=[("train_loss", 10, 9.0)])
+    actions.do_record_progress(run.pk, claim.token, fields={}, points=[("train_loss", 10, 9.0)])
 
     assert list(MetricPoint.objects.filter(run=run).values_list("value", flat=True)) == [2.0]

@@ -9,7 +9,7 @@ from django.core import mail
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
-from disclosure import audit, tasks
+from disclosure import audit
 from disclosure.actions.grants import do_warn_expiring_grants
 from disclosure.actions.release import (
     check_schedule_release,
@@ -28,6 +28,7 @@ from disclosure.models import (
     ReleaseRequest,
 )
 from experiments.models import Finding, FindingStatus, Tier
+from h3lab import jobs
 from tests import factories
 from tests.conftest import Cast
 
@@ -71,7 +72,7 @@ def test_requesting_review_moves_a_finding_to_the_review_tier_with_a_decision(ca
 
 def test_the_scheduler_promotes_a_due_release_that_passes_every_gate(cast: Cast) -> None:
     f, req = scheduled_to_partners(cast)
-    results = tasks.release_due_findings()
+    results = jobs.release_due_findings()
     f.refresh_from_db()
     assert f.tier == Tier.PARTNERS
     assert results == [(req.pk, "released")]
@@ -82,7 +83,7 @@ def test_the_scheduler_promotes_a_due_release_that_passes_every_gate(cast: Cast)
 
 def test_the_scheduler_holds_back_on_a_missing_approval(cast: Cast) -> None:
     f, _req = scheduled_to_partners(cast, approvals=0)
-    [(_, outcome)] = tasks.release_due_findings()
+    [(_, outcome)] = jobs.release_due_findings()
     f.refresh_from_db()
     assert f.tier == Tier.REVIEW
     assert "0 of 1 required approvals" in outcome
@@ -94,13 +95,13 @@ def test_the_scheduler_holds_back_on_an_open_objection_until_it_is_resolved(cast
     f, req = scheduled_to_partners(cast)
     ola = factories.make_reviewer("ola")
     objection = do_vote(req, kind="object", rationale="leaks a capability trick", acting_user=ola)
-    tasks.release_due_findings()
-    tasks.release_due_findings()  # a second tick with the same reason adds no entry
+    jobs.release_due_findings()
+    jobs.release_due_findings()  # a second tick with the same reason adds no entry
     f.refresh_from_db()
     assert f.tier == Tier.REVIEW
     assert AuditEntry.objects.filter(action="release.hold").count() == 1
     do_withdraw_objection(objection, reason="trick removed", acting_user=ola)
-    tasks.release_due_findings()
+    jobs.release_due_findings()
     f.refresh_from_db()
     assert f.tier == Tier.PARTNERS
 
@@ -110,7 +111,7 @@ def test_the_scheduler_holds_back_on_a_retracted_dependency(cast: Cast) -> None:
     base = factories.make_finding(cast.lab.project, tier=Tier.PUBLIC)
     f.depends_on.add(base)
     do_retract_finding(base, reason="flawed eval", acting_user=cast.lab.alice)
-    [(_, outcome)] = tasks.release_due_findings()
+    [(_, outcome)] = jobs.release_due_findings()
     assert f"depends on retracted finding #{base.pk}" in outcome
     f.refresh_from_db()
     assert f.tier == Tier.REVIEW
@@ -119,13 +120,13 @@ def test_the_scheduler_holds_back_on_a_retracted_dependency(cast: Cast) -> None:
 def test_an_approval_from_someone_who_left_the_board_no_longer_counts(cast: Cast) -> None:
     _f, _ = scheduled_to_partners(cast)
     cast.rita.groups.clear()
-    [(_, outcome)] = tasks.release_due_findings()
+    [(_, outcome)] = jobs.release_due_findings()
     assert "0 of 1" in outcome
 
 
 def test_public_release_waits_for_the_embargo_instant(cast: Cast) -> None:
     f, _ = scheduled_to_partners(cast)
-    tasks.release_due_findings()
+    jobs.release_due_findings()
     req = do_request_release(f, acting_user=cast.mara)
     for r in (cast.rita, factories.make_reviewer("ravi2")):
         do_vote(req, kind="approve", acting_user=r)
@@ -178,7 +179,7 @@ def test_retraction_notifies_everyone_who_accessed_it_and_leaves_a_tombstone(cas
 def test_expiry_warnings_are_sent_once_and_lapsed_grants_are_announced(cast: Cast) -> None:
     factories.make_grant(cast.carol, project=cast.lab.other_project, days=3)
     assert do_warn_expiring_grants() == 2  # carol's 3-day grant warned, erin's lapsed
-    assert tasks.warn_expiring_grants() == 0
+    assert jobs.warn_expiring_grants() == 0
     kinds = set(Notification.objects.values_list("user__username", "kind"))
     assert {("carol", "grant_expiring"), ("erin", "grant_expired")} <= kinds
     later = timezone.now() + timedelta(days=4)
@@ -193,6 +194,21 @@ def test_the_beat_schedule_runs_the_release_scheduler() -> None:
         "disclosure.tasks.release_due_findings",
         "disclosure.tasks.warn_expiring_grants",
     } <= tasks_scheduled
+
+
+def test_the_disclosure_jobs_keep_the_names_queued_messages_and_the_schedule_use() -> None:
+    from h3lab.celery import _beat_schedule, app
+
+    registered = {
+        "disclosure.tasks.release_due_findings": jobs.release_due_findings,
+        "disclosure.tasks.warn_expiring_grants": jobs.warn_expiring_grants,
+        "disclosure.tasks.build_export": jobs.build_export,
+    }
+    for name, task in registered.items():
+        assert task.name == name
+        assert app.tasks[name] == task and app.tasks[name].__module__ == "h3lab.jobs"
+    scheduled = {e["task"] for e in _beat_schedule().values()}
+    assert scheduled <= set(app.tasks), "every scheduled task is registered"
 
 
 # helpers

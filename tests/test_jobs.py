@@ -147,7 +147,7 @@ def test_the_reaper_requeues_a_stale_run_below_the_attempt_cap(lab: Lab) -> None
         heartbeat_at=timezone.now(),
     )  # fmt: skip
 
-    reaped = actions.reap_stale_runs(timeout_s=30, max_attempts=3)
+    reaped = actions.do_reap_stale_runs(timeout_s=30, max_attempts=3)
 
     assert [(r.run_id, r.outcome) for r in reaped] == [(run.pk, "requeued")]
     run.refresh_from_db()
@@ -161,7 +161,7 @@ def test_the_reaper_requeues_a_stale_run_below_the_attempt_cap(lab: Lab) -> None
 def test_the_reaper_fails_a_stale_run_at_the_attempt_cap_with_a_clear_message(lab: Lab) -> None:
     run = _stale_running_run(lab, attempt=3)
 
-    reaped = actions.reap_stale_runs(timeout_s=30, max_attempts=3)
+    reaped = actions.do_reap_stale_runs(timeout_s=30, max_attempts=3)
 
     assert [(r.run_id, r.outcome) for r in reaped] == [(run.pk, "failed")]
     run.refresh_from_db()
@@ -197,7 +197,7 @@ def test_a_requeued_run_resumes_from_its_checkpoint(
     assert (run_workdir(run.pk) / "checkpoint").is_dir()
 
     Run.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now() - timedelta(minutes=5))
-    assert [r.outcome for r in actions.reap_stale_runs(timeout_s=30)] == ["requeued"]
+    assert [r.outcome for r in actions.do_reap_stale_runs(timeout_s=30)] == ["requeued"]
     assert jobs.execute_run(run.pk) == "succeeded"
 
     run.refresh_from_db()

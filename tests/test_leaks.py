@@ -25,6 +25,7 @@ from django.utils import timezone
 from guardian.shortcuts import assign_perm
 
 from disclosure import policy
+from disclosure.actions.exports import do_request_export
 from disclosure.actions.grants import do_give_grant, do_revoke_grant
 from disclosure.actions.release import do_request_release, do_request_review
 from disclosure.actions.retraction import do_retract_finding
@@ -105,9 +106,7 @@ def build_world(cast: Cast) -> dict[str, Planted]:
         acting_user=mara,
     )
     # a partner copy of it for carol while the grant stood; its page must forget the title
-    from disclosure import exports
-
-    exports.do_request_export(
+    do_request_export(
         kind="partner",
         findings=[grantx],
         project=None,
@@ -125,7 +124,7 @@ def build_world(cast: Cast) -> dict[str, Planted]:
     exp_actions.do_edit_finding(t0, title=t0.title, body="LEAKT0EDITED", acting_user=alice)
     world["T0"].markers.append("LEAKT0EDITED")
     # a partner copy for carol of the partners-tier finding, requested by mara
-    exports.do_request_export(
+    do_request_export(
         kind="partner",
         findings=[world["T2"].finding],
         project=None,

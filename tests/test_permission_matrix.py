@@ -336,10 +336,11 @@ def ready_export(cast: Cast, finding: Finding) -> Any:
     the matrix checks who may fetch it; test_publication.py checks what it contains)."""
     from django.conf import settings
 
-    from disclosure import exports, signing
+    from disclosure import signing
+    from disclosure.actions.exports import do_request_export
     from disclosure.models import Export, ExportKind, ExportStatus
 
-    export = exports.do_request_export(
+    export = do_request_export(
         kind=ExportKind.PUBLIC,
         findings=[finding],
         project=None,

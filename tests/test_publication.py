@@ -19,7 +19,12 @@ from django.core.management.base import CommandError
 from django.test import Client
 from django.urls import reverse
 
-from disclosure import exports, signing
+from disclosure import bundles, signing
+from disclosure.actions.exports import check_request_export
+from disclosure.actions.keys import do_revoke_signing_key
+from disclosure.exports.build import build_export, open_export
+from disclosure.exports.formats import finding_slug
+from disclosure.exports.rules import ExportRefused
 from disclosure.models import AuditEntry, Export, ExportKind, ExportStatus, SigningKeyStatus
 from experiments.models import Finding, Tier
 from experiments.storage import store_file
@@ -76,16 +81,16 @@ def evidence_finding(
 
 
 def export_now(cast: Cast, findings: list[Finding], **kw: Any) -> Export:
-    export = exports.check_request_export(
+    export = check_request_export(
         kind=kw.pop("kind", ExportKind.PUBLIC), findings=findings, acting_user=cast.mara, **kw
     )
-    assert exports.build_export(export.pk) == "succeeded", Export.objects.get(pk=export.pk).message
+    assert build_export(export.pk) == "succeeded", Export.objects.get(pk=export.pk).message
     export.refresh_from_db()
     return export
 
 
 def bundle_bytes(export: Export) -> bytes:
-    return b"".join(exports.open_export(export))
+    return b"".join(open_export(export))
 
 
 def verify(path: Path, *extra: str) -> tuple[bool, str]:
@@ -107,7 +112,7 @@ def test_a_public_finding_exports_as_a_signed_bundle_with_its_evidence(
 ) -> None:
     export = export_now(cast, [public])
     files = {m.name.split("/", 1)[1]: data for m, data in members(bundle_bytes(export))}
-    slug = exports._slug(public)
+    slug = finding_slug(public)
     run = public.runs.get()
     expected = {
         f"findings/{slug}.md",
@@ -134,7 +139,7 @@ def test_a_public_finding_exports_as_a_signed_bundle_with_its_evidence(
     assert crate["@context"] == "https://w3id.org/ro/crate/1.1/context"
     root = next(e for e in crate["@graph"] if e["@id"] == "./")
     assert root["@type"] == "Dataset" and root["datePublished"] and root["license"]["@id"]
-    content = {p for p in expected if p not in exports.bundles.META_FILES}
+    content = {p for p in expected if p not in bundles.META_FILES}
     assert {p["@id"] for p in root["hasPart"]} == content - {"ro-crate-metadata.json"}
     assert "cff-version: 1.2.0" in files["CITATION.cff"].decode()
     manifest = json.loads(files["manifest.json"])
@@ -192,14 +197,14 @@ def test_a_wrong_public_key_and_a_revoked_key_fail_verification(
     other = tmp_path / "other.pem"
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    other.write_bytes(exports.bundles.public_key_pem(Ed25519PrivateKey.generate().public_key()))
+    other.write_bytes(bundles.public_key_pem(Ed25519PrivateKey.generate().public_key()))
     ok, report = verify(bundle, "--key", str(other))
     assert ok is False and "manifest.json: signature does not verify" in report
     key = signing.current_key()
     pem = tmp_path / "right.pem"
     pem.write_text(key.public_key_pem)
     assert verify(bundle, "--key", str(pem))[0] is True
-    signing.do_revoke_signing_key(key, reason="laptop lost", acting_user=cast.mara)
+    do_revoke_signing_key(key, reason="laptop lost", acting_user=cast.mara)
     ok, report = verify(bundle)
     assert ok is False and "revoked" in report
 
@@ -246,8 +251,8 @@ def test_non_public_or_undecided_findings_are_refused_with_exactly_what_blocks_e
 
     do_retract_finding(retracted, reason="bug", acting_user=cast.lab.alice)
     retracted.refresh_from_db()
-    with pytest.raises(exports.ExportRefused) as refused:
-        exports.check_request_export(
+    with pytest.raises(ExportRefused) as refused:
+        check_request_export(
             kind=ExportKind.PUBLIC,
             findings=[public, team, partners, undecided, retracted],
             acting_user=cast.mara,
@@ -278,8 +283,8 @@ def test_the_export_pages_queue_a_job_show_progress_and_stream_the_bundle(
     )
     progress = client.get(reverse("export-progress", args=[export.pk])).json()
     assert (progress["status"], progress["active"]) == (ExportStatus.QUEUED, True)
-    assert exports.build_export(export.pk) == "succeeded"
-    assert exports.build_export(export.pk) == "skipped"  # a duplicate delivery does nothing
+    assert build_export(export.pk) == "succeeded"
+    assert build_export(export.pk) == "skipped"  # a duplicate delivery does nothing
     progress = client.get(reverse("export-progress", args=[export.pk])).json()
     assert (progress["status"], progress["progress"]) == (ExportStatus.SUCCEEDED, 1.0)
     page = client.get(reverse("export", args=[export.pk]))
@@ -287,7 +292,7 @@ def test_the_export_pages_queue_a_job_show_progress_and_stream_the_bundle(
     download = client.get(reverse("export-download", args=[export.pk]))
     blob = b"".join(download.streaming_content)  # type: ignore[attr-defined]
     assert download["Content-Disposition"] == f'attachment; filename="{export.filename}"'
-    assert exports.bundles.verify_bundle(io.BytesIO(blob), signing.trusted_public_keys()).ok
+    assert bundles.verify_bundle(io.BytesIO(blob), signing.trusted_public_keys()).ok
     assert AuditEntry.objects.filter(action="export.download").count() == 1
 
 
@@ -309,7 +314,7 @@ def test_a_whole_project_exports_its_public_findings(cast: Cast, tmp_path: Path)
     a = promote(cast, evidence_finding(cast, tmp_path, title="First"))
     b = promote(cast, factories.make_finding(cast.lab.project, title="Second", body=BODY))
     factories.make_finding(cast.lab.project, title="Still private")
-    export = exports.check_request_export(
+    export = check_request_export(
         kind=ExportKind.PUBLIC, project=cast.lab.project, acting_user=cast.mara
     )
     assert set(export.findings.all()) == {a, b}

@@ -17,8 +17,12 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.urls import reverse
 
-from disclosure import exports, leaks, marks, policy
+from disclosure import leaks, marks, policy
+from disclosure.actions.exports import check_request_export
 from disclosure.actions.grants import do_revoke_grant
+from disclosure.exports.build import build_export, exports_root, open_export
+from disclosure.exports.formats import finding_slug
+from disclosure.exports.rules import ExportRefused
 from disclosure.models import AuditEntry, Export, ExportKind, Grant, RecipientMark
 from experiments.models import Finding, Tier
 from tests import factories
@@ -68,16 +72,16 @@ def world(cast: Cast, tmp_path: Path) -> World:
 
 
 def partner_copy(cast: Cast, recipient: Any, findings: list[Finding] | None = None) -> Export:
-    export = exports.check_request_export(
+    export = check_request_export(
         kind=ExportKind.PARTNER, findings=findings or [], recipient=recipient, acting_user=cast.mara
     )
-    assert exports.build_export(export.pk) == "succeeded", Export.objects.get(pk=export.pk).message
+    assert build_export(export.pk) == "succeeded", Export.objects.get(pk=export.pk).message
     export.refresh_from_db()
     return export
 
 
 def files_of(export: Export) -> dict[str, bytes]:
-    blob = b"".join(exports.open_export(export))
+    blob = b"".join(open_export(export))
     return {m.name.split("/", 1)[1]: data for m, data in members(blob)}
 
 
@@ -96,13 +100,13 @@ def test_a_partner_copy_holds_exactly_what_the_grant_covers(world: World) -> Non
         assert outside.title.encode() not in blob
         assert str(outside.public_id).encode() not in blob
     assert {p.split("/")[1] for p in files if p.startswith("findings/")} == {
-        f"{exports._slug(f)}.{ext}" for f in expected for ext in ("md", "json")
+        f"{finding_slug(f)}.{ext}" for f in expected for ext in ("md", "json")
     }
 
 
 def test_findings_outside_the_grant_are_refused_by_name(world: World) -> None:
-    with pytest.raises(exports.ExportRefused) as refused:
-        exports.check_request_export(
+    with pytest.raises(ExportRefused) as refused:
+        check_request_export(
             kind=ExportKind.PARTNER,
             findings=[world.granted, world.elsewhere, world.review],
             recipient=world.cast.carol,
@@ -121,25 +125,23 @@ def test_findings_outside_the_grant_are_refused_by_name(world: World) -> None:
 
 def test_no_copy_before_the_agreement_is_accepted_or_after_the_grant_lapsed(world: World) -> None:
     cast = world.cast
-    with pytest.raises(exports.ExportRefused) as nick:
-        exports.check_request_export(
+    with pytest.raises(ExportRefused) as nick:
+        check_request_export(
             kind=ExportKind.PARTNER,
             findings=[world.granted],
             recipient=cast.nick,
             acting_user=cast.mara,
         )
     assert nick.value.blockers["recipient"] == ["nick has not accepted the current agreement v2"]
-    with pytest.raises(exports.ExportRefused) as erin:
-        exports.check_request_export(
-            kind=ExportKind.PARTNER, recipient=cast.erin, acting_user=cast.mara
-        )
+    with pytest.raises(ExportRefused) as erin:
+        check_request_export(kind=ExportKind.PARTNER, recipient=cast.erin, acting_user=cast.mara)
     assert erin.value.blockers == {"recipient": ["no partner-tier finding is granted to erin"]}
     # A grant revoked between the request and the job: the job refuses too.
-    export = exports.check_request_export(
+    export = check_request_export(
         kind=ExportKind.PARTNER, recipient=cast.carol, acting_user=cast.mara
     )
     do_revoke_grant(Grant.objects.get(user=cast.carol), acting_user=cast.mara)
-    assert exports.build_export(export.pk) == "refused"
+    assert build_export(export.pk) == "refused"
     export.refresh_from_db()
     assert "not covered by an active grant of carol" in export.message
 
@@ -147,13 +149,13 @@ def test_no_copy_before_the_agreement_is_accepted_or_after_the_grant_lapsed(worl
 def test_copies_are_marked_per_recipient_in_text_and_file_metadata(world: World) -> None:
     carol = partner_copy(world.cast, world.cast.carol)
     dora = partner_copy(world.cast, world.dora)
-    slug = exports._slug(world.granted)
+    slug = finding_slug(world.granted)
     run = world.granted.runs.get()
     c, d = files_of(carol), files_of(dora)
     assert retype(c[f"findings/{slug}.md"].decode()) != retype(d[f"findings/{slug}.md"].decode())
     token = RecipientMark.objects.get(export=carol).token
     png = c[f"evidence/{slug}/artifacts/{run.pk}-attention.png"]
-    assert exports.png_marks(png) == [token] and png.replace(b"h3lab-mark", b"") != PNG
+    assert marks.png_marks(png) == [token] and png.replace(b"h3lab-mark", b"") != PNG
     csv_text = c[f"evidence/{slug}/artifacts/{run.pk}-probe.csv"].decode()
     assert csv_text.startswith(f"# h3lab-mark: {token}\n")
     assert json.loads(c[f"findings/{slug}.json"])["h3lab-mark"] == token
@@ -164,7 +166,7 @@ def test_copies_are_marked_per_recipient_in_text_and_file_metadata(world: World)
 
 def test_a_partner_copy_is_ciphertext_at_rest(world: World) -> None:
     export = partner_copy(world.cast, world.cast.carol)
-    stored = (exports.exports_root() / export.path).read_bytes()
+    stored = (exports_root() / export.path).read_bytes()
     assert export.encrypted is True and stored.startswith(crypto.MAGIC)
     assert b"induction" not in stored and b"Second" not in stored
 
@@ -174,7 +176,7 @@ def test_a_retyped_excerpt_of_a_few_sentences_names_the_recipient(world: World) 
         "carol": partner_copy(world.cast, world.cast.carol),
         "dora": partner_copy(world.cast, world.dora),
     }
-    slug = exports._slug(world.second)
+    slug = finding_slug(world.second)
     for name, export in copies.items():
         text = retype(files_of(export)[f"findings/{slug}.md"].decode())
         start = text.index("We ")
@@ -190,7 +192,7 @@ def test_a_retyped_excerpt_of_a_few_sentences_names_the_recipient(world: World) 
 
 def test_a_leaked_file_is_traced_by_its_metadata_mark(world: World, tmp_path: Path) -> None:
     export = partner_copy(world.cast, world.cast.carol)
-    slug = exports._slug(world.granted)
+    slug = finding_slug(world.granted)
     run = world.granted.runs.get()
     png = tmp_path / "leaked.png"
     png.write_bytes(files_of(export)[f"evidence/{slug}/artifacts/{run.pk}-attention.png"])
@@ -199,7 +201,7 @@ def test_a_leaked_file_is_traced_by_its_metadata_mark(world: World, tmp_path: Pa
     assert f"traced to carol: partner copy export #{export.pk}" in out.getvalue()
     assert "metadata" in out.getvalue()
     bundle = tmp_path / "leaked.tar.gz"
-    bundle.write_bytes(b"".join(exports.open_export(export)))
+    bundle.write_bytes(b"".join(open_export(export)))
     assert leaks.trace_leak(str(bundle)).mark.export_id == export.pk  # type: ignore[union-attr]
 
 

@@ -212,7 +212,7 @@ def artifact_download(request: HttpRequest, pk: int) -> StreamingHttpResponse:
         raise Http404("Not found.") from None
     except ArtifactUnavailable as exc:
         return _unavailable(request, artifact, exc)  # type: ignore[return-value]
-    actions.record_artifact_download(artifact, acting_user=request.user)
+    actions.do_record_artifact_download(artifact, acting_user=request.user)
     return stream_artifact(artifact, chunks, inline=request.GET.get("inline") == "1")
 
 

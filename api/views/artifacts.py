@@ -78,5 +78,5 @@ class ArtifactViewSet(ApiViewMixin, viewsets.ReadOnlyModelViewSet):
             raise deny() from None
         except ArtifactUnavailable as exc:
             raise unavailable(f"artifact {artifact.pk}", exc) from None
-        actions.record_artifact_download(artifact, acting_user=request.user)
+        actions.do_record_artifact_download(artifact, acting_user=request.user)
         return stream_artifact(artifact, chunks)

@@ -23,7 +23,10 @@ from api.views.common import (
     parse_id,
     unavailable,
 )
-from disclosure import audit, exports, policy
+from disclosure import audit, policy
+from disclosure.actions.exports import check_request_export, do_record_export_download
+from disclosure.exports.build import open_export
+from disclosure.exports.rules import ExportRefused, describe_blockers
 from disclosure.models import Export
 from experiments.downloads import stream_file
 from experiments.storage import ArtifactUnavailable
@@ -61,16 +64,16 @@ class ExportViewSet(ApiViewMixin, viewsets.GenericViewSet):
             raise deny()
         data = parse_body(ExportRequestSerializer, request)
         try:
-            export = exports.check_request_export(
+            export = check_request_export(
                 kind=data["kind"],
                 findings=data.get("findings", []),
                 project=data.get("project"),
                 recipient=data.get("recipient"),
                 acting_user=request.user,
             )
-        except exports.ExportRefused as refused:
+        except ExportRefused as refused:
             raise exceptions.ValidationError(
-                {"": [exports.describe(refused.blockers)], **refused.blockers}
+                {"": [describe_blockers(refused.blockers)], **refused.blockers}
             ) from None
         return Response(ExportSerializer(export).data, status=status.HTTP_201_CREATED)
 
@@ -88,12 +91,12 @@ class ExportViewSet(ApiViewMixin, viewsets.GenericViewSet):
         if not policy.can_download_export(request.user, export):
             raise deny()
         try:
-            chunks = exports.open_export(export)
+            chunks = open_export(export)
         except FileNotFoundError:
             raise deny() from None
         except ArtifactUnavailable as exc:
             raise unavailable(f"export {export.pk}", exc) from None
-        exports.record_download(export, request.user, audit.client_ip(request))
+        do_record_export_download(export, acting_user=request.user, ip=audit.client_ip(request))
         return stream_file(
             chunks,
             filename=export.filename,

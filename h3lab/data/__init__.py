@@ -1,94 +1,10 @@
 """Datasets for training and evaluation: the H3 synthetic tasks, byte-level text, JSONL.
 
-Every dataset is a :class:`TokenDataset` of next-token pairs ``inputs`` / ``targets``, both
-``(N, L)`` long tensors with ``targets[:, t]`` the token after ``inputs[:, t]``. The
-convention across tasks (the H3 paper's): **loss on every position, accuracy on the final
-position** — ``targets[:, -1]`` is the task's answer (the recalled value, the induced token,
-the JSONL ``target``).
+- :mod:`h3lab.data.config` — :class:`TaskConfig`, the dataset section of a run's config (pure
+  Python; :mod:`h3lab.config` re-exports it).
+- :mod:`h3lab.data.datasets` — :class:`TokenDataset` and :func:`make_datasets` (torch).
+- :mod:`h3lab.data.synthetic`, :mod:`~h3lab.data.text`, :mod:`~h3lab.data.jsonl` — the sources.
+
+The package imports nothing from above it (not :mod:`h3lab.config`, not Django). This file
+imports nothing at all, so reading the config does not load torch.
 """
-
-from __future__ import annotations
-
-from dataclasses import dataclass
-
-import torch
-
-from h3lab.config import TaskConfig
-from h3lab.data.jsonl import jsonl_splits
-from h3lab.data.synthetic import GENERATORS
-from h3lab.data.text import text_splits
-
-# Offsets keep the train and test draws of one seed from sharing a random stream.
-_TRAIN_STREAM, _TEST_STREAM = 0, 1
-
-
-@dataclass(frozen=True)
-class TokenDataset:
-    """Next-token pairs. ``inputs``, ``targets``: (N, L) long."""
-
-    inputs: torch.Tensor
-    targets: torch.Tensor
-
-    def __post_init__(self) -> None:
-        if self.inputs.shape != self.targets.shape or self.inputs.dim() != 2:
-            raise ValueError(
-                f"inputs {tuple(self.inputs.shape)} and targets {tuple(self.targets.shape)} "
-                "must both be (N, L)"
-            )
-
-    def __len__(self) -> int:
-        return self.inputs.shape[0]
-
-    @property
-    def seq_len(self) -> int:
-        return self.inputs.shape[1]
-
-    def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rows ``index`` (B,) as ``(inputs, targets)``, each (B, L)."""
-        return self.inputs[index], self.targets[index]
-
-
-def _generator(seed: int, stream: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 2 + stream)
-
-
-def make_datasets(task: TaskConfig) -> tuple[TokenDataset, TokenDataset]:
-    """The task's ``(train, test)`` datasets; deterministic given ``task.seed``.
-
-    Synthetic tasks draw train and test from independent streams of the same seed (the
-    paper's 5,000 / 500 examples by default); text is split by position; JSONL by its
-    ``split`` fields or position. Raises ValueError for an invalid task or unreadable file.
-    """
-    errors = task.errors()
-    if errors:
-        raise ValueError("; ".join(f"{k}: {v}" for k, v in errors.items()))
-    if task.name in GENERATORS:
-        gen = GENERATORS[task.name]
-        train = gen(
-            task.num_train, task.vocab_size, task.seq_len, _generator(task.seed, _TRAIN_STREAM)
-        )
-        test = gen(
-            task.num_test, task.vocab_size, task.seq_len, _generator(task.seed, _TEST_STREAM)
-        )
-    elif task.name == "text":
-        train, test = text_splits(
-            task.path,
-            seq_len=task.seq_len,
-            num_train=task.num_train,
-            num_test=task.num_test,
-            generator=_generator(task.seed, _TRAIN_STREAM),
-        )
-    elif task.name == "jsonl":
-        train, test = jsonl_splits(
-            task.path,
-            vocab_size=task.vocab_size,
-            seq_len=task.seq_len,
-            num_train=task.num_train,
-            num_test=task.num_test,
-        )
-    else:  # pragma: no cover - TaskConfig.errors() rejects unknown names
-        raise ValueError(f"unknown task {task.name!r}")
-    return TokenDataset(*train), TokenDataset(*test)
-
-
-__all__ = ["TokenDataset", "make_datasets"]

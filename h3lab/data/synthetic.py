@@ -3,7 +3,7 @@
 Both generators build a *full* sequence of ``seq_len + 1`` tokens and split it for
 next-token prediction: ``inputs = full[:, :-1]`` and ``targets = full[:, 1:]``, each
 ``(N, seq_len)``. Loss is taken on every position (as the paper trains), and accuracy on the
-final position only, whose target is the task's answer (see :mod:`h3lab.data`).
+final position only, whose target is the task's answer (see :mod:`h3lab.data.datasets`).
 
 Associative recall (vocab ``V``): keys are tokens ``[0, V//2)``, values ``[V//2, V)``. Each
 example draws its own key→value map, then ``(seq_len - 1) // 2`` key/value pairs with keys

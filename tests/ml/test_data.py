@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from h3lab.config import TaskConfig
-from h3lab.data import make_datasets
+from h3lab.data.config import TaskConfig
+from h3lab.data.datasets import make_datasets
 from h3lab.data.jsonl import JSONLError, read_jsonl
 from h3lab.data.synthetic import associative_recall, induction_head
 

@@ -12,7 +12,7 @@ import torch
 
 from h3lab.checkpoint import find_checkpoint, save_checkpoint
 from h3lab.config import RunConfig, TaskConfig, TrainConfig
-from h3lab.data import make_datasets
+from h3lab.data.datasets import make_datasets
 from h3lab.train import Callbacks, EvalResult, Progress, evaluate, load_checkpoint, train
 
 TINY_TASK = TaskConfig(name="induction_head", vocab_size=8, seq_len=8, num_train=256, num_test=64)

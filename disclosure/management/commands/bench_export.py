@@ -85,7 +85,9 @@ def _work(n: int) -> dict[str, Any]:
     from django.core.management import call_command
     from django.db import connection, transaction
 
-    from disclosure import bundles, exports, signing
+    from disclosure import bundles, signing
+    from disclosure.actions.exports import check_request_export
+    from disclosure.exports.build import build_export, exports_root
     from disclosure.models import ExportKind, ReleaseDecision, ReleasePolicy
     from experiments import actions, storage
     from experiments.models import Experiment, Finding, FindingStatus, MetricPoint, Run, Tier
@@ -156,16 +158,16 @@ def _work(n: int) -> dict[str, Any]:
     signing.current_key()
     populate = time.perf_counter() - t0
     t = time.perf_counter()
-    export = exports.check_request_export(kind=ExportKind.PUBLIC, project=project, acting_user=mara)
+    export = check_request_export(kind=ExportKind.PUBLIC, project=project, acting_user=mara)
     request = time.perf_counter() - t
     t = time.perf_counter()
-    outcome = exports.build_export(export.pk)
+    outcome = build_export(export.pk)
     build = time.perf_counter() - t
     export.refresh_from_db()
     if outcome != "succeeded":
         raise CommandError(f"export {outcome}: {export.message}")
     t = time.perf_counter()
-    with (exports.exports_root() / export.path).open("rb") as f:
+    with (exports_root() / export.path).open("rb") as f:
         report = bundles.verify_bundle(f, signing.trusted_public_keys())
     verify = time.perf_counter() - t
     if not report.ok:

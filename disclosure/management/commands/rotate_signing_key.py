@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from disclosure import signing
+from disclosure.actions.keys import do_rotate_signing_key
 
 
 class Command(BaseCommand):
@@ -16,6 +16,6 @@ class Command(BaseCommand):
     )
 
     def handle(self, *args: Any, **opts: Any) -> None:
-        key = signing.do_rotate_signing_key(acting_user=None)
+        key = do_rotate_signing_key(acting_user=None)
         self.stdout.write(f"current signing key: {key.key_id}")
         self.stdout.write(key.public_key_pem)

@@ -1,12 +1,13 @@
-"""``manage.py load_demo``: a small, realistic lab to click through (``make run`` calls it).
+"""Experiments demo data for ``manage.py load_demo``: users for every role, two projects, a few
+trained runs and findings (the command, in :mod:`web`, adds the disclosure steps after these).
 
 Idempotent: users are created or have their demo password reset, projects and findings are
 created once, and the demo runs are trained only while a project has none. The runs really
 train (tiny models, seconds each) through :func:`h3lab.jobs.execute_run`, the same code path
 the Celery worker takes, so metrics, plots and artifacts are genuine.
 
-Each step is a small function so other apps can add theirs (reviews, grants, …) to
-:data:`STEPS` without touching the rest.
+Each step is a small function of a :class:`Demo`, so the apps above this one add theirs
+(reviews, grants, …) after :data:`STEPS` without touching the rest.
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import Group, User
-from django.core.management.base import BaseCommand, CommandParser
-from django.db import transaction
 
 from experiments import actions
 from experiments.models import Finding, Project, Run, RunStatus
@@ -222,41 +221,12 @@ def record_findings(demo: Demo) -> None:
         )
 
 
-def disclosure_demo(demo: Demo) -> None:
-    from disclosure.demo import load_disclosure_demo
-
-    load_disclosure_demo(demo)
-
-
 STEPS: list[Callable[[Demo], None]] = [
     make_users,
     make_projects,
     train_runs,
     record_findings,
-    disclosure_demo,
 ]
-
-
-class Command(BaseCommand):
-    help = "Load a small demo lab (users for every role, two projects, trained runs, findings)."
-
-    def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument(
-            "--no-train", action="store_true", help="skip training the demo runs (fast)"
-        )
-
-    def handle(self, *args: Any, **options: Any) -> None:
-        demo = Demo(log=lambda msg: self.stdout.write(msg))
-        for step in STEPS:
-            if options["no_train"] and step is train_runs:
-                continue
-            if step is train_runs:
-                step(demo)  # each run commits as it goes, as on a worker
-            else:
-                with transaction.atomic():
-                    step(demo)
-        self.stdout.write(self.style.SUCCESS("\nDemo lab ready. Sign in as:"))
-        self.stdout.write(persona_table())
 
 
 def persona_table() -> str:

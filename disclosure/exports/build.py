@@ -1,0 +1,243 @@
+"""Building, storing and opening an export's archive.
+
+:func:`build_export` is the body of the Celery task ``disclosure.tasks.build_export`` (in
+:mod:`h3lab.jobs`; importable without a broker): it claims the queued :class:`Export` row,
+re-checks the blockers (:mod:`disclosure.exports.rules`), writes the content files
+(:mod:`disclosure.exports.formats`) into an archive with
+:func:`disclosure.bundles.write_bundle`, signs it with the current key, and records the
+outcome on the row and in the audit log. :func:`open_export` streams a finished archive for
+its permission-checked download.
+
+SECURITY: a partner copy holds partner-tier content, so its archive is encrypted at rest with
+its own data key (wrapped by the master key, bound to the export) and decrypted only in memory
+while it is downloaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from disclosure import audit, bundles, signing
+from disclosure.exports.formats import bundle_files, citation_cff, ro_crate
+from disclosure.exports.rules import (
+    ExportRefused,
+    describe_blockers,
+    partner_blockers,
+    public_blockers,
+)
+from disclosure.marks import MARK_KEY
+from disclosure.models import Export, ExportKind, ExportStatus, RecipientMark
+from experiments import storage
+from experiments.models import Finding
+from vault import crypto, keystore
+
+log = logging.getLogger(__name__)
+
+
+class _Progress:
+    """Counts file opens (each file is opened twice: hashed, then archived) and writes the
+    fraction to the row at most every half second."""
+
+    def __init__(self, export_id: int, total: int) -> None:
+        self.export_id, self.total, self.done, self._last = export_id, max(1, total), 0, 0.0
+
+    def tick(self) -> None:
+        self.done += 1
+        now = time.monotonic()
+        if now - self._last >= 0.5:
+            self._last = now
+            fraction = min(0.99, self.done / self.total)
+            Export.objects.filter(pk=self.export_id).update(progress=fraction)
+
+
+def exports_root() -> Path:
+    return Path(settings.EXPORTS_DIR)
+
+
+def build_export(export_id: int) -> str:
+    """Build one queued export (the Celery task's body; importable without a broker). Claims
+    the row with a conditional update, so a duplicate delivery does nothing."""
+    claimed = Export.objects.filter(pk=export_id, status=ExportStatus.QUEUED).update(
+        status=ExportStatus.RUNNING, started_at=timezone.now(), progress=0.0
+    )
+    if not claimed:
+        return "skipped"
+    export = Export.objects.select_related("recipient").get(pk=export_id)
+    findings = list(
+        export.findings.select_related("project", "created_by")
+        .prefetch_related("decisions__policy", "snapshots")
+        .order_by("pk")
+    )
+    if export.kind == ExportKind.PUBLIC:
+        blockers = public_blockers(findings)
+    else:
+        blockers = partner_blockers(export.recipient, findings)
+    try:
+        if blockers:
+            raise ExportRefused(blockers)
+        mark = getattr(export, "mark", None) if export.kind == ExportKind.PARTNER else None
+        _write(export, findings, mark)
+    except ExportRefused as refused:
+        _finish(export, ExportStatus.REFUSED, describe_blockers(refused.blockers), refused.blockers)
+        return "refused"
+    except Exception as exc:
+        log.exception("export %s failed", export_id)
+        _finish(export, ExportStatus.FAILED, f"{type(exc).__name__}: {exc}")
+        return "failed"
+    return "succeeded"
+
+
+def _write(export: Export, findings: list[Finding], mark: RecipientMark | None) -> None:
+    files = bundle_files(findings, mark=mark)
+    partner = export.kind == ExportKind.PARTNER
+    meta_files = [
+        bundles.BundleFile(
+            "ro-crate-metadata.json", ro_crate(export.name, findings, files, partner=partner)
+        ),
+        bundles.BundleFile("CITATION.cff", citation_cff(export.name, findings)),
+    ]
+    progress = _Progress(export.pk, 2 * (len(files) + len(meta_files)))
+    files = [
+        bundles.LazyFile(f.path, data=f.data, source=f.source, opener=getattr(f, "opener", None),
+                 on_open=progress.tick)
+        for f in [*files, *meta_files]
+    ]  # fmt: skip
+    key = signing.current_key()
+    private = signing.private_key(key)
+    root = exports_root()
+    root.mkdir(parents=True, exist_ok=True)
+    rel = f"{export.pk}-{export.name}.tar.gz" + (".enc" if partner else "")
+    tmp = root / (rel + ".part")
+    meta: dict[str, Any] = {
+        "kind": export.kind,
+        "export": export.pk,
+        "findings": [str(f.public_id) for f in findings],
+    }
+    if mark is not None:
+        meta.update(recipient=mark.recipient.get_username(), **{MARK_KEY: mark.token})
+    fields: dict[str, Any] = {}
+    with tmp.open("wb") as raw:
+        # SECURITY: a partner copy holds partner-tier content: it is encrypted at rest like
+        # every restricted artifact, and decrypted only for its permission-checked download.
+        out: Any = raw
+        if partner:
+            master = keystore.current()
+            data_key = crypto.new_data_key()
+            out = crypto.EncryptingWriter(data_key, raw)
+            fields.update(
+                encrypted=True,
+                master_key_id=master.key_id,
+                wrapped_key=crypto.wrap_key(master, data_key, context=export.key_context),
+            )
+        hashing = _HashingWriter(out)
+        manifest = bundles.write_bundle(
+            hashing,  # type: ignore[arg-type]
+            name=export.name,
+            files=files,
+            private_key=private,
+            key_id=key.key_id,
+            meta=meta,
+        )
+        if partner:
+            out.close()
+    os.replace(tmp, root / rel)
+    with transaction.atomic():
+        Export.objects.filter(pk=export.pk).update(
+            status=ExportStatus.SUCCEEDED,
+            progress=1.0,
+            finished_at=timezone.now(),
+            path=rel,
+            size=hashing.size,
+            sha256=hashing.sha256.hexdigest(),
+            signing_key_id=key.key_id,
+            message=f"{len(manifest['files'])} files signed by {key.key_id}",  # type: ignore[arg-type]
+            **fields,
+        )
+        audit.record(
+            None,
+            "export.build",
+            export,
+            new={
+                "kind": export.kind,
+                "findings": [f.pk for f in findings],
+                "recipient": mark.recipient.get_username() if mark else None,
+                "mark": mark.token if mark else None,
+                "signing_key": key.key_id,
+                "sha256": hashing.sha256.hexdigest(),
+            },
+        )
+
+
+class _HashingWriter:
+    """Passes writes through while hashing the archive bytes (what the reader downloads)."""
+
+    def __init__(self, out: Any) -> None:
+        self._out = out
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.sha256.update(data)
+        self.size += len(data)
+        self._out.write(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self._out.flush()
+
+
+def _finish(
+    export: Export, status: str, message: str, blockers: dict[str, list[str]] | None = None
+) -> None:
+    with transaction.atomic():
+        Export.objects.filter(pk=export.pk).update(
+            status=status,
+            finished_at=timezone.now(),
+            message=message[:10_000],
+            blockers=blockers or {},
+        )
+        audit.record(None, f"export.{status}", export, new={"message": message[:2000]})
+
+
+def open_export(export: Export) -> Iterator[bytes]:
+    """Stream the archive (decrypting a partner copy in memory). Raises FileNotFoundError or
+    :class:`experiments.storage.ArtifactUnavailable` like artifact downloads."""
+    path = exports_root() / export.path
+    if not export.path or not path.is_file():
+        raise FileNotFoundError(export.path)
+    f = path.open("rb")
+    if not export.encrypted:
+
+        def plain() -> Iterator[bytes]:
+            with f:
+                while chunk := f.read(1 << 20):
+                    yield chunk
+
+        return plain()
+    try:
+        master = keystore.keyring().get(export.master_key_id)
+        key = crypto.unwrap_key(
+            master, bytes(export.wrapped_key or b""), context=export.key_context
+        )
+        stream = crypto.decrypt_stream(key, f)
+        first = next(stream, b"")
+    except (crypto.KeyError_, crypto.DecryptionError) as exc:
+        f.close()
+        raise storage.ArtifactUnavailable("key", f"export {export.pk}: {exc}") from None
+
+    def decrypted() -> Iterator[bytes]:
+        with f:
+            yield first
+            yield from stream
+
+    return decrypted()

@@ -1,0 +1,256 @@
+"""The content files of a bundle: each finding as Markdown and JSON, its evidence (run configs,
+metrics as CSV and JSON, artifacts), RO-Crate metadata and CITATION.cff.
+
+In a partner copy every file carries the recipient's mark (:mod:`disclosure.marks`): the
+finding's prose is rewritten with the recipient's wording variants, and JSON, CSV and PNG
+files carry the copy's metadata token.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import mimetypes
+from typing import Any
+
+from django.conf import settings
+from django.utils import timezone
+from django.utils.text import slugify
+
+from disclosure import bundles, marks
+from disclosure.exports.rules import ExportRefused, finding_label
+from disclosure.models import RecipientMark, ReleaseDecision
+from experiments import storage
+from experiments.models import Artifact, Finding, MetricPoint, Tier
+
+MARKABLE_MAX = 64 << 20  # files marked in memory (plots, CSV, JSON); larger ones stream as-is
+
+
+def finding_slug(f: Finding) -> str:
+    """The finding's file name stem in the bundle (``findings/<slug>.md``, ``evidence/<slug>/``)."""
+    return f"{f.pk:05d}-{slugify(f.title)[:60] or 'finding'}"
+
+
+def _author(f: Finding) -> str:
+    user = f.created_by
+    if user is None:
+        return settings.H3LAB_PUBLISHER
+    return user.get_full_name() or user.get_username()
+
+
+def _markdown(f: Finding, decisions: list[ReleaseDecision], evidence: list[str], body: str) -> str:
+    released = decisions[-1].decided_at.strftime("%Y-%m-%d") if decisions else ""
+    lines = [
+        f"# {f.title}",
+        "",
+        f"- Finding: #{f.pk} ({f.public_id})",
+        f"- Project: {f.project.name}",
+        f"- Tier: {Tier(f.tier).label}",
+        f"- Released: {released}",
+        f"- Author: {_author(f)}",
+        "",
+        body.strip(),
+        "",
+    ]
+    if evidence:
+        lines += ["## Evidence", "", *[f"- `{p}`" for p in evidence], ""]
+    return "\n".join(lines)
+
+
+def _finding_json(
+    f: Finding, decisions: list[ReleaseDecision], evidence: list[str], token: str | None
+) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "id": f.pk,
+        "public_id": str(f.public_id),
+        "title": f.title,
+        "body_markdown": f.body,
+        "project": {"slug": f.project.slug, "name": f.project.name},
+        "tier": Tier(f.tier).label,
+        "status": f.status,
+        "author": _author(f),
+        "created_at": f.created_at.isoformat(),
+        "release_decisions": [
+            {
+                "from": Tier(d.from_tier).label,
+                "to": Tier(d.to_tier).label,
+                "decided_at": d.decided_at.isoformat(),
+                "policy_version": d.policy.version,
+                "approvals": d.approvals,
+                "rationale": d.rationale,
+            }
+            for d in decisions
+        ],
+        "metric_snapshots": [
+            {"run": s.run_id, "name": s.name, "step": s.step, "value": s.value}
+            for s in f.snapshots.all()
+        ],
+        "evidence": evidence,
+    }
+    if token:
+        doc[marks.MARK_KEY] = token
+    return doc
+
+
+def _metrics_files(run_id: int, base: str, token: str | None) -> list[bundles.BundleFile]:
+    points = list(
+        MetricPoint.objects.filter(run_id=run_id)
+        .order_by("name", "step")
+        .values_list("name", "step", "value")
+    )
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["name", "step", "value"])
+    writer.writerows(points)
+    series: dict[str, list[list[float]]] = {}
+    for name, step, value in points:
+        series.setdefault(name, []).append([step, value])
+    csv_bytes = buf.getvalue().encode()
+    json_doc: dict[str, Any] = {"run": run_id, "series": series}
+    if token:
+        csv_bytes = marks.mark_csv(csv_bytes, token)
+        json_doc[marks.MARK_KEY] = token
+    return [
+        bundles.BundleFile(f"{base}/metrics.csv", csv_bytes),
+        bundles.BundleFile(
+            f"{base}/metrics.json", json.dumps(json_doc, indent=2, sort_keys=True).encode()
+        ),
+    ]
+
+
+def _artifact_file(a: Artifact, path: str, token: str | None) -> bundles.BundleFile:
+    markable = token and a.size <= MARKABLE_MAX and a.name.endswith((".png", ".csv", ".json"))
+    if markable:
+        data = b"".join(storage.open_artifact(a))
+        if a.name.endswith(".png"):
+            data = marks.mark_png(data, token)  # type: ignore[arg-type]
+        elif a.name.endswith(".csv"):
+            data = marks.mark_csv(data, token)  # type: ignore[arg-type]
+        else:
+            data = marks.mark_json(data, token)  # type: ignore[arg-type]
+        return bundles.BundleFile(path, data)
+    return bundles.LazyFile(path, opener=lambda: storage.open_artifact_file(a))
+
+
+def bundle_files(
+    findings: list[Finding], *, mark: RecipientMark | None = None
+) -> list[bundles.BundleFile]:
+    """Every finding's files (Markdown, JSON) and its evidence; :func:`ro_crate` and
+    :func:`citation_cff` describe them.
+
+    Raises :class:`~disclosure.exports.rules.ExportRefused` if a finding's evidence was
+    destroyed (shredded) since it was released."""
+    token = mark.token if mark else None
+    files: list[bundles.BundleFile] = []
+    for f in findings:
+        slug = finding_slug(f)
+        decisions = [d for d in f.decisions.all()]
+        evidence: list[bundles.BundleFile] = []
+        for run in f.runs.all().order_by("pk"):
+            base = f"evidence/{slug}/runs/{run.pk}"
+            config = {"run": run.pk, "config": run.config}
+            if token:
+                config[marks.MARK_KEY] = token
+            evidence.append(
+                bundles.BundleFile(
+                    f"{base}/config.json", json.dumps(config, indent=2, sort_keys=True).encode()
+                )
+            )
+            evidence += _metrics_files(run.pk, base, token)
+        for a in f.artifacts.all().order_by("pk"):
+            if a.is_shredded:
+                raise ExportRefused({finding_label(f): [f"evidence {a.name} was destroyed"]})
+            evidence.append(
+                _artifact_file(a, f"evidence/{slug}/artifacts/{a.run_id}-{a.name}", token)
+            )
+        paths = [e.path for e in evidence]
+        # The body is marked on its own, so each sentence's wording bits depend only on the
+        # sentence (an excerpt of it traces the same wherever it is pasted).
+        body = marks.mark_text(f.body, mark.secret) if mark is not None else f.body
+        text = _markdown(f, decisions, paths, body)
+        doc = _finding_json(f, decisions, paths, token)
+        doc["body_markdown"] = body
+        files.append(bundles.BundleFile(f"findings/{slug}.md", text.encode()))
+        files.append(
+            bundles.BundleFile(
+                f"findings/{slug}.json", json.dumps(doc, indent=2, sort_keys=True).encode()
+            )
+        )
+        files += evidence
+    return files
+
+
+def ro_crate(
+    name: str, findings: list[Finding], files: list[bundles.BundleFile], *, partner: bool
+) -> bytes:
+    """RO-Crate 1.1 metadata (JSON-LD): the root dataset, one File entity per content file,
+    authors, publisher, date and license."""
+    today = timezone.now().strftime("%Y-%m-%d")
+    license_id = settings.H3LAB_BUNDLE_LICENSE
+    authors = sorted({_author(f) for f in findings})
+    people = [{"@id": f"#author-{slugify(a)}", "@type": "Person", "name": a} for a in authors]
+    parts = [
+        {
+            "@id": f.path,
+            "@type": "File",
+            "name": f.path.rsplit("/", 1)[-1],
+            "encodingFormat": _mime(f.path),
+            **({"contentSize": str(len(f.data))} if f.data is not None else {}),
+        }
+        for f in files
+    ]
+    parts.append({"@id": "CITATION.cff", "@type": "File", "name": "CITATION.cff"})
+    graph: list[dict[str, Any]] = [
+        {
+            "@id": "ro-crate-metadata.json",
+            "@type": "CreativeWork",
+            "conformsTo": {"@id": "https://w3id.org/ro/crate/1.1"},
+            "about": {"@id": "./"},
+        },
+        {
+            "@id": "./",
+            "@type": "Dataset",
+            "name": name,
+            "description": ("Partner copy (restricted; recipient-marked) of " if partner else "")
+            + f"{len(findings)} finding(s) released by {settings.H3LAB_PUBLISHER}",
+            "datePublished": today,
+            "license": {"@id": license_id},
+            "author": [{"@id": p["@id"]} for p in people],
+            "publisher": {"@id": "#publisher"},
+            "hasPart": [{"@id": p["@id"]} for p in parts],
+        },
+        {"@id": license_id, "@type": "CreativeWork", "name": license_id},
+        {"@id": "#publisher", "@type": "Organization", "name": settings.H3LAB_PUBLISHER},
+        *people,
+        *parts,
+    ]
+    doc = {"@context": "https://w3id.org/ro/crate/1.1/context", "@graph": graph}
+    return json.dumps(doc, indent=2).encode()
+
+
+def _mime(path: str) -> str:
+    if path.endswith(".md"):
+        return "text/markdown"
+    return mimetypes.guess_type(path)[0] or "application/octet-stream"
+
+
+def citation_cff(name: str, findings: list[Finding]) -> bytes:
+    """CITATION.cff 1.2.0 (YAML; strings written as JSON, which YAML reads as-is)."""
+    q = json.dumps
+    title = findings[0].title if len(findings) == 1 else f"{len(findings)} findings ({name})"
+    lines = [
+        "cff-version: 1.2.0",
+        'message: "If you use these results, please cite them as below."',
+        "type: dataset",
+        f"title: {q(title)}",
+        "authors:",
+        *[f"  - name: {q(a)}" for a in sorted({_author(f) for f in findings})],
+        f"  - name: {q(settings.H3LAB_PUBLISHER)}",
+        f"date-released: {q(timezone.now().strftime('%Y-%m-%d'))}",
+        f"license-url: {q(settings.H3LAB_BUNDLE_LICENSE)}",
+        "keywords:",
+        '  - "interpretability"',
+        '  - "H3"',
+    ]
+    return ("\n".join(lines) + "\n").encode()

@@ -1,0 +1,42 @@
+"""``manage.py load_demo``: a small, realistic lab to click through (``make run`` calls it).
+
+The lab is built by the apps' demo steps in dependency order — :mod:`experiments.demo` (users,
+projects, trained runs, findings), then :mod:`disclosure.demo` (agreement, grants, reviews,
+releases) — so the command lives here, above both apps. Idempotent, like each step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandParser
+from django.db import transaction
+
+from disclosure.demo import load_disclosure_demo
+from experiments.demo import STEPS as EXPERIMENTS_STEPS
+from experiments.demo import Demo, persona_table, train_runs
+
+STEPS: list[Callable[[Demo], None]] = [*EXPERIMENTS_STEPS, load_disclosure_demo]
+
+
+class Command(BaseCommand):
+    help = "Load a small demo lab (users for every role, two projects, trained runs, findings)."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--no-train", action="store_true", help="skip training the demo runs (fast)"
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        demo = Demo(log=lambda msg: self.stdout.write(msg))
+        for step in STEPS:
+            if options["no_train"] and step is train_runs:
+                continue
+            if step is train_runs:
+                step(demo)  # each run commits as it goes, as on a worker
+            else:
+                with transaction.atomic():
+                    step(demo)
+        self.stdout.write(self.style.SUCCESS("\nDemo lab ready. Sign in as:"))
+        self.stdout.write(persona_table())
