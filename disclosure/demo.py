@@ -23,7 +23,7 @@ from disclosure.actions.release import (
 )
 from disclosure.actions.review import do_assess_finding, do_vote
 from disclosure.models import AgreementAcceptance, AgreementVersion, Grant, ReleaseRequest
-from experiments import actions as exp_actions
+from experiments.actions.findings import do_record_finding
 from experiments.models import Finding, Tier
 
 SECOND_REVIEWER = ("katalin", "katalin-h3lab-demo")
@@ -114,7 +114,7 @@ def load_disclosure_demo(demo: Any) -> None:
         if Finding.objects.filter(project=project, title=title).exists():
             continue
         with transaction.atomic():
-            finding = exp_actions.do_record_finding(
+            finding = do_record_finding(
                 project=project, title=title, body=body, acting_user=users["ada"]
             )
             _walk_to(finding, tier, users, backdate=tier == Tier.PUBLIC)

@@ -13,7 +13,7 @@ from django.views.decorators.http import require_POST
 
 from disclosure import policy
 from disclosure.actions.revisions import check_propose_revision, do_withdraw_pending_revision
-from experiments.actions import do_edit_finding
+from experiments.actions.findings import do_edit_finding
 from experiments.models import Finding, FindingRevision, RevisionState, Tier
 
 

@@ -19,7 +19,9 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import Group, User
 
-from experiments import actions
+from experiments.actions.findings import do_record_finding
+from experiments.actions.projects import do_add_project_member, do_create_project
+from experiments.actions.runs import do_cancel_run, do_submit_run
 from experiments.models import Finding, Project, Run, RunStatus
 from h3lab.config import RunConfig, TaskConfig, TrainConfig
 
@@ -112,7 +114,7 @@ def make_projects(demo: Demo) -> None:
     for slug, name, description in PROJECTS:
         project = Project.objects.filter(slug=slug).first()
         if project is None:
-            project = actions.do_create_project(
+            project = do_create_project(
                 slug=slug, name=name, description=description, acting_user=admin
             )
         demo.projects[slug] = project
@@ -120,13 +122,11 @@ def make_projects(demo: Demo) -> None:
         for slug in persona.projects:
             project = demo.projects[slug]
             if not project.group.user_set.filter(pk=demo.users[persona.username].pk).exists():
-                actions.do_add_project_member(
-                    project, demo.users[persona.username], acting_user=admin
-                )
+                do_add_project_member(project, demo.users[persona.username], acting_user=admin)
 
 
 def _submit(demo: Demo, slug: str, author: str, name: str, cfg: RunConfig, exp: str) -> Run:
-    return actions.do_submit_run(
+    return do_submit_run(
         project=demo.projects[slug],
         cfg=cfg,
         experiment_name=exp,
@@ -179,7 +179,7 @@ def train_runs(demo: Demo) -> None:
     # And one the researcher cancelled before a worker picked it up.
     sweep = _tiny("hybrid", "induction_head", steps=400)
     run = _submit(demo, ih, "ada", "demo: cancelled sweep", sweep, "h3-vs-attention")
-    actions.do_cancel_run(run, acting_user=demo.users["ada"])
+    do_cancel_run(run, acting_user=demo.users["ada"])
     demo.runs[run.name] = run
 
 
@@ -211,7 +211,7 @@ def record_findings(demo: Demo) -> None:
         if Finding.objects.filter(project=project, title=title).exists():
             continue
         finished = [r for r in runs if r.status == RunStatus.SUCCEEDED]
-        actions.do_record_finding(
+        do_record_finding(
             project=project,
             title=title,
             body=body,

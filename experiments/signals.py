@@ -45,3 +45,13 @@ def acting_as(user: Any, via: str) -> Iterator[Actor]:
         yield actor
     finally:
         _current.reset(token)
+
+
+def announce(actor: Any, action: str, obj: Any, old: Any = None, new: Any = None) -> None:
+    """Send :data:`governed_change` for one change (call inside the action's transaction)."""
+    governed_change.send(sender=type(obj), actor=actor, action=action, obj=obj, old=old, new=new)
+
+
+def is_user(user: Any) -> bool:
+    """A signed-in user (not None, not anonymous): who a row may name as its author."""
+    return user is not None and bool(getattr(user, "is_authenticated", False))

@@ -103,7 +103,7 @@ class ProgressRecorder:
         self.flush(force=True)
 
     def flush(self, force: bool = False) -> None:
-        from experiments import actions
+        from experiments.actions.worker import do_record_progress
 
         now = time.monotonic()
         if not force and now - self._last < self.min_interval:
@@ -111,7 +111,7 @@ class ProgressRecorder:
         self._last = now
         points, self._points = self._points, []
         fields, self._fields = self._fields, {}
-        if not actions.do_record_progress(self.run_id, self.token, fields=fields, points=points):
+        if not do_record_progress(self.run_id, self.token, fields=fields, points=points):
             self.lost = True
 
 
@@ -129,22 +129,28 @@ def execute_run(run_id: int, *, task_id: str = "") -> str:
     """Claim and train one run; returns the outcome. Importable without a broker (tests)."""
     from django.conf import settings
 
-    from experiments import actions
+    from experiments.actions.worker import (
+        do_claim_run,
+        do_complete_run,
+        do_fail_run,
+        do_record_heartbeat,
+        is_cancelled,
+    )
     from experiments.storage import run_workdir
     from h3lab.config import RunConfig
     from h3lab.train import Callbacks, train
 
-    claim = actions.do_claim_run(run_id, host=socket.gethostname(), task_id=task_id)
+    claim = do_claim_run(run_id, host=socket.gethostname(), task_id=task_id)
     if claim is None:
         log.info("run %s is not queued; nothing to do (duplicate delivery or cancelled)", run_id)
         return "skipped"
     cfg = RunConfig.from_dict(claim.config)
-    actions.do_record_heartbeat(run_id, claim.token, device=_device_name(cfg.train.device))
+    do_record_heartbeat(run_id, claim.token, device=_device_name(cfg.train.device))
     workdir = run_workdir(run_id)
     workdir.mkdir(parents=True, exist_ok=True)
     recorder = ProgressRecorder(run_id, claim.token)
     liveness = Liveness(
-        lambda: actions.do_record_heartbeat(run_id, claim.token), settings.H3LAB_HEARTBEAT_S
+        lambda: do_record_heartbeat(run_id, claim.token), settings.H3LAB_HEARTBEAT_S
     )
     with liveness:
         callbacks = Callbacks(
@@ -156,7 +162,7 @@ def execute_run(run_id: int, *, task_id: str = "") -> str:
             result = train(cfg, workdir, callbacks, resume=True)
         except Exception as exc:
             recorder.flush(force=True)
-            actions.do_fail_run(
+            do_fail_run(
                 run_id,
                 claim.token,
                 error=f"{type(exc).__name__}: {exc}",
@@ -167,11 +173,11 @@ def execute_run(run_id: int, *, task_id: str = "") -> str:
     if result.status == "stopped":
         # Cancelled or reaped: the row already says so. A cancelled run never resumes, so its
         # checkpoint is garbage; a reaped one may be training again elsewhere from this folder.
-        if actions.is_cancelled(run_id):
+        if is_cancelled(run_id):
             shutil.rmtree(workdir, ignore_errors=True)
         return "stopped"
     files = _output_files(workdir)
-    done = actions.do_complete_run(
+    done = do_complete_run(
         run_id,
         claim.token,
         result={
@@ -229,9 +235,9 @@ def run_training(self: Task, run_id: int) -> str:
 @app.task(name="h3lab.jobs.reap_stale_runs", acks_late=True, time_limit=120, max_retries=3)
 def reap_stale_runs() -> list[tuple[int, str]]:
     """Periodic (beat): requeue or fail runs whose worker stopped sending heartbeats."""
-    from experiments import actions
+    from experiments.actions.worker import do_reap_stale_runs
 
-    return [(r.run_id, r.outcome) for r in actions.do_reap_stale_runs()]
+    return [(r.run_id, r.outcome) for r in do_reap_stale_runs()]
 
 
 # --- disclosure ---------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from typing import Any
 
 from django.contrib.auth.models import User
 
-from experiments import actions
+from experiments.actions.projects import do_create_project
 from experiments.models import Experiment, Finding, MetricPoint, Project, Run, RunStatus, Tier
 from h3lab.config import RunConfig, TaskConfig, TrainConfig
 
@@ -26,7 +26,7 @@ def make_project(
     slug: str | None = None, *, members: list[User] | tuple[User, ...] = ()
 ) -> Project:
     slug = slug or f"project-{next(_seq)}"
-    return actions.do_create_project(
+    return do_create_project(
         slug=slug, name=slug.replace("-", " ").title(), members=members, acting_user=None
     )
 

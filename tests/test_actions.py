@@ -9,7 +9,15 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from experiments import actions
+from experiments.actions.runs import check_submit_run, do_cancel_run
+from experiments.actions.worker import (
+    do_claim_run,
+    do_complete_run,
+    do_fail_run,
+    do_reap_stale_runs,
+    do_record_heartbeat,
+    do_record_progress,
+)
 from experiments.models import MetricPoint, Run, RunStatus
 from h3lab.celery import app
 from tests import factories
@@ -40,7 +48,7 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> Sent:
 
 
 def submit(lab: Lab, queue: str = "cpu") -> Run:
-    return actions.check_submit_run(
+    return check_submit_run(
         project=lab.project,
         config=factories.tiny_config().to_dict(),
         queue=queue,
@@ -77,7 +85,7 @@ def test_a_broker_outage_leaves_the_run_queued_for_the_reaper_to_resend(
     broker = Sent()
     monkeypatch.setattr(app, "send_task", broker)
     with django_capture_on_commit_callbacks(execute=True):
-        actions.do_reap_stale_runs(timeout_s=30)
+        do_reap_stale_runs(timeout_s=30)
 
     assert broker.calls == [("h3lab.jobs.run_training", [run.pk], "cpu")]
 
@@ -85,8 +93,8 @@ def test_a_broker_outage_leaves_the_run_queued_for_the_reaper_to_resend(
 def test_a_run_is_claimed_once(lab: Lab) -> None:
     run = factories.make_run(lab.project, status=RunStatus.QUEUED)
 
-    first = actions.do_claim_run(run.pk, host="a")
-    second = actions.do_claim_run(run.pk, host="b")
+    first = do_claim_run(run.pk, host="a")
+    second = do_claim_run(run.pk, host="b")
 
     assert first is not None and first.attempt == 1
     assert second is None
@@ -96,19 +104,16 @@ def test_a_run_is_claimed_once(lab: Lab) -> None:
 
 def test_a_cancelled_run_refuses_every_later_worker_write(lab: Lab) -> None:
     run = factories.make_run(lab.project, status=RunStatus.QUEUED)
-    claim = actions.do_claim_run(run.pk, host="w")
+    claim = do_claim_run(run.pk, host="w")
     assert claim is not None
 
-    assert actions.do_cancel_run(run, acting_user=lab.alice) is True
+    assert do_cancel_run(run, acting_user=lab.alice) is True
 
     token = claim.token
-    assert actions.do_record_heartbeat(run.pk, token) is False
-    assert (
-        actions.do_record_progress(run.pk, token, fields={"step": 5}, points=[("x", 5, 1.0)])
-        is False
-    )
-    assert actions.do_complete_run(run.pk, token, result={"status": "completed"}) is False
-    assert actions.do_fail_run(run.pk, token, error="late") is False
+    assert do_record_heartbeat(run.pk, token) is False
+    assert do_record_progress(run.pk, token, fields={"step": 5}, points=[("x", 5, 1.0)]) is False
+    assert do_complete_run(run.pk, token, result={"status": "completed"}) is False
+    assert do_fail_run(run.pk, token, error="late") is False
     run.refresh_from_db()
     assert run.status == RunStatus.CANCELLED
     assert run.step == 0 and run.error == ""
@@ -117,10 +122,10 @@ def test_a_cancelled_run_refuses_every_later_worker_write(lab: Lab) -> None:
 
 def test_a_worker_with_a_stale_token_cannot_write(lab: Lab) -> None:
     run = factories.make_run(lab.project, status=RunStatus.QUEUED)
-    assert actions.do_claim_run(run.pk, host="w") is not None
+    assert do_claim_run(run.pk, host="w") is not None
 
-    assert actions.do_record_heartbeat(run.pk, uuid.uuid4()) is False
-    assert actions.do_complete_run(run.pk, uuid.uuid4(), result={}) is False
+    assert do_record_heartbeat(run.pk, uuid.uuid4()) is False
+    assert do_complete_run(run.pk, uuid.uuid4(), result={}) is False
     run.refresh_from_db()
     assert run.status == RunStatus.RUNNING
 
@@ -129,7 +134,7 @@ def test_a_worker_with_a_stale_token_cannot_write(lab: Lab) -> None:
 def test_cancelling_a_finished_run_changes_nothing(lab: Lab, status: str) -> None:
     run = factories.make_run(lab.project, status=status)
 
-    assert actions.do_cancel_run(run, acting_user=lab.alice) is False
+    assert do_cancel_run(run, acting_user=lab.alice) is False
 
     run.refresh_from_db()
     assert run.status == status
@@ -137,10 +142,10 @@ def test_cancelling_a_finished_run_changes_nothing(lab: Lab, status: str) -> Non
 
 def test_a_resumed_attempt_keeps_the_first_value_of_a_replayed_metric_point(lab: Lab) -> None:
     run = factories.make_run(lab.project, status=RunStatus.QUEUED)
-    claim = actions.do_claim_run(run.pk, host="w")
+    claim = do_claim_run(run.pk, host="w")
     assert claim is not None
-    actions.do_record_progress(run.pk, claim.token, fields={}, points=[("train_loss", 10, 2.0)])
+    do_record_progress(run.pk, claim.token, fields={}, points=[("train_loss", 10, 2.0)])
 
-    actions.do_record_progress(run.pk, claim.token, fields={}, points=[("train_loss", 10, 9.0)])
+    do_record_progress(run.pk, claim.token, fields={}, points=[("train_loss", 10, 9.0)])
 
     assert list(MetricPoint.objects.filter(run=run).values_list("value", flat=True)) == [2.0]

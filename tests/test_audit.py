@@ -11,7 +11,7 @@ from django.db import DatabaseError, connection, transaction
 
 from disclosure import audit
 from disclosure.models import AuditEntry
-from experiments import actions as exp_actions
+from experiments.actions.projects import do_add_project_member
 from experiments.signals import governed_change
 from tests import factories
 from tests.conftest import Lab
@@ -126,7 +126,7 @@ def test_postgresql_refuses_update_and_delete_on_the_log(chain: list[AuditEntry]
 def test_an_action_that_rolls_back_leaves_no_entry(lab: Lab) -> None:
     before = AuditEntry.objects.count()
     with pytest.raises(RuntimeError), transaction.atomic():
-        exp_actions.do_add_project_member(lab.project, lab.charlie, acting_user=lab.alice)
+        do_add_project_member(lab.project, lab.charlie, acting_user=lab.alice)
         raise RuntimeError
     assert AuditEntry.objects.count() == before
     assert audit.verify()[1] is None

@@ -19,7 +19,7 @@ from django.urls import reverse
 
 from disclosure.actions.retraction import do_retract_finding
 from disclosure.models import AuditEntry
-from experiments import actions as exp_actions
+from experiments.actions.runs import do_submit_run
 from experiments.models import Artifact, Tier
 from experiments.storage import ArtifactUnavailable, artifact_root, open_artifact, store_file
 from h3lab import checks, jobs
@@ -105,7 +105,7 @@ def test_no_plaintext_of_restricted_artifacts_is_left_on_disk_after_training_and
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
-    run = exp_actions.do_submit_run(
+    run = do_submit_run(
         project=lab.project,
         cfg=factories.tiny_config(device="cpu"),
         experiment_name="at-rest",

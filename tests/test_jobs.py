@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from experiments import actions
+from experiments.actions.runs import do_cancel_run, do_submit_run
+from experiments.actions.worker import do_reap_stale_runs
 from experiments.models import Artifact, MetricPoint, Run, RunStatus
 from experiments.signals import governed_change
 from experiments.storage import open_artifact, run_workdir
@@ -42,7 +43,7 @@ def transitions() -> Iterator[list[str]]:
 
 def submit(lab: Lab, **train_kw: Any) -> Run:
     """A queued tiny run whose job the test executes itself (nothing sent to a broker)."""
-    return actions.do_submit_run(
+    return do_submit_run(
         project=lab.project,
         cfg=factories.tiny_config(device="cpu", **train_kw),
         experiment_name="jobs",
@@ -98,7 +99,7 @@ def test_a_duplicate_delivery_does_nothing_the_second_time(lab: Lab) -> None:
 
 def test_a_run_cancelled_before_it_starts_is_skipped(lab: Lab) -> None:
     run = submit(lab)
-    assert actions.do_cancel_run(run, acting_user=lab.alice) is True
+    assert do_cancel_run(run, acting_user=lab.alice) is True
 
     assert jobs.execute_run(run.pk) == "skipped"
 
@@ -147,7 +148,7 @@ def test_the_reaper_requeues_a_stale_run_below_the_attempt_cap(lab: Lab) -> None
         heartbeat_at=timezone.now(),
     )  # fmt: skip
 
-    reaped = actions.do_reap_stale_runs(timeout_s=30, max_attempts=3)
+    reaped = do_reap_stale_runs(timeout_s=30, max_attempts=3)
 
     assert [(r.run_id, r.outcome) for r in reaped] == [(run.pk, "requeued")]
     run.refresh_from_db()
@@ -161,7 +162,7 @@ def test_the_reaper_requeues_a_stale_run_below_the_attempt_cap(lab: Lab) -> None
 def test_the_reaper_fails_a_stale_run_at_the_attempt_cap_with_a_clear_message(lab: Lab) -> None:
     run = _stale_running_run(lab, attempt=3)
 
-    reaped = actions.do_reap_stale_runs(timeout_s=30, max_attempts=3)
+    reaped = do_reap_stale_runs(timeout_s=30, max_attempts=3)
 
     assert [(r.run_id, r.outcome) for r in reaped] == [(run.pk, "failed")]
     run.refresh_from_db()
@@ -197,7 +198,7 @@ def test_a_requeued_run_resumes_from_its_checkpoint(
     assert (run_workdir(run.pk) / "checkpoint").is_dir()
 
     Run.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now() - timedelta(minutes=5))
-    assert [r.outcome for r in actions.do_reap_stale_runs(timeout_s=30)] == ["requeued"]
+    assert [r.outcome for r in do_reap_stale_runs(timeout_s=30)] == ["requeued"]
     assert jobs.execute_run(run.pk) == "succeeded"
 
     run.refresh_from_db()

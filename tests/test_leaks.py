@@ -31,7 +31,7 @@ from disclosure.actions.release import do_request_release, do_request_review
 from disclosure.actions.retraction import do_retract_finding
 from disclosure.actions.review import do_assess_finding, do_vote
 from disclosure.models import Export, Recusal
-from experiments import actions as exp_actions
+from experiments.actions.findings import do_edit_finding
 from experiments.models import Finding, Tier
 from tests import factories
 from tests.conftest import Cast, login
@@ -121,7 +121,7 @@ def build_world(cast: Cast) -> dict[str, Planted]:
     factories.make_grant(cast.carol, finding=t1)
     # an edit of the team-tier finding (the audit entry records the new body)
     t0 = world["T0"].finding
-    exp_actions.do_edit_finding(t0, title=t0.title, body="LEAKT0EDITED", acting_user=alice)
+    do_edit_finding(t0, title=t0.title, body="LEAKT0EDITED", acting_user=alice)
     world["T0"].markers.append("LEAKT0EDITED")
     # a partner copy for carol of the partners-tier finding, requested by mara
     do_request_export(

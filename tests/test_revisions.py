@@ -21,7 +21,7 @@ from disclosure.actions.revisions import (
 )
 from disclosure.gates import gate_reasons
 from disclosure.models import ReleaseDecision, RequestState
-from experiments.actions import do_edit_finding
+from experiments.actions.findings import do_edit_finding
 from experiments.models import FindingRevision, RevisionState, Tier
 from tests import factories
 from tests.conftest import Cast, login

@@ -20,7 +20,7 @@ from disclosure.actions.release import do_request_release
 from disclosure.actions.retraction import do_retract_finding
 from disclosure.actions.review import do_clear_objection, do_vote, do_withdraw_objection
 from disclosure.models import AuditEntry, Grant, GrantApproval, Vote
-from experiments import actions
+from experiments.actions.projects import do_add_project_member, do_remove_project_member
 from experiments.models import Artifact, Finding, FindingStatus, Tier
 from experiments.signals import acting_as
 from experiments.storage import store_file
@@ -93,8 +93,8 @@ def test_role_groups_are_audited_too(cast: Cast) -> None:
 
 
 def test_the_membership_actions_log_each_change_once_under_their_actor(cast: Cast) -> None:
-    actions.do_add_project_member(cast.lab.project, cast.lab.charlie, acting_user=cast.mara)
-    actions.do_remove_project_member(cast.lab.project, cast.lab.charlie, acting_user=cast.mara)
+    do_add_project_member(cast.lab.project, cast.lab.charlie, acting_user=cast.mara)
+    do_remove_project_member(cast.lab.project, cast.lab.charlie, acting_user=cast.mara)
     entries = AuditEntry.objects.filter(action__startswith="project.", actor=cast.mara)
     assert [(e.action, e.object_type) for e in entries.order_by("id")] == [
         ("project.add_member", "experiments.project"),

@@ -1,6 +1,6 @@
 """Admin pages for the experiments app: read-only windows on what the policy lets the staff
 user see (see :class:`disclosure.admin.GovernedAdmin`). Governed changes go through actions:
-the one offered here is cancelling runs (:func:`experiments.actions.do_cancel_run`)."""
+the one offered here is cancelling runs (:func:`experiments.do_cancel_run`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from django.http import HttpRequest
 
 from disclosure import policy
 from disclosure.admin import GovernedAdmin
-from experiments import actions
+from experiments.actions.runs import do_cancel_run
 from experiments.models import Artifact, Experiment, Finding, MetricPoint, Project, Run
 
 
@@ -47,7 +47,7 @@ class RunAdmin(GovernedAdmin):
     @admin.action(description="Cancel selected runs", permissions=["cancel"])
     def cancel_runs(self, request: HttpRequest, queryset: QuerySet[Run]) -> None:
         n = sum(
-            actions.do_cancel_run(run, acting_user=request.user)
+            do_cancel_run(run, acting_user=request.user)
             for run in queryset
             if policy.can_manage_run(request.user, run)
         )

@@ -22,7 +22,10 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from disclosure import policy
-from experiments import actions, presenters
+from experiments import presenters
+from experiments.actions.artifacts import do_record_artifact_download
+from experiments.actions.findings import check_record_finding
+from experiments.actions.runs import check_submit_run, do_cancel_run
 from experiments.downloads import INLINE_TYPES, stream_artifact
 from experiments.forms import TASK_DEFAULTS, CompareForm, FindingForm, RunFilterForm, RunForm
 from experiments.models import ACTIVE_STATUSES, MetricPoint, Project, Run
@@ -93,7 +96,7 @@ def _submit(request: HttpRequest, form: RunForm, rerun_of: Run | None) -> HttpRe
     """Submit the run described by a valid ``form``; None (with field errors) if its config
     does not validate."""
     try:
-        run = actions.check_submit_run(
+        run = check_submit_run(
             project=form.project,
             config=form.config(),
             experiment_name=form.cleaned_data["experiment"],
@@ -193,7 +196,7 @@ def run_progress(request: HttpRequest, pk: int) -> JsonResponse:
 @require_POST
 def run_cancel(request: HttpRequest, pk: int) -> HttpResponse:
     run = _managed_run_or_404(request, pk)
-    if actions.do_cancel_run(run, acting_user=request.user):
+    if do_cancel_run(run, acting_user=request.user):
         messages.success(request, f"Run #{run.pk} cancelled.")
     else:
         messages.info(request, f"Run #{run.pk} had already {run.status}; nothing to cancel.")
@@ -212,7 +215,7 @@ def artifact_download(request: HttpRequest, pk: int) -> StreamingHttpResponse:
         raise Http404("Not found.") from None
     except ArtifactUnavailable as exc:
         return _unavailable(request, artifact, exc)  # type: ignore[return-value]
-    actions.do_record_artifact_download(artifact, acting_user=request.user)
+    do_record_artifact_download(artifact, acting_user=request.user)
     return stream_artifact(artifact, chunks, inline=request.GET.get("inline") == "1")
 
 
@@ -267,7 +270,7 @@ def finding_new(request: HttpRequest, pk: int) -> HttpResponse:
     )
     if form.is_bound and form.is_valid():
         try:
-            finding = actions.check_record_finding(**form.cleaned_data, acting_user=request.user)
+            finding = check_record_finding(**form.cleaned_data, acting_user=request.user)
         except ValidationError as exc:
             form.add_error(None, exc)
         else:

@@ -27,7 +27,7 @@ from api.views.common import (
     unavailable,
 )
 from disclosure import policy
-from experiments import actions
+from experiments.actions.artifacts import do_record_artifact_download
 from experiments.downloads import stream_artifact
 from experiments.models import Artifact
 from experiments.storage import ArtifactUnavailable, open_artifact
@@ -78,5 +78,5 @@ class ArtifactViewSet(ApiViewMixin, viewsets.ReadOnlyModelViewSet):
             raise deny() from None
         except ArtifactUnavailable as exc:
             raise unavailable(f"artifact {artifact.pk}", exc) from None
-        actions.do_record_artifact_download(artifact, acting_user=request.user)
+        do_record_artifact_download(artifact, acting_user=request.user)
         return stream_artifact(artifact, chunks)

@@ -40,7 +40,7 @@ from disclosure.actions.release import do_request_release, do_request_review
 from disclosure.actions.review import do_assess_finding
 from disclosure.actions.revisions import check_propose_revision
 from disclosure.models import Assessment, ReleaseRequest, Vote
-from experiments import actions
+from experiments.actions.findings import check_record_finding, do_edit_finding
 from experiments.models import Artifact, Finding, Run, Tier
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ class FindingViewSet(ApiViewMixin, viewsets.GenericViewSet):
         runs: list[Run] = data["runs"]
         if not all(policy.can_manage_run(request.user, run) for run in runs):
             raise deny()
-        finding = actions.check_record_finding(**data, acting_user=request.user)
+        finding = check_record_finding(**data, acting_user=request.user)
         finding = _findings_with_evidence(Finding.objects.filter(pk=finding.pk)).get()
         location = reverse("api-finding-detail", args=[finding.pk])
         body = FindingSerializer(finding).data
@@ -144,9 +144,7 @@ class FindingViewSet(ApiViewMixin, viewsets.GenericViewSet):
         title, body = data.get("title", finding.title), data.get("body", finding.body)
         note = data.get("note", "")
         if finding.tier == Tier.TEAM:
-            actions.do_edit_finding(
-                finding, title=title, body=body, note=note, acting_user=request.user
-            )
+            do_edit_finding(finding, title=title, body=body, note=note, acting_user=request.user)
             finding = _findings_with_evidence(Finding.objects.filter(pk=finding.pk)).get()
             return Response(FindingSerializer(finding).data)
         revision = check_propose_revision(

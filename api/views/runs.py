@@ -33,7 +33,8 @@ from api.views.common import (
     parse_query,
 )
 from disclosure import policy
-from experiments import actions, presenters
+from experiments import presenters
+from experiments.actions.runs import check_submit_run, do_cancel_run
 from experiments.models import MetricPoint, Run
 from experiments.runconfig import build_run_config
 
@@ -84,7 +85,7 @@ class RunViewSet(ApiViewMixin, viewsets.GenericViewSet):
         config = build_run_config(
             project, data["config"], n_layer=data.get("n_layer"), d_model=data.get("d_model")
         )
-        run = actions.check_submit_run(
+        run = check_submit_run(
             project=project,
             config=config.to_dict(),
             experiment_name=data["experiment"],
@@ -155,7 +156,7 @@ class RunViewSet(ApiViewMixin, viewsets.GenericViewSet):
         """Cancel a queued or running run. Idempotent: ``cancelled`` says whether this call
         stopped it."""
         run = self._managed_run(pk)
-        done = actions.do_cancel_run(run, acting_user=request.user)
+        done = do_cancel_run(run, acting_user=request.user)
         detail = (
             f"Run #{run.pk} cancelled."
             if done
@@ -171,7 +172,7 @@ class RunViewSet(ApiViewMixin, viewsets.GenericViewSet):
         source = self._managed_run(pk)
         data = parse_body(RerunSerializer, request)
         config = build_run_config(source.project, data.get("config", {}), base=source.config)
-        run = actions.check_submit_run(
+        run = check_submit_run(
             project=source.project,
             config=config.to_dict(),
             experiment_name=data.get("experiment", source.experiment.name),

@@ -20,7 +20,7 @@ from disclosure.models import (
     RequestState,
 )
 from disclosure.notifications import notify, release_managers, reviewers, team_of
-from experiments.actions import do_apply_revision
+from experiments.actions.findings import do_apply_revision
 from experiments.models import Finding, FindingStatus, Tier
 
 User = get_user_model()

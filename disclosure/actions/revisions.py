@@ -21,7 +21,7 @@ from disclosure.actions.release import do_promote
 from disclosure.gates import gate_reasons
 from disclosure.models import NotificationKind, ReleaseRequest, RequestState
 from disclosure.notifications import notify, release_managers, reviewers
-from experiments.actions import (
+from experiments.actions.findings import (
     do_create_pending_revision,
     do_withdraw_revision,
     finding_content,

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from experiments import actions
+from experiments.actions.runs import check_submit_run, do_cancel_run
 from experiments.models import Artifact, MetricPoint, Run, RunStatus
 from experiments.storage import run_workdir
 from tests import factories
@@ -25,7 +25,7 @@ FINAL = (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED)
 def submit(lab: Lab, **train_kw: Any) -> Run:
     """Submit through the action the web form uses: the job is sent after commit."""
     cfg = factories.tiny_config(device="cpu", **train_kw)
-    return actions.check_submit_run(
+    return check_submit_run(
         project=lab.project, config=cfg.to_dict(), experiment_name="e2e", acting_user=lab.alice
     )
 
@@ -60,7 +60,7 @@ def test_cancelling_a_running_job_stops_the_worker_within_seconds(
         what="the run to be training",
     )
 
-    assert actions.do_cancel_run(run_row(run.pk), acting_user=lab.alice) is True
+    assert do_cancel_run(run_row(run.pk), acting_user=lab.alice) is True
     cancelled_at = time.monotonic()
     # The worker really stops: its task returns "stopped" (the training loop saw should_stop).
     wait_for(lambda: "'stopped'" in worker.log(), timeout=60, what="the worker to stop the job")

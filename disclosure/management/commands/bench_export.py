@@ -89,7 +89,8 @@ def _work(n: int) -> dict[str, Any]:
     from disclosure.actions.exports import check_request_export
     from disclosure.exports.build import build_export, exports_root
     from disclosure.models import ExportKind, ReleaseDecision, ReleasePolicy
-    from experiments import actions, storage
+    from experiments import storage
+    from experiments.actions.projects import do_create_project
     from experiments.models import Experiment, Finding, FindingStatus, MetricPoint, Run, Tier
 
     name = str(connection.settings_dict["NAME"])
@@ -102,7 +103,7 @@ def _work(n: int) -> dict[str, Any]:
 
     Group.objects.get(name=settings.H3LAB_RELEASE_MANAGERS_GROUP).user_set.add(mara)
     alice = User.objects.create_user("alice", password="x", first_name="Alice", last_name="Lab")
-    project = actions.do_create_project(
+    project = do_create_project(
         slug="induction", name="Induction", members=[alice], acting_user=None
     )
     policy = ReleasePolicy.objects.current()

@@ -270,12 +270,10 @@ class Command(BaseCommand):
     # --- setup ----------------------------------------------------------------------------------
 
     def _lab(self) -> tuple[User, Any]:
-        from experiments import actions
+        from experiments.actions.projects import do_create_project
 
         user = User.objects.create_user("bench", password=uuid.uuid4().hex)
-        project = actions.do_create_project(
-            slug="bench", name="Bench", members=[user], acting_user=None
-        )
+        project = do_create_project(slug="bench", name="Bench", members=[user], acting_user=None)
         return user, project
 
     def _config(self) -> dict[str, Any]:
@@ -297,7 +295,7 @@ class Command(BaseCommand):
     def _latency(
         self, broker: str, opts: dict[str, Any], work: Path, user: User, project: Any
     ) -> dict[str, Any]:
-        from experiments import actions
+        from experiments.actions.runs import check_submit_run
 
         bdir = work / f"broker-{broker}"
         env = {
@@ -343,7 +341,7 @@ class Command(BaseCommand):
         try:
             for i in range(opts["samples"] + 1):
                 t0 = timezone.now()
-                run = actions.check_submit_run(
+                run = check_submit_run(
                     project=project, config=self._config(), experiment_name="bench",
                     name=f"{broker} {i}", acting_user=user,
                 )  # fmt: skip

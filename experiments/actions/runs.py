@@ -1,0 +1,118 @@
+"""Runs from the user's side: submission, enqueueing and cancellation."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from experiments.models import (
+    Experiment,
+    Project,
+    Run,
+    RunStatus,
+)
+from experiments.signals import announce, is_user
+from h3lab.config import RunConfig
+
+log = logging.getLogger(__name__)
+
+
+RUN_TASK = "h3lab.jobs.run_training"
+
+
+def check_submit_run(
+    *,
+    project: Project,
+    config: dict[str, Any],
+    experiment_name: str = "default",
+    name: str = "",
+    queue: str = "cpu",
+    rerun_of: Run | None = None,
+    enqueue: bool = True,
+    acting_user: Any,
+) -> Run:
+    """Validate ``config`` against :class:`h3lab.config.RunConfig` (raises ConfigError naming
+    every bad field) and submit the run."""
+    cfg = RunConfig.from_dict(config)
+    return do_submit_run(
+        project=project,
+        cfg=cfg,
+        experiment_name=experiment_name or "default",
+        name=name,
+        queue=queue,
+        rerun_of=rerun_of,
+        enqueue=enqueue,
+        acting_user=acting_user,
+    )
+
+
+def do_submit_run(
+    *,
+    project: Project,
+    cfg: RunConfig,
+    experiment_name: str,
+    name: str = "",
+    queue: str = "cpu",
+    rerun_of: Run | None = None,
+    enqueue: bool = True,
+    acting_user: Any,
+) -> Run:
+    """Create the run (queued) and send its job after commit. ``enqueue=False`` leaves the
+    job to the caller, which runs :func:`h3lab.jobs.execute_run` itself (the demo loader)."""
+    with transaction.atomic():
+        experiment, _ = Experiment.objects.get_or_create(
+            project=project,
+            name=experiment_name,
+            defaults={"created_by": acting_user if is_user(acting_user) else None},
+        )
+        run = Run.objects.create(
+            experiment=experiment,
+            project=project,
+            name=name,
+            created_by=acting_user if is_user(acting_user) else None,
+            config=cfg.to_dict(),
+            preset=cfg.preset,
+            task=cfg.task.name,
+            queue=queue,
+            total_steps=cfg.train.steps,
+            rerun_of=rerun_of,
+        )
+        announce(acting_user, "run.submit", run, new={"config": run.config, "queue": queue})
+        if enqueue:
+            enqueue_run(run)
+    return run
+
+
+def enqueue_run(run: Run) -> None:
+    """Send the run's job once the transaction that created or requeued it commits."""
+    run_id, queue = run.pk, run.queue
+
+    def send() -> None:
+        from h3lab.celery import app
+
+        try:
+            result = app.send_task(RUN_TASK, args=[run_id], queue=queue)
+        except Exception:  # broker down: the run stays queued and the reaper resends it
+            log.exception("could not enqueue run %s", run_id)
+            return
+        Run.objects.filter(pk=run_id).update(celery_task_id=result.id)
+
+    transaction.on_commit(send)
+
+
+def do_cancel_run(run: Run, *, acting_user: Any) -> bool:
+    """Cancel a queued or running run. The worker notices within a heartbeat and stops; its
+    later writes are conditional on the run still running, so it can never flip back."""
+    with transaction.atomic():
+        now = timezone.now()
+        changed = Run.objects.filter(pk=run.pk, status__in=(RunStatus.QUEUED, RunStatus.RUNNING))
+        old_status = run.status
+        n = changed.update(status=RunStatus.CANCELLED, finished_at=now, eta_s=None)
+        if n:
+            old, new = {"status": old_status}, {"status": RunStatus.CANCELLED.value}
+            announce(acting_user, "run.cancel", run, old=old, new=new)
+    run.refresh_from_db()
+    return bool(n)
