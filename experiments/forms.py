@@ -378,3 +378,10 @@ class FindingForm(forms.Form):
         cast(forms.ModelMultipleChoiceField, self.fields["runs"]).queryset = runs
         cast(forms.ModelMultipleChoiceField, self.fields["artifacts"]).queryset = artifacts
         cast(forms.ChoiceField, self.fields["metrics"]).choices = [(n, n) for n in metric_names]
+
+
+class CancelRunForm(forms.Form):
+    """Cancelling cannot be undone (a cancelled run never resumes): a reason and a confirmation."""
+
+    reason = forms.CharField(max_length=300)
+    confirm = forms.BooleanField(label="Stop it now (cannot be resumed)")

@@ -58,3 +58,31 @@ def test_readers_see_the_cited_evidence_with_frozen_metrics_and_plots(
     assert reverse("run", args=[run.pk]) not in page
     team_page = login(cast.lab.alice).get(finding.get_absolute_url()).content.decode()
     assert reverse("run", args=[run.pk]) in team_page
+
+
+def test_a_recused_reviewer_gets_no_notice_about_that_finding(cast: Cast) -> None:
+    from disclosure.actions.release import do_request_release
+    from disclosure.models import Recusal
+
+    finding = promote(cast, factories.make_finding(cast.lab.project), to=Tier.REVIEW)
+    Recusal.objects.create(finding=finding, reviewer=cast.rex, reason="co-author")
+    Notification.objects.all().delete()
+    do_request_release(finding, acting_user=cast.lab.alice)
+    told = set(Notification.objects.values_list("user__username", flat=True))
+    assert "rita" in told and "rex" not in told
+
+
+def test_email_names_no_finding_and_carries_only_a_link(
+    cast: Cast, mailoutbox: list, django_capture_on_commit_callbacks: object
+) -> None:
+    from disclosure.actions.release import do_request_release
+
+    finding = promote(
+        cast, factories.make_finding(cast.lab.project, title="SECRET-TITLE"), to=Tier.REVIEW
+    )
+    with django_capture_on_commit_callbacks(execute=True):  # type: ignore[operator]
+        do_request_release(finding, rationale="SECRET-RATIONALE", acting_user=cast.lab.alice)
+    assert mailoutbox
+    for message in mailoutbox:
+        assert "SECRET" not in message.subject + message.body
+        assert finding.get_absolute_url() in message.body

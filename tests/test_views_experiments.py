@@ -353,11 +353,26 @@ def test_progress_json_is_never_cached(as_alice: Client, run: Run) -> None:
 
 def test_cancelling_a_queued_run_marks_it_cancelled(as_alice: Client, lab: Lab) -> None:
     queued = factories.make_run(lab.project, status=RunStatus.QUEUED)
-    response = as_alice.post(reverse("run-cancel", args=[queued.pk]))
+    response = as_alice.post(
+        reverse("run-cancel", args=[queued.pk]), {"reason": "wrong lr", "confirm": "1"}
+    )
     assert response.status_code == 302 and response["Location"] == reverse("run", args=[queued.pk])
     queued.refresh_from_db()
     assert queued.status == RunStatus.CANCELLED
     assert queued.finished_at is not None
+    from disclosure.models import AuditEntry
+
+    entry = AuditEntry.objects.get(action="run.cancel", object_id=str(queued.pk))
+    assert entry.new["reason"] == "wrong lr"
+
+
+def test_cancelling_needs_a_reason_and_a_confirmation(as_alice: Client, lab: Lab) -> None:
+    queued = factories.make_run(lab.project, status=RunStatus.QUEUED)
+    for data in ({}, {"reason": "x"}, {"confirm": "1"}):
+        response = as_alice.post(reverse("run-cancel", args=[queued.pk]), data)
+        assert response.status_code == 302
+        queued.refresh_from_db()
+        assert queued.status == RunStatus.QUEUED
 
 
 def test_cancelling_a_finished_run_changes_nothing(as_alice: Client, lab: Lab) -> None:

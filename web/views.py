@@ -27,7 +27,14 @@ from experiments.actions.artifacts import do_record_artifact_download
 from experiments.actions.findings import check_record_finding
 from experiments.actions.runs import check_submit_run, do_cancel_run
 from experiments.downloads import INLINE_TYPES, stream_artifact
-from experiments.forms import TASK_DEFAULTS, CompareForm, FindingForm, RunFilterForm, RunForm
+from experiments.forms import (
+    TASK_DEFAULTS,
+    CancelRunForm,
+    CompareForm,
+    FindingForm,
+    RunFilterForm,
+    RunForm,
+)
 from experiments.models import ACTIVE_STATUSES, MetricPoint, Project, Run
 from experiments.storage import ArtifactUnavailable, open_artifact
 from h3lab.config import ConfigError
@@ -196,7 +203,11 @@ def run_progress(request: HttpRequest, pk: int) -> JsonResponse:
 @require_POST
 def run_cancel(request: HttpRequest, pk: int) -> HttpResponse:
     run = _managed_run_or_404(request, pk)
-    if do_cancel_run(run, acting_user=request.user):
+    form = CancelRunForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Say why, and confirm: a cancelled run cannot be resumed.")
+        return redirect(run)
+    if do_cancel_run(run, reason=form.cleaned_data["reason"], acting_user=request.user):
         messages.success(request, f"Run #{run.pk} cancelled.")
     else:
         messages.info(request, f"Run #{run.pk} had already {run.status}; nothing to cancel.")

@@ -103,16 +103,18 @@ def enqueue_run(run: Run) -> None:
     transaction.on_commit(send)
 
 
-def do_cancel_run(run: Run, *, acting_user: Any) -> bool:
+def do_cancel_run(run: Run, *, reason: str = "", acting_user: Any) -> bool:
     """Cancel a queued or running run. The worker notices within a heartbeat and stops; its
-    later writes are conditional on the run still running, so it can never flip back."""
+    later writes are conditional on the run still running, so it can never flip back. The
+    reason is kept in the audit entry."""
     with transaction.atomic():
         now = timezone.now()
         changed = Run.objects.filter(pk=run.pk, status__in=(RunStatus.QUEUED, RunStatus.RUNNING))
         old_status = run.status
         n = changed.update(status=RunStatus.CANCELLED, finished_at=now, eta_s=None)
         if n:
-            old, new = {"status": old_status}, {"status": RunStatus.CANCELLED.value}
+            old = {"status": old_status}
+            new = {"status": RunStatus.CANCELLED.value, "reason": reason[:300]}
             announce(acting_user, "run.cancel", run, old=old, new=new)
     run.refresh_from_db()
     return bool(n)
