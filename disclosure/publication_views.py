@@ -124,9 +124,13 @@ def export_partner(request: HttpRequest) -> HttpResponse:
 @require_GET
 def export_detail(request: HttpRequest, pk: int) -> HttpResponse:
     export = policy.get_export_or_404(request.user, pk)
+    findings = list(export.findings.select_related("project"))
+    # SECURITY: a copy's page names only what its viewer may read now (a revoked or lapsed
+    # grant hides the titles on the next request, like every other page).
+    readable = policy.readable_finding_ids(request.user, (f.pk for f in findings))
     context = {
         "export": export,
-        "findings": export.findings.select_related("project"),
+        "findings": [{"finding": f, "readable": f.pk in readable} for f in findings],
         "can_download": policy.can_download_export(request.user, export),
     }
     return render(request, "disclosure/export_detail.html", context)

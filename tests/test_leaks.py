@@ -18,6 +18,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.contrib.auth.models import User
 from django.core import mail
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
@@ -55,6 +56,13 @@ def plant(cast: Cast, key: str, *, tier: int = Tier.TEAM) -> Planted:
     return Planted(finding, [title, body])
 
 
+def cast_extra(cast: Cast) -> Any:
+    """``pat``: a collaborator whose only access was one per-finding grant (revoked later)."""
+    pat = factories.make_user("pat")
+    factories.accept(pat, cast.agreement)
+    return pat
+
+
 def personas(cast: Cast, delegated: Any) -> dict[str, Any]:
     lab = cast.lab
     return {
@@ -69,6 +77,7 @@ def personas(cast: Cast, delegated: Any) -> dict[str, Any]:
         "unaccepted_agreement": cast.nick,
         "release_manager": cast.mara,
         "delegated_manager": delegated,
+        "revoked_partner": User.objects.get(username="pat"),
     }
 
 
@@ -96,21 +105,19 @@ def build_world(cast: Cast) -> dict[str, Planted]:
     Finding.objects.filter(pk=world["T3"].finding.pk).update(tier=Tier.PUBLIC)
     # a retracted partners-tier finding, with notices to its past readers
     do_retract_finding(world["RETR"].finding, reason="wrong", acting_user=alice)
-    # a per-finding grant to carol, then revoked: carol must lose its title everywhere
+    # a per-finding grant to pat (no other access), a partner copy made for pat while it
+    # stood, then the grant revoked: pat must lose the title everywhere, the copy's page too
     grantx = world["GRANTX"].finding
     Finding.objects.filter(pk=grantx.pk).update(tier=Tier.PARTNERS)
+    pat = cast_extra(cast)
     grant = do_give_grant(
-        user=cast.carol,
-        finding=grantx,
-        expires_at=timezone.now() + timedelta(days=5),
-        acting_user=mara,
+        user=pat, finding=grantx, expires_at=timezone.now() + timedelta(days=5), acting_user=mara
     )
-    # a partner copy of it for carol while the grant stood; its page must forget the title
     do_request_export(
         kind="partner",
         findings=[grantx],
         project=None,
-        recipient=cast.carol,
+        recipient=pat,
         acting_user=mara,
         enqueue=False,
     )
