@@ -26,6 +26,7 @@ from disclosure.exports.rules import ExportRefused, partner_blockers, public_blo
 from disclosure.marks import metadata_token
 from disclosure.models import Export, ExportKind, RecipientMark
 from experiments.models import Finding, Project
+from experiments.users import ActingUser, user_or_system
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def check_request_export(
     findings: Iterable[Finding] = (),
     project: Project | None = None,
     recipient: Any = None,
-    acting_user: Any,
+    acting_user: ActingUser,
 ) -> Export:
     """Validate and queue an export; raises :class:`ExportRefused` listing every blocker.
 
@@ -87,9 +88,10 @@ def do_request_export(
     findings: list[Finding],
     project: Project | None,
     recipient: Any,
-    acting_user: Any,
+    acting_user: ActingUser,
     enqueue: bool = True,
 ) -> Export:
+    acting_user = user_or_system(acting_user)
     with transaction.atomic():
         stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
         who = f"-for-{slugify(recipient.get_username())}" if recipient else ""
@@ -138,7 +140,7 @@ def _enqueue(export_id: int) -> None:
     transaction.on_commit(send)
 
 
-def do_record_export_download(export: Export, *, acting_user: Any, ip: str | None) -> None:
+def do_record_export_download(export: Export, *, acting_user: ActingUser, ip: str | None) -> None:
     """Audit that ``acting_user`` fetched the archive (called once the download may proceed)."""
     audit.record(
         acting_user,

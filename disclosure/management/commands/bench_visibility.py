@@ -106,7 +106,8 @@ class Command(BaseCommand):
             out = Path(tmp) / "result.json"
             cmd = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), "bench_visibility"]
             subprocess.run([*cmd, "--worker", backend, str(n), str(out)], env=env, check=True)
-            return json.loads(out.read_text())
+            result: dict[str, Any] = json.loads(out.read_text())
+            return result
 
 
 def argparse_hidden() -> str:
