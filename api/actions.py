@@ -19,7 +19,7 @@ from api.models import ApiToken, TokenScope
 from experiments.signals import governed_change
 from experiments.users import ActingUser, User
 
-TOKEN_PREFIX = "h3l"
+TOKEN_PREFIX = "h3l"  # noqa: S105 -- the public marker every token starts with, not a secret
 # last_used_at is a courtesy for the owner's token page, not an audit record: write it at most
 # once a minute per token rather than on every request.
 LAST_USED_RESOLUTION = timedelta(seconds=60)

@@ -106,6 +106,9 @@ class AgreementAcceptance(ImmutableModel):
             models.UniqueConstraint(fields=["user", "agreement"], name="acceptance_once")
         ]
 
+    def __str__(self) -> str:
+        return f"user {self.user_id} accepted agreement {self.agreement_id}"
+
 
 class GrantApproval(models.TextChoices):
     """Separation of duties: a grant given by a *delegated* project manager (guardian
@@ -306,6 +309,9 @@ class Assessment(models.Model):
             models.UniqueConstraint(fields=["finding", "reviewer"], name="assessment_once")
         ]
 
+    def __str__(self) -> str:
+        return f"assessment of finding {self.finding_id} by user {self.reviewer_id}"
+
 
 class Recusal(ImmutableModel):
     """A reviewer's conflict of interest. SECURITY: it also withdraws the reviewer's
@@ -321,6 +327,9 @@ class Recusal(ImmutableModel):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["finding", "reviewer"], name="recusal_once")]
         indexes = [models.Index(fields=["reviewer", "finding"])]
+
+    def __str__(self) -> str:
+        return f"user {self.reviewer_id} recused from finding {self.finding_id}"
 
 
 # --- release policy (versioned data) -----------------------------------------------------------
@@ -378,6 +387,9 @@ class ReleaseRule(models.Model):
             ),
             models.CheckConstraint(condition=Q(target_tier__gte=Tier.REVIEW), name="rule_step_up"),
         ]
+
+    def __str__(self) -> str:
+        return f"policy {self.policy_id} rule for {Tier(self.target_tier).label}"
 
 
 # --- release requests, votes, decisions --------------------------------------------------------
@@ -477,6 +489,9 @@ class Vote(models.Model):
             models.UniqueConstraint(fields=["request", "reviewer"], name="vote_once_per_request")
         ]
 
+    def __str__(self) -> str:
+        return f"{self.kind} by user {self.reviewer_id} on release request {self.request_id}"
+
     @property
     def is_open_objection(self) -> bool:
         return self.kind == VoteKind.OBJECT and self.resolved_at is None
@@ -500,6 +515,9 @@ class ObjectionClearance(ImmutableModel):
             models.UniqueConstraint(fields=["objection", "reviewer"], name="clear_objection_once")
         ]
 
+    def __str__(self) -> str:
+        return f"user {self.reviewer_id} cleared objection {self.objection_id}"
+
 
 class ReleaseDecision(ImmutableModel):
     """An immutable record of a finding moving tiers: who (``decided_by`` is null when the
@@ -521,6 +539,11 @@ class ReleaseDecision(ImmutableModel):
 
     class Meta:
         ordering = ["decided_at"]
+
+    def __str__(self) -> str:
+        return (
+            f"finding {self.finding_id}: {Tier(self.from_tier).label} → {Tier(self.to_tier).label}"
+        )
 
 
 # --- notifications -----------------------------------------------------------------------------
@@ -629,6 +652,9 @@ class AuditHead(models.Model):
     id = models.PositiveSmallIntegerField(primary_key=True, default=1)
     last_id = models.BigIntegerField(default=0)
     last_hash = models.CharField(max_length=64, default="0" * 64)
+
+    def __str__(self) -> str:
+        return f"audit log head at entry {self.last_id}"
 
 
 # --- publication: signing keys, exports, recipient marks ------------------------------------------
