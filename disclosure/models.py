@@ -16,6 +16,7 @@ from django.utils import timezone
 from guardian.models import GroupObjectPermissionBase, UserObjectPermissionBase
 
 from experiments.models import Finding, Project, Tier
+from experiments.users import Viewer
 
 
 class ImmutableError(Exception):
@@ -147,7 +148,7 @@ class GrantQuerySet(models.QuerySet["Grant"]):
             revoked_at__isnull=True, expires_at__gt=now or timezone.now()
         )
 
-    def for_user(self, user: object) -> GrantQuerySet:
+    def for_user(self, user: Viewer) -> GrantQuerySet:
         return self.filter(Q(user=user) | Q(group__user=user))
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Iterable
-from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
@@ -26,7 +25,7 @@ from disclosure.exports.rules import ExportRefused, partner_blockers, public_blo
 from disclosure.marks import metadata_token
 from disclosure.models import Export, ExportKind, RecipientMark
 from experiments.models import Finding, Project
-from experiments.users import ActingUser, user_or_system
+from experiments.users import ActingUser, User, user_or_system
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +39,7 @@ def check_request_export(
     kind: str,
     findings: Iterable[Finding] = (),
     project: Project | None = None,
-    recipient: Any = None,
+    recipient: User | None = None,
     acting_user: ActingUser,
 ) -> Export:
     """Validate and queue an export; raises :class:`ExportRefused` listing every blocker.
@@ -87,7 +86,7 @@ def do_request_export(
     kind: str,
     findings: list[Finding],
     project: Project | None,
-    recipient: Any,
+    recipient: User | None,
     acting_user: ActingUser,
     enqueue: bool = True,
 ) -> Export:
@@ -104,6 +103,8 @@ def do_request_export(
         )
         export.findings.set(findings)
         if kind == ExportKind.PARTNER:
+            if recipient is None:  # check_request_export refuses a partner copy without one
+                raise ValueError("a partner copy needs a recipient")
             secret = secrets.token_hex(32)
             RecipientMark.objects.create(
                 export=export,

@@ -25,6 +25,8 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from experiments.users import Viewer
+
 SCRATCH_PG = "h3lab_bench"
 PAGE = 50
 COUNT_CAP = 1000  # the finding list's count stops here (disclosure.pagination)
@@ -239,7 +241,7 @@ def _populate(n: int, rng: random.Random) -> dict[str, Any]:
     }
 
 
-def _measure(user: Any) -> dict[str, Any]:
+def _measure(user: Viewer) -> dict[str, Any]:
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
