@@ -9,7 +9,6 @@ import hmac
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -18,8 +17,9 @@ from django.utils import timezone
 
 from api.models import ApiToken, TokenScope
 from experiments.signals import governed_change
+from experiments.users import ActingUser, User
 
-TOKEN_PREFIX = "h3l"
+TOKEN_PREFIX = "h3l"  # noqa: S105 -- the public marker every token starts with, not a secret
 # last_used_at is a courtesy for the owner's token page, not an audit record: write it at most
 # once a minute per token rather than on every request.
 LAST_USED_RESOLUTION = timedelta(seconds=60)
@@ -36,7 +36,7 @@ class NewToken:
 
 
 def check_create_token(
-    *, user: Any, name: str, scope: str, days: int, acting_user: Any
+    *, user: User, name: str, scope: str, days: int, acting_user: ActingUser
 ) -> NewToken:
     max_days = settings.H3LAB_API_TOKEN_MAX_DAYS
     if scope not in TokenScope.values:
@@ -50,7 +50,9 @@ def check_create_token(
     )
 
 
-def do_create_token(*, user: Any, name: str, scope: str, days: int, acting_user: Any) -> NewToken:
+def do_create_token(
+    *, user: User, name: str, scope: str, days: int, acting_user: ActingUser
+) -> NewToken:
     secret = secrets.token_urlsafe(32)
     with transaction.atomic():
         prefix = secrets.token_hex(6)
@@ -75,7 +77,7 @@ def do_create_token(*, user: Any, name: str, scope: str, days: int, acting_user:
     return NewToken(token=token, plaintext=f"{TOKEN_PREFIX}_{prefix}_{secret}")
 
 
-def do_revoke_token(token: ApiToken, *, acting_user: Any) -> bool:
+def do_revoke_token(token: ApiToken, *, acting_user: ActingUser) -> bool:
     """Revoke now: the next request with it answers 401. Revoking twice changes nothing."""
     with transaction.atomic():
         n = ApiToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(

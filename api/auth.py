@@ -50,8 +50,9 @@ def required_scope(request: Request, view: Any) -> str:
     (fail closed)."""
     if request.method in SAFE_METHODS:
         return TokenScope.READ
-    action = getattr(view, "action", None) or request.method.lower()
-    return getattr(view, "scopes", {}).get(action, TokenScope.MANAGE)
+    action = getattr(view, "action", None) or (request.method or "").lower()
+    scopes: dict[str, str] = getattr(view, "scopes", {})
+    return scopes.get(action, TokenScope.MANAGE)
 
 
 class HasScope(BasePermission):
@@ -76,6 +77,8 @@ class _SettingsRateThrottle(SimpleRateThrottle):
     tests) change them without re-importing anything."""
 
     def get_rate(self) -> str | None:
+        if self.scope is None:
+            return None
         return settings.H3LAB_API_RATES.get(self.scope)
 
 

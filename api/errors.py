@@ -24,13 +24,17 @@ from h3lab.config import ConfigError
 NON_FIELD_KEYS = ("non_field_errors", "__all__")
 
 
-class ErrorDetailSerializer(serializers.Serializer):
+class ErrorDetailSerializer(serializers.Serializer[Any]):
     code = serializers.CharField()
     message = serializers.CharField()
-    fields = serializers.DictField(child=serializers.ListField(child=serializers.CharField()))
+    # The metaclass moves declared fields into _declared_fields, so this does not shadow
+    # Serializer.fields at runtime; the stubs cannot express that.
+    fields = serializers.DictField(  # type: ignore[assignment]
+        child=serializers.ListField(child=serializers.CharField())
+    )
 
 
-class ErrorSerializer(serializers.Serializer):
+class ErrorSerializer(serializers.Serializer[Any]):
     """The body of every 4xx answer."""
 
     error = ErrorDetailSerializer()

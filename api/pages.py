@@ -3,13 +3,10 @@ tokens. A new token's secret is shown once, in the answer to the POST that creat
 
 from __future__ import annotations
 
-from typing import cast
-
 from django import forms
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -19,6 +16,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from api import actions
 from api.models import ApiToken, TokenScope
+from experiments.users import signed_in
 
 LIFETIMES = [(7, "7 days"), (30, "30 days"), (90, "90 days"), (365, "1 year")]
 
@@ -40,7 +38,7 @@ def tokens(request: HttpRequest) -> HttpResponse:
     if request.method == "POST" and form.is_valid():
         try:
             created = actions.check_create_token(
-                user=request.user, **form.cleaned_data, acting_user=request.user
+                user=signed_in(request.user), **form.cleaned_data, acting_user=request.user
             )
         except ValidationError as err:
             form.add_error(None, err)
@@ -49,7 +47,7 @@ def tokens(request: HttpRequest) -> HttpResponse:
     context = {
         "form": form,
         "created": created,  # SECURITY: rendered once here, stored nowhere
-        "tokens": ApiToken.objects.filter(user=cast(User, request.user)),
+        "tokens": ApiToken.objects.filter(user=signed_in(request.user)),
         "now": timezone.now(),
         "site_url": settings.H3LAB_SITE_URL,
     }

@@ -33,14 +33,15 @@ from disclosure.models import (
     Vote,
 )
 from experiments.models import Artifact, Experiment, Finding, Project, Run
+from experiments.users import Viewer
 
 
-def _visible_experiments(user: Any) -> QuerySet[Experiment]:
+def _visible_experiments(user: Viewer) -> QuerySet[Experiment]:
     return Experiment.objects.filter(project__in=policy.visible_projects(user).values("pk"))
 
 
 # Which rows of a model a user may see, wherever the admin offers them (choices, filters).
-VISIBLE: dict[type[Model], Callable[[Any], QuerySet[Any]]] = {
+VISIBLE: dict[type[Model], Callable[[Viewer], QuerySet[Any]]] = {
     Project: policy.visible_projects,
     Experiment: _visible_experiments,
     Run: policy.visible_runs,
@@ -56,12 +57,13 @@ class GovernedAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     outside it is "doesn't exist", like a 404). Related choices are limited by :data:`VISIBLE`;
     a foreign key in ``list_filter`` lists only values that occur in the visible rows."""
 
-    policy_queryset: Any = None
+    policy_queryset: Callable[[Viewer], QuerySet[Any]] | None = None
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
-        if self.policy_queryset is None:
+        restrict = type(self).policy_queryset
+        if restrict is None:
             return super().get_queryset(request)
-        return type(self).policy_queryset(request.user)
+        return restrict(request.user)
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -106,17 +108,17 @@ class GovernedAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         return super().formfield_for_manytomany(db_field, request, **kwargs)
 
 
-def findings_of(model: type[Model]) -> Callable[[Any], QuerySet[Any]]:
+def findings_of(model: type[Model]) -> Callable[[Viewer], QuerySet[Any]]:
     """Rows about a finding: only for findings the user may read."""
 
-    def visible(user: Any) -> QuerySet[Any]:
+    def visible(user: Viewer) -> QuerySet[Any]:
         readable = policy.visible_findings(user).values("pk")
         return model._default_manager.filter(finding__in=readable)
 
     return visible
 
 
-def _audit_readers(user: Any) -> QuerySet[AuditEntry]:
+def _audit_readers(user: Viewer) -> QuerySet[AuditEntry]:
     return AuditEntry.objects.all() if policy.can_view_audit(user) else AuditEntry.objects.none()
 
 
@@ -232,7 +234,7 @@ class VoteAdmin(GovernedAdmin):
 @admin.register(ObjectionClearance)
 class ObjectionClearanceAdmin(GovernedAdmin):
     @staticmethod
-    def policy_queryset(user: Any) -> QuerySet[Any]:
+    def policy_queryset(user: Viewer) -> QuerySet[Any]:
         readable = policy.visible_findings(user).values("pk")
         return ObjectionClearance.objects.filter(objection__finding__in=readable)
 

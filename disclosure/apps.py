@@ -1,6 +1,11 @@
-from typing import Any
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from django.apps import AppConfig
+
+if TYPE_CHECKING:
+    from experiments.users import ActingUser
 
 
 class DisclosureConfig(AppConfig):
@@ -16,7 +21,14 @@ class DisclosureConfig(AppConfig):
 
 
 def _audit_governed_change(
-    sender: Any, *, actor: Any, action: str, obj: Any, old: Any = None, new: Any = None, **kw: Any
+    sender: Any,
+    *,
+    actor: ActingUser,
+    action: str,
+    obj: Any,
+    old: Any = None,
+    new: Any = None,
+    **kw: Any,
 ) -> None:
     """Every governed change of the experiments app (and downloads, announced by the download
     view as ``artifact.download``) goes into the audit log, inside the sender's transaction."""

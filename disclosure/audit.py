@@ -15,7 +15,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models, transaction
@@ -24,6 +24,10 @@ from django.utils import timezone
 
 from disclosure.models import AuditEntry, AuditHead
 from experiments.models import Finding
+from experiments.signals import is_user
+
+if TYPE_CHECKING:
+    from experiments.users import ActingUser
 
 GENESIS = "0" * 64
 
@@ -75,7 +79,7 @@ def _finding_id(obj: Any) -> int | None:
 
 
 def record(
-    actor: Any,
+    actor: ActingUser,
     action: str,
     obj: Any = None,
     *,
@@ -86,7 +90,7 @@ def record(
 ) -> AuditEntry:
     """Append one entry. Runs in (or opens) a transaction: if the caller's transaction rolls
     back, so does its entry, and the log only ever states what happened."""
-    user = actor if getattr(actor, "is_authenticated", False) else None
+    user = actor if is_user(actor) else None
     with transaction.atomic():
         head, _ = AuditHead.objects.select_for_update().get_or_create(pk=1)
         entry = AuditEntry(

@@ -53,7 +53,8 @@ class BundleFile:
     def open(self) -> BinaryIO:
         if self.data is not None:
             return io.BytesIO(self.data)
-        assert self.source is not None
+        if self.source is None:
+            raise ValueError("a bundle file needs data or a source")
         return self.source.open("rb")
 
 
@@ -197,7 +198,8 @@ def verify_bundle(src: BinaryIO, public_keys: Mapping[str, Ed25519PublicKey]) ->
                     report.problems.append(f"{member.name}: outside the bundle folder")
                     continue
                 fh = tar.extractfile(member)
-                assert fh is not None
+                if fh is None:  # only non-regular members have no file, skipped above
+                    raise RuntimeError(f"{member.name}: a regular file without contents")
                 if rel in META_FILES:
                     meta[rel] = fh.read(1 << 24)
                     continue

@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from disclosure.models import AlignmentValue, CapabilityUplift, VoteKind
 from experiments.models import Finding, Project, Tier
+from experiments.users import Viewer
 
 User = get_user_model()
 
@@ -185,7 +186,7 @@ class ExportForm(forms.Form):
     findings = forms.ModelMultipleChoiceField(queryset=Finding.objects.none(), required=False)
     project = forms.ModelChoiceField(queryset=Project.objects.none(), required=False)
 
-    def __init__(self, *args: Any, user: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, user: Viewer, **kwargs: Any) -> None:
         from disclosure import policy
 
         super().__init__(*args, **kwargs)

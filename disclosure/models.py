@@ -16,6 +16,7 @@ from django.utils import timezone
 from guardian.models import GroupObjectPermissionBase, UserObjectPermissionBase
 
 from experiments.models import Finding, Project, Tier
+from experiments.users import Viewer
 
 
 class ImmutableError(Exception):
@@ -106,6 +107,9 @@ class AgreementAcceptance(ImmutableModel):
             models.UniqueConstraint(fields=["user", "agreement"], name="acceptance_once")
         ]
 
+    def __str__(self) -> str:
+        return f"user {self.user_id} accepted agreement {self.agreement_id}"
+
 
 class GrantApproval(models.TextChoices):
     """Separation of duties: a grant given by a *delegated* project manager (guardian
@@ -144,7 +148,7 @@ class GrantQuerySet(models.QuerySet["Grant"]):
             revoked_at__isnull=True, expires_at__gt=now or timezone.now()
         )
 
-    def for_user(self, user: object) -> GrantQuerySet:
+    def for_user(self, user: Viewer) -> GrantQuerySet:
         return self.filter(Q(user=user) | Q(group__user=user))
 
 
@@ -306,6 +310,9 @@ class Assessment(models.Model):
             models.UniqueConstraint(fields=["finding", "reviewer"], name="assessment_once")
         ]
 
+    def __str__(self) -> str:
+        return f"assessment of finding {self.finding_id} by user {self.reviewer_id}"
+
 
 class Recusal(ImmutableModel):
     """A reviewer's conflict of interest. SECURITY: it also withdraws the reviewer's
@@ -321,6 +328,9 @@ class Recusal(ImmutableModel):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["finding", "reviewer"], name="recusal_once")]
         indexes = [models.Index(fields=["reviewer", "finding"])]
+
+    def __str__(self) -> str:
+        return f"user {self.reviewer_id} recused from finding {self.finding_id}"
 
 
 # --- release policy (versioned data) -----------------------------------------------------------
@@ -378,6 +388,9 @@ class ReleaseRule(models.Model):
             ),
             models.CheckConstraint(condition=Q(target_tier__gte=Tier.REVIEW), name="rule_step_up"),
         ]
+
+    def __str__(self) -> str:
+        return f"policy {self.policy_id} rule for {Tier(self.target_tier).label}"
 
 
 # --- release requests, votes, decisions --------------------------------------------------------
@@ -477,6 +490,9 @@ class Vote(models.Model):
             models.UniqueConstraint(fields=["request", "reviewer"], name="vote_once_per_request")
         ]
 
+    def __str__(self) -> str:
+        return f"{self.kind} by user {self.reviewer_id} on release request {self.request_id}"
+
     @property
     def is_open_objection(self) -> bool:
         return self.kind == VoteKind.OBJECT and self.resolved_at is None
@@ -500,6 +516,9 @@ class ObjectionClearance(ImmutableModel):
             models.UniqueConstraint(fields=["objection", "reviewer"], name="clear_objection_once")
         ]
 
+    def __str__(self) -> str:
+        return f"user {self.reviewer_id} cleared objection {self.objection_id}"
+
 
 class ReleaseDecision(ImmutableModel):
     """An immutable record of a finding moving tiers: who (``decided_by`` is null when the
@@ -521,6 +540,11 @@ class ReleaseDecision(ImmutableModel):
 
     class Meta:
         ordering = ["decided_at"]
+
+    def __str__(self) -> str:
+        return (
+            f"finding {self.finding_id}: {Tier(self.from_tier).label} → {Tier(self.to_tier).label}"
+        )
 
 
 # --- notifications -----------------------------------------------------------------------------
@@ -629,6 +653,9 @@ class AuditHead(models.Model):
     id = models.PositiveSmallIntegerField(primary_key=True, default=1)
     last_id = models.BigIntegerField(default=0)
     last_hash = models.CharField(max_length=64, default="0" * 64)
+
+    def __str__(self) -> str:
+        return f"audit log head at entry {self.last_id}"
 
 
 # --- publication: signing keys, exports, recipient marks ------------------------------------------

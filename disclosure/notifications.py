@@ -13,6 +13,8 @@ from django.core.mail import get_connection, send_mass_mail
 from django.db import transaction
 
 from disclosure.models import FINDING_PLACEHOLDER, Notification, NotificationKind, Recusal
+from experiments.signals import is_user
+from experiments.users import Viewer
 
 User = get_user_model()
 
@@ -74,7 +76,7 @@ def release_managers() -> list[Any]:
     return group_members(settings.H3LAB_RELEASE_MANAGERS_GROUP)
 
 
-def unread_count(user: Any) -> int:
-    if not getattr(user, "is_authenticated", False):
+def unread_count(user: Viewer) -> int:
+    if not is_user(user):
         return 0
     return Notification.objects.filter(user=user, read_at__isnull=True).count()

@@ -9,13 +9,18 @@ past the start of the requested page (``SELECT COUNT(*) FROM (… LIMIT n)``): e
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.core.paginator import Page, Paginator
 from django.db.models import QuerySet
 
+if TYPE_CHECKING:
+    _Paginator = Paginator[Any]
+else:  # Django's Paginator is not subscriptable at runtime
+    _Paginator = Paginator
 
-class CappedPaginator(Paginator):
+
+class CappedPaginator(_Paginator):
     """Pages over a queryset with a count that stops after ``cap`` rows.
 
     The window slides with the requested page (``max(cap, page × per_page)`` rows), so a reader
@@ -29,7 +34,7 @@ class CappedPaginator(Paginator):
         self.cap = cap
         self.window = cap
 
-    def get_page(self, number: Any) -> Page:
+    def get_page(self, number: Any) -> Page[Any]:
         try:
             requested = max(int(number), 1)
         except (TypeError, ValueError):
@@ -58,7 +63,7 @@ class CappedPaginator(Paginator):
             return f"{self.window // self.per_page:,}+"
         return f"{self.num_pages:,}"
 
-    def page(self, number: Any) -> Page:
+    def page(self, number: Any) -> Page[Any]:
         page = super().page(number)
         if self.is_capped:
             # Paginator trims the last page to ``count``; past the cap that row is only the

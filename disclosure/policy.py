@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime
 from functools import cache
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeGuard, TypeVar
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -50,25 +50,28 @@ from disclosure.models import (
     Vote,
 )
 from experiments.models import Artifact, Finding, FindingStatus, Project, Run, Tier
+from experiments.users import User, Viewer
 
 if TYPE_CHECKING:
-    from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+    from django.contrib.auth.models import Group
 
-    AnyUser = AbstractBaseUser | AnonymousUser
+    from disclosure.models import Export
+    from experiments.models import FindingRevision
 
 M = TypeVar("M", bound=Model)
 
 
-def _authenticated(user: Any) -> bool:
+def _authenticated(user: Viewer) -> TypeGuard[User]:
+    """An active, signed-in user (always an instance of the auth user model)."""
     return bool(user is not None and user.is_authenticated and user.is_active)
 
 
-def is_lab_admin(user: Any) -> bool:
+def is_lab_admin(user: Viewer) -> TypeGuard[User]:
     """Superusers administer the lab and see everything (and every read is audited)."""
     return _authenticated(user) and bool(user.is_superuser)
 
 
-def member_projects(user: Any) -> QuerySet[Project]:
+def member_projects(user: Viewer) -> QuerySet[Project]:
     """Projects whose team the user belongs to (lazy; usable as a subquery)."""
     if not _authenticated(user):
         return Project.objects.none()
@@ -77,18 +80,18 @@ def member_projects(user: Any) -> QuerySet[Project]:
     return Project.objects.filter(group__user=user)
 
 
-def is_member(user: Any, project: Project) -> bool:
+def is_member(user: Viewer, project: Project) -> bool:
     return member_projects(user).filter(pk=project.pk).exists()
 
 
 # --- projects and runs: team only -------------------------------------------------------------
 
 
-def visible_projects(user: Any) -> QuerySet[Project]:
+def visible_projects(user: Viewer) -> QuerySet[Project]:
     return member_projects(user)
 
 
-def visible_runs(user: Any) -> QuerySet[Run]:
+def visible_runs(user: Viewer) -> QuerySet[Run]:
     """Runs are working material: visible to their project's team only."""
     if is_lab_admin(user):
         return Run.objects.all()
@@ -98,16 +101,16 @@ def visible_runs(user: Any) -> QuerySet[Run]:
 # --- roles ------------------------------------------------------------------------------------
 
 
-def _in_group(user: Any, name: str) -> bool:
+def _in_group(user: Viewer, name: str) -> TypeGuard[User]:
     return _authenticated(user) and user.groups.filter(name=name).exists()
 
 
-def is_reviewer(user: Any) -> bool:
+def is_reviewer(user: Viewer) -> TypeGuard[User]:
     """On the review board (the group named by ``H3LAB_REVIEW_BOARD_GROUP``)."""
     return _in_group(user, settings.H3LAB_REVIEW_BOARD_GROUP)
 
 
-def is_release_manager(user: Any) -> bool:
+def is_release_manager(user: Viewer) -> TypeGuard[User]:
     """A release manager (the group named by ``H3LAB_RELEASE_MANAGERS_GROUP``) or a superuser."""
     return is_lab_admin(user) or _in_group(user, settings.H3LAB_RELEASE_MANAGERS_GROUP)
 
@@ -124,6 +127,9 @@ def _not_retracted() -> Q:
 # compiling seven ORM subqueries cost ~4 ms of Python per statement, ten times what the database
 # spends running the whole page; a RawSQL costs nothing to build. Every one depends only on the
 # user and ``now``, so the database evaluates each once (hashed), not per row.
+# SECURITY: the SQL text is built only from model metadata (table names quoted by the
+# connection) and the EFFECTIVE_APPROVALS constants; every value (user ids, times, tiers) is a
+# bound %s parameter. Hence the S608/S611 noqa on the lines below.
 
 
 @cache
@@ -131,9 +137,9 @@ def _sql() -> dict[str, str]:
     def t(model: type[Model]) -> str:
         return connection.ops.quote_name(model._meta.db_table)
 
-    groups = f"SELECT group_id FROM {t(get_user_model().groups.through)} WHERE user_id = %s"
+    groups = f"SELECT group_id FROM {t(get_user_model().groups.through)} WHERE user_id = %s"  # noqa: S608
     agreement_in_force = (
-        f"SELECT id FROM {t(AgreementVersion)} WHERE effective_at <= %s "
+        f"SELECT id FROM {t(AgreementVersion)} WHERE effective_at <= %s "  # noqa: S608
         "ORDER BY version DESC LIMIT 1"
     )
     # SECURITY: a grant awaiting a release manager's approval (or declined) gives nothing.
@@ -144,25 +150,25 @@ def _sql() -> dict[str, str]:
     )
     return {
         "accepted": (
-            f"EXISTS (SELECT 1 FROM {t(AgreementAcceptance)}"
+            f"EXISTS (SELECT 1 FROM {t(AgreementAcceptance)}"  # noqa: S608
             f" WHERE user_id = %s AND agreement_id = ({agreement_in_force}))"
         ),
-        "team": f"SELECT id FROM {t(Project)} WHERE group_id IN ({groups})",
+        "team": f"SELECT id FROM {t(Project)} WHERE group_id IN ({groups})",  # noqa: S608
         "lowest_clearance": (
-            f"SELECT MIN(tier) FROM {t(GroupClearance)} WHERE group_id IN ({groups})"
+            f"SELECT MIN(tier) FROM {t(GroupClearance)} WHERE group_id IN ({groups})"  # noqa: S608
         ),
-        "recused": f"SELECT finding_id FROM {t(Recusal)} WHERE reviewer_id = %s",
+        "recused": f"SELECT finding_id FROM {t(Recusal)} WHERE reviewer_id = %s",  # noqa: S608
         "granted_projects": f"SELECT project_id {grants} AND project_id IS NOT NULL",
         "granted_findings": f"SELECT finding_id {grants} AND finding_id IS NOT NULL",
     }
 
 
-def _team_q(user: Any) -> Q:
+def _team_q(user: User) -> Q:
     """Findings of the projects whose group the user is in (:func:`member_projects`)."""
-    return Q(project_id__in=RawSQL(_sql()["team"], [user.pk]))
+    return Q(project_id__in=RawSQL(_sql()["team"], [user.pk]))  # noqa: S611
 
 
-def _clearance_q(user: Any) -> Q:
+def _clearance_q(user: User) -> Q:
     """Group clearance (review board, release managers: data in GroupClearance): findings at
     the user's lowest cleared tier and above, except those the user recused from. No clearance
     gives NULL, which matches nothing.
@@ -171,12 +177,12 @@ def _clearance_q(user: Any) -> Q:
     too, not just the vote; the reviewer still sees it through any other route (team, grant,
     public).
     """
-    lowest = RawSQL(_sql()["lowest_clearance"], [user.pk])
-    recused = RawSQL(_sql()["recused"], [user.pk])
+    lowest = RawSQL(_sql()["lowest_clearance"], [user.pk])  # noqa: S611
+    recused = RawSQL(_sql()["recused"], [user.pk])  # noqa: S611
     return Q(tier__gte=lowest) & ~Q(pk__in=recused)
 
 
-def _grant_q(user: Any, now: datetime) -> Q:
+def _grant_q(user: User, now: datetime) -> Q:
     """Collaborators: findings at or above a grant's tier, in the granted project or the granted
     finding, while the grant (the user's own or a group's) is unrevoked, unexpired and needs no
     approval or was approved, and the user has accepted the agreement version in force now.
@@ -186,19 +192,19 @@ def _grant_q(user: Any, now: datetime) -> Q:
     *t* takes the grants whose ``max_tier`` is at most *t*.
     """
     at = connection.ops.adapt_datetimefield_value(now)
-    accepted = RawSQL(_sql()["accepted"], [user.pk, at], output_field=BooleanField())
+    accepted = RawSQL(_sql()["accepted"], [user.pk, at], output_field=BooleanField())  # noqa: S611
     scopes = Q()
     for tier in (Tier.PARTNERS, Tier.REVIEW):
         params = [at, tier, user.pk, user.pk]
-        projects = RawSQL(_sql()["granted_projects"], params)
-        findings = RawSQL(_sql()["granted_findings"], params)
+        projects = RawSQL(_sql()["granted_projects"], params)  # noqa: S611
+        findings = RawSQL(_sql()["granted_findings"], params)  # noqa: S611
         tiers = Q(tier__gte=tier) if tier == Tier.PARTNERS else Q(tier=tier)
         scopes |= tiers & (Q(project_id__in=projects) | Q(pk__in=findings))
     # The agreement check once, outside the grant subqueries: PostgreSQL plans each copy.
     return Q(accepted) & scopes
 
 
-def finding_visibility_q(user: Any, *, include_retracted: bool = False) -> Q:
+def finding_visibility_q(user: Viewer, *, include_retracted: bool = False) -> Q:
     """A Q over Finding that is true exactly for the findings ``user`` may read.
 
     Everything is a subquery of the one SQL statement (no queries are run here), so a list
@@ -216,11 +222,11 @@ def finding_visibility_q(user: Any, *, include_retracted: bool = False) -> Q:
     return _team_q(user) | (others if include_retracted else others & _not_retracted())
 
 
-def visible_findings(user: Any) -> QuerySet[Finding]:
+def visible_findings(user: Viewer) -> QuerySet[Finding]:
     return Finding.objects.filter(finding_visibility_q(user))
 
 
-def tombstones(user: Any) -> QuerySet[Finding]:
+def tombstones(user: Viewer) -> QuerySet[Finding]:
     """Retracted findings the user would otherwise see (their tombstone pages)."""
     q = finding_visibility_q(user, include_retracted=True)
     return Finding.objects.filter(q, status=FindingStatus.RETRACTED)
@@ -229,7 +235,7 @@ def tombstones(user: Any) -> QuerySet[Finding]:
 # --- artifacts --------------------------------------------------------------------------------
 
 
-def visible_artifacts(user: Any) -> QuerySet[Artifact]:
+def visible_artifacts(user: Viewer) -> QuerySet[Artifact]:
     """Team members see their runs' artifacts; anyone else sees the artifacts cited as
     evidence by a (not retracted) finding they can read — reviewers need the evidence they
     assess, partners the evidence they were granted, the public released evidence."""
@@ -262,19 +268,19 @@ def get_visible_or_404(queryset: QuerySet[M], **lookup: Any) -> M:
         raise Http404("Not found.") from None
 
 
-def get_project_or_404(user: Any, slug: str) -> Project:
+def get_project_or_404(user: Viewer, slug: str) -> Project:
     return get_visible_or_404(visible_projects(user), slug=slug)
 
 
-def get_run_or_404(user: Any, pk: Any) -> Run:
+def get_run_or_404(user: Viewer, pk: Any) -> Run:
     return get_visible_or_404(visible_runs(user).select_related("experiment", "project"), pk=pk)
 
 
-def get_finding_or_404(user: Any, pk: Any) -> Finding:
+def get_finding_or_404(user: Viewer, pk: Any) -> Finding:
     return get_visible_or_404(visible_findings(user).select_related("project"), pk=pk)
 
 
-def get_finding_or_tombstone_or_404(user: Any, pk: Any) -> tuple[Finding, bool]:
+def get_finding_or_tombstone_or_404(user: Viewer, pk: Any) -> tuple[Finding, bool]:
     """(finding, True) when the user may read it; (finding, False) for the tombstone of a
     retracted finding they could read before; Http404 otherwise."""
     try:
@@ -283,23 +289,23 @@ def get_finding_or_tombstone_or_404(user: Any, pk: Any) -> tuple[Finding, bool]:
         return get_visible_or_404(tombstones(user), pk=pk), False
 
 
-def get_artifact_or_404(user: Any, pk: Any) -> Artifact:
+def get_artifact_or_404(user: Viewer, pk: Any) -> Artifact:
     return get_visible_or_404(visible_artifacts(user).select_related("run", "project"), pk=pk)
 
 
 # --- actions a user may take --------------------------------------------------------------------
 
 
-def can_submit_run(user: Any, project: Project) -> bool:
+def can_submit_run(user: Viewer, project: Project) -> bool:
     return is_member(user, project)
 
 
-def can_manage_run(user: Any, run: Run) -> bool:
+def can_manage_run(user: Viewer, run: Run) -> bool:
     """Cancel / rerun / record a finding from it: any member of the run's project."""
     return is_member(user, run.project)
 
 
-def can_edit_finding(user: Any, finding: Finding) -> bool:
+def can_edit_finding(user: Viewer, finding: Finding) -> bool:
     return is_member(user, finding.project) and not finding.is_retracted
 
 
@@ -307,12 +313,12 @@ def can_edit_finding(user: Any, finding: Finding) -> bool:
 # finding the user can already see.
 
 
-def can_request_review(user: Any, finding: Finding) -> bool:
+def can_request_review(user: Viewer, finding: Finding) -> bool:
     """Team to review tier: the project's own members."""
     return finding.tier == Tier.TEAM and can_edit_finding(user, finding)
 
 
-def can_manage_releases(user: Any, project: Project) -> bool:
+def can_manage_releases(user: Viewer, project: Project) -> bool:
     """Schedule releases, manage grants and resolve objections for ``project``: release
     managers, or a user delegated ``experiments.change_project`` on it through guardian's
     direct-FK object permissions (global permissions are not consulted)."""
@@ -323,14 +329,14 @@ def can_manage_releases(user: Any, project: Project) -> bool:
     return ObjectPermissionChecker(user).has_perm("change_project", project)
 
 
-def can_request_release(user: Any, finding: Finding) -> bool:
+def can_request_release(user: Viewer, finding: Finding) -> bool:
     """Ask for the step above review: the team or a release manager."""
     if finding.is_retracted or finding.tier not in (Tier.REVIEW, Tier.PARTNERS):
         return False
     return is_member(user, finding.project) or can_manage_releases(user, finding.project)
 
 
-def can_review(user: Any, finding: Finding) -> bool:
+def can_review(user: Viewer, finding: Finding) -> TypeGuard[User]:
     """Assess, approve, object or recuse: a board member who has not recused and is not on
     the finding's own team (reviewing one's own work is a conflict of interest)."""
     return (
@@ -342,7 +348,7 @@ def can_review(user: Any, finding: Finding) -> bool:
     )
 
 
-def can_see_review(user: Any, finding: Finding) -> bool:
+def can_see_review(user: Viewer, finding: Finding) -> bool:
     """Assessments, votes and the review timeline: the team, reviewers who have not recused,
     and release managers. SECURITY: partners and the public see the finding, not the
     dual-use deliberation about it (rationales can describe the risky part)."""
@@ -351,17 +357,17 @@ def can_see_review(user: Any, finding: Finding) -> bool:
     return is_reviewer(user) and not Recusal.objects.filter(finding=finding, reviewer=user).exists()
 
 
-def can_retract(user: Any, finding: Finding) -> bool:
+def can_retract(user: Viewer, finding: Finding) -> bool:
     return not finding.is_retracted and (
         is_member(user, finding.project) or can_manage_releases(user, finding.project)
     )
 
 
-def can_view_audit(user: Any) -> bool:
+def can_view_audit(user: Viewer) -> bool:
     return is_release_manager(user)
 
 
-def manageable_projects(user: Any) -> QuerySet[Project]:
+def manageable_projects(user: Viewer) -> QuerySet[Project]:
     """Projects whose grants the user may manage."""
     if is_release_manager(user):
         return Project.objects.all()
@@ -372,7 +378,7 @@ def manageable_projects(user: Any) -> QuerySet[Project]:
     )
 
 
-def manageable_grants(user: Any) -> QuerySet[Grant]:
+def manageable_grants(user: Viewer) -> QuerySet[Grant]:
     """Grants the user may see and manage: those covering a project they manage or a finding of
     one (the grants page, the admin and the API all list these)."""
     ids = manageable_projects(user).values("pk")
@@ -382,7 +388,9 @@ def manageable_grants(user: Any) -> QuerySet[Grant]:
 # --- separation of duties -------------------------------------------------------------------------
 
 
-def is_grantee(user: Any, *, grantee_user: Any = None, grantee_group: Any = None) -> bool:
+def is_grantee(
+    user: Viewer, *, grantee_user: Viewer = None, grantee_group: Group | None = None
+) -> bool:
     """``user`` would gain from a grant to ``grantee_user`` / ``grantee_group``: it names them,
     or a group they belong to."""
     if not _authenticated(user):
@@ -392,13 +400,13 @@ def is_grantee(user: Any, *, grantee_user: Any = None, grantee_group: Any = None
     return grantee_group is not None and user.groups.filter(pk=grantee_group.pk).exists()
 
 
-def grant_needs_approval(user: Any, max_tier: int) -> bool:
+def grant_needs_approval(user: Viewer, max_tier: int) -> bool:
     """A grant above the team tier given by a *delegated* manager (guardian ``change_project``,
     not a release manager) waits for a release manager's approval: two people, not one."""
     return max_tier > Tier.TEAM and not is_release_manager(user)
 
 
-def can_approve_grant(user: Any, grant: Grant) -> bool:
+def can_approve_grant(user: Viewer, grant: Grant) -> bool:
     """Approve or decline a pending grant: a release manager other than the grant's giver who
     would not gain from it themselves."""
     return (
@@ -410,12 +418,12 @@ def can_approve_grant(user: Any, grant: Grant) -> bool:
     )
 
 
-def can_withdraw_objection(user: Any, vote: Vote) -> bool:
+def can_withdraw_objection(user: Viewer, vote: Vote) -> TypeGuard[User]:
     """An open objection may be withdrawn by its author."""
     return vote.is_open_objection and _authenticated(user) and vote.reviewer_id == user.pk
 
 
-def can_clear_objection(user: Any, vote: Vote, finding: Finding) -> bool:
+def can_clear_objection(user: Viewer, vote: Vote, finding: Finding) -> TypeGuard[User]:
     """Vote to clear someone else's open objection: a board member who may review the finding
     (not recused, not on its team) and has not voted to clear it yet. SECURITY: release
     managers have no override; the quorum is counted by
@@ -429,7 +437,7 @@ def can_clear_objection(user: Any, vote: Vote, finding: Finding) -> bool:
     )
 
 
-def can_schedule_release(user: Any, finding: Finding, pending: ReleaseRequest | None) -> bool:
+def can_schedule_release(user: Viewer, finding: Finding, pending: ReleaseRequest | None) -> bool:
     """Set an embargo on a pending request above the review tier (the step to review needs no
     embargo): release managers and delegated managers of the project."""
     return (
@@ -442,20 +450,20 @@ def can_schedule_release(user: Any, finding: Finding, pending: ReleaseRequest | 
 # --- publication: exports and partner copies ------------------------------------------------------
 
 
-def can_export(user: Any, project: Project) -> bool:
+def can_export(user: Viewer, project: Project) -> bool:
     """Export a project's findings (publication bundles, partner copies): release managers, or
     a user delegated release management of the project."""
     return can_manage_releases(user, project)
 
 
-def exportable_findings(user: Any) -> QuerySet[Finding]:
+def exportable_findings(user: Viewer) -> QuerySet[Finding]:
     """Findings the user may put in an export request: visible to them, in projects they
     manage. Whether each may actually leave is decided per finding by the export's blockers."""
     projects = manageable_projects(user)
     return visible_findings(user).filter(project__in=projects.values("pk"))
 
 
-def partner_copy_findings(recipient: Any) -> QuerySet[Finding]:
+def partner_copy_findings(recipient: Viewer) -> QuerySet[Finding]:
     """What a partner copy for ``recipient`` may contain: the partner-tier findings their own
     active grants cover, while they have accepted the agreement in force (the grant branch of
     :func:`finding_visibility_q`, not team membership or clearance). SECURITY: a copy leaves
@@ -466,7 +474,7 @@ def partner_copy_findings(recipient: Any) -> QuerySet[Finding]:
     return Finding.objects.filter(q, tier=Tier.PARTNERS)
 
 
-def visible_exports(user: Any) -> QuerySet[Any]:
+def visible_exports(user: Viewer) -> QuerySet[Export]:
     """Exports a user may open: release managers all; others those they requested, and partner
     copies addressed to them (downloads re-check the grant, see :func:`can_download_export`)."""
     from disclosure.models import Export
@@ -478,11 +486,11 @@ def visible_exports(user: Any) -> QuerySet[Any]:
     return Export.objects.filter(Q(created_by=user) | Q(recipient=user))
 
 
-def get_export_or_404(user: Any, pk: Any) -> Any:
+def get_export_or_404(user: Viewer, pk: Any) -> Export:
     return get_visible_or_404(visible_exports(user).select_related("recipient"), pk=pk)
 
 
-def can_download_export(user: Any, export: Any) -> bool:
+def can_download_export(user: Viewer, export: Export) -> bool:
     """A release manager or the requester; a partner copy's recipient only while every finding
     in it is still granted to them (revocation, expiry or a new agreement take effect at once)."""
     if is_release_manager(user) or (_authenticated(user) and export.created_by_id == user.pk):
@@ -496,12 +504,12 @@ def can_download_export(user: Any, export: Any) -> bool:
 # --- revisions ---------------------------------------------------------------------------------
 
 
-def can_revise_finding(user: Any, finding: Finding) -> bool:
+def can_revise_finding(user: Viewer, finding: Finding) -> bool:
     """Edit a finding (in place at the team tier, as a reviewed revision above it): its team."""
     return can_edit_finding(user, finding)
 
 
-def visible_revisions(user: Any, finding: Finding) -> list[Any]:
+def visible_revisions(user: Viewer, finding: Finding) -> list[FindingRevision]:
     """The revisions of a finding ``user`` can already read, oldest first.
 
     Those who see the review (team, reviewers who have not recused, release managers) see
@@ -521,7 +529,7 @@ def visible_revisions(user: Any, finding: Finding) -> list[Any]:
 # --- names of findings ------------------------------------------------------------------------
 
 
-def readable_finding_ids(user: Any, ids: Iterable[int | None]) -> set[int]:
+def readable_finding_ids(user: Viewer, ids: Iterable[int | None]) -> set[int]:
     """Which of ``ids`` ``user`` may read now (one query). Every place that names a finding
     outside its own page (audit, inbox, grants, exports, partner copies) asks this at read
     time, so a revoked grant or a retraction hides the name on the next request."""

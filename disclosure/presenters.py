@@ -6,9 +6,10 @@ from typing import Any
 
 from disclosure import policy
 from experiments.models import Artifact, ArtifactKind, Finding, MetricSnapshot
+from experiments.users import Viewer
 
 
-def evidence_context(user: Any, finding: Finding) -> dict[str, Any]:
+def evidence_context(user: Viewer, finding: Finding) -> dict[str, Any]:
     """The runs a finding cites with the metric values frozen when it was recorded, and its
     evidence files; plots are shown inline. Whoever may read the finding may read its
     evidence (``policy.visible_artifacts``); only the team may open the run pages.

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.db.models.signals import m2m_changed, post_delete, post_save
 
@@ -17,8 +16,7 @@ from disclosure import audit
 from disclosure.models import ProjectGroupObjectPermission, ProjectUserObjectPermission
 from experiments.models import Project
 from experiments.signals import current_actor
-
-User = get_user_model()
+from experiments.users import User
 
 _BEFORE = "_h3lab_members_before"
 
@@ -57,7 +55,7 @@ def membership_changed(
         _record_membership(user, group, added=added)
 
 
-def _record_membership(user: Any, group: Group, *, added: bool) -> None:
+def _record_membership(user: User, group: Group, *, added: bool) -> None:
     actor = current_actor()
     verb = "add_member" if added else "remove_member"
     project = Project.objects.filter(group=group).first()

@@ -9,6 +9,7 @@ from typing import Any
 
 from disclosure import policy
 from experiments.models import Finding, FindingRevision, RevisionState
+from experiments.users import Viewer
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ def line_diff(old: str, new: str) -> list[DiffLine]:
     return lines
 
 
-def revisions_context(user: Any, finding: Finding) -> dict[str, Any]:
+def revisions_context(user: Viewer, finding: Finding) -> dict[str, Any]:
     """The revision history ``user`` is cleared for and, for those who see the review, the
     pending revision with its diff against what readers see now."""
     history = policy.visible_revisions(user, finding)

@@ -11,7 +11,7 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.db.models import Prefetch, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
@@ -49,6 +49,7 @@ from disclosure.presenters import evidence_context
 from disclosure.revisions import revisions_context
 from experiments.markdown import render_markdown
 from experiments.models import Finding, FindingStatus, Tier
+from experiments.users import Viewer, signed_in
 
 View = Callable[..., HttpResponse]
 
@@ -130,7 +131,7 @@ def finding_detail(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 def _review_context(
-    user: Any, finding: Finding, pending: ReleaseRequest | None
+    user: Viewer, finding: Finding, pending: ReleaseRequest | None
 ) -> dict[str, Any] | None:
     """Assessments, votes and the timeline: for the team, the board and release managers.
     Each vote comes with what the viewer may do about it (withdraw or vote to clear an
@@ -158,7 +159,7 @@ def _review_context(
     }
 
 
-def _abilities(user: Any, finding: Finding, pending: ReleaseRequest | None) -> dict[str, bool]:
+def _abilities(user: Viewer, finding: Finding, pending: ReleaseRequest | None) -> dict[str, bool]:
     return {
         "request_review": policy.can_request_review(user, finding),
         "request_release": policy.can_request_release(user, finding) and pending is None,
@@ -352,7 +353,7 @@ def _accepted_current(user_ids: set[int]) -> set[int]:
     )
 
 
-def _grant_rows(user: Any, grants: Any) -> list[dict[str, Any]]:
+def _grant_rows(user: Viewer, grants: Any) -> list[dict[str, Any]]:
     """Each grant with its state in the shared wording (:class:`GrantState`) and whether the
     viewer may approve it. A group grant reads as accepted when every member accepted."""
     grants = list(grants)
@@ -450,7 +451,8 @@ def grant_approve(request: HttpRequest, pk: int) -> HttpResponse:
 @never_cache
 @login_required
 def my_access(request: HttpRequest) -> HttpResponse:
-    assert request.user.is_authenticated  # @login_required
+    if not request.user.is_authenticated:  # @login_required lets no one else in
+        raise PermissionDenied
     current = AgreementVersion.objects.current()
     accepted = (
         current is not None
@@ -479,7 +481,7 @@ def my_access(request: HttpRequest) -> HttpResponse:
 UNSEEN_FINDING = "a finding you cannot see"
 
 
-def grant_rows(user: Any, grants: Iterable[Grant]) -> list[dict[str, Any]]:
+def grant_rows(user: Viewer, grants: Iterable[Grant]) -> list[dict[str, Any]]:
     """Grants with their scope named as ``user`` may see it now: a finding grant names its
     finding only while the user can read that finding (one query for the whole list)."""
     grants = list(grants)
@@ -509,7 +511,7 @@ def agreement_accept(request: HttpRequest) -> HttpResponse:
         messages.error(request, "Tick the box to accept the current agreement.")
         return redirect("my-access")
     do_accept_agreement(
-        request.user, current, ip=audit.client_ip(request), acting_user=request.user
+        signed_in(request.user), current, ip=audit.client_ip(request), acting_user=request.user
     )
     messages.success(request, f"Agreement v{current.version} accepted.")
     return redirect("my-access")
@@ -519,9 +521,10 @@ def agreement_accept(request: HttpRequest) -> HttpResponse:
 @login_required
 def inbox(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
-        do_mark_notifications_read(request.user, acting_user=request.user)
+        do_mark_notifications_read(signed_in(request.user), acting_user=request.user)
         return redirect("inbox")
-    assert request.user.is_authenticated  # @login_required
+    if not request.user.is_authenticated:  # @login_required lets no one else in
+        raise PermissionDenied
     notes = list(Notification.objects.filter(user=request.user).select_related("finding")[:200])
     readable = policy.readable_finding_ids(request.user, (n.finding_id for n in notes))
     rows = [
@@ -625,7 +628,7 @@ def audit_export(request: HttpRequest) -> StreamingHttpResponse:
 REDACTED = "(a finding you are not cleared to read)"
 
 
-def redact_audit(user: Any, entries: Iterable[AuditEntry]) -> list[AuditEntry]:
+def redact_audit(user: Viewer, entries: Iterable[AuditEntry]) -> list[AuditEntry]:
     """The entries as ``user`` may read them: an entry about a finding the user cannot read now
     keeps its action, actor, time and hashes, but not the finding's name or the values changed.
     The rows are copies for display; the log itself stays whole (its hashes cover the

@@ -11,7 +11,7 @@ from __future__ import annotations
 import codecs
 import secrets
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from django import forms
 from django.core.files.uploadedfile import UploadedFile
@@ -71,7 +71,7 @@ CONFIG_FIELD = {
 }
 
 
-def _check_utf8(upload: UploadedFile) -> int:
+def _check_utf8(upload: UploadedFile[bytes]) -> int:
     """Size of a non-empty UTF-8 upload; raises ValidationError otherwise. Decodes in chunks
     so a large corpus is never held in memory at once."""
     decoder = codecs.getincrementaldecoder("utf-8")()
@@ -177,7 +177,7 @@ class RunForm(forms.Form):
             "queue": run.queue,
         }
 
-    def clean_corpus_upload(self) -> UploadedFile | None:
+    def clean_corpus_upload(self) -> UploadedFile[bytes] | None:
         upload = self.cleaned_data.get("corpus_upload")
         if upload:
             if upload.size and upload.size > MAX_CORPUS_BYTES:
@@ -252,7 +252,7 @@ class RunForm(forms.Form):
             return str(corpus_dir(self.project) / data["corpus"])
         return self._base_path(data)
 
-    def _upload_target(self, upload: UploadedFile) -> Path:
+    def _upload_target(self, upload: UploadedFile[bytes]) -> Path:
         # SECURITY: never use the client's file name as a path; keep only a slug of its stem
         # for recognisability, plus a random suffix so uploads never overwrite each other.
         stem = slugify(Path(upload.name or "corpus").stem)[:40] or "corpus"
@@ -293,7 +293,7 @@ class RunFilterForm(forms.Form):
 
     def __init__(self, *args: Any, projects: QuerySet[Project], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        cast(forms.ModelChoiceField, self.fields["project"]).queryset = projects
+        cast("forms.ModelChoiceField[Project]", self.fields["project"]).queryset = projects
 
     def filter(self, runs: QuerySet[Run]) -> QuerySet[Run]:
         if not self.is_valid():
@@ -333,13 +333,20 @@ class CompareForm(forms.Form):
         return ids
 
 
-class RunChoiceField(forms.ModelMultipleChoiceField):
-    def label_from_instance(self, obj: Any) -> str:
+if TYPE_CHECKING:
+    _RunChoices = forms.ModelMultipleChoiceField[Run]
+    _ArtifactChoices = forms.ModelMultipleChoiceField[Artifact]
+else:  # Django's form fields are not subscriptable at runtime
+    _RunChoices = _ArtifactChoices = forms.ModelMultipleChoiceField
+
+
+class RunChoiceField(_RunChoices):
+    def label_from_instance(self, obj: Run) -> str:
         return f"#{obj.pk} {obj.name or obj.experiment.name} · {obj.preset} · {obj.status}"
 
 
-class ArtifactChoiceField(forms.ModelMultipleChoiceField):
-    def label_from_instance(self, obj: Any) -> str:
+class ArtifactChoiceField(_ArtifactChoices):
+    def label_from_instance(self, obj: Artifact) -> str:
         return f"{obj.name} ({obj.kind})"
 
 
@@ -375,8 +382,10 @@ class FindingForm(forms.Form):
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        cast(forms.ModelMultipleChoiceField, self.fields["runs"]).queryset = runs
-        cast(forms.ModelMultipleChoiceField, self.fields["artifacts"]).queryset = artifacts
+        cast("forms.ModelMultipleChoiceField[Run]", self.fields["runs"]).queryset = runs
+        cast(
+            "forms.ModelMultipleChoiceField[Artifact]", self.fields["artifacts"]
+        ).queryset = artifacts
         cast(forms.ChoiceField, self.fields["metrics"]).choices = [(n, n) for n in metric_names]
 
 

@@ -183,6 +183,9 @@ class MetricPoint(models.Model):
             models.UniqueConstraint(fields=["run", "name", "step"], name="metric_unique_point")
         ]
 
+    def __str__(self) -> str:
+        return f"run {self.run_id} {self.name}@{self.step}"
+
 
 class ArtifactKind(models.TextChoices):
     CHECKPOINT = "checkpoint", "checkpoint"
@@ -355,3 +358,6 @@ class MetricSnapshot(models.Model):
 
     class Meta:
         ordering = ["finding", "run", "name"]
+
+    def __str__(self) -> str:
+        return f"finding {self.finding_id}: run {self.run_id} {self.name}@{self.step}"

@@ -9,9 +9,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from django.dispatch import Signal
+
+if TYPE_CHECKING:
+    from experiments.users import ActingUser, User
 
 # Sent by every action that changes governed state, inside its transaction.
 # kwargs: actor (User | None), action (str, e.g. "run.submit"), obj (Model),
@@ -24,7 +27,7 @@ class Actor:
     """Who is acting (a user, or None when unknown) and by which route: ``action``, ``web``,
     ``admin``, ``api``, or ``orm`` when nothing set it (a shell, a migration, a script)."""
 
-    user: Any
+    user: ActingUser
     via: str
 
 
@@ -36,7 +39,7 @@ def current_actor() -> Actor:
 
 
 @contextmanager
-def acting_as(user: Any, via: str) -> Iterator[Actor]:
+def acting_as(user: ActingUser, via: str) -> Iterator[Actor]:
     """Attribute the changes made inside the block to ``user`` (set by the request middleware
     and by actions that change rows observed through ORM signals)."""
     actor = Actor(user=user, via=via)
@@ -47,11 +50,11 @@ def acting_as(user: Any, via: str) -> Iterator[Actor]:
         _current.reset(token)
 
 
-def announce(actor: Any, action: str, obj: Any, old: Any = None, new: Any = None) -> None:
+def announce(actor: ActingUser, action: str, obj: Any, old: Any = None, new: Any = None) -> None:
     """Send :data:`governed_change` for one change (call inside the action's transaction)."""
     governed_change.send(sender=type(obj), actor=actor, action=action, obj=obj, old=old, new=new)
 
 
-def is_user(user: Any) -> bool:
+def is_user(user: object) -> TypeGuard[User]:
     """A signed-in user (not None, not anonymous): who a row may name as its author."""
     return user is not None and bool(getattr(user, "is_authenticated", False))

@@ -218,7 +218,7 @@ class IterReader(io.RawIOBase):
 
 
 def open_artifact_file(artifact: Artifact) -> BinaryIO:
-    return io.BufferedReader(IterReader(open_artifact(artifact)), CHUNK)  # type: ignore[return-value]
+    return io.BufferedReader(IterReader(open_artifact(artifact)), CHUNK)
 
 
 def declassify(artifact: Artifact) -> bool:

@@ -29,7 +29,9 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the examples in epilogs laid out as written."""
 
 
-def _sub(subs: Any, name: str, help: str, epilog: str) -> argparse.ArgumentParser:
+def _sub(
+    subs: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help: str, epilog: str
+) -> argparse.ArgumentParser:
     return subs.add_parser(
         name, help=help, description=help, epilog="examples:\n" + epilog, formatter_class=_Formatter
     )

@@ -106,10 +106,14 @@ class Api:
         if body is not None:
             data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
+        # SECURITY: the client talks HTTP(S) to the lab's API only; urllib would also open
+        # file: and other schemes, so anything else is refused before a request is built.
+        if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+            raise ValueError(f"not an http(s) URL: {url!r}")
         for attempt in range(self.retries_on_429 + 1):
-            request = urllib.request.Request(url, data=data, method=method, headers=headers)
+            request = urllib.request.Request(url, data=data, method=method, headers=headers)  # noqa: S310
             try:
-                return urllib.request.urlopen(request, timeout=60)
+                return urllib.request.urlopen(request, timeout=60)  # noqa: S310
             except urllib.error.HTTPError as exc:
                 if exc.code == 429 and attempt < self.retries_on_429:
                     time.sleep(_retry_after(exc))

@@ -221,7 +221,7 @@ def _output_files(workdir: Path) -> list[tuple[Path, str]]:
     time_limit=int(os.environ.get("H3LAB_RUN_HARD_LIMIT_S", 2 * DAY + 600)),
     max_retries=0,
 )
-def run_training(self: Task, run_id: int) -> str:
+def run_training(self: Task[[int], str], run_id: int) -> str:
     """Train one run. Failures are recorded on the row, not retried: a deterministic error
     would fail again, and lost workers are handled by :func:`reap_stale_runs`."""
     try:

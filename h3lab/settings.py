@@ -43,7 +43,7 @@ def env_list(name: str, default: list[str]) -> list[str]:
 DEBUG = env_bool("DEBUG", True)
 # SECURITY: the development key only works with DEBUG on; system check h3lab.E001 refuses
 # to start a DEBUG=0 deployment that kept it.
-DEV_SECRET_KEY = "dev-insecure-h3lab-key-change-me-in-deployment-0123456789abcdef"
+DEV_SECRET_KEY = "dev-insecure-h3lab-key-change-me-in-deployment-0123456789abcdef"  # noqa: S105
 SECRET_KEY = env_str("SECRET_KEY", DEV_SECRET_KEY)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "testserver"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])

@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     dead: Child | None = None
     while not stopping and dead is None:
         for child in children:
-            assert child.proc is not None
+            if child.proc is None:  # every child was started before this loop
+                raise RuntimeError(f"{child.name} was never started")
             if child.proc.poll() is not None:
                 dead = child
                 break

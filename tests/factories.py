@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.contrib.auth.models import User
 
@@ -11,8 +11,11 @@ from experiments.actions.projects import do_create_project
 from experiments.models import Experiment, Finding, MetricPoint, Project, Run, RunStatus, Tier
 from h3lab.config import RunConfig, TaskConfig, TrainConfig
 
+if TYPE_CHECKING:
+    from tests.conftest import Cast, Lab
+
 _seq = itertools.count(1)
-PASSWORD = "correct-horse-battery"
+PASSWORD = "correct-horse-battery"  # noqa: S105 -- the test personas' login, test database only
 
 
 def make_user(username: str | None = None, **kw: Any) -> User:
@@ -153,7 +156,7 @@ def accept(user: User, agreement: Any) -> None:
     AgreementAcceptance.objects.create(user=user, agreement=agreement)
 
 
-def make_cast(lab: Any) -> Any:
+def make_cast(lab: Lab) -> Cast:
     from tests.conftest import Cast
 
     v1 = make_agreement(1, hours_ago=72)

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import User
 from django.core.cache import cache
+from django.http import StreamingHttpResponse
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
@@ -59,7 +60,8 @@ def tiny_config() -> dict[str, Any]:
 
 
 def error(response: Any) -> dict[str, Any]:
-    return response.json()["error"]
+    body: dict[str, Any] = response.json()["error"]
+    return body
 
 
 # --- tokens ---------------------------------------------------------------------------------------
@@ -334,7 +336,7 @@ def test_runs_are_listed_filtered_and_paginated(lab: Lab, django_assert_num_quer
     # Queries: token lookup, last-used update, then the page (runs joined to project,
     # experiment and author) and its count.
     with django_assert_num_queries(4):
-        response = client.get(reverse("api-run-list"), {"status": "succeeded", "page_size": 1})
+        response = client.get(reverse("api-run-list"), {"status": "succeeded", "page_size": "1"})
     body = response.json()
     assert body["count"] == 2
     assert len(body["results"]) == 1
@@ -383,7 +385,7 @@ def test_metrics_page_by_whole_steps_and_filter_by_name(lab: Lab) -> None:
     assert rest["next_after_step"] is None
     assert rest["points"][-1]["value"] is None  # inf
 
-    only = client.get(url, {"name": "train_loss", "after_step": 0}).json()
+    only = client.get(url, {"name": "train_loss", "after_step": "0"}).json()
     assert {p["name"] for p in only["points"]} == {"train_loss"}
     assert [p["step"] for p in only["points"]] == [10, 20, 30]
 
@@ -446,6 +448,7 @@ def test_download_streams_the_bytes_and_is_audited(lab: Lab, tmp_path: Path) -> 
         reverse("api-artifact-download", args=[artifact.pk]), HTTP_ACCEPT="application/json"
     )
     assert response.status_code == 200
+    assert isinstance(response, StreamingHttpResponse)
     data = b"".join(response.streaming_content)
     assert data == b'{"accuracy": 0.97}'
     assert response["Content-Type"] == "application/octet-stream"
@@ -668,6 +671,7 @@ def test_a_release_manager_downloads_an_export_and_the_download_is_audited(cast:
     assert mara.get(reverse("api-export-detail", args=[export.pk])).json()["status"] == "succeeded"
     response = mara.get(reverse("api-export-download", args=[export.pk]))
     assert response.status_code == 200
+    assert isinstance(response, StreamingHttpResponse)
     assert b"".join(response.streaming_content) == b"bundle"
     assert response["Content-Type"] == "application/gzip"
     assert AuditEntry.objects.filter(action__startswith="export.download").exists()

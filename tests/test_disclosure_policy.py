@@ -86,7 +86,7 @@ def test_publishing_a_new_agreement_requires_re_acceptance(
 ) -> None:
     do_publish_agreement(title="Agreement", text="v3", acting_user=cast.mara)
     assert tiers_seen(cast.carol, findings) == {Tier.PUBLIC}
-    assert cast.carol.notifications.filter(kind="agreement").exists()  # type: ignore[attr-defined]
+    assert cast.carol.notifications.filter(kind="agreement").exists()
 
 
 def test_no_agreement_in_force_means_grants_give_nothing(lab: Lab, db: None) -> None:

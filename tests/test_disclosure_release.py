@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from datetime import timedelta
+from typing import Any
 
 import pytest
+from django.contrib.auth.models import User
 from django.core import mail
 from django.core.exceptions import ValidationError
+from django.test import Client
 from django.utils import timezone
 
 from disclosure import audit
@@ -214,13 +219,13 @@ def test_the_disclosure_jobs_keep_the_names_queued_messages_and_the_schedule_use
 # helpers
 
 
-def django_capture_on_commit():  # type: ignore[no-untyped-def]
+def django_capture_on_commit() -> AbstractContextManager[list[Callable[[], Any]]]:
     from django.test import TestCase
 
     return TestCase.captureOnCommitCallbacks(execute=True)
 
 
-def factories_client(user: object):  # type: ignore[no-untyped-def]
+def factories_client(user: User) -> Client:
     from tests.conftest import login
 
-    return login(user)  # type: ignore[arg-type]
+    return login(user)

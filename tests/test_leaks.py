@@ -182,7 +182,8 @@ def page_urls(world: dict[str, Planted]) -> list[str]:
 def body_of(response: Any) -> str:
     if hasattr(response, "streaming_content"):
         return b"".join(response.streaming_content).decode("utf-8", "replace")
-    return response.content.decode("utf-8", "replace")
+    content: bytes = response.content
+    return content.decode("utf-8", "replace")
 
 
 @pytest.fixture(autouse=True)

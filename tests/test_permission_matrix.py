@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import User
 from django.db import transaction
+from django.http import HttpResponseBase
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
@@ -369,7 +370,7 @@ def is_api(name: str) -> bool:
     return name.startswith("api-")
 
 
-def is_login_redirect(response: Any) -> bool:
+def is_login_redirect(response: HttpResponseBase) -> bool:
     return response.status_code == 302 and response["Location"].startswith(reverse("login"))
 
 

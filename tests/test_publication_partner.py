@@ -28,7 +28,8 @@ from experiments.models import Finding, Tier
 from tests import factories
 from tests.conftest import Cast, login
 from tests.publishing import promote
-from tests.test_publication import BODY, PNG, evidence_finding, members
+from tests.tarballs import members
+from tests.test_publication import BODY, PNG, evidence_finding
 from vault import crypto
 
 pytestmark = pytest.mark.django_db

@@ -4,6 +4,7 @@ them in the queue; every reader of a finding sees its evidence, and nothing more
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.urls import reverse
@@ -73,14 +74,14 @@ def test_a_recused_reviewer_gets_no_notice_about_that_finding(cast: Cast) -> Non
 
 
 def test_email_names_no_finding_and_carries_only_a_link(
-    cast: Cast, mailoutbox: list, django_capture_on_commit_callbacks: object
+    cast: Cast, mailoutbox: list[Any], django_capture_on_commit_callbacks: Any
 ) -> None:
     from disclosure.actions.release import do_request_release
 
     finding = promote(
         cast, factories.make_finding(cast.lab.project, title="SECRET-TITLE"), to=Tier.REVIEW
     )
-    with django_capture_on_commit_callbacks(execute=True):  # type: ignore[operator]
+    with django_capture_on_commit_callbacks(execute=True):
         do_request_release(finding, rationale="SECRET-RATIONALE", acting_user=cast.lab.alice)
     assert mailoutbox
     for message in mailoutbox:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.test import Client
 from django.urls import reverse
@@ -30,7 +31,7 @@ from tests.publishing import _reviewer, promote
 pytestmark = pytest.mark.django_db
 
 
-def board(cast: Cast) -> list:
+def board(cast: Cast) -> list[User]:
     return [cast.rita, _reviewer("ravi"), _reviewer("rosa")]
 
 

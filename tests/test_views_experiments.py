@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.http import HttpResponseBase
 from django.test import Client
 from django.urls import reverse
 
@@ -54,7 +55,7 @@ def make_artifact(run: Run, tmp_path: Path, name: str, data: bytes) -> Artifact:
 NAV_QUERIES = 3
 
 
-def login_redirect(response: Any) -> bool:
+def login_redirect(response: HttpResponseBase) -> bool:
     return response.status_code == 302 and response["Location"].startswith(reverse("login"))
 
 
@@ -363,7 +364,7 @@ def test_cancelling_a_queued_run_marks_it_cancelled(as_alice: Client, lab: Lab) 
     from disclosure.models import AuditEntry
 
     entry = AuditEntry.objects.get(action="run.cancel", object_id=str(queued.pk))
-    assert entry.new["reason"] == "wrong lr"
+    assert entry.new is not None and entry.new["reason"] == "wrong lr"
 
 
 def test_cancelling_needs_a_reason_and_a_confirmation(as_alice: Client, lab: Lab) -> None:

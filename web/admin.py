@@ -14,6 +14,7 @@ from disclosure import policy
 from disclosure.admin import GovernedAdmin
 from experiments.actions.runs import do_cancel_run
 from experiments.models import Artifact, Experiment, Finding, MetricPoint, Project, Run
+from experiments.users import Viewer
 
 
 @admin.register(Project)
@@ -32,7 +33,7 @@ class ExperimentAdmin(GovernedAdmin):
     list_filter = ("project",)
 
     @staticmethod
-    def policy_queryset(user: Any) -> QuerySet[Any]:
+    def policy_queryset(user: Viewer) -> QuerySet[Any]:
         return Experiment.objects.filter(project__in=policy.visible_projects(user).values("pk"))
 
 
@@ -63,7 +64,7 @@ class MetricPointAdmin(GovernedAdmin):
     list_filter = ("name",)
 
     @staticmethod
-    def policy_queryset(user: Any) -> QuerySet[Any]:
+    def policy_queryset(user: Viewer) -> QuerySet[Any]:
         return MetricPoint.objects.filter(run__in=policy.visible_runs(user).values("pk"))
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib.auth import get_user_model
 from django.urls import reverse
 from rest_framework import serializers
@@ -11,13 +13,16 @@ from api.serializers.common import (
 )
 from experiments.models import (
     Artifact,
+    Project,
 )
 
 User = get_user_model()
 
 
-class ArtifactSerializer(serializers.ModelSerializer):
-    project = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+class ArtifactSerializer(serializers.ModelSerializer[Artifact]):
+    project: serializers.SlugRelatedField[Project] = serializers.SlugRelatedField(
+        slug_field="slug", read_only=True
+    )
     download_url = serializers.SerializerMethodField()
 
     class Meta:
@@ -39,7 +44,7 @@ class ArtifactSerializer(serializers.ModelSerializer):
         return reverse("api-artifact-download", args=[artifact.pk])
 
 
-class ArtifactFilterSerializer(serializers.Serializer):
+class ArtifactFilterSerializer(serializers.Serializer[Any]):
     run = serializers.IntegerField(required=False, min_value=1, max_value=MAX_ID)
     project = serializers.SlugField(required=False)
     kind = serializers.CharField(required=False, max_length=16)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib.auth import get_user_model
 from rest_framework import serializers
 
@@ -10,13 +12,16 @@ from api.serializers.common import (
 )
 from experiments.models import (
     Experiment,
+    Project,
 )
 
 User = get_user_model()
 
 
-class ExperimentSerializer(serializers.ModelSerializer):
-    project = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+class ExperimentSerializer(serializers.ModelSerializer[Experiment]):
+    project: serializers.SlugRelatedField[Project] = serializers.SlugRelatedField(
+        slug_field="slug", read_only=True
+    )
     created_by = user_field("created_by")
     n_runs = serializers.IntegerField(read_only=True)
 
@@ -25,5 +30,5 @@ class ExperimentSerializer(serializers.ModelSerializer):
         fields = ["id", "project", "name", "description", "created_by", "created_at", "n_runs"]
 
 
-class ExperimentFilterSerializer(serializers.Serializer):
+class ExperimentFilterSerializer(serializers.Serializer[Any]):
     project = serializers.SlugField(required=False)

@@ -10,6 +10,7 @@ from rest_framework import serializers
 
 from api.serializers.common import (
     FiniteFloatField,
+    restrict,
     user_field,
 )
 from disclosure import policy
@@ -24,15 +25,19 @@ from experiments.models import (
 User = get_user_model()
 
 
-class ExportSerializer(serializers.ModelSerializer):
+class ExportSerializer(serializers.ModelSerializer[Export]):
     progress = FiniteFloatField()
     blockers = serializers.DictField(
         child=serializers.ListField(child=serializers.CharField()), read_only=True
     )
     created_by = user_field("created_by")
     recipient = user_field("recipient")
-    project = serializers.SlugRelatedField(slug_field="slug", read_only=True)
-    findings = serializers.PrimaryKeyRelatedField(many=True, read_only=True)
+    project: serializers.SlugRelatedField[Project] = serializers.SlugRelatedField(
+        slug_field="slug", read_only=True
+    )
+    findings: serializers.PrimaryKeyRelatedField[Finding] = serializers.PrimaryKeyRelatedField(
+        many=True, read_only=True
+    )
     download_url = serializers.SerializerMethodField()
 
     class Meta:
@@ -64,7 +69,7 @@ class ExportSerializer(serializers.ModelSerializer):
         return reverse("api-export-download", args=[export.pk])
 
 
-class ExportRequestSerializer(serializers.Serializer):
+class ExportRequestSerializer(serializers.Serializer[Any]):
     """A publication bundle of public findings, or a recipient-marked partner copy. With no
     ``findings``: a project's public findings (public), or everything granted to the recipient
     in projects you manage (partner)."""
@@ -88,10 +93,8 @@ class ExportRequestSerializer(serializers.Serializer):
         request = self.context.get("request")
         if request is not None:
             # SECURITY: the same choices as the export forms (disclosure.forms.ExportForm).
-            self.fields["findings"].child_relation.queryset = policy.exportable_findings(
-                request.user
-            )
-            self.fields["project"].queryset = policy.manageable_projects(request.user)
+            restrict(self.fields["findings"], policy.exportable_findings(request.user))
+            restrict(self.fields["project"], policy.manageable_projects(request.user))
 
     def validate(self, data: dict[str, Any]) -> dict[str, Any]:
         if data["kind"] == "public" and not data.get("findings") and not data.get("project"):

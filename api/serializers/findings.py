@@ -10,6 +10,7 @@ from rest_framework import serializers
 
 from api.serializers.common import (
     FiniteFloatField,
+    restrict,
     user_field,
 )
 from disclosure import policy
@@ -26,6 +27,7 @@ from experiments.models import (
     FindingRevision,
     FindingStatus,
     MetricSnapshot,
+    Project,
     Run,
     Tier,
 )
@@ -33,7 +35,7 @@ from experiments.models import (
 User = get_user_model()
 
 
-class SnapshotSerializer(serializers.ModelSerializer):
+class SnapshotSerializer(serializers.ModelSerializer[MetricSnapshot]):
     value = FiniteFloatField()
 
     class Meta:
@@ -41,12 +43,18 @@ class SnapshotSerializer(serializers.ModelSerializer):
         fields = ["run", "name", "step", "value"]
 
 
-class FindingSerializer(serializers.ModelSerializer):
-    project = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+class FindingSerializer(serializers.ModelSerializer[Finding]):
+    project: serializers.SlugRelatedField[Project] = serializers.SlugRelatedField(
+        slug_field="slug", read_only=True
+    )
     tier_label = serializers.CharField(source="get_tier_display", read_only=True)
     created_by = user_field("created_by")
-    runs = serializers.PrimaryKeyRelatedField(many=True, read_only=True)
-    artifacts = serializers.PrimaryKeyRelatedField(many=True, read_only=True)
+    runs: serializers.PrimaryKeyRelatedField[Run] = serializers.PrimaryKeyRelatedField(
+        many=True, read_only=True
+    )
+    artifacts: serializers.PrimaryKeyRelatedField[Artifact] = serializers.PrimaryKeyRelatedField(
+        many=True, read_only=True
+    )
     snapshots = SnapshotSerializer(many=True, read_only=True)
 
     class Meta:
@@ -72,14 +80,14 @@ class FindingSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class FindingFilterSerializer(serializers.Serializer):
+class FindingFilterSerializer(serializers.Serializer[Any]):
     project = serializers.SlugField(required=False)
     tier = serializers.ChoiceField(choices=Tier.choices, required=False)
     status = serializers.ChoiceField(choices=FindingStatus.choices, required=False)
     q = serializers.CharField(required=False, max_length=100, help_text="words in the title")
 
 
-class FindingCreateSerializer(serializers.Serializer):
+class FindingCreateSerializer(serializers.Serializer[Any]):
     """Record a finding from runs of one project you are a member of, citing artifacts of
     those runs and freezing the latest value of named metric series of each cited run."""
 
@@ -101,11 +109,11 @@ class FindingCreateSerializer(serializers.Serializer):
         if request is not None:
             user = request.user
             # SECURITY: invisible and missing ids give the same "does not exist" error.
-            self.fields["runs"].child_relation.queryset = policy.visible_runs(user)
-            self.fields["artifacts"].child_relation.queryset = policy.visible_artifacts(user)
+            restrict(self.fields["runs"], policy.visible_runs(user))
+            restrict(self.fields["artifacts"], policy.visible_artifacts(user))
 
 
-class FindingEditSerializer(serializers.Serializer):
+class FindingEditSerializer(serializers.Serializer[Any]):
     """An edit. At the team tier it applies at once; above it, it becomes a pending revision
     reviewed to the finding's tier (answered 202 with the revision), and readers keep the
     current text until it is approved."""
@@ -115,7 +123,7 @@ class FindingEditSerializer(serializers.Serializer):
     note = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
 
 
-class FindingRevisionSerializer(serializers.ModelSerializer):
+class FindingRevisionSerializer(serializers.ModelSerializer[FindingRevision]):
     """One version of a finding's content. ``state`` pending: under review; readers still see
     the last approved revision."""
 
@@ -144,11 +152,11 @@ class FindingRevisionSerializer(serializers.ModelSerializer):
         return str(Tier(revision.tier).label)
 
 
-class RationaleSerializer(serializers.Serializer):
+class RationaleSerializer(serializers.Serializer[Any]):
     rationale = serializers.CharField(required=False, allow_blank=True, default="")
 
 
-class VoteSerializer(serializers.ModelSerializer):
+class VoteSerializer(serializers.ModelSerializer[Vote]):
     reviewer = user_field("reviewer")
 
     class Meta:
@@ -156,7 +164,7 @@ class VoteSerializer(serializers.ModelSerializer):
         fields = ["id", "reviewer", "kind", "rationale", "created_at", "resolved_at", "resolution"]
 
 
-class ReleaseRequestSerializer(serializers.ModelSerializer):
+class ReleaseRequestSerializer(serializers.ModelSerializer[ReleaseRequest]):
     requested_by = user_field("requested_by")
     votes = VoteSerializer(many=True, read_only=True)
     gate = serializers.SerializerMethodField(
@@ -187,7 +195,7 @@ class ReleaseRequestSerializer(serializers.ModelSerializer):
         return gate_reasons(request) if pending else []
 
 
-class AssessmentSerializer(serializers.ModelSerializer):
+class AssessmentSerializer(serializers.ModelSerializer[Assessment]):
     reviewer = user_field("reviewer")
 
     class Meta:
@@ -206,7 +214,7 @@ class AssessmentSerializer(serializers.ModelSerializer):
         ]
 
 
-class AssessmentCreateSerializer(serializers.Serializer):
+class AssessmentCreateSerializer(serializers.Serializer[Any]):
     capability_uplift = serializers.ChoiceField(choices=CapabilityUplift.choices)
     alignment_value = serializers.ChoiceField(choices=AlignmentValue.choices)
     rationale = serializers.CharField()

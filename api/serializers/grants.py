@@ -9,6 +9,7 @@ from django.contrib.auth.models import Group
 from rest_framework import serializers
 
 from api.serializers.common import (
+    restrict,
     user_field,
 )
 from disclosure import policy
@@ -24,10 +25,12 @@ from experiments.models import (
 User = get_user_model()
 
 
-class GrantSerializer(serializers.ModelSerializer):
+class GrantSerializer(serializers.ModelSerializer[Grant]):
     user = user_field("user")
     group = serializers.CharField(source="group.name", read_only=True, allow_null=True)
-    project = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    project: serializers.SlugRelatedField[Project] = serializers.SlugRelatedField(
+        slug_field="slug", read_only=True
+    )
     agreement_version = serializers.IntegerField(source="agreement.version", read_only=True)
     granted_by = user_field("granted_by")
     active = serializers.SerializerMethodField()
@@ -55,7 +58,7 @@ class GrantSerializer(serializers.ModelSerializer):
         return grant.is_active()
 
 
-class GrantCreateSerializer(serializers.Serializer):
+class GrantCreateSerializer(serializers.Serializer[Any]):
     """Grant exactly one user or group access to exactly one project or finding."""
 
     user = serializers.SlugRelatedField(
@@ -88,9 +91,9 @@ class GrantCreateSerializer(serializers.Serializer):
             findings = policy.visible_findings(request.user).filter(
                 project__in=projects.values("pk")
             )
-            self.fields["project"].queryset = projects
-            self.fields["finding"].queryset = findings
+            restrict(self.fields["project"], projects)
+            restrict(self.fields["finding"], findings)
 
 
-class RevokeSerializer(serializers.Serializer):
+class RevokeSerializer(serializers.Serializer[Any]):
     reason = serializers.CharField(max_length=300, required=False, allow_blank=True, default="")

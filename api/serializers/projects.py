@@ -12,7 +12,7 @@ from experiments.models import (
 User = get_user_model()
 
 
-class ProjectSerializer(serializers.ModelSerializer):
+class ProjectSerializer(serializers.ModelSerializer[Project]):
     class Meta:
         model = Project
         fields = ["slug", "name", "description", "created_at"]

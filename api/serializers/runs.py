@@ -16,6 +16,7 @@ from api.serializers.common import (
     user_field,
 )
 from experiments.models import (
+    Project,
     Queue,
     Run,
     RunStatus,
@@ -25,8 +26,10 @@ from experiments.runconfig import MAX_D_MODEL, MAX_LAYERS
 User = get_user_model()
 
 
-class RunSerializer(serializers.ModelSerializer):
-    project = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+class RunSerializer(serializers.ModelSerializer[Run]):
+    project: serializers.SlugRelatedField[Project] = serializers.SlugRelatedField(
+        slug_field="slug", read_only=True
+    )
     experiment = serializers.CharField(source="experiment.name", read_only=True)
     created_by = user_field("created_by")
     fraction = serializers.SerializerMethodField()
@@ -114,7 +117,7 @@ class ConfigField(serializers.JSONField):
         return value
 
 
-class RunSubmitSerializer(serializers.Serializer):
+class RunSubmitSerializer(serializers.Serializer[Any]):
     project = serializers.SlugField(help_text="slug of a project you are a member of")
     experiment = serializers.CharField(max_length=200, default="default")
     name = serializers.CharField(max_length=200, default="", allow_blank=True)
@@ -137,7 +140,7 @@ class RunSubmitSerializer(serializers.Serializer):
     )
 
 
-class RerunSerializer(serializers.Serializer):
+class RerunSerializer(serializers.Serializer[Any]):
     experiment = serializers.CharField(max_length=200, required=False)
     name = serializers.CharField(max_length=200, required=False, allow_blank=True)
     queue = serializers.ChoiceField(choices=Queue.choices, required=False)
@@ -146,13 +149,13 @@ class RerunSerializer(serializers.Serializer):
     )
 
 
-class CancelResultSerializer(serializers.Serializer):
+class CancelResultSerializer(serializers.Serializer[Any]):
     cancelled = serializers.BooleanField()
     detail = serializers.CharField()
     run = RunSerializer()
 
 
-class RunFilterSerializer(serializers.Serializer):
+class RunFilterSerializer(serializers.Serializer[Any]):
     project = serializers.SlugField(required=False)
     experiment = serializers.CharField(required=False, max_length=200)
     status = serializers.ChoiceField(choices=RunStatus.choices, required=False)
@@ -161,7 +164,7 @@ class RunFilterSerializer(serializers.Serializer):
     queue = serializers.ChoiceField(choices=Queue.choices, required=False)
 
 
-class MetricsQuerySerializer(serializers.Serializer):
+class MetricsQuerySerializer(serializers.Serializer[Any]):
     name = serializers.ListField(
         child=serializers.CharField(max_length=64), required=False, help_text="series names"
     )
@@ -171,13 +174,13 @@ class MetricsQuerySerializer(serializers.Serializer):
     limit = serializers.IntegerField(required=False, min_value=1, max_value=10_000, default=5000)
 
 
-class MetricPointSerializer(serializers.Serializer):
+class MetricPointSerializer(serializers.Serializer[Any]):
     name = serializers.CharField()
     step = serializers.IntegerField()
     value = FiniteFloatField()
 
 
-class MetricsSerializer(serializers.Serializer):
+class MetricsSerializer(serializers.Serializer[Any]):
     run = serializers.IntegerField()
     status = serializers.CharField()
     names = serializers.ListField(child=serializers.CharField())
@@ -187,14 +190,18 @@ class MetricsSerializer(serializers.Serializer):
     )
 
 
-class LogsQuerySerializer(serializers.Serializer):
+class LogsQuerySerializer(serializers.Serializer[Any]):
     tail = serializers.IntegerField(required=False, min_value=1, max_value=5000, default=200)
 
 
-class LogsSerializer(serializers.Serializer):
+class LogsSerializer(serializers.Serializer[Any]):
     run = serializers.IntegerField()
     status = serializers.CharField()
-    source = serializers.CharField(allow_null=True, help_text="the log artifact's name")
+    # The metaclass moves declared fields into _declared_fields, so this does not shadow
+    # Field.source at runtime; the stubs cannot express that.
+    source = serializers.CharField(  # type: ignore[assignment]
+        allow_null=True, help_text="the log artifact's name"
+    )
     lines = serializers.ListField(child=serializers.CharField())
     error = serializers.CharField()
     traceback = serializers.CharField()

@@ -35,7 +35,7 @@ from experiments.storage import ArtifactUnavailable, open_artifact
 log = logging.getLogger(__name__)
 
 
-class ArtifactViewSet(ApiViewMixin, viewsets.ReadOnlyModelViewSet):
+class ArtifactViewSet(ApiViewMixin, viewsets.ReadOnlyModelViewSet[Artifact]):
     """Files produced by runs. Team members see their runs' artifacts; anyone else sees the
     evidence cited by findings they can read (anonymous users: public findings)."""
 

@@ -4,17 +4,23 @@ and the errors of content that cannot be produced."""
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from django.utils.cache import add_never_cache_headers
 from rest_framework import exceptions, serializers, status
 from rest_framework.negotiation import BaseContentNegotiation
+from rest_framework.parsers import BaseParser
 from rest_framework.permissions import IsAuthenticated
+from rest_framework.renderers import BaseRenderer
 from rest_framework.request import Request
 
 from api.auth import HasScope
 from api.serializers.common import MAX_ID
 from experiments.storage import ArtifactUnavailable
+
+if TYPE_CHECKING:
+    from rest_framework.permissions import _PermissionClass
 
 log = logging.getLogger(__name__)
 
@@ -30,14 +36,14 @@ def parse_id(value: Any) -> int:
     return pk
 
 
-def parse_query(serializer: type[serializers.Serializer], request: Request) -> dict[str, Any]:
+def parse_query(serializer: type[serializers.Serializer[Any]], request: Request) -> dict[str, Any]:
     parsed = serializer(data=request.query_params)
     parsed.is_valid(raise_exception=True)
     return dict(parsed.validated_data)
 
 
 def parse_body(
-    serializer: type[serializers.Serializer], request: Request, **kw: Any
+    serializer: type[serializers.Serializer[Any]], request: Request, **kw: Any
 ) -> dict[str, Any]:
     parsed = serializer(data=request.data, context={"request": request}, **kw)
     parsed.is_valid(raise_exception=True)
@@ -51,7 +57,7 @@ def deny() -> exceptions.NotFound:
 class ApiViewMixin:
     """Scopes, permissions and caching shared by every API view."""
 
-    permission_classes = [IsAuthenticated, HasScope]
+    permission_classes: Sequence[_PermissionClass] = [IsAuthenticated, HasScope]
     # Unsafe action → the token scope it needs (reads need "read"; unlisted ones "manage").
     scopes: dict[str, str] = {}
 
@@ -64,13 +70,14 @@ class ApiViewMixin:
 class FirstRenderer(BaseContentNegotiation):
     """The download answers bytes whatever the client accepts (and errors as JSON)."""
 
-    def select_parser(self, request: Request, parsers: list[Any]) -> Any:
-        return parsers[0]
+    def select_parser(self, request: Request, parsers: Iterable[BaseParser]) -> BaseParser:
+        return next(iter(parsers))
 
     def select_renderer(
-        self, request: Request, renderers: list[Any], format_suffix: str | None = None
-    ) -> tuple[Any, str]:
-        return renderers[0], renderers[0].media_type
+        self, request: Request, renderers: Iterable[BaseRenderer], format_suffix: str | None = None
+    ) -> tuple[BaseRenderer, str]:
+        renderer = next(iter(renderers))
+        return renderer, renderer.media_type
 
 
 class Unavailable(exceptions.APIException):

@@ -23,7 +23,7 @@ from experiments.models import Experiment
 log = logging.getLogger(__name__)
 
 
-class ExperimentViewSet(ApiViewMixin, viewsets.ReadOnlyModelViewSet):
+class ExperimentViewSet(ApiViewMixin, viewsets.ReadOnlyModelViewSet[Experiment]):
     """Experiments (named groups of runs) of your projects."""
 
     serializer_class = ExperimentSerializer

@@ -34,7 +34,7 @@ from experiments.storage import ArtifactUnavailable
 log = logging.getLogger(__name__)
 
 
-class ExportViewSet(ApiViewMixin, viewsets.GenericViewSet):
+class ExportViewSet(ApiViewMixin, viewsets.GenericViewSet[Export]):
     """Publication bundles and partner copies: release managers request them; the requester
     and a partner copy's recipient (while still granted) download them."""
 

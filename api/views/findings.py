@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from django.db.models import Prefetch, QuerySet
 from django.urls import reverse
@@ -43,6 +44,9 @@ from disclosure.models import Assessment, ReleaseRequest, Vote
 from experiments.actions.findings import check_record_finding, do_edit_finding
 from experiments.models import Artifact, Finding, Run, Tier
 
+if TYPE_CHECKING:
+    from rest_framework.permissions import _SupportsHasPermission
+
 log = logging.getLogger(__name__)
 
 
@@ -62,7 +66,7 @@ def _findings_with_evidence(findings: QuerySet[Finding]) -> QuerySet[Finding]:
     )
 
 
-class FindingViewSet(ApiViewMixin, viewsets.GenericViewSet):
+class FindingViewSet(ApiViewMixin, viewsets.GenericViewSet[Finding]):
     """Findings you can read (public ones for everyone); recording, editing and the review
     steps for the roles the policy allows them."""
 
@@ -78,7 +82,7 @@ class FindingViewSet(ApiViewMixin, viewsets.GenericViewSet):
         "assessments": TokenScope.MANAGE,
     }
 
-    def get_permissions(self) -> list[Any]:
+    def get_permissions(self) -> Sequence[_SupportsHasPermission]:
         if self.action in ("list", "retrieve", "revisions"):
             return [AllowAny(), HasScope()]
         return super().get_permissions()

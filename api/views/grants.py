@@ -28,7 +28,7 @@ from experiments.models import Finding
 log = logging.getLogger(__name__)
 
 
-class GrantViewSet(ApiViewMixin, viewsets.GenericViewSet):
+class GrantViewSet(ApiViewMixin, viewsets.GenericViewSet[Grant]):
     """Collaborator grants of the projects you manage (release managers)."""
 
     queryset = Grant.objects.none()

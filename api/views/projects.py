@@ -17,7 +17,7 @@ from experiments.models import Project
 log = logging.getLogger(__name__)
 
 
-class ProjectViewSet(ApiViewMixin, viewsets.ReadOnlyModelViewSet):
+class ProjectViewSet(ApiViewMixin, viewsets.ReadOnlyModelViewSet[Project]):
     """Projects you are a member of."""
 
     serializer_class = ProjectSerializer

@@ -41,7 +41,7 @@ from experiments.runconfig import build_run_config
 log = logging.getLogger(__name__)
 
 
-class RunViewSet(ApiViewMixin, viewsets.GenericViewSet):
+class RunViewSet(ApiViewMixin, viewsets.GenericViewSet[Run]):
     """Training runs of your projects: submit, follow, cancel, repeat."""
 
     queryset = Run.objects.none()

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
-from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
@@ -19,12 +17,11 @@ from disclosure.models import (
     NotificationKind,
 )
 from disclosure.notifications import notify
-
-User = get_user_model()
+from experiments.users import ActingUser, User
 
 
 def do_publish_agreement(
-    *, title: str, text: str, effective_at: datetime | None = None, acting_user: Any
+    *, title: str, text: str, effective_at: datetime | None = None, acting_user: ActingUser
 ) -> AgreementVersion:
     """Publish the next agreement version. Once it takes effect, every collaborator must accept
     it before their grants give access again; they are told now."""
@@ -49,7 +46,7 @@ def do_publish_agreement(
 
 
 def do_accept_agreement(
-    user: Any, agreement: AgreementVersion, *, ip: str | None = None, acting_user: Any
+    user: User, agreement: AgreementVersion, *, ip: str | None = None, acting_user: ActingUser
 ) -> AgreementAcceptance:
     if acting_user != user:
         raise ValidationError("An agreement is accepted by the person it binds.")

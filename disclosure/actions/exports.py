@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Iterable
-from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
@@ -26,6 +25,7 @@ from disclosure.exports.rules import ExportRefused, partner_blockers, public_blo
 from disclosure.marks import metadata_token
 from disclosure.models import Export, ExportKind, RecipientMark
 from experiments.models import Finding, Project
+from experiments.users import ActingUser, User, user_or_system
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,8 @@ def check_request_export(
     kind: str,
     findings: Iterable[Finding] = (),
     project: Project | None = None,
-    recipient: Any = None,
-    acting_user: Any,
+    recipient: User | None = None,
+    acting_user: ActingUser,
 ) -> Export:
     """Validate and queue an export; raises :class:`ExportRefused` listing every blocker.
 
@@ -86,10 +86,11 @@ def do_request_export(
     kind: str,
     findings: list[Finding],
     project: Project | None,
-    recipient: Any,
-    acting_user: Any,
+    recipient: User | None,
+    acting_user: ActingUser,
     enqueue: bool = True,
 ) -> Export:
+    acting_user = user_or_system(acting_user)
     with transaction.atomic():
         stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
         who = f"-for-{slugify(recipient.get_username())}" if recipient else ""
@@ -102,6 +103,8 @@ def do_request_export(
         )
         export.findings.set(findings)
         if kind == ExportKind.PARTNER:
+            if recipient is None:  # check_request_export refuses a partner copy without one
+                raise ValueError("a partner copy needs a recipient")
             secret = secrets.token_hex(32)
             RecipientMark.objects.create(
                 export=export,
@@ -138,7 +141,7 @@ def _enqueue(export_id: int) -> None:
     transaction.on_commit(send)
 
 
-def do_record_export_download(export: Export, *, acting_user: Any, ip: str | None) -> None:
+def do_record_export_download(export: Export, *, acting_user: ActingUser, ip: str | None) -> None:
     """Audit that ``acting_user`` fetched the archive (called once the download may proceed)."""
     audit.record(
         acting_user,

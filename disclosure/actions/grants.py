@@ -12,7 +12,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
 from django.db import transaction
@@ -29,8 +28,7 @@ from disclosure.models import (
 )
 from disclosure.notifications import notify, release_managers
 from experiments.models import Finding, Project, Tier
-
-User = get_user_model()
+from experiments.users import ActingUser, User, user_or_system
 
 
 def grantees(grants: Iterable[Grant]) -> list[Any]:
@@ -39,7 +37,8 @@ def grantees(grants: Iterable[Grant]) -> list[Any]:
         if g.user is not None:
             users[g.user.pk] = g.user
         else:
-            assert g.group is not None  # a grant names exactly one user or one group
+            if g.group is None:  # a grant names exactly one user or one group (a constraint)
+                raise RuntimeError(f"grant {g.pk} names neither a user nor a group")
             for u in g.group.user_set.all():
                 users[u.pk] = u
     return list(users.values())
@@ -52,14 +51,14 @@ def _scope(grant: Grant) -> str:
 
 def check_give_grant(
     *,
-    user: Any = None,
+    user: User | None = None,
     group: Group | None = None,
     project: Project | None = None,
     finding: Finding | None = None,
     max_tier: int = Tier.PARTNERS,
     expires_at: datetime,
     note: str = "",
-    acting_user: Any,
+    acting_user: ActingUser,
 ) -> Grant:
     if (user is None) == (group is None):
         raise ValidationError("Grant to exactly one user or one group.")
@@ -94,17 +93,18 @@ def check_give_grant(
 
 def do_give_grant(
     *,
-    user: Any = None,
+    user: User | None = None,
     group: Group | None = None,
     project: Project | None = None,
     finding: Finding | None = None,
     max_tier: int = Tier.PARTNERS,
     expires_at: datetime,
     note: str = "",
-    acting_user: Any,
+    acting_user: ActingUser,
 ) -> Grant:
     """Give the grant; when a delegated manager gives it, it waits for a release manager's
     approval (:func:`do_approve_grant`) before it gives access."""
+    acting_user = user_or_system(acting_user)
     pending = policy.grant_needs_approval(acting_user, max_tier)
     with transaction.atomic():
         agreement = AgreementVersion.objects.current()
@@ -161,7 +161,9 @@ def _notify_given(grant: Grant) -> None:
     )
 
 
-def do_approve_grant(grant: Grant, *, approve: bool, note: str = "", acting_user: Any) -> bool:
+def do_approve_grant(
+    grant: Grant, *, approve: bool, note: str = "", acting_user: ActingUser
+) -> bool:
     """A release manager approves (the grant takes effect now) or declines a grant that waits
     for approval. Refuses the grant's giver and anyone who would gain from it."""
     if not policy.can_approve_grant(acting_user, grant):
@@ -192,7 +194,7 @@ def do_approve_grant(grant: Grant, *, approve: bool, note: str = "", acting_user
     return True
 
 
-def do_revoke_grant(grant: Grant, *, reason: str = "", acting_user: Any) -> bool:
+def do_revoke_grant(grant: Grant, *, reason: str = "", acting_user: ActingUser) -> bool:
     """Revoke now; the next request of the grantee no longer sees the findings."""
     with transaction.atomic():
         n = Grant.objects.filter(pk=grant.pk, revoked_at__isnull=True).update(
@@ -262,7 +264,7 @@ def do_warn_expiring_grants(*, now: datetime | None = None) -> int:
     return count
 
 
-def do_set_group_clearance(group: Group, tier: int, *, acting_user: Any) -> GroupClearance:
+def do_set_group_clearance(group: Group, tier: int, *, acting_user: ActingUser) -> GroupClearance:
     """Clear ``group`` for ``tier`` and above (the admin's one write on clearances): a change
     of who reads every project's findings, so it is audited like a grant."""
     with transaction.atomic():

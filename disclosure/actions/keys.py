@@ -9,7 +9,6 @@ AES-GCM-wrapped by the master key and bound to its key id.
 from __future__ import annotations
 
 import hashlib
-from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -18,6 +17,7 @@ from django.utils import timezone
 
 from disclosure import audit, bundles
 from disclosure.models import Export, SigningKey, SigningKeyStatus
+from experiments.users import ActingUser
 from vault import crypto, keystore
 
 # --- signing keys ------------------------------------------------------------------------------
@@ -28,7 +28,7 @@ def _key_id(public: Ed25519PublicKey) -> str:
     return timezone.now().strftime("h3lab-%Y%m%d-") + hashlib.sha256(raw).hexdigest()[:12]
 
 
-def do_rotate_signing_key(*, acting_user: Any) -> SigningKey:
+def do_rotate_signing_key(*, acting_user: ActingUser) -> SigningKey:
     """Create a new current key; the previous current key becomes retired (still published,
     still verifies the bundles it signed)."""
     private = Ed25519PrivateKey.generate()
@@ -59,7 +59,7 @@ def do_rotate_signing_key(*, acting_user: Any) -> SigningKey:
     return key
 
 
-def do_revoke_signing_key(key: SigningKey, *, reason: str, acting_user: Any) -> None:
+def do_revoke_signing_key(key: SigningKey, *, reason: str, acting_user: ActingUser) -> None:
     with transaction.atomic():
         SigningKey.objects.filter(pk=key.pk).update(
             status=SigningKeyStatus.REVOKED, revoked_at=timezone.now()
@@ -70,7 +70,7 @@ def do_revoke_signing_key(key: SigningKey, *, reason: str, acting_user: Any) -> 
 # --- master-key rotation -----------------------------------------------------------------------
 
 
-def do_rewrap_keys(*, acting_user: Any) -> dict[str, int]:
+def do_rewrap_keys(*, acting_user: ActingUser) -> dict[str, int]:
     """Re-wrap every data key (artifacts, partner-copy exports) and signing key under the current
     master key, without re-encrypting any data. Old master keys must still be configured to
     read what they wrapped; afterwards they can be removed. Idempotent and resumable: each row

@@ -4,7 +4,6 @@ step, and re-storing evidence in the clear once public."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
@@ -22,11 +21,15 @@ from disclosure.models import (
 from disclosure.notifications import notify, release_managers, reviewers, team_of
 from experiments.actions.findings import do_apply_revision
 from experiments.models import Finding, FindingStatus, Tier
+from experiments.signals import is_user
+from experiments.users import ActingUser, user_or_system
 
 User = get_user_model()
 
 
-def do_request_review(finding: Finding, *, rationale: str = "", acting_user: Any) -> ReleaseRequest:
+def do_request_review(
+    finding: Finding, *, rationale: str = "", acting_user: ActingUser
+) -> ReleaseRequest:
     """Team → review. Under the default policy this step needs no approval, so it is decided at
     once (still through the same gates as every other step)."""
     request = do_request_release(finding, rationale=rationale, acting_user=acting_user)
@@ -36,8 +39,9 @@ def do_request_review(finding: Finding, *, rationale: str = "", acting_user: Any
 
 
 def do_request_release(
-    finding: Finding, *, rationale: str = "", acting_user: Any
+    finding: Finding, *, rationale: str = "", acting_user: ActingUser
 ) -> ReleaseRequest:
+    acting_user = user_or_system(acting_user)
     with transaction.atomic():
         # Re-read under a row lock: the caller's copy may predate a release or a retraction.
         finding = Finding.objects.select_for_update().select_related("project").get(pk=finding.pk)
@@ -79,7 +83,7 @@ def do_request_release(
 
 
 def check_schedule_release(
-    request: ReleaseRequest, *, embargo_until: datetime, acting_user: Any
+    request: ReleaseRequest, *, embargo_until: datetime, acting_user: ActingUser
 ) -> ReleaseRequest:
     if request.state not in (RequestState.OPEN, RequestState.SCHEDULED):
         raise ValidationError("This request is no longer pending.")
@@ -98,7 +102,7 @@ def check_schedule_release(
 
 
 def do_schedule_release(
-    request: ReleaseRequest, *, embargo_until: datetime, acting_user: Any
+    request: ReleaseRequest, *, embargo_until: datetime, acting_user: ActingUser
 ) -> ReleaseRequest:
     with transaction.atomic():
         old = {"state": request.state, "embargo_until": request.embargo_until}
@@ -118,7 +122,7 @@ def do_schedule_release(
 
 
 def do_promote(
-    request: ReleaseRequest, *, acting_user: Any, now: datetime | None = None
+    request: ReleaseRequest, *, acting_user: ActingUser, now: datetime | None = None
 ) -> ReleaseDecision | None:
     """Move the finding up one tier if every gate still passes, recording an immutable
     decision. The finding's tier moves by a conditional update, so a duplicate scheduler run
@@ -134,7 +138,8 @@ def do_promote(
             return None
         gate = evaluate(request)
         # gate_reasons() found no reasons just above, so a policy rule covers this step.
-        assert gate.policy is not None and gate.rule is not None
+        if gate.policy is None or gate.rule is None:
+            raise RuntimeError(f"release request {request.pk} passed its gates without a rule")
         status = (
             FindingStatus.RELEASED
             if request.target_tier == Tier.PUBLIC
@@ -153,7 +158,7 @@ def do_promote(
         if not moved:
             _hold(request, ["the finding changed while being released"], now)
             return None
-        user = acting_user if getattr(acting_user, "is_authenticated", False) else None
+        user = acting_user if is_user(acting_user) else None
         decision = ReleaseDecision.objects.create(
             finding_id=request.finding_id,
             request=request,

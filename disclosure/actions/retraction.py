@@ -27,6 +27,7 @@ from experiments.models import (
     RevisionState,
     Tier,
 )
+from experiments.users import ActingUser
 
 User = get_user_model()
 
@@ -64,7 +65,7 @@ def citing_findings(finding: Finding) -> list[Finding]:
     )
 
 
-def check_destroy_evidence(finding: Finding, *, acting_user: Any) -> None:
+def check_destroy_evidence(finding: Finding, *, acting_user: ActingUser) -> None:
     """Refuse to destroy evidence that a finding above the team tier also cites, naming those
     findings by number (and by title only where ``acting_user`` may read them)."""
     citing = citing_findings(finding)
@@ -89,7 +90,7 @@ def do_retract_finding(
     reason: str,
     destroy_data: bool = False,
     destroy_reason: str = "",
-    acting_user: Any,
+    acting_user: ActingUser,
 ) -> bool:
     """Retract now: the finding leaves every list on the next request (its team keeps it, with
     a banner), a tombstone stays at its address, and everyone who accessed it is told.

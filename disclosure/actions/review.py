@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
@@ -24,6 +22,7 @@ from disclosure.models import (
 )
 from disclosure.notifications import notify, release_managers, team_of
 from experiments.models import Finding, Tier
+from experiments.users import ActingUser, signed_in
 
 User = get_user_model()
 
@@ -36,8 +35,9 @@ def do_assess_finding(
     rationale: str,
     categories: list[str] | None = None,
     evidence_links: list[str] | None = None,
-    acting_user: Any,
+    acting_user: ActingUser,
 ) -> Assessment:
+    acting_user = signed_in(acting_user)
     with transaction.atomic():
         existing = Assessment.objects.filter(finding=finding, reviewer=acting_user).first()
         old = (
@@ -83,7 +83,8 @@ def do_assess_finding(
     return assessment
 
 
-def do_recuse(finding: Finding, *, reason: str, acting_user: Any) -> Recusal:
+def do_recuse(finding: Finding, *, reason: str, acting_user: ActingUser) -> Recusal:
+    acting_user = signed_in(acting_user)
     with transaction.atomic():
         recusal, created = Recusal.objects.get_or_create(
             finding=finding, reviewer=acting_user, defaults={"reason": reason[:300]}
@@ -93,7 +94,10 @@ def do_recuse(finding: Finding, *, reason: str, acting_user: Any) -> Recusal:
     return recusal
 
 
-def do_vote(request: ReleaseRequest, *, kind: str, rationale: str = "", acting_user: Any) -> Vote:
+def do_vote(
+    request: ReleaseRequest, *, kind: str, rationale: str = "", acting_user: ActingUser
+) -> Vote:
+    acting_user = signed_in(acting_user)
     if request.state not in (RequestState.OPEN, RequestState.SCHEDULED):
         raise ValidationError("This request is no longer pending.")
     if kind == VoteKind.OBJECT and not rationale.strip():
@@ -124,7 +128,7 @@ def do_vote(request: ReleaseRequest, *, kind: str, rationale: str = "", acting_u
     return vote
 
 
-def do_withdraw_objection(vote: Vote, *, reason: str = "", acting_user: Any) -> bool:
+def do_withdraw_objection(vote: Vote, *, reason: str = "", acting_user: ActingUser) -> bool:
     """The objection's author withdraws it; no one else can (see :func:`do_clear_objection`)."""
     if not policy.can_withdraw_objection(acting_user, vote):
         raise ValidationError("Only the objection's author may withdraw it.")
@@ -151,7 +155,7 @@ def objection_quorum(vote: Vote) -> int:
     return max(1, rule.approvals_required if rule else 1)
 
 
-def do_clear_objection(vote: Vote, *, rationale: str, acting_user: Any) -> bool:
+def do_clear_objection(vote: Vote, *, rationale: str, acting_user: ActingUser) -> bool:
     """A board member (not the objection's author, see :func:`policy.can_clear_objection`)
     votes to clear an objection; when the quorum is reached it is resolved. Returns whether
     the objection is now cleared.

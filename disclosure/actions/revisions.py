@@ -27,6 +27,7 @@ from experiments.actions.findings import (
     finding_content,
 )
 from experiments.models import Artifact, Finding, FindingRevision, RevisionState, Run, Tier
+from experiments.users import ActingUser, user_or_system
 
 
 def check_propose_revision(
@@ -38,7 +39,7 @@ def check_propose_revision(
     artifacts: Iterable[Artifact] | None = None,
     dependencies: Iterable[Finding] | None = None,
     note: str = "",
-    acting_user: Any,
+    acting_user: ActingUser,
 ) -> FindingRevision:
     """Validate a proposed edit of a finding above the team tier, then open its review.
 
@@ -75,8 +76,9 @@ def check_propose_revision(
 
 
 def do_propose_revision(
-    finding: Finding, *, content: dict[str, Any], note: str = "", acting_user: Any
+    finding: Finding, *, content: dict[str, Any], note: str = "", acting_user: ActingUser
 ) -> FindingRevision:
+    acting_user = user_or_system(acting_user)
     with transaction.atomic():
         finding = Finding.objects.select_for_update().select_related("project").get(pk=finding.pk)
         if finding.is_retracted or finding.tier == Tier.TEAM:
@@ -117,7 +119,7 @@ def do_propose_revision(
 
 
 def do_withdraw_pending_revision(
-    revision: FindingRevision, *, reason: str = "", acting_user: Any
+    revision: FindingRevision, *, reason: str = "", acting_user: ActingUser
 ) -> bool:
     """The proposer (or anyone who may edit the finding) withdraws a pending revision; its
     review request is cancelled with it."""

@@ -15,11 +15,11 @@ decision to the partners tier.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 from disclosure import policy
 from disclosure.models import AgreementAcceptance, AgreementVersion, ReleaseDecision
 from experiments.models import Finding, Tier
+from experiments.users import User
 
 
 class ExportRefused(Exception):
@@ -64,7 +64,7 @@ def public_blockers(findings: Iterable[Finding]) -> dict[str, list[str]]:
     return blockers
 
 
-def partner_blockers(recipient: Any, findings: Iterable[Finding]) -> dict[str, list[str]]:
+def partner_blockers(recipient: User | None, findings: Iterable[Finding]) -> dict[str, list[str]]:
     """Why each finding may not go into ``recipient``'s partner copy (empty: all may)."""
     findings = list(findings)
     blockers: dict[str, list[str]] = {}

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from experiments.models import (
     Artifact,
 )
 from experiments.signals import announce, is_user
+from experiments.users import ActingUser
 
 log = logging.getLogger(__name__)
 
 
-def do_record_artifact_download(artifact: Artifact, acting_user: Any) -> None:
+def do_record_artifact_download(artifact: Artifact, acting_user: ActingUser) -> None:
     """Announce that ``acting_user`` (None or anonymous for the public) fetched an artifact's
     bytes, so the audit log records who downloaded what. Changes no row itself."""
     actor = acting_user if is_user(acting_user) else None

@@ -22,6 +22,7 @@ from experiments.models import (
     Tier,
 )
 from experiments.signals import announce, is_user
+from experiments.users import ActingUser, user_or_system
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ def check_record_finding(
     runs: Iterable[Run],
     artifacts: Iterable[Artifact] = (),
     metrics: Iterable[str] = (),
-    acting_user: Any,
+    acting_user: ActingUser,
 ) -> Finding:
     """Check the evidence, then record the finding in the runs' project. The one rule of the
     web form and the API: at least one run, all of one project; each artifact one that a cited
@@ -69,10 +70,11 @@ def do_record_finding(
     runs: Iterable[Run] = (),
     artifacts: Iterable[Artifact] = (),
     snapshot_metrics: Iterable[tuple[Run, str]] = (),
-    acting_user: Any,
+    acting_user: ActingUser,
 ) -> Finding:
     """Record a finding (team tier, draft) with its evidence. Metric snapshots freeze the
     latest value of each named series at the time of recording."""
+    acting_user = user_or_system(acting_user)
     runs = list(runs)
     artifacts = list(artifacts)
     if any(r.project_id != project.pk for r in runs) or any(
@@ -139,7 +141,7 @@ def do_edit_finding(
     title: str,
     body: str,
     note: str = "",
-    acting_user: Any,
+    acting_user: ActingUser,
 ) -> Finding:
     """Edit a team-tier finding in place, keeping the old content as a revision.
 
@@ -178,7 +180,7 @@ def do_edit_finding(
 
 
 def do_create_pending_revision(
-    finding: Finding, *, content: dict[str, Any], note: str = "", acting_user: Any
+    finding: Finding, *, content: dict[str, Any], note: str = "", acting_user: ActingUser
 ) -> FindingRevision:
     """A proposed revision of a finding above the team tier. Readers see none of it until
     :func:`do_apply_revision`; disclosure opens the review request that decides it."""
@@ -202,7 +204,7 @@ def do_create_pending_revision(
     return revision
 
 
-def do_apply_revision(revision: FindingRevision, *, acting_user: Any) -> bool:
+def do_apply_revision(revision: FindingRevision, *, acting_user: ActingUser) -> bool:
     """Make an approved revision what readers see. Conditional on the revision still being
     pending, so a duplicate scheduler run applies it once."""
     now = timezone.now()
@@ -231,7 +233,9 @@ def do_apply_revision(revision: FindingRevision, *, acting_user: Any) -> bool:
     return True
 
 
-def do_withdraw_revision(revision: FindingRevision, *, reason: str, acting_user: Any) -> bool:
+def do_withdraw_revision(
+    revision: FindingRevision, *, reason: str, acting_user: ActingUser
+) -> bool:
     with transaction.atomic():
         n = FindingRevision.objects.filter(pk=revision.pk, state=RevisionState.PENDING).update(
             state=RevisionState.WITHDRAWN, decided_at=timezone.now()

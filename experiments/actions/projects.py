@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import Any
 
 from django.contrib.auth.models import Group
 from django.db import transaction
@@ -13,12 +12,18 @@ from experiments.models import (
     Project,
 )
 from experiments.signals import acting_as, announce
+from experiments.users import ActingUser, User
 
 log = logging.getLogger(__name__)
 
 
 def do_create_project(
-    *, slug: str, name: str, description: str = "", members: Iterable[Any] = (), acting_user: Any
+    *,
+    slug: str,
+    name: str,
+    description: str = "",
+    members: Iterable[User] = (),
+    acting_user: ActingUser,
 ) -> Project:
     with transaction.atomic():
         group = Group.objects.create(name=f"project:{slug}")
@@ -29,11 +34,11 @@ def do_create_project(
     return project
 
 
-def do_add_project_member(project: Project, user: Any, *, acting_user: Any) -> None:
+def do_add_project_member(project: Project, user: User, *, acting_user: ActingUser) -> None:
     with transaction.atomic(), acting_as(acting_user, "action"):
         project.group.user_set.add(user)
 
 
-def do_remove_project_member(project: Project, user: Any, *, acting_user: Any) -> None:
+def do_remove_project_member(project: Project, user: User, *, acting_user: ActingUser) -> None:
     with transaction.atomic(), acting_as(acting_user, "action"):
         project.group.user_set.remove(user)

@@ -15,6 +15,7 @@ from experiments.models import (
     RunStatus,
 )
 from experiments.signals import announce, is_user
+from experiments.users import ActingUser
 from h3lab.config import RunConfig
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ def check_submit_run(
     queue: str = "cpu",
     rerun_of: Run | None = None,
     enqueue: bool = True,
-    acting_user: Any,
+    acting_user: ActingUser,
 ) -> Run:
     """Validate ``config`` against :class:`h3lab.config.RunConfig` (raises ConfigError naming
     every bad field) and submit the run."""
@@ -58,7 +59,7 @@ def do_submit_run(
     queue: str = "cpu",
     rerun_of: Run | None = None,
     enqueue: bool = True,
-    acting_user: Any,
+    acting_user: ActingUser,
 ) -> Run:
     """Create the run (queued) and send its job after commit. ``enqueue=False`` leaves the
     job to the caller, which runs :func:`h3lab.jobs.execute_run` itself (the demo loader)."""
@@ -103,7 +104,7 @@ def enqueue_run(run: Run) -> None:
     transaction.on_commit(send)
 
 
-def do_cancel_run(run: Run, *, reason: str = "", acting_user: Any) -> bool:
+def do_cancel_run(run: Run, *, reason: str = "", acting_user: ActingUser) -> bool:
     """Cancel a queued or running run. The worker notices within a heartbeat and stops; its
     later writes are conditional on the run still running, so it can never flip back. The
     reason is kept in the audit entry."""

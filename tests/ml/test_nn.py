@@ -6,6 +6,7 @@ Tiny sizes throughout; the whole file runs in seconds on two cores.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -39,7 +40,11 @@ def cfg_for(mixer: str, **kw: object) -> LMConfig:
     return LMConfig(**base)  # type: ignore[arg-type]
 
 
-def layer(mixer: str, *, head_dim: int = 1, dtype: torch.dtype = torch.float32, **kw: object):
+def layer(
+    mixer: str, *, head_dim: int = 1, dtype: torch.dtype = torch.float32, **kw: object
+) -> Any:
+    # Any, not Mixer: the kind is chosen per test case, and each mixer's step() takes its own
+    # state type (allocated by the same mixer), which a union cannot pair up.
     torch.manual_seed(0)
     m = build_mixer(mixer, cfg_for(mixer, head_dim=head_dim, **kw)).to(dtype)
     m.reset_parameters(gen(1))
@@ -252,7 +257,8 @@ def test_diagonal_kernel_gradients_match_finite_differences(discretization: str)
 
     def kernel(*ps: torch.Tensor) -> torch.Tensor:
         params = {f"ssm.{n}": p for n, p in zip(names, ps, strict=True)}
-        return torch.func.functional_call(wrapper, params, (), strict=False)
+        out: torch.Tensor = torch.func.functional_call(wrapper, params, (), strict=False)
+        return out
 
     inputs = tuple(getattr(ssm, n).detach().clone().requires_grad_() for n in names)
     assert torch.autograd.gradcheck(kernel, inputs)

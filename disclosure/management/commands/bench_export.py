@@ -98,11 +98,16 @@ def _work(n: int) -> dict[str, Any]:
         raise CommandError(f"refusing to benchmark against non-scratch database {name!r}")
     call_command("migrate", verbosity=0)
     t0 = time.perf_counter()
-    mara = User.objects.create_user("mara", password="x")
+    mara = User.objects.create_user("mara", password="x")  # noqa: S106 -- scratch bench database
     from django.contrib.auth.models import Group
 
     Group.objects.get(name=settings.H3LAB_RELEASE_MANAGERS_GROUP).user_set.add(mara)
-    alice = User.objects.create_user("alice", password="x", first_name="Alice", last_name="Lab")
+    alice = User.objects.create_user(
+        "alice",
+        password="x",  # noqa: S106 -- scratch bench database
+        first_name="Alice",
+        last_name="Lab",
+    )
     project = do_create_project(
         slug="induction", name="Induction", members=[alice], acting_user=None
     )

@@ -25,6 +25,8 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from experiments.users import Viewer
+
 SCRATCH_PG = "h3lab_bench"
 PAGE = 50
 COUNT_CAP = 1000  # the finding list's count stops here (disclosure.pagination)
@@ -106,7 +108,8 @@ class Command(BaseCommand):
             out = Path(tmp) / "result.json"
             cmd = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), "bench_visibility"]
             subprocess.run([*cmd, "--worker", backend, str(n), str(out)], env=env, check=True)
-            return json.loads(out.read_text())
+            result: dict[str, Any] = json.loads(out.read_text())
+            return result
 
 
 def argparse_hidden() -> str:
@@ -148,7 +151,9 @@ def _populate(n: int, rng: random.Random) -> dict[str, Any]:
 
     now = timezone.now()
     users = User.objects.bulk_create(
-        User(username=f"u{i:03d}", email=f"u{i:03d}@bench.test", password="!") for i in range(200)
+        # "!" is Django's unusable-password marker: no one can sign in as these bench users.
+        User(username=f"u{i:03d}", email=f"u{i:03d}@bench.test", password="!")  # noqa: S106
+        for i in range(200)
     )
     users = list(User.objects.order_by("pk"))
     projects = []
@@ -221,9 +226,10 @@ def _populate(n: int, rng: random.Random) -> dict[str, Any]:
         Recusal(finding_id=fid, reviewer=recused, reason="coi")
         for fid in rng.sample(finding_ids, 200)
     )
-    admin = User.objects.create(username="admin", is_superuser=True, is_staff=True, password="!")
+    # "!" is Django's unusable-password marker (as above).
+    admin = User.objects.create(username="admin", is_superuser=True, is_staff=True, password="!")  # noqa: S106
     return {
-        "outsider": User.objects.create(username="outsider", password="!"),
+        "outsider": User.objects.create(username="outsider", password="!"),  # noqa: S106
         "member": users[0],
         "reviewer": users[150],
         "recused_reviewer": recused,
@@ -235,7 +241,7 @@ def _populate(n: int, rng: random.Random) -> dict[str, Any]:
     }
 
 
-def _measure(user: Any) -> dict[str, Any]:
+def _measure(user: Viewer) -> dict[str, Any]:
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
@@ -286,7 +292,8 @@ def _work(backend: str, n: int) -> dict[str, Any]:
 
     _assert_scratch()
     call_command("migrate", verbosity=0)
-    personas = {"anonymous": AnonymousUser(), **_populate(n, random.Random(1234))}
+    # A fixed seed so every run measures the same data; not used for anything secret.
+    personas = {"anonymous": AnonymousUser(), **_populate(n, random.Random(1234))}  # noqa: S311
     if connection.vendor == "postgresql":
         with connection.cursor() as cur:
             cur.execute("VACUUM ANALYZE")
