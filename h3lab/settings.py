@@ -281,7 +281,7 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_CLASSES": ["api.auth.TokenRateThrottle", "api.auth.AnonRateThrottle"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": [
-        "rest_framework.parsers.JSONParser",
+        "api.parsers.JSONParser",  # depth-bounded, NUL-refusing (see the hardening block)
         "rest_framework.parsers.FormParser",
         "rest_framework.parsers.MultiPartParser",
     ],
@@ -309,3 +309,13 @@ SPECTACULAR_SETTINGS = {
         "TierEnum": "experiments.models.Tier",
     },
 }
+
+# --- hardening: security headers, hostile input, refusal to start unsafely ---------------------
+# Every HTML page carries a strict Content-Security-Policy and every response a
+# Permissions-Policy (web/middleware.py; Referrer-Policy is SECURE_REFERRER_POLICY above); a NUL
+# byte in a query or form parameter answers 400 before any view runs. API JSON bodies are
+# depth-bounded by api.parsers.JSONParser; sizes, ids, seeds and dates by experiments/inputs.py.
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1,
+    "web.middleware.RejectNulBytesMiddleware",
+)

@@ -20,6 +20,7 @@ from disclosure.models import (
     ReleaseRequest,
     Vote,
 )
+from experiments.inputs import MAX_BODY_CHARS, MAX_RATIONALE_CHARS, MAX_TITLE_CHARS
 from experiments.models import (
     Artifact,
     Finding,
@@ -83,8 +84,8 @@ class FindingCreateSerializer(serializers.Serializer):
     """Record a finding from runs of one project you are a member of, citing artifacts of
     those runs and freezing the latest value of named metric series of each cited run."""
 
-    title = serializers.CharField(max_length=300)
-    body = serializers.CharField(help_text="Markdown")
+    title = serializers.CharField(max_length=MAX_TITLE_CHARS)
+    body = serializers.CharField(max_length=MAX_BODY_CHARS, help_text="Markdown")
     runs = serializers.PrimaryKeyRelatedField(
         many=True, queryset=Run.objects.none(), allow_empty=False
     )
@@ -110,8 +111,8 @@ class FindingEditSerializer(serializers.Serializer):
     reviewed to the finding's tier (answered 202 with the revision), and readers keep the
     current text until it is approved."""
 
-    title = serializers.CharField(max_length=300, required=False)
-    body = serializers.CharField(required=False)
+    title = serializers.CharField(max_length=MAX_TITLE_CHARS, required=False)
+    body = serializers.CharField(max_length=MAX_BODY_CHARS, required=False)
     note = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
 
 
@@ -145,7 +146,9 @@ class FindingRevisionSerializer(serializers.ModelSerializer):
 
 
 class RationaleSerializer(serializers.Serializer):
-    rationale = serializers.CharField(required=False, allow_blank=True, default="")
+    rationale = serializers.CharField(
+        max_length=MAX_RATIONALE_CHARS, required=False, allow_blank=True, default=""
+    )
 
 
 class VoteSerializer(serializers.ModelSerializer):
@@ -209,7 +212,7 @@ class AssessmentSerializer(serializers.ModelSerializer):
 class AssessmentCreateSerializer(serializers.Serializer):
     capability_uplift = serializers.ChoiceField(choices=CapabilityUplift.choices)
     alignment_value = serializers.ChoiceField(choices=AlignmentValue.choices)
-    rationale = serializers.CharField()
+    rationale = serializers.CharField(max_length=MAX_RATIONALE_CHARS)
     categories = serializers.ListField(
         child=serializers.CharField(max_length=64), required=False, max_length=20
     )
