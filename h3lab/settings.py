@@ -317,5 +317,9 @@ SPECTACULAR_SETTINGS = {
 # depth-bounded by api.parsers.JSONParser; sizes, ids, seeds and dates by experiments/inputs.py.
 MIDDLEWARE.insert(
     MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1,
+    "web.middleware.SecurityHeadersMiddleware",
+)
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("web.middleware.SecurityHeadersMiddleware") + 1,
     "web.middleware.RejectNulBytesMiddleware",
 )
