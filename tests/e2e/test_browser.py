@@ -1,7 +1,7 @@
 """A researcher's path in a real browser: sign in, submit a job through the form, watch the run
 page follow it live until it finishes, with the site's Content-Security-Policy refusing
-nothing the pages need (a refusal is a console error). Headless Chromium (the system package; no Playwright
-browser download) against ``live_server`` and a real Celery worker."""
+nothing the pages need (a refusal is a console error). Headless Chromium (the system package;
+no Playwright browser download) against ``live_server`` and a real Celery worker."""
 
 from __future__ import annotations
 
