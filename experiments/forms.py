@@ -18,7 +18,7 @@ from django.core.files.uploadedfile import UploadedFile
 from django.db.models import QuerySet
 from django.utils.text import slugify
 
-from experiments.inputs import MAX_BODY_CHARS, MAX_ID, MAX_TITLE_CHARS, parse_id
+from experiments.inputs import MAX_BODY_CHARS, MAX_ID, MAX_SEED, MAX_TITLE_CHARS, parse_id
 from experiments.models import Artifact, Project, Queue, Run, RunStatus
 from experiments.runconfig import (
     MAX_D_MODEL,
@@ -130,7 +130,7 @@ class RunForm(forms.Form):
     batch_size = forms.IntegerField(initial=32)
     seed = forms.IntegerField(
         initial=0,
-        widget=_bounded(0, None),
+        widget=_bounded(0, MAX_SEED),
         help_text="Seeds the initialisation, batches and synthetic data.",
     )
     queue = forms.ChoiceField(choices=Queue.choices, initial=Queue.CPU)

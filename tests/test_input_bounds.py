@@ -118,6 +118,15 @@ def test_a_seed_outside_0_to_2_pow_63_is_refused_when_the_run_is_submitted(
     assert "seed" in response.content.decode()
 
 
+def test_a_seed_of_10_pow_30_is_a_form_error_on_the_run_form(lab: Lab) -> None:
+    fields = {"experiment": "e", "preset": "h3", "task": "induction_head", "vocab_size": "8"}
+    fields |= {"seq_len": "12", "d_model": "16", "n_layer": "1", "steps": "4", "lr": "0.003"}
+    fields |= {"batch_size": "8", "seed": str(10**30), "queue": "cpu"}
+    response = login(lab.alice).post(f"/projects/{lab.project.slug}/runs/new/", fields)
+    assert response.status_code == 200
+    assert response.context["form"].errors["seed"]
+
+
 def test_the_largest_seed_is_accepted() -> None:
     from experiments.runconfig import _limit_errors
 
