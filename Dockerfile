@@ -24,4 +24,6 @@ RUN pip install torch==2.13.0 --index-url "https://download.pytorch.org/whl/${TO
 COPY --chown=h3lab:h3lab . .
 USER h3lab
 EXPOSE 8000
-CMD ["gunicorn", "h3lab.wsgi", "--bind", "0.0.0.0:8000", "--workers", "3", "--access-logfile", "-"]
+# Every role passes `check --deploy` first; "web" then migrates and serves (scripts/entrypoint.sh).
+ENTRYPOINT ["scripts/entrypoint.sh"]
+CMD ["web"]

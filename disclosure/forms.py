@@ -12,6 +12,7 @@ from django.core.validators import URLValidator
 from django.utils import timezone
 
 from disclosure.models import AlignmentValue, CapabilityUplift, VoteKind
+from experiments.inputs import FUTURE_LIMIT_MESSAGE, MAX_RATIONALE_CHARS, too_far_ahead
 from experiments.models import Finding, Project, Tier
 from experiments.users import Viewer
 
@@ -53,7 +54,9 @@ class RetractForm(ConfirmedReasonForm):
 
 
 class RationaleForm(forms.Form):
-    rationale = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
+    rationale = forms.CharField(
+        required=False, max_length=MAX_RATIONALE_CHARS, widget=forms.Textarea(attrs={"rows": 2})
+    )
 
 
 # No answer is preselected: a reviewer who submits without choosing is asked to choose.
@@ -70,9 +73,14 @@ class AssessmentForm(forms.Form):
     categories = forms.CharField(
         required=False, help_text="comma-separated, e.g. interpretability, training dynamics"
     )
-    rationale = forms.CharField(widget=forms.Textarea(attrs={"rows": 4}))
+    rationale = forms.CharField(
+        max_length=MAX_RATIONALE_CHARS, widget=forms.Textarea(attrs={"rows": 4})
+    )
     evidence_links = forms.CharField(
-        required=False, widget=forms.Textarea(attrs={"rows": 2}), help_text="one URL per line"
+        required=False,
+        max_length=MAX_RATIONALE_CHARS,
+        widget=forms.Textarea(attrs={"rows": 2}),
+        help_text="one URL per line",
     )
 
     def clean_categories(self) -> list[str]:
@@ -91,7 +99,9 @@ class AssessmentForm(forms.Form):
 
 class VoteForm(forms.Form):
     kind = forms.ChoiceField(choices=[*UNCHOSEN, *VoteKind.choices])
-    rationale = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
+    rationale = forms.CharField(
+        required=False, max_length=MAX_RATIONALE_CHARS, widget=forms.Textarea(attrs={"rows": 2})
+    )
 
 
 class WithdrawObjectionForm(forms.Form):
@@ -99,7 +109,9 @@ class WithdrawObjectionForm(forms.Form):
 
 
 class ClearObjectionForm(forms.Form):
-    rationale = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}))
+    rationale = forms.CharField(
+        max_length=MAX_RATIONALE_CHARS, widget=forms.Textarea(attrs={"rows": 2})
+    )
 
 
 class GrantApprovalForm(forms.Form):
@@ -126,9 +138,13 @@ class ScheduleForm(forms.Form):
         when = data.get("embargo_until")
         if isinstance(when, datetime):
             naive = when.replace(tzinfo=None)
+            if naive.year > 9000:  # shifting by the offset must stay inside datetime's range
+                raise forms.ValidationError({"embargo_until": FUTURE_LIMIT_MESSAGE})
             data["embargo_until"] = (naive - timedelta(minutes=data.get("tz_offset") or 0)).replace(
                 tzinfo=UTC
             )
+            if too_far_ahead(data["embargo_until"]):
+                raise forms.ValidationError({"embargo_until": FUTURE_LIMIT_MESSAGE})
         return data
 
 
@@ -164,6 +180,8 @@ class GrantForm(forms.Form):
             data["expires_at"] = datetime(day.year, day.month, day.day, 23, 59, tzinfo=UTC)
             if data["expires_at"] <= timezone.now():
                 raise forms.ValidationError("The expiry must be in the future.")
+            if too_far_ahead(data["expires_at"]):
+                raise forms.ValidationError({"expires_on": FUTURE_LIMIT_MESSAGE})
         return data
 
 

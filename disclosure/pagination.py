@@ -19,6 +19,11 @@ if TYPE_CHECKING:
 else:  # Django's Paginator is not subscriptable at runtime
     _Paginator = Paginator
 
+from experiments.inputs import parse_id
+
+# Past this page the count window stops growing: far beyond any real list, far below 2**63 rows.
+MAX_PAGE = 1_000_000
+
 
 class CappedPaginator(_Paginator):
     """Pages over a queryset with a count that stops after ``cap`` rows.
@@ -35,10 +40,14 @@ class CappedPaginator(_Paginator):
         self.window = cap
 
     def get_page(self, number: Any) -> Page[Any]:
-        try:
-            requested = max(int(number), 1)
-        except (TypeError, ValueError):
-            requested = 1
+        # SECURITY: the window becomes a SQL LIMIT; an unbounded page number (``?page=10**23``)
+        # would overflow the database's 64-bit integer and answer 500. Numbers past
+        # MAX_PAGE, and anything that is not a whole number, are treated like Django's
+        # Paginator treats them: the last page, or the first.
+        requested = parse_id(number)
+        if requested is None or requested > MAX_PAGE:
+            requested = MAX_PAGE if str(number).strip().isdigit() else 1
+            number = requested
         self.window = max(self.cap, requested * self.per_page)
         return super().get_page(number)
 

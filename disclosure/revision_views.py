@@ -14,12 +14,15 @@ from django.views.decorators.http import require_POST
 from disclosure import policy
 from disclosure.actions.revisions import check_propose_revision, do_withdraw_pending_revision
 from experiments.actions.findings import do_edit_finding
+from experiments.inputs import MAX_BODY_CHARS, MAX_TITLE_CHARS
 from experiments.models import Finding, FindingRevision, RevisionState, Tier
 
 
 class FindingEditForm(forms.Form):
-    title = forms.CharField(max_length=300)
-    body = forms.CharField(widget=forms.Textarea(attrs={"rows": 16}), required=False)
+    title = forms.CharField(max_length=MAX_TITLE_CHARS)
+    body = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 16}), required=False, max_length=MAX_BODY_CHARS
+    )
     note = forms.CharField(
         required=False,
         max_length=2000,

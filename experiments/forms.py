@@ -18,6 +18,7 @@ from django.core.files.uploadedfile import UploadedFile
 from django.db.models import QuerySet
 from django.utils.text import slugify
 
+from experiments.inputs import MAX_BODY_CHARS, MAX_ID, MAX_SEED, MAX_TITLE_CHARS, parse_id
 from experiments.models import Artifact, Project, Queue, Run, RunStatus
 from experiments.runconfig import (
     MAX_D_MODEL,
@@ -129,7 +130,7 @@ class RunForm(forms.Form):
     batch_size = forms.IntegerField(initial=32)
     seed = forms.IntegerField(
         initial=0,
-        widget=_bounded(0, None),
+        widget=_bounded(0, MAX_SEED),
         help_text="Seeds the initialisation, batches and synthetic data.",
     )
     queue = forms.ChoiceField(choices=Queue.choices, initial=Queue.CPU)
@@ -315,11 +316,10 @@ class RunIdsField(forms.Field):
     widget = forms.MultipleHiddenInput
 
     def to_python(self, value: Any) -> list[int]:
-        try:
-            ids = [int(v) for v in value or ()]
-        except (TypeError, ValueError):
-            raise forms.ValidationError("Run ids must be numbers.") from None
-        return list(dict.fromkeys(ids))
+        ids = [parse_id(v) for v in value or ()]
+        if None in ids:
+            raise forms.ValidationError(f"Run ids must be whole numbers from 1 to {MAX_ID}.")
+        return list(dict.fromkeys(i for i in ids if i is not None))
 
 
 class CompareForm(forms.Form):
@@ -355,8 +355,9 @@ class FindingForm(forms.Form):
     (the rule is :func:`experiments.actions.check_record_finding`'s; the form offers the
     project's runs, and this run's artifacts and metric series)."""
 
-    title = forms.CharField(max_length=300)
+    title = forms.CharField(max_length=MAX_TITLE_CHARS)
     body = forms.CharField(
+        max_length=MAX_BODY_CHARS,
         widget=forms.Textarea(attrs={"rows": 12}),
         help_text="Markdown. Rendered and sanitized when shown.",
     )

@@ -17,6 +17,7 @@ from typing import Any
 
 from django.conf import settings
 
+from experiments.inputs import MAX_SEED
 from experiments.models import Project
 from h3lab.config import ConfigError, RunConfig, TaskConfig, TrainConfig
 
@@ -60,7 +61,7 @@ def build_run_config(
     other settings) when either is given, or when neither config has a ``model`` section (then
     at the default 2 × 64); a ``model`` section in ``overrides`` is used as given. Either way the
     depth, width and vocabulary are held to :data:`MAX_LAYERS`, :data:`MAX_D_MODEL` and
-    :data:`MAX_VOCAB`, and seeds must not be negative.
+    :data:`MAX_VOCAB`, and seeds to 0 ≤ seed < 2**63 (what a torch generator takes).
 
     ``pending_corpus``: a file the caller is about to write into the project's corpus folder
     (the web form saves an upload only once the config validates); it counts as uploaded.
@@ -154,8 +155,8 @@ def _limit_errors(
     mixers = model.get("mixers")
     checks: list[tuple[str, Any, int, int | None]] = [
         ("task.vocab_size", task.get("vocab_size"), 1, MAX_VOCAB),
-        ("task.seed", task.get("seed"), 0, None),
-        ("train.seed", train.get("seed"), 0, None),
+        ("task.seed", task.get("seed"), 0, MAX_SEED),
+        ("train.seed", train.get("seed"), 0, MAX_SEED),
     ]
     if n_layer is None:
         depth = len(mixers) if isinstance(mixers, list | tuple) else None

@@ -281,7 +281,7 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_CLASSES": ["api.auth.TokenRateThrottle", "api.auth.AnonRateThrottle"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": [
-        "rest_framework.parsers.JSONParser",
+        "api.parsers.JSONParser",  # depth-bounded, NUL-refusing (see the hardening block)
         "rest_framework.parsers.FormParser",
         "rest_framework.parsers.MultiPartParser",
     ],
@@ -309,3 +309,58 @@ SPECTACULAR_SETTINGS = {
         "TierEnum": "experiments.models.Tier",
     },
 }
+
+# --- hardening: security headers, hostile input, refusal to start unsafely ---------------------
+# Every HTML page carries a strict Content-Security-Policy and every response a
+# Permissions-Policy (web/middleware.py; Referrer-Policy is SECURE_REFERRER_POLICY above); a NUL
+# byte in a query or form parameter answers 400 before any view runs. API JSON bodies are
+# depth-bounded by api.parsers.JSONParser; sizes, ids, seeds and dates by experiments/inputs.py.
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1,
+    "web.middleware.SecurityHeadersMiddleware",
+)
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("web.middleware.SecurityHeadersMiddleware") + 1,
+    "web.middleware.RejectNulBytesMiddleware",
+)
+
+# SECURITY: with DEBUG off the process refuses to start, whatever starts it (runserver, migrate,
+# gunicorn, a Celery worker or beat all import these settings), without a real SECRET_KEY and
+# a master key: the development key is public, so sessions, CSRF tokens and password-reset links
+# signed with it could be forged. The same rules are system checks h3lab.E001/E010 for
+# `check --deploy`; the key material itself is validated by check h3lab.E011.
+MIN_SECRET_KEY_CHARS = 50
+
+
+def startup_refusals(*, debug: bool, secret_key: str, master_keys: str, key_file: str) -> list[str]:
+    """Why a process with these settings must not start (empty: it may)."""
+    if debug:
+        return []
+    reasons = []
+    if secret_key == DEV_SECRET_KEY or secret_key.startswith("django-insecure"):
+        reasons.append("h3lab.E001: SECRET_KEY is unset or the public development key")
+    elif len(secret_key) < MIN_SECRET_KEY_CHARS or len(set(secret_key)) < 5:
+        reasons.append(
+            f"h3lab.E001: SECRET_KEY must be at least {MIN_SECRET_KEY_CHARS} random characters"
+        )
+    if not master_keys and not key_file:
+        reasons.append("h3lab.E010: no master key (H3LAB_MASTER_KEYS or H3LAB_MASTER_KEY_FILE)")
+    return reasons
+
+
+_refusals = startup_refusals(
+    debug=DEBUG,
+    secret_key=SECRET_KEY,
+    master_keys=H3LAB_MASTER_KEYS,
+    key_file=os.environ.get("H3LAB_MASTER_KEY_FILE", ""),
+)
+if _refusals:
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured(
+        "Refusing to start with DEBUG=0: "
+        + "; ".join(_refusals)
+        + ". Generate a key with `python -c 'import secrets; print(secrets.token_urlsafe(50))'` "
+        "and a master key with `python -c 'import base64, os; "
+        'print("k1:" + base64.b64encode(os.urandom(32)).decode())\'` (see README, Deployment).'
+    )

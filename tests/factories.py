@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from tests.conftest import Cast, Lab
 
 _seq = itertools.count(1)
-PASSWORD = "correct-horse-battery"  # noqa: S105 -- the test personas' login, test database only
+PASSWORD = "correct-horse-battery"
 
 
 def make_user(username: str | None = None, **kw: Any) -> User:

@@ -74,7 +74,13 @@ def test_environment_variables_switch_to_postgresql_and_redis(tmp_path: Path) ->
 
 
 def test_debug_off_turns_on_the_transport_security_settings(tmp_path: Path) -> None:
-    s = settings_with(tmp_path, DEBUG="0", SECRET_KEY="x" * 50, ALLOWED_HOSTS="lab.example.org")
+    s = settings_with(
+        tmp_path,
+        DEBUG="0",
+        SECRET_KEY="0123456789abcdefghijklmnopqrstuvwxyz-0123456789abcdefghij",
+        H3LAB_MASTER_KEYS="k1:" + "A" * 43 + "=",
+        ALLOWED_HOSTS="lab.example.org",
+    )
 
     assert s["debug"] is False
     assert s["ssl_redirect"] is True

@@ -21,6 +21,7 @@ from disclosure.models import (
     ReleaseRequest,
     Vote,
 )
+from experiments.inputs import MAX_BODY_CHARS, MAX_RATIONALE_CHARS, MAX_TITLE_CHARS
 from experiments.models import (
     Artifact,
     Finding,
@@ -91,8 +92,8 @@ class FindingCreateSerializer(serializers.Serializer[Any]):
     """Record a finding from runs of one project you are a member of, citing artifacts of
     those runs and freezing the latest value of named metric series of each cited run."""
 
-    title = serializers.CharField(max_length=300)
-    body = serializers.CharField(help_text="Markdown")
+    title = serializers.CharField(max_length=MAX_TITLE_CHARS)
+    body = serializers.CharField(max_length=MAX_BODY_CHARS, help_text="Markdown")
     runs = serializers.PrimaryKeyRelatedField(
         many=True, queryset=Run.objects.none(), allow_empty=False
     )
@@ -118,8 +119,8 @@ class FindingEditSerializer(serializers.Serializer[Any]):
     reviewed to the finding's tier (answered 202 with the revision), and readers keep the
     current text until it is approved."""
 
-    title = serializers.CharField(max_length=300, required=False)
-    body = serializers.CharField(required=False)
+    title = serializers.CharField(max_length=MAX_TITLE_CHARS, required=False)
+    body = serializers.CharField(max_length=MAX_BODY_CHARS, required=False)
     note = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
 
 
@@ -153,7 +154,9 @@ class FindingRevisionSerializer(serializers.ModelSerializer[FindingRevision]):
 
 
 class RationaleSerializer(serializers.Serializer[Any]):
-    rationale = serializers.CharField(required=False, allow_blank=True, default="")
+    rationale = serializers.CharField(
+        max_length=MAX_RATIONALE_CHARS, required=False, allow_blank=True, default=""
+    )
 
 
 class VoteSerializer(serializers.ModelSerializer[Vote]):
@@ -217,7 +220,7 @@ class AssessmentSerializer(serializers.ModelSerializer[Assessment]):
 class AssessmentCreateSerializer(serializers.Serializer[Any]):
     capability_uplift = serializers.ChoiceField(choices=CapabilityUplift.choices)
     alignment_value = serializers.ChoiceField(choices=AlignmentValue.choices)
-    rationale = serializers.CharField()
+    rationale = serializers.CharField(max_length=MAX_RATIONALE_CHARS)
     categories = serializers.ListField(
         child=serializers.CharField(max_length=64), required=False, max_length=20
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from django.contrib.auth import get_user_model
@@ -16,6 +17,7 @@ from disclosure import policy
 from disclosure.models import (
     Grant,
 )
+from experiments.inputs import FUTURE_LIMIT_MESSAGE, too_far_ahead
 from experiments.models import (
     Finding,
     Project,
@@ -81,6 +83,11 @@ class GrantCreateSerializer(serializers.Serializer[Any]):
     )
     expires_at = serializers.DateTimeField()
     note = serializers.CharField(max_length=300, required=False, allow_blank=True, default="")
+
+    def validate_expires_at(self, value: datetime) -> datetime:
+        if too_far_ahead(value):
+            raise serializers.ValidationError(FUTURE_LIMIT_MESSAGE)
+        return value
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -1,6 +1,7 @@
 """A researcher's path in a real browser: sign in, submit a job through the form, watch the run
-page follow it live until it finishes. Headless Chromium (the system package; no Playwright
-browser download) against ``live_server`` and a real Celery worker."""
+page follow it live until it finishes, with the site's Content-Security-Policy refusing
+nothing the pages need (a refusal is a console error). Headless Chromium (the system package;
+no Playwright browser download) against ``live_server`` and a real Celery worker."""
 
 from __future__ import annotations
 
@@ -59,6 +60,11 @@ def test_a_researcher_submits_a_job_and_watches_it_finish(
 ) -> None:
     start_worker()
     base = live_server.url
+    refused: list[str] = []
+    page.on(
+        "console",
+        lambda msg: refused.append(msg.text) if "Content Security Policy" in msg.text else None,
+    )
 
     page.goto(f"{base}/accounts/login/")
     page.fill("input[name=username]", "alice")
@@ -96,3 +102,11 @@ def test_a_researcher_submits_a_job_and_watches_it_finish(
     assert page.locator("[data-field=stepline]").inner_text().strip() == "Step 40 / 40"
     run.refresh_from_db()
     assert run.status == RunStatus.SUCCEEDED
+    # The bar's width comes from app.js/run.js through the CSSOM, not a style attribute.
+    width = page.locator("[data-field=bar]").evaluate("el => el.style.width")
+    assert width in ("100%", "100.0%")
+
+    for url in ("/runs/", f"/runs/compare/?ids={run.pk}", "/findings/", "/access/"):
+        page.goto(f"{base}{url}")
+        page.wait_for_load_state("load")
+    assert refused == []

@@ -1,0 +1,20 @@
+#!/bin/sh
+# The image's entrypoint. Every role checks the deployment first (`check --deploy` at WARNING:
+# a missing or development SECRET_KEY, no master key, insecure cookies or TLS settings stop
+# the container here, with the reason in its log). The web role then migrates, collects
+# static files and serves; other roles (celery worker, celery beat) exec their command.
+#
+#   entrypoint.sh web                  # the default CMD
+#   entrypoint.sh celery -A h3lab.celery worker ...
+set -eu
+
+# DEPLOY_CHECK_FAIL_LEVEL=ERROR only to try the stack over plain HTTP (see compose.yaml).
+python manage.py check --deploy --fail-level "${DEPLOY_CHECK_FAIL_LEVEL:-WARNING}"
+
+if [ "${1:-web}" = "web" ]; then
+    python manage.py migrate --noinput
+    python manage.py collectstatic --noinput
+    exec gunicorn h3lab.wsgi --bind 0.0.0.0:8000 --workers "${WEB_CONCURRENCY:-3}" \
+        --access-logfile -
+fi
+exec "$@"
