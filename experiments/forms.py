@@ -26,6 +26,7 @@ from experiments.runconfig import (
     build_run_config,
     corpus_dir,
     project_corpora,
+    resource_errors,
 )
 from h3lab.config import ConfigError
 from h3lab.estimate import Estimate, estimate
@@ -219,6 +220,11 @@ class RunForm(forms.Form):
             d_model=data["d_model"],
             pending_corpus=target,
         )
+        # check_submit_run holds the run to its queue's limits too; checking here first keeps
+        # a refused run's upload from being written.
+        errors = resource_errors(cfg, data["queue"])
+        if errors:
+            raise ConfigError(errors)
         if upload and target:
             target.parent.mkdir(parents=True, exist_ok=True)
             with target.open("wb") as out:
