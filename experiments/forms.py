@@ -27,8 +27,10 @@ from experiments.runconfig import (
     build_run_config,
     corpus_dir,
     project_corpora,
+    resource_errors,
 )
 from h3lab.config import ConfigError
+from h3lab.estimate import Estimate, estimate
 
 PRESET_CHOICES = [
     ("h3", "H3"),
@@ -219,12 +221,41 @@ class RunForm(forms.Form):
             d_model=data["d_model"],
             pending_corpus=target,
         )
+        # check_submit_run holds the run to its queue's limits too; checking here first keeps
+        # a refused run's upload from being written.
+        errors = resource_errors(cfg, data["queue"])
+        if errors:
+            raise ConfigError(errors)
         if upload and target:
             target.parent.mkdir(parents=True, exist_ok=True)
             with target.open("wb") as out:
                 for chunk in upload.chunks():
                     out.write(chunk)
         return cfg.to_dict()
+
+    def estimate(self) -> Estimate | None:
+        """The cost of the run the form describes: its submitted values, or its initial ones
+        on a fresh form; None while they do not make a valid config. Writes nothing."""
+        values: dict[str, Any] = {}
+        for name in ("preset", "task", "vocab_size", "seq_len", "d_model", "n_layer", "steps"):
+            values[name] = self[name].value()
+        values.update(lr=self["lr"].value(), batch_size=self["batch_size"].value())
+        values["seed"] = self["seed"].value() or 0
+        try:
+            data = {name: self.fields[name].clean(value) for name, value in values.items()}
+            # The corpus's content does not change the cost: let a stand-in pass the check.
+            stand_in = corpus_dir(self.project) / ".estimate"
+            cfg = build_run_config(
+                self.project,
+                self._overrides(data, path=str(stand_in)),
+                base=self.base,
+                n_layer=data["n_layer"],
+                d_model=data["d_model"],
+                pending_corpus=stand_in,
+            )
+        except (forms.ValidationError, ConfigError, KeyError):
+            return None
+        return estimate(cfg)
 
     @staticmethod
     def _overrides(data: dict[str, Any], *, path: str) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from django.conf import settings
 from experiments.inputs import MAX_SEED
 from experiments.models import Project
 from h3lab.config import ConfigError, RunConfig, TaskConfig, TrainConfig
+from h3lab.estimate import Estimate, estimate
 
 # The platform's limits on what one run may ask of a worker (h3lab.config checks only what makes
 # a config meaningful). The form shows them as its fields' bounds.
@@ -67,6 +68,10 @@ def build_run_config(
     (the web form saves an upload only once the config validates); it counts as uploaded.
     """
     config = _merge(base or {}, overrides)
+    mixers = _section(overrides, "model").get("mixers")
+    if n_layer is not None and isinstance(mixers, list | tuple) and len(mixers) != n_layer:
+        # Without this the given depth would be silently ignored for the model section's.
+        raise ConfigError({"model.mixers": f"has {len(mixers):,} layers but n_layer is {n_layer}"})
     rebuild = "model" not in overrides and (
         n_layer is not None or d_model is not None or "model" not in config
     )
@@ -88,6 +93,53 @@ def build_run_config(
     if errors:
         raise ConfigError(errors)
     return cfg
+
+
+def resource_errors(cfg: RunConfig, queue: str) -> dict[str, str]:
+    """What ``cfg`` asks beyond the limits of ``queue``'s workers (``H3LAB_QUEUE_LIMITS``),
+    by the fields that drive each estimate, with the estimate and the limit in the message."""
+    limits = settings.H3LAB_QUEUE_LIMITS.get(queue)
+    if limits is None:
+        return {"queue": f"unknown queue {queue!r}"}
+    est = estimate(cfg)
+    errors: dict[str, list[str]] = {}
+
+    def refuse(keys: tuple[str, ...], message: str) -> None:
+        for key in keys:
+            errors.setdefault(key, []).append(message)
+
+    model_keys = ("model.n_layer", "model.d_model")
+    if est.parameters > limits["max_params"]:
+        refuse(
+            model_keys,
+            f"the model would have {est.parameters:,} parameters; the {queue} queue allows "
+            f"{limits['max_params']:,}",
+        )
+    max_bytes = limits["max_memory_mb"] * 2**20
+    if est.memory_bytes > max_bytes:
+        keys: tuple[str, ...] = ("task.seq_len", "train.batch_size")
+        if est.weights_bytes > max_bytes:
+            keys = model_keys + keys
+        refuse(
+            keys,
+            f"training would need ≈ {est.memory_bytes / 2**30:,.1f} GiB (estimated peak); the "
+            f"{queue} queue allows {limits['max_memory_mb'] / 1024:,.1f} GiB",
+        )
+    if est.flops > limits["max_gflop"] * 10**9:
+        refuse(
+            ("train.steps",),
+            f"the run would take ≈ {est.flops / 1e9:,.0f} GFLOP; the {queue} queue allows "
+            f"{limits['max_gflop']:,} GFLOP",
+        )
+    return {key: "; ".join(messages) for key, messages in errors.items()}
+
+
+def run_estimate(config: dict[str, Any]) -> Estimate | None:
+    """The estimate of a stored or submitted config, None if it does not validate."""
+    try:
+        return estimate(RunConfig.from_dict(config))
+    except ConfigError:
+        return None
 
 
 def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -5,6 +5,11 @@ the pure training function :func:`h3lab.train.train`, and records the outcome th
 actions again. The Run row is the source of truth; every write is conditional on this
 worker's claim, so duplicate deliveries, cancellations and reaped runs are all harmless.
 
+The training itself runs in a child process under the queue's memory cap
+(:mod:`h3lab.isolation`, ``H3LAB_RUN_MEMORY_LIMIT_MB``): a run that exhausts it fails with
+that message and the worker goes on with its next job. The worker process keeps the claim,
+the heartbeat thread and every database write; the child only trains and reports.
+
 The disclosure jobs (staged release, grant expiry, export builds) are here too, as thin
 wrappers around one disclosure function each. They keep the names they were registered under
 in ``disclosure.tasks`` (``name=`` below), so queued messages, routes and the beat schedule
@@ -138,7 +143,8 @@ def execute_run(run_id: int, *, task_id: str = "") -> str:
     )
     from experiments.storage import run_workdir
     from h3lab.config import RunConfig
-    from h3lab.train import Callbacks, train
+    from h3lab.isolation import MemoryLimitExceeded, TrainingFailed, train_isolated
+    from h3lab.train import Callbacks
 
     claim = do_claim_run(run_id, host=socket.gethostname(), task_id=task_id)
     if claim is None:
@@ -159,15 +165,22 @@ def execute_run(run_id: int, *, task_id: str = "") -> str:
             should_stop=lambda: liveness.stop.is_set() or recorder.lost,
         )
         try:
-            result = train(cfg, workdir, callbacks, resume=True)
-        except Exception as exc:
-            recorder.flush(force=True)
-            do_fail_run(
-                run_id,
-                claim.token,
-                error=f"{type(exc).__name__}: {exc}",
-                traceback=traceback.format_exc(),
+            result = train_isolated(
+                cfg,
+                workdir,
+                callbacks,
+                resume=True,
+                memory_limit_mb=settings.H3LAB_RUN_MEMORY_LIMIT_MB.get(claim.queue, 0),
             )
+        except Exception as exc:  # the child's failures included, as the exceptions below
+            recorder.flush(force=True)
+            if isinstance(exc, MemoryLimitExceeded):
+                error, trace = str(exc), ""
+            elif isinstance(exc, TrainingFailed):
+                error, trace = exc.error, exc.child_traceback
+            else:
+                error, trace = f"{type(exc).__name__}: {exc}", traceback.format_exc()
+            do_fail_run(run_id, claim.token, error=error, traceback=trace)
             return "failed"
         recorder.flush(force=True)
     if result.status == "stopped":

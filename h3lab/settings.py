@@ -205,6 +205,39 @@ H3LAB_REAPER_INTERVAL_S = float(env_str("H3LAB_REAPER_INTERVAL_S", "10"))
 H3LAB_MAX_ATTEMPTS = env_int("H3LAB_MAX_ATTEMPTS", 3)
 H3LAB_CANCEL_POLL_S = float(env_str("H3LAB_CANCEL_POLL_S", "1"))
 
+# --- Run resource limits --------------------------------------------------------------------
+# What one run may ask of its queue's workers, checked against h3lab.estimate (exact parameters,
+# conservative peak training memory, FLOPs of all its steps) before a run is accepted, for the
+# web form and the API alike (experiments.actions.runs.check_submit_run). "cpu" and "default"
+# fit one 2-core/24 GiB host; "gpu" one 80 GB GPU. Env: H3LAB_<QUEUE>_MAX_PARAMS,
+# H3LAB_<QUEUE>_MAX_MEMORY_MB, H3LAB_<QUEUE>_MAX_GFLOP.
+_QUEUE_LIMIT_DEFAULTS = {
+    # queue: (parameters, estimated peak MiB, GFLOP for the whole run)
+    "cpu": (200_000_000, 4 * 1024, 2_000_000),
+    "default": (200_000_000, 4 * 1024, 2_000_000),
+    "gpu": (4_000_000_000, 70 * 1024, 10_000_000_000),
+}
+H3LAB_QUEUE_LIMITS: dict[str, dict[str, int]] = {
+    queue: {
+        "max_params": env_int(f"H3LAB_{queue.upper()}_MAX_PARAMS", params),
+        "max_memory_mb": env_int(f"H3LAB_{queue.upper()}_MAX_MEMORY_MB", memory_mb),
+        "max_gflop": env_int(f"H3LAB_{queue.upper()}_MAX_GFLOP", gflop),
+    }
+    for queue, (params, memory_mb, gflop) in _QUEUE_LIMIT_DEFAULTS.items()
+}
+# Each run trains in a child process of the worker whose address space is capped at this many
+# MiB above what the Python and torch runtime already map (RLIMIT_AS), so a run that outgrows
+# it fails on its own and the worker goes on. 0 = no cap: the default on "gpu", because CUDA
+# reserves far more virtual address space than it uses and would not start under a cap.
+H3LAB_RUN_MEMORY_LIMIT_MB: dict[str, int] = {
+    "cpu": env_int("H3LAB_RUN_MEMORY_LIMIT_MB", 6 * 1024),
+    "default": env_int("H3LAB_RUN_MEMORY_LIMIT_MB", 6 * 1024),
+    "gpu": env_int("H3LAB_GPU_RUN_MEMORY_LIMIT_MB", 0),
+}
+# A project's backlog: submissions are refused while it has this many runs queued, or running.
+H3LAB_MAX_QUEUED_RUNS_PER_PROJECT = env_int("H3LAB_MAX_QUEUED_RUNS_PER_PROJECT", 20)
+H3LAB_MAX_RUNNING_RUNS_PER_PROJECT = env_int("H3LAB_MAX_RUNNING_RUNS_PER_PROJECT", 4)
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -6,6 +6,7 @@ connection of its own, exactly as on a worker, so nothing may hide inside a test
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import uuid
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from experiments.models import Artifact, MetricPoint, Run, RunStatus
 from experiments.signals import governed_change
 from experiments.storage import open_artifact, run_workdir
 from h3lab import jobs
+from h3lab.config import RunConfig
 from tests import factories
 from tests.conftest import Lab
 
@@ -110,23 +112,61 @@ def test_a_run_cancelled_before_it_starts_is_skipped(lab: Lab) -> None:
     assert not MetricPoint.objects.filter(run=run).exists()
 
 
-def test_a_training_exception_fails_the_run_with_error_and_traceback(
-    lab: Lab, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    def broken_train(*args: Any, **kwargs: Any) -> Any:
-        raise RuntimeError("loss became NaN at step 3")
-
-    monkeypatch.setattr("h3lab.train.train", broken_train)
-    run = submit(lab)
+def test_a_training_exception_fails_the_run_with_error_and_traceback(lab: Lab) -> None:
+    # A text task whose corpus is gone by the time the worker starts: train() raises in the
+    # child process, and its error and traceback are recorded by the worker.
+    cfg = factories.tiny_config(device="cpu")
+    task = dataclasses.replace(cfg.task, name="text", vocab_size=256, path="/nonexistent.txt")
+    run = do_submit_run(
+        project=lab.project,
+        cfg=dataclasses.replace(
+            cfg, task=task, model=dataclasses.replace(cfg.model, vocab_size=256)
+        ),
+        experiment_name="jobs",
+        enqueue=False,
+        acting_user=lab.alice,
+    )
 
     assert jobs.execute_run(run.pk) == "failed"
 
     run.refresh_from_db()
     assert run.status == RunStatus.FAILED
-    assert run.error == "RuntimeError: loss became NaN at step 3"
+    assert run.error.startswith("FileNotFoundError: "), run.error
+    assert "/nonexistent.txt" in run.error
     assert "Traceback (most recent call last)" in run.traceback
-    assert "broken_train" in run.traceback
+    assert "make_datasets" in run.traceback
     assert run.finished_at is not None
+
+
+def test_a_run_that_exhausts_its_memory_limit_fails_and_the_next_run_succeeds(
+    lab: Lab, settings: Any
+) -> None:
+    # The cap counts what training allocates beyond the runtime; 300 MiB holds a tiny run, not
+    # a batch of 32 sequences of 2,048 tokens through a 256-wide H3 (≈ 9 GiB estimated).
+    settings.H3LAB_RUN_MEMORY_LIMIT_MB = {"cpu": 300}
+    tiny = factories.tiny_config(device="cpu", steps=5)
+    big = RunConfig.build(
+        preset="h3",
+        n_layer=2,
+        d_model=256,
+        task=dataclasses.replace(tiny.task, seq_len=2048),
+        train=dataclasses.replace(tiny.train, batch_size=32),
+    )
+    greedy = do_submit_run(
+        project=lab.project, cfg=big, experiment_name="jobs", enqueue=False, acting_user=lab.alice
+    )
+    normal = do_submit_run(
+        project=lab.project, cfg=tiny, experiment_name="jobs", enqueue=False, acting_user=lab.alice
+    )
+
+    assert jobs.execute_run(greedy.pk) == "failed"
+    assert jobs.execute_run(normal.pk) == "succeeded"
+
+    greedy.refresh_from_db()
+    assert greedy.status == RunStatus.FAILED
+    assert greedy.error.startswith("run exceeded its memory limit of 300 MiB"), greedy.error
+    normal.refresh_from_db()
+    assert normal.status == RunStatus.SUCCEEDED
 
 
 def _stale_running_run(lab: Lab, *, attempt: int) -> Run:

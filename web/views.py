@@ -151,6 +151,7 @@ def _render_run_form(request: HttpRequest, form: RunForm, rerun_of: Run | None) 
         "project": form.project,
         "rerun_of": rerun_of,
         "task_defaults": TASK_DEFAULTS,
+        "estimate": form.estimate(),
     }
     return render(request, "experiments/run_form.html", context)
 

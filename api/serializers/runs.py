@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from django.contrib.auth import get_user_model
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from api.serializers.artifacts import ArtifactSerializer
@@ -21,9 +22,18 @@ from experiments.models import (
     Run,
     RunStatus,
 )
-from experiments.runconfig import MAX_D_MODEL, MAX_LAYERS
+from experiments.runconfig import MAX_D_MODEL, MAX_LAYERS, run_estimate
 
 User = get_user_model()
+
+
+class EstimateSerializer(serializers.Serializer[Any]):
+    """What the run is estimated to cost (:mod:`h3lab.estimate`): exact parameters, the
+    conservative peak training memory in bytes, and FLOPs over all its steps."""
+
+    parameters = serializers.IntegerField()
+    memory_bytes = serializers.IntegerField()
+    flops = serializers.IntegerField()
 
 
 class RunSerializer(serializers.ModelSerializer[Run]):
@@ -40,6 +50,7 @@ class RunSerializer(serializers.ModelSerializer[Run]):
     tokens_per_s = FiniteFloatField()
     eta_s = FiniteFloatField()
     active = serializers.BooleanField(source="is_active", read_only=True)
+    estimate = serializers.SerializerMethodField()
 
     class Meta:
         model = Run
@@ -73,11 +84,19 @@ class RunSerializer(serializers.ModelSerializer[Run]):
             "device",
             "worker_host",
             "error",
+            "estimate",
         ]
         read_only_fields = fields
 
     def get_fraction(self, run: Run) -> float:
         return round(run.progress_fraction, 4)
+
+    @extend_schema_field(EstimateSerializer(allow_null=True))
+    def get_estimate(self, run: Run) -> dict[str, int] | None:
+        est = run_estimate(run.config)
+        if est is None:
+            return None
+        return {"parameters": est.parameters, "memory_bytes": est.memory_bytes, "flops": est.flops}
 
 
 class RunDetailSerializer(RunSerializer):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -14,9 +15,10 @@ from experiments.models import (
     Run,
     RunStatus,
 )
+from experiments.runconfig import resource_errors
 from experiments.signals import announce, is_user
 from experiments.users import ActingUser
-from h3lab.config import RunConfig
+from h3lab.config import ConfigError, RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -35,19 +37,50 @@ def check_submit_run(
     enqueue: bool = True,
     acting_user: ActingUser,
 ) -> Run:
-    """Validate ``config`` against :class:`h3lab.config.RunConfig` (raises ConfigError naming
-    every bad field) and submit the run."""
+    """Validate ``config`` against :class:`h3lab.config.RunConfig`, the limits of ``queue``
+    (:func:`experiments.runconfig.resource_errors`) and the project's backlog, then submit the
+    run. Raises ConfigError naming every bad field (``project`` for the backlog)."""
     cfg = RunConfig.from_dict(config)
-    return do_submit_run(
-        project=project,
-        cfg=cfg,
-        experiment_name=experiment_name or "default",
-        name=name,
-        queue=queue,
-        rerun_of=rerun_of,
-        enqueue=enqueue,
-        acting_user=acting_user,
-    )
+    errors = resource_errors(cfg, queue)
+    if errors:
+        raise ConfigError(errors)
+    with transaction.atomic():
+        # Lock the project so concurrent submissions count each other (PostgreSQL; SQLite
+        # serialises writers anyway).
+        Project.objects.select_for_update().filter(pk=project.pk).exists()
+        backlog_error = _backlog_error(project)
+        if backlog_error:
+            raise ConfigError({"project": backlog_error})
+        return do_submit_run(
+            project=project,
+            cfg=cfg,
+            experiment_name=experiment_name or "default",
+            name=name,
+            queue=queue,
+            rerun_of=rerun_of,
+            enqueue=enqueue,
+            acting_user=acting_user,
+        )
+
+
+def _backlog_error(project: Project) -> str:
+    """Why ``project`` may not queue another run now ('' if it may): at most
+    ``H3LAB_MAX_QUEUED_RUNS_PER_PROJECT`` waiting and ``H3LAB_MAX_RUNNING_RUNS_PER_PROJECT``
+    training, so that one project cannot take every worker or flood the broker."""
+    runs = Run.objects.filter(project=project)
+    queued = runs.filter(status=RunStatus.QUEUED).count()
+    if queued >= settings.H3LAB_MAX_QUEUED_RUNS_PER_PROJECT:
+        return (
+            f"{project.name} already has {queued} queued runs, the most a project may have; "
+            "wait for some to start or cancel some"
+        )
+    running = runs.filter(status=RunStatus.RUNNING).count()
+    if running >= settings.H3LAB_MAX_RUNNING_RUNS_PER_PROJECT:
+        return (
+            f"{project.name} already has {running} runs training, the most a project may have; "
+            "wait for one to finish or cancel one"
+        )
+    return ""
 
 
 def do_submit_run(

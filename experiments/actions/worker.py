@@ -35,6 +35,7 @@ class Claim:
     token: uuid.UUID
     config: dict[str, Any]
     attempt: int
+    queue: str = "cpu"
 
 
 def do_claim_run(run_id: int, *, host: str, device: str = "", task_id: str = "") -> Claim | None:
@@ -59,7 +60,9 @@ def do_claim_run(run_id: int, *, host: str, device: str = "", task_id: str = "")
         Run.objects.filter(pk=run_id, started_at__isnull=True).update(started_at=now)
         run = Run.objects.get(pk=run_id)
         announce(None, "run.start", run, new={"attempt": run.attempt, "host": host})
-    return Claim(run_id=run_id, token=token, config=run.config, attempt=run.attempt)
+    return Claim(
+        run_id=run_id, token=token, config=run.config, attempt=run.attempt, queue=run.queue
+    )
 
 
 def _claimed(run_id: int, token: uuid.UUID) -> Any:

@@ -5,14 +5,16 @@ Timeouts are generous and every wait polls the database: these run on loaded 2-c
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
 import pytest
 
-from experiments.actions.runs import check_submit_run, do_cancel_run
+from experiments.actions.runs import check_submit_run, do_cancel_run, do_submit_run
 from experiments.models import Artifact, MetricPoint, Run, RunStatus
 from experiments.storage import run_workdir
+from h3lab.config import RunConfig
 from tests import factories
 from tests.conftest import Lab
 from tests.e2e.conftest import Worker, run_row, wait_for
@@ -110,3 +112,31 @@ def test_a_run_whose_worker_is_killed_is_resumed_by_another(lab: Lab, start_work
 
         text = b"".join(open_artifact(log)).decode()  # stored encrypted
         assert "resumed from" in text, text[-2000:]
+
+
+def test_a_run_past_its_memory_limit_fails_and_the_worker_takes_the_next_job(
+    lab: Lab, start_worker: Any
+) -> None:
+    worker: Worker = start_worker(env={"H3LAB_RUN_MEMORY_LIMIT_MB": "300"})
+    tiny = factories.tiny_config(device="cpu", steps=5)
+    # ≈ 9 GiB estimated: the limits would refuse it at submission, so it goes in directly, as
+    # a run that underestimated itself would.
+    greedy_cfg = RunConfig.build(
+        preset="h3",
+        n_layer=2,
+        d_model=256,
+        task=dataclasses.replace(tiny.task, seq_len=2048),
+        train=dataclasses.replace(tiny.train, batch_size=32),
+    )
+    greedy = do_submit_run(
+        project=lab.project, cfg=greedy_cfg, experiment_name="e2e", acting_user=lab.alice
+    )
+    normal = submit(lab, steps=5)
+
+    greedy = wait_for(lambda: finished(greedy.pk), timeout=240, what="the greedy run to end")
+    normal = wait_for(lambda: finished(normal.pk), timeout=240, what="the next run to end")
+
+    assert greedy.status == RunStatus.FAILED
+    assert greedy.error.startswith("run exceeded its memory limit of 300 MiB"), greedy.error
+    assert normal.status == RunStatus.SUCCEEDED, normal.error
+    assert worker.alive()
