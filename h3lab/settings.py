@@ -187,6 +187,10 @@ else:
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Each run trains in its own spawned, memory-capped child process (h3lab/isolation.py). The
+# prefork pool's processes are daemonic and may not start children, so workers run tasks in
+# a thread of the worker process instead, which also keeps it answering pings while it trains.
+CELERY_WORKER_POOL = env_str("CELERY_WORKER_POOL", "threads")
 CELERY_TASK_DEFAULT_QUEUE = "cpu"
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]

@@ -45,6 +45,7 @@ def commands(python: str, host: str, port: str) -> list[Child]:
                 "worker",
                 "--queues=cpu,gpu,default",
                 "--prefetch-multiplier=1",
+                "--pool=threads",
                 "--concurrency=1",
                 "--loglevel=INFO",
                 "--hostname=worker@%h",
