@@ -364,8 +364,9 @@ MIDDLEWARE.insert(
 # SECURITY: with DEBUG off the process refuses to start, whatever starts it (runserver, migrate,
 # gunicorn, a Celery worker or beat all import these settings), without a real SECRET_KEY and
 # a master key: the development key is public, so sessions, CSRF tokens and password-reset links
-# signed with it could be forged. The same rules are system checks h3lab.E001/E010 for
-# `check --deploy`; the key material itself is validated by check h3lab.E011.
+# signed with it could be forged. The reasons carry the ids of system checks h3lab.E001/E010,
+# which report the same faults when settings are changed after import; check h3lab.E011
+# validates the key material itself.
 MIN_SECRET_KEY_CHARS = 50
 
 

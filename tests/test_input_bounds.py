@@ -40,6 +40,17 @@ def test_a_nul_byte_in_a_query_parameter_name_answers_400(lab: Lab, client: Clie
     assert client.get("/findings/?a%00b=1").status_code == 400
 
 
+def test_a_nul_byte_in_an_api_query_answers_400_in_the_api_error_format(lab: Lab) -> None:
+    response = api(lab.alice).get("/api/v1/findings/", {"q": "a\x00"})
+    assert response.status_code == 400
+    assert response["Content-Type"] == "application/json"
+    assert error(response) == {
+        "code": "parse_error",
+        "message": "Request parameters must not contain NUL bytes.",
+        "fields": {},
+    }
+
+
 def test_a_nul_byte_in_form_input_answers_400(lab: Lab) -> None:
     response = login(lab.alice).post("/accounts/login/", {"username": "a\x00", "password": "x"})
     assert response.status_code == 400

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from functools import wraps
 from typing import Any
 
-from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
 
 CONTENT_SECURITY_POLICY = "; ".join(
     [
@@ -67,6 +67,9 @@ class RejectNulBytesMiddleware:
             and request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data")
             and _has_nul(request.POST.lists())
         ):
+            if request.path.startswith("/api/"):  # the API's error body (api/errors.py)
+                error = {"code": "parse_error", "message": NUL_MESSAGE, "fields": {}}
+                return JsonResponse({"error": error}, status=400)
             return HttpResponseBadRequest(NUL_MESSAGE, content_type="text/plain; charset=utf-8")
         return self.get_response(request)
 
