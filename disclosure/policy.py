@@ -537,3 +537,36 @@ def readable_finding_ids(user: Viewer, ids: Iterable[int | None]) -> set[int]:
     if not wanted:
         return set()
     return set(visible_findings(user).filter(pk__in=wanted).values_list("pk", flat=True))
+
+
+# --- accounts ---------------------------------------------------------------------------------
+
+
+def requires_second_factor(user: Any) -> bool:
+    """Whether ``user`` must pass a second factor (TOTP or a recovery code) before reaching
+    anything: everyone who can see or release more than their own team's work — the review
+    board, release managers, delegated project managers (guardian ``change_project``, directly
+    or through a group), staff and superusers. One query (none for staff and superusers)."""
+    from django.db.models import Exists, OuterRef
+
+    from disclosure.models import ProjectGroupObjectPermission, ProjectUserObjectPermission
+
+    if not _authenticated(user):
+        return False
+    if user.is_superuser or user.is_staff:
+        return True
+    roles = (settings.H3LAB_REVIEW_BOARD_GROUP, settings.H3LAB_RELEASE_MANAGERS_GROUP)
+    me = OuterRef("pk")
+    in_role = get_user_model().groups.through.objects.filter(user=me, group__name__in=roles)
+    delegated = ProjectUserObjectPermission.objects.filter(
+        user=me, permission__codename="change_project"
+    )
+    delegated_group = ProjectGroupObjectPermission.objects.filter(
+        group__user=me, permission__codename="change_project"
+    )
+    return (
+        get_user_model()
+        .objects.filter(pk=user.pk)
+        .filter(Exists(in_role) | Exists(delegated) | Exists(delegated_group))
+        .exists()
+    )

@@ -1,8 +1,11 @@
 """Audit entries for changes that do not pass through an action: group membership (which gives
-a project's runs and findings, or a role) and guardian object permissions (which delegate a
+a project's runs and findings, or a role), guardian object permissions (which delegate a
 project's release management). They are observed as ORM signals, so a change made in the admin,
 a shell or the API is recorded just like one made by an action; the actor is the current one
 (:func:`experiments.signals.current_actor`), with the route it came by.
+
+Failed logins (Django's ``user_login_failed``) and lockouts (django-axes' ``user_locked_out``)
+are recorded here too, with no actor: nobody is signed in yet.
 """
 
 from __future__ import annotations
@@ -99,7 +102,35 @@ def _record_object_permission(row: Any, *, added: bool) -> None:
     )
 
 
+def login_failed(sender: Any, credentials: dict[str, Any], request: Any = None, **kw: Any) -> None:
+    """Django's ``user_login_failed``: a wrong password, an unknown username, or a try while
+    locked out. The username is recorded as typed; no user row is looked up."""
+    audit.record(
+        None,
+        "account.login_failed",
+        new={"username": str(credentials.get("username", ""))[:150]},
+        ip=audit.client_ip(request),
+    )
+
+
+def locked_out(
+    sender: Any, request: Any, username: str | None, ip_address: str | None, **kw: Any
+) -> None:
+    """django-axes' ``user_locked_out``: too many failures for this username from this address."""
+    audit.record(
+        None,
+        "account.locked_out",
+        new={"username": str(username or "")[:150]},
+        ip=ip_address or audit.client_ip(request),
+    )
+
+
 def connect() -> None:
+    from axes.signals import user_locked_out
+    from django.contrib.auth.signals import user_login_failed
+
+    user_login_failed.connect(login_failed, dispatch_uid="disclosure.login_failed")
+    user_locked_out.connect(locked_out, dispatch_uid="disclosure.locked_out")
     through = User.groups.through
     m2m_changed.connect(membership_changed, sender=through, dispatch_uid="disclosure.membership")
     for model in (ProjectUserObjectPermission, ProjectGroupObjectPermission):

@@ -9,6 +9,7 @@ Defaults are the *embedded* single-machine setup: SQLite under ``var/`` and Cele
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -402,3 +403,55 @@ if _refusals:
         "and a master key with `python -c 'import base64, os; "
         'print("k1:" + base64.b64encode(os.urandom(32)).decode())\'` (see README, Deployment).'
     )
+
+# --- accounts: login throttling, second factor, password hashing -------------------------------
+# Kept in one block. Lockouts (django-axes) count failed logins per username *and* client
+# address; `manage.py axes_reset_username <name>` (or `axes_reset`) lifts one early. A second
+# factor (django-otp: TOTP, with one-time recovery codes) is required of everyone whose
+# account can see or release more than their own team's work: see
+# disclosure.policy.requires_second_factor and web.accounts.SecondFactorMiddleware.
+INSTALLED_APPS += [
+    "axes",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
+    "django_otp.plugins.otp_static",
+]
+# OTPMiddleware marks request.user as verified; the second-factor gate must see that, and the
+# lockout middleware must wrap the login view's response, so all three follow authentication.
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("django.contrib.auth.middleware.AuthenticationMiddleware") + 1,
+    "django_otp.middleware.OTPMiddleware",
+)
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("django_otp.middleware.OTPMiddleware") + 1,
+    "web.accounts.SecondFactorMiddleware",
+)
+MIDDLEWARE.append("axes.middleware.AxesMiddleware")
+# Axes first: it refuses a locked-out login before any password is checked.
+AUTHENTICATION_BACKENDS.insert(0, "axes.backends.AxesStandaloneBackend")
+H3LAB_LOGIN_FAILURE_LIMIT = env_int("H3LAB_LOGIN_FAILURE_LIMIT", 5)
+H3LAB_LOGIN_COOLOFF_MINUTES = env_int("H3LAB_LOGIN_COOLOFF_MINUTES", 15)
+AXES_FAILURE_LIMIT = H3LAB_LOGIN_FAILURE_LIMIT
+AXES_COOLOFF_TIME = timedelta(minutes=H3LAB_LOGIN_COOLOFF_MINUTES)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+# The lockout answer is the login page with a message, the same for every username.
+AXES_LOCKOUT_CALLABLE = "web.accounts.lockout_response"
+# SECURITY: the client address is REMOTE_ADDR, as in the audit log; X-Forwarded-For is
+# client-controlled and would let an attacker pick a fresh address per guess.
+AXES_CLIENT_IP_CALLABLE = "disclosure.audit.client_ip"
+OTP_TOTP_ISSUER = env_str("OTP_TOTP_ISSUER", "h3lab")
+H3LAB_RECOVERY_CODES = 10
+# Argon2 hashes new passwords; older PBKDF2 hashes still verify and are re-hashed with Argon2
+# at the user's next login.
+PASSWORD_HASHERS = [
+    "django.contrib.auth.hashers.Argon2PasswordHasher",
+    "django.contrib.auth.hashers.PBKDF2PasswordHasher",
+    "django.contrib.auth.hashers.PBKDF2SHA1PasswordHasher",
+    "django.contrib.auth.hashers.ScryptPasswordHasher",
+]
+AUTH_PASSWORD_VALIDATORS += [
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+PASSWORD_RESET_TIMEOUT = env_int("PASSWORD_RESET_TIMEOUT", 3 * 3600)

@@ -16,6 +16,7 @@ import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 
+from disclosure import policy
 from experiments.models import Finding, Project
 from tests import factories
 
@@ -42,10 +43,29 @@ def lab(db: None) -> Lab:
     return Lab(alice=alice, bob=bob, charlie=charlie, project=project, other_project=other)
 
 
-def login(user: User) -> Client:
-    c = Client()
+def login(user: User, client: Client | None = None) -> Client:
+    """A client signed in as ``user``. Someone who must pass a second factor
+    (:func:`disclosure.policy.requires_second_factor`) gets a confirmed TOTP device and a
+    session that has passed it, as after the verification step."""
+    c = client if client is not None else Client()
     c.force_login(user)
+    if policy.requires_second_factor(user):
+        verify_second_factor(c, user)
     return c
+
+
+def verify_second_factor(client: Client, user: User) -> None:
+    """Mark ``client``'s session verified with ``user``'s test device (what ``django_otp.login``
+    stores after a good code)."""
+    from django_otp import DEVICE_ID_SESSION_KEY
+    from django_otp.plugins.otp_totp.models import TOTPDevice
+
+    device, _ = TOTPDevice.objects.get_or_create(
+        user=user, name="test device", defaults={"confirmed": True}
+    )
+    session = client.session
+    session[DEVICE_ID_SESSION_KEY] = device.persistent_id
+    session.save()
 
 
 @pytest.fixture

@@ -86,9 +86,10 @@ def test_the_finding_list_costs_a_constant_number_of_queries(cast: Cast) -> None
             factories.make_finding(cast.lab.other_project, tier=Tier.PUBLIC)
         with CaptureQueriesContext(connection) as ctx:
             assert carol.get(reverse("findings")).status_code == 200
-        # session, user, then: count, page (findings joined to projects), and the nav's
-        # reviewer / release-manager / unread-count lookups
-        assert len(ctx.captured_queries) == 7
+        # session, user, the second-factor gate (do carol's roles need one?), then: count,
+        # page (findings joined to projects), and the nav's reviewer / release-manager /
+        # unread-count lookups
+        assert len(ctx.captured_queries) == 8
 
 
 def test_release_managers_grant_and_revoke_access(cast: Cast) -> None:

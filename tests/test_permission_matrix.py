@@ -142,6 +142,17 @@ REGISTRY: dict[str, Entry] = {
     # site
     "login": Entry(),
     "logout": Entry(method="post", fresh_client=True),
+    # accounts: password change needs a session; reset is for anyone (a bad link answers 200)
+    "password_change": Entry(allowed=signed_in),
+    "password_change_done": Entry(allowed=signed_in),
+    "password_reset": Entry(),
+    "password_reset_done": Entry(),
+    "password_reset_confirm": Entry(lambda w: {"uidb64": "MQ", "token": "no-such-token"}),
+    "password_reset_complete": Entry(),
+    # second factor: the helper's personas are verified already (redirected onwards)
+    "mfa-enrol": Entry(allowed=signed_in),
+    "mfa-verify": Entry(allowed=signed_in),
+    "mfa-recovery-codes": Entry(allowed=signed_in),
     # experiments (team working material)
     "home": Entry(),
     "project": Entry(project_kw, member_only),

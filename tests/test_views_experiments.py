@@ -53,6 +53,9 @@ def make_artifact(run: Run, tmp_path: Path, name: str, data: bytes) -> Artifact:
 # Every signed-in page renders the disclosure app's nav (templates/disclosure/_nav.html), which
 # asks: is the user on the review board?, a release manager?, how many unread notifications?
 NAV_QUERIES = 3
+# Every signed-in request passes the second-factor gate (web/accounts.py): a session verified
+# with a device loads that device; any other asks whether the user's roles need one.
+SECOND_FACTOR_QUERIES = 1
 
 
 def login_redirect(response: HttpResponseBase) -> bool:
@@ -261,8 +264,8 @@ def test_runs_list_uses_a_constant_number_of_queries(
         factories.make_run(lab.project, experiment=f"exp-{i % 4}", user=lab.alice)
     # 1 session, 2 user, 3 the filter's project (validating ?project=), 4 paginator count,
     # 5 the project choices rendered in the filter form, 6 the page of runs joined to project,
-    # experiment and creator; plus the nav's queries. Nothing per row.
-    with django_assert_num_queries(6 + NAV_QUERIES):
+    # experiment and creator; plus the nav's and the second-factor gate's. Nothing per row.
+    with django_assert_num_queries(6 + NAV_QUERIES + SECOND_FACTOR_QUERIES):
         response = as_alice.get(reverse("runs"), {"project": "induction"})
     assert len(response.context["page"]) == n_runs
 
@@ -316,9 +319,10 @@ def test_run_page_uses_a_constant_number_of_queries(
         make_artifact(done, tmp_path, f"probe-{i}.json", b"{}")
     factories.add_metrics(done, "train_loss", [1.0 / (i + 1) for i in range(n_items)])
     # 1 session, 2 user, 3 the run joined to experiment and project, 4 its artifacts,
-    # 5 membership check for the action buttons, 6 the creator's name; plus the nav's queries.
+    # 5 membership check for the action buttons, 6 the creator's name; plus the nav's queries
+    # and the second-factor gate's.
     # Metric points are not read here: the page's script fetches them from progress.json.
-    with django_assert_num_queries(6 + NAV_QUERIES):
+    with django_assert_num_queries(6 + NAV_QUERIES + SECOND_FACTOR_QUERIES):
         as_alice.get(reverse("run", args=[done.pk]))
 
 

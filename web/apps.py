@@ -4,3 +4,10 @@ from django.apps import AppConfig
 class WebConfig(AppConfig):
     name = "web"
     verbose_name = "Site pages"
+
+    def ready(self) -> None:
+        from django.contrib.auth.signals import user_logged_in
+
+        from web.accounts import note_second_factor_at_login
+
+        user_logged_in.connect(note_second_factor_at_login, dispatch_uid="web.second_factor")

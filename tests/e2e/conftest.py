@@ -136,7 +136,7 @@ def start_worker(
         }
         argv = [
             sys.executable, "-m", "celery", "-A", "h3lab.celery", "worker",
-            "--queues=cpu,gpu,default", "--pool=solo", "--concurrency=1",
+            "--queues=cpu,gpu,default", "--pool=threads", "--concurrency=1",
             "--prefetch-multiplier=1", f"--hostname={name}@%h", "--loglevel=INFO",
             "--without-gossip", "--without-mingle",
         ]  # fmt: skip

@@ -40,3 +40,8 @@ class Command(BaseCommand):
                     step(demo)
         self.stdout.write(self.style.SUCCESS("\nDemo lab ready. Sign in as:"))
         self.stdout.write(persona_table())
+        self.stdout.write(
+            "\nReviewers, release managers and the admin set up a second factor (any TOTP "
+            "authenticator app) at their first login, as in a real lab; see README, "
+            '"Accounts and MFA".'
+        )
