@@ -15,10 +15,9 @@ from django.views.decorators.http import require_GET, require_POST
 
 from disclosure import audit, forms, policy
 from disclosure.actions.exports import check_request_export, do_record_export_download
-from disclosure.exports.build import open_export
+from disclosure.exports.build import open_export, stream_export
 from disclosure.exports.rules import ExportRefused
 from disclosure.models import ExportKind, SigningKey
-from experiments.downloads import stream_file
 from experiments.storage import ArtifactUnavailable
 
 log = logging.getLogger(__name__)
@@ -166,10 +165,4 @@ def export_download(request: HttpRequest, pk: int) -> HttpResponse | StreamingHt
         log.error("export %s unavailable: %s", export.pk, exc)
         return render(request, "disclosure/export_unavailable.html", {"export": export}, status=503)
     do_record_export_download(export, acting_user=request.user, ip=audit.client_ip(request))
-    return stream_file(
-        chunks,
-        filename=export.filename,
-        content_type="application/gzip",
-        size=export.size,
-        sha256=export.sha256,
-    )
+    return stream_export(export, chunks)

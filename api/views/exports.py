@@ -25,10 +25,9 @@ from api.views.common import (
 )
 from disclosure import audit, policy
 from disclosure.actions.exports import check_request_export, do_record_export_download
-from disclosure.exports.build import open_export
+from disclosure.exports.build import open_export, stream_export
 from disclosure.exports.rules import ExportRefused, describe_blockers
 from disclosure.models import Export
-from experiments.downloads import stream_file
 from experiments.storage import ArtifactUnavailable
 
 log = logging.getLogger(__name__)
@@ -97,10 +96,4 @@ class ExportViewSet(ApiViewMixin, viewsets.GenericViewSet[Export]):
         except ArtifactUnavailable as exc:
             raise unavailable(f"export {export.pk}", exc) from None
         do_record_export_download(export, acting_user=request.user, ip=audit.client_ip(request))
-        return stream_file(
-            chunks,
-            filename=export.filename,
-            content_type="application/gzip",
-            size=export.size,
-            sha256=export.sha256,
-        )
+        return stream_export(export, chunks)

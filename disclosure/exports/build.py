@@ -25,6 +25,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.http import StreamingHttpResponse
 from django.utils import timezone
 
 from disclosure import audit, bundles, signing
@@ -38,6 +39,7 @@ from disclosure.exports.rules import (
 from disclosure.marks import MARK_KEY
 from disclosure.models import Export, ExportKind, ExportStatus, RecipientMark
 from experiments import storage
+from experiments.downloads import stream_file
 from experiments.models import Finding
 from vault import crypto, keystore
 
@@ -207,6 +209,18 @@ def _finish(
             blockers=blockers or {},
         )
         audit.record(None, f"export.{status}", export, new={"message": message[:2000]})
+
+
+def stream_export(export: Export, chunks: Iterator[bytes]) -> StreamingHttpResponse:
+    """The download response for an export opened with :func:`open_export`: the one responder
+    (and header set) every download uses, for the web page and the API alike."""
+    return stream_file(
+        chunks,
+        filename=export.filename,
+        content_type="application/gzip",
+        size=export.size,
+        sha256=export.sha256,
+    )
 
 
 def open_export(export: Export) -> Iterator[bytes]:
