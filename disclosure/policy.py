@@ -378,6 +378,46 @@ def manageable_projects(user: Viewer) -> QuerySet[Project]:
     )
 
 
+# --- lab administration -----------------------------------------------------------------------
+
+
+def can_administer_lab(user: Viewer) -> TypeGuard[User]:
+    """Create projects and delegate a project's release management: lab admins only."""
+    return is_lab_admin(user)
+
+
+def team_managed_projects(user: Viewer) -> QuerySet[Project]:
+    """Projects whose team the user may change: every project for a lab admin; for anyone else
+    the projects delegated to them (guardian ``change_project``, directly or through a group).
+    Release managers are not included: releasing work is not the same as opening it to people."""
+    if is_lab_admin(user):
+        return Project.objects.all()
+    if not _authenticated(user):
+        return Project.objects.none()
+    return get_objects_for_user(
+        user, "experiments.change_project", Project, accept_global_perms=False
+    )
+
+
+def get_team_managed_project_or_404(user: Viewer, slug: str) -> Project:
+    return get_visible_or_404(team_managed_projects(user), slug=slug)
+
+
+def can_manage_team(user: Viewer, project: Project) -> bool:
+    return team_managed_projects(user).filter(pk=project.pk).exists()
+
+
+def project_delegates(project: Project) -> QuerySet[User]:
+    """Users delegated ``change_project`` on ``project`` directly (group delegations are shown
+    in the admin)."""
+    from disclosure.models import ProjectUserObjectPermission
+
+    ids = ProjectUserObjectPermission.objects.filter(
+        content_object=project, permission__codename="change_project"
+    ).values("user_id")
+    return get_user_model().objects.filter(pk__in=ids).order_by("username")
+
+
 def manageable_grants(user: Viewer) -> QuerySet[Grant]:
     """Grants the user may see and manage: those covering a project they manage or a finding of
     one (the grants page, the admin and the API all list these)."""

@@ -118,6 +118,16 @@ def release_manager(p: str, t: int) -> bool:
     return p == "release_manager"
 
 
+def lab_admin_only(p: str, t: int) -> bool:
+    """Lab administration: superusers and (for a team) the project's delegates; none of the
+    personas is either (tests/test_lab_admin.py checks those who are)."""
+    return False
+
+
+def member_kw(w: World) -> dict[str, Any]:
+    return {"slug": w.cast.lab.project.slug, "username": w.users["member"].username}
+
+
 def reviewing(p: str, t: int) -> bool:
     return p == "reviewer" and t >= Tier.REVIEW
 
@@ -156,6 +166,8 @@ REGISTRY: dict[str, Entry] = {
     # experiments (team working material)
     "home": Entry(),
     "project": Entry(project_kw, member_only),
+    "project-team": Entry(project_kw, lab_admin_only),
+    "lab": Entry(allowed=lab_admin_only),
     "run-new": Entry(project_kw, member_only),
     "runs": Entry(allowed=signed_in),
     "runs-compare": Entry(allowed=member_only, query=lambda w: {"ids": str(w.run.pk)}),
@@ -213,6 +225,10 @@ REGISTRY: dict[str, Entry] = {
     "api-me": Entry(allowed=signed_in),
     "api-project-list": Entry(allowed=signed_in),
     "api-project-detail": Entry(project_kw, member_only),
+    "api-project-team": Entry(project_kw, lab_admin_only),
+    "api-project-member": Entry(member_kw, lab_admin_only, method="delete"),
+    "api-project-delegates": Entry(project_kw, lab_admin_only, method="post"),
+    "api-project-delegate": Entry(member_kw, lab_admin_only, method="delete"),
     "api-experiment-list": Entry(allowed=signed_in),
     "api-experiment-detail": Entry(lambda w: {"pk": w.run.experiment_id}, member_only),
     "api-run-list": Entry(allowed=signed_in),

@@ -95,6 +95,7 @@ def project_detail(request: HttpRequest, slug: str) -> HttpResponse:
         "runs": runs.select_related("experiment", "created_by")[:20],
         "findings": policy.visible_findings(request.user).filter(project=project)[:20],
         "can_submit": policy.can_submit_run(request.user, project),
+        "can_manage_team": policy.can_manage_team(request.user, project),
     }
     return render(request, "experiments/project_detail.html", context)
 

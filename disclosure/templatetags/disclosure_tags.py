@@ -22,6 +22,7 @@ def disclosure_nav(context: dict[str, Any]) -> dict[str, Any]:
     return {
         "reviewer": policy.is_reviewer(user),
         "release_manager": policy.is_release_manager(user),
+        "lab_admin": policy.can_administer_lab(user),
         "unread": notifications.unread_count(user),
     }
 
