@@ -6,6 +6,7 @@ from disclosure import revision_views, views
 urlpatterns = [
     path("findings/", views.finding_list, name="findings"),
     path("findings/<int:pk>/", views.finding_detail, name="finding"),
+    path("findings/<int:pk>/audience/", views.finding_audience, name="finding-audience"),
     path(
         "findings/<int:pk>/request-review/",
         views.finding_request_review,

@@ -18,7 +18,7 @@ from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpRespons
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_GET, require_POST
 
 from disclosure import audit, forms, policy
 from disclosure.actions.agreements import do_accept_agreement
@@ -127,6 +127,20 @@ def finding_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "revisions": revisions_context(request.user, finding),
             "evidence": evidence_context(request.user, finding),
         },
+    )
+
+
+@login_required
+@require_GET
+def finding_audience(request: HttpRequest, pk: int) -> HttpResponse:
+    """Who can read the finding now, and by which route (its team and release managers)."""
+    finding = policy.get_finding_or_404(request.user, pk)
+    if not policy.can_see_audience(request.user, finding):
+        raise Http404("Not found.")
+    return render(
+        request,
+        "disclosure/finding_audience.html",
+        {"finding": finding, "audience": policy.audience(finding)},
     )
 
 

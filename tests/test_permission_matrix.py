@@ -181,6 +181,9 @@ REGISTRY: dict[str, Entry] = {
     # disclosure
     "findings": Entry(),
     "finding": Entry(finding_kw, sees),
+    "finding-audience": Entry(
+        finding_kw, lambda p, t: p == "member" or (p == "release_manager" and t >= Tier.REVIEW)
+    ),
     "finding-request-review": Entry(
         finding_kw, lambda p, t: p == "member" and t == Tier.TEAM, method="post"
     ),
