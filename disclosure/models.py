@@ -562,6 +562,7 @@ class NotificationKind(models.TextChoices):
     GRANT_REVOKED = "grant_revoked", "access revoked"
     AGREEMENT = "agreement", "agreement changed"
     RETRACTION = "retraction", "finding retracted"
+    PARTNER_COPY = "partner_copy", "partner copy ready"
 
 
 class Notification(models.Model):

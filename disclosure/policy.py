@@ -604,6 +604,22 @@ def visible_exports(user: Viewer) -> QuerySet[Export]:
     return Export.objects.filter(Q(created_by=user) | Q(recipient=user))
 
 
+def published_exports() -> QuerySet[Export]:
+    """Public bundles anyone may download from the site: built, signed, of the public kind, and
+    every finding in them still public and not retracted (a retraction takes its bundles down at
+    once; the bundle files stay for the audit)."""
+    from disclosure.models import Export, ExportKind, ExportStatus
+
+    withdrawn = Finding.objects.filter(Q(tier__lt=Tier.PUBLIC) | Q(status=FindingStatus.RETRACTED))
+    return Export.objects.filter(kind=ExportKind.PUBLIC, status=ExportStatus.SUCCEEDED).exclude(
+        findings__in=withdrawn
+    )
+
+
+def get_published_export_or_404(pk: Any, name: str) -> Export:
+    return get_visible_or_404(published_exports(), pk=pk, name=name)
+
+
 def get_export_or_404(user: Viewer, pk: Any) -> Export:
     return get_visible_or_404(visible_exports(user).select_related("recipient"), pk=pk)
 

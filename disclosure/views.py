@@ -38,6 +38,9 @@ from disclosure.models import (
     AgreementAcceptance,
     AgreementVersion,
     AuditEntry,
+    Export,
+    ExportKind,
+    ExportStatus,
     Grant,
     GrantState,
     Notification,
@@ -484,6 +487,9 @@ def my_access(request: HttpRequest) -> HttpResponse:
                 {**row, "state": row["grant"].state(accepted=accepted, now=now)}
                 for row in grant_rows(request.user, grants.distinct())
             ],
+            "copies": Export.objects.filter(
+                recipient=request.user, kind=ExportKind.PARTNER, status=ExportStatus.SUCCEEDED
+            ).order_by("-finished_at")[:20],
             "form": forms.AcceptAgreementForm(
                 initial={"version": current.version if current else 0}
             ),

@@ -124,6 +124,12 @@ def lab_admin_only(p: str, t: int) -> bool:
     return False
 
 
+def publication_kw(w: World) -> dict[str, Any]:
+    from disclosure.models import Export
+
+    return {"pk": w.export_id, "name": Export.objects.get(pk=w.export_id).name}
+
+
 def member_kw(w: World) -> dict[str, Any]:
     return {"slug": w.cast.lab.project.slug, "username": w.users["member"].username}
 
@@ -271,6 +277,10 @@ REGISTRY: dict[str, Entry] = {
     # publication (issue 5): the signing keys are public; exports belong to release managers
     # (the world's export was requested by mara; partner copies: test_publication_partner.py)
     "keys": Entry(),
+    # released bundles: anyone, once every finding in them is public (the world's export holds
+    # the world's finding)
+    "publications": Entry(),
+    "publication-download": Entry(publication_kw, lambda p, t: t == Tier.PUBLIC),
     "key-pem": Entry(lambda w: {"key_id": w.signing_key_id}),
     "keys-json": Entry(),
     "exports": Entry(allowed=release_manager),

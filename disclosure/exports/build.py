@@ -38,6 +38,7 @@ from disclosure.exports.rules import (
 )
 from disclosure.marks import MARK_KEY
 from disclosure.models import Export, ExportKind, ExportStatus, RecipientMark
+from disclosure.notifications import notify_partner_copy
 from experiments import storage
 from experiments.downloads import stream_file
 from experiments.models import Finding
@@ -96,6 +97,8 @@ def build_export(export_id: int) -> str:
         log.exception("export %s failed", export_id)
         _finish(export, ExportStatus.FAILED, f"{type(exc).__name__}: {exc}")
         return "failed"
+    if export.kind == ExportKind.PARTNER and export.recipient is not None:
+        notify_partner_copy(export)
     return "succeeded"
 
 
