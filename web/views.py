@@ -167,8 +167,44 @@ def run_list(request: HttpRequest) -> HttpResponse:
     page = Paginator(runs, RUNS_PER_PAGE).get_page(request.GET.get("page"))
     query = request.GET.copy()
     query.pop("page", None)
-    context = {"filters": filters, "page": page, "query": query.urlencode()}
+    context = {
+        "filters": filters,
+        "page": page,
+        "query": query.urlencode(),
+        "columns": _sort_columns(request, filters.current_sort),
+    }
     return render(request, "experiments/run_list.html", context)
+
+
+RUN_COLUMNS = [
+    ("id", "Run", ""),
+    ("project", "Project", ""),
+    ("experiment", "Experiment", ""),
+    ("model", "Model", ""),
+    ("task", "Task", ""),
+    ("status", "Status", ""),
+    ("step", "Step", "num"),
+    ("loss", "Loss", "num"),
+    ("test_accuracy", "Test acc.", "num"),
+    ("submitted", "Submitted", ""),
+]
+
+
+def _sort_columns(request: HttpRequest, current: str) -> list[dict[str, str]]:
+    """Each header's link: sort by it ascending, or descending when it is the current sort; the
+    other filters are kept, the page is reset."""
+    columns = []
+    for key, label, css in RUN_COLUMNS:
+        query = request.GET.copy()
+        query.pop("page", None)
+        if current == key:
+            query["sort"], aria = f"-{key}", "ascending"
+        elif current == f"-{key}" or (not current and key == "submitted"):
+            query["sort"], aria = key, "descending"
+        else:
+            query["sort"], aria = key, "none"
+        columns.append({"label": label, "url": f"?{query.urlencode()}", "aria": aria, "css": css})
+    return columns
 
 
 @never_cache
