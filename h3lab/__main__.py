@@ -1,4 +1,4 @@
-"""Command line: ``python -m h3lab train|eval|generate|probe|bench|reproduce``.
+"""Command line: ``python -m h3lab train|eval|generate|probe|intervene|bench|reproduce``.
 
 Pure PyTorch, like the rest of the ML core: the web platform runs the same functions through
 Celery; this is the way in for a researcher at a terminal. Progress bars go to stderr,
@@ -103,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int)
     p.add_argument("--seed", type=int, default=0)
 
+    from h3lab.interventions import ABLATION_MODES, INTERVENTION_KINDS
     from h3lab.probes import PROBE_KINDS
 
     p = _sub(
@@ -116,6 +117,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", choices=PROBE_KINDS, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+
+    p = _sub(
+        subs,
+        "intervene",
+        "ablate, patch or steer a trained model on its task; writes PNG, SVG and JSON",
+        "  python -m h3lab intervene --checkpoint runs/ar-h3 --kind ablation --out iv/\n"
+        "  python -m h3lab intervene --checkpoint runs/ih-attn --kind patching --out iv/\n"
+        "  python -m h3lab intervene --checkpoint runs/ar-h3 --kind steering \\\n"
+        "      --hook blocks.1.hook_resid_post --coefficients 0 2 4 8 --out iv/\n",
+    )
+    p.add_argument("--checkpoint", type=Path, required=True, help="run or checkpoint directory")
+    p.add_argument("--kind", choices=INTERVENTION_KINDS, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--examples", type=int, default=256, help="test examples used (default 256)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--modes",
+        nargs="+",
+        choices=ABLATION_MODES,
+        default=list(ABLATION_MODES),
+        help="ablation: zero, mean (over other examples, per position), resample",
+    )
+    p.add_argument(
+        "--channels", action="store_true", help="ablation: also each diagonal-SSM channel"
+    )
+    p.add_argument("--hook", help="steering: hook name (default: residual after the middle layer)")
+    p.add_argument(
+        "--coefficients",
+        nargs="+",
+        type=float,
+        default=[0.0, 1.0, 2.0, 4.0, 8.0, 16.0],
+        help="steering: the coefficients to sweep",
+    )
     p.add_argument("--device", default="cpu")
 
     _sub(
@@ -319,7 +354,27 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_intervene(args: argparse.Namespace) -> int:
+    from h3lab.interventions import InterventionSpec, run_intervention
+    from h3lab.train import load_checkpoint
+
+    spec = InterventionSpec(
+        kind=args.kind,
+        examples=args.examples,
+        seed=args.seed,
+        modes=tuple(args.modes),
+        channels=args.channels,
+        hook=args.hook,
+        coefficients=tuple(args.coefficients),
+    )
+    model, cfg = load_checkpoint(args.checkpoint)
+    data = run_intervention(spec, model, cfg, args.out, device=args.device)
+    print(json.dumps({"intervention": args.kind, "out": str(args.out), "files": data["files"]}))
+    return 0
+
+
 COMMANDS = {
+    "intervene": cmd_intervene,
     "train": cmd_train,
     "eval": cmd_eval,
     "generate": cmd_generate,

@@ -533,3 +533,104 @@ def plot_steering(result: dict[str, Any]) -> Figure:
     ax.set_title(f"steering at {result['hook']}")
     ax.legend(fontsize=8)
     return fig
+
+
+# --- one call per kind, with defaults from the run's task (the CLI and the platform's jobs) -------
+
+INTERVENTION_KINDS: tuple[str, ...] = ("ablation", "patching", "steering")
+COPY_TASKS = ("associative_recall", "induction_head")
+
+
+@dataclass(frozen=True)
+class InterventionSpec:
+    """What to run: ``kind`` with ``examples`` test examples drawn with ``seed``; ablation
+    ``modes``; steering ``hook`` (default: the residual stream after the middle layer) and
+    ``coefficients``."""
+
+    kind: str
+    examples: int = 256
+    seed: int = 0
+    modes: tuple[AblationMode, ...] = ABLATION_MODES
+    channels: bool = False
+    hook: str | None = None
+    coefficients: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)
+
+    def __post_init__(self) -> None:
+        if self.kind not in INTERVENTION_KINDS:
+            raise ValueError(
+                f"unknown intervention {self.kind!r}; choose from {', '.join(INTERVENTION_KINDS)}"
+            )
+        if not 2 <= self.examples <= 100_000:
+            raise ValueError("examples must be between 2 and 100,000")
+        bad = [m for m in self.modes if m not in ABLATION_MODES]
+        if bad or not self.modes:
+            raise ValueError(f"ablation modes must be among {', '.join(ABLATION_MODES)}")
+
+
+def _task_examples(cfg: Any, n: int, seed: int) -> tuple[Tensor, Tensor]:
+    """``n`` test examples of the run's task (inputs (n, L), answers (n,)), drawn with ``seed``
+    from the test split."""
+    from h3lab.data.datasets import make_datasets
+
+    if cfg.task.name not in COPY_TASKS:
+        raise ValueError(
+            f"interventions need a copy task ({', '.join(COPY_TASKS)}); this run's task is "
+            f"{cfg.task.name!r}"
+        )
+    test = make_datasets(cfg.task)[1]
+    g = torch.Generator().manual_seed(seed)
+    rows = torch.randperm(len(test), generator=g)[: min(n, len(test))]
+    return test.inputs[rows], test.targets[rows, -1]
+
+
+def run_intervention(
+    spec: InterventionSpec,
+    model: LanguageModel,
+    cfg: Any,
+    out_dir: Path,
+    *,
+    device: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """Run one intervention on the run's test examples and write its PNG, SVG and JSON."""
+    model = model.to(device).eval()
+    inputs, answers = _task_examples(cfg, spec.examples, spec.seed)
+    inputs, answers = inputs.to(device), answers.to(device)
+    provenance: dict[str, Any] = {
+        "seed": spec.seed,
+        "n_examples": int(inputs.shape[0]),
+        "task": cfg.task.name,
+        "inputs_sha256": tensor_hash(inputs),
+    }
+    if spec.kind == "ablation":
+        half = inputs.shape[0] // 2  # resample / mean from the other half: never the row itself
+        reference = inputs[:half]
+        result = ablation_scan(
+            model,
+            inputs[half:],
+            answers[half:],
+            components(model, channels=spec.channels),
+            modes=spec.modes,
+            reference=reference,
+            seed=spec.seed,
+        )
+        fig = plot_ablation(result, spec.modes[0])
+    elif spec.kind == "patching":
+        g = torch.Generator().manual_seed(spec.seed + 1)
+        corrupted, wrong = corrupt_copy_task(inputs.cpu(), answers.cpu(), g)
+        corrupted, wrong = corrupted.to(device), wrong.to(device)
+        provenance["corrupted_sha256"] = tensor_hash(corrupted)
+        result = patch_scan(
+            model, inputs, corrupted, answers, wrong, patch_sites(model, inputs.shape[1])
+        )
+        fig = plot_patching(result)
+    else:
+        hook = spec.hook or f"blocks.{len(model.blocks) // 2}.hook_resid_post"
+        counts = torch.bincount(answers.cpu())
+        if int((counts > 0).sum()) < 2:
+            raise ValueError("steering needs examples with at least two different answers")
+        a, b = (int(t) for t in counts.argsort(descending=True)[:2])
+        direction = steering_direction(model, hook, inputs[answers == a], inputs[answers == b])
+        result = steer(model, hook, direction, inputs[answers != a], a, spec.coefficients)
+        result["contrast"] = {"positive_answer": a, "negative_answer": b}
+        fig = plot_steering(result)
+    return write_report(out_dir, spec.kind, fig, {**result, **provenance})
