@@ -153,6 +153,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default="cpu")
 
+    p = _sub(
+        subs,
+        "study",
+        "the mechanism study: train 2-layer attention and H3 models, then ablate and patch "
+        "their previous-token and match-and-copy components",
+        "  python -m h3lab study mechanism --out docs/mechanism\n"
+        "  python -m h3lab study mechanism --tasks induction_head --models h3 --steps 2000 "
+        "--out /tmp/m\n",
+    )
+    p.add_argument("study", choices=["mechanism"])
+    p.add_argument("--out", type=Path, required=True, help="report folder")
+    p.add_argument("--work-dir", type=Path, help="training runs (default OUT/runs; reused)")
+    p.add_argument("--tasks", nargs="+", choices=["induction_head", "associative_recall"])
+    p.add_argument("--models", nargs="+", choices=["attention", "h3"])
+    p.add_argument("--steps", type=int, default=4000, help="training budget per cell")
+    p.add_argument("--examples", type=int, default=512, help="held-out examples analysed")
+    p.add_argument("--d-model", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+
     _sub(
         subs,
         "bench",
@@ -373,8 +393,31 @@ def cmd_intervene(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_study(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from h3lab.mechanism import StudyConfig, mechanism_study
+
+    defaults = StudyConfig()
+    study = StudyConfig(
+        tasks=tuple(args.tasks or defaults.tasks),
+        models=tuple(args.models or defaults.models),
+        d_model=args.d_model,
+        steps=args.steps,
+        seed=args.seed,
+        examples=args.examples,
+        device=args.device,
+    )
+    mechanism_study(
+        args.out, study, work_dir=args.work_dir, log=lambda line: tqdm.write(line, file=sys.stderr)
+    )
+    print(json.dumps({"report": str(args.out / "mechanism.md")}))
+    return 0
+
+
 COMMANDS = {
     "intervene": cmd_intervene,
+    "study": cmd_study,
     "train": cmd_train,
     "eval": cmd_eval,
     "generate": cmd_generate,

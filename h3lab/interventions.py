@@ -119,12 +119,12 @@ def components(model: LanguageModel, *, channels: bool = False) -> list[Componen
 
 
 def _hook_width(model: LanguageModel, name: str) -> int:
-    probe = torch.zeros(1, 2, dtype=torch.long, device=_device(model))
+    probe = torch.zeros(1, 2, dtype=torch.long, device=model_device(model))
     _, cache = model.run_with_cache(probe, [name])
     return int(cache[name].shape[-1])
 
 
-def _device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
@@ -464,7 +464,7 @@ def tensor_hash(*tensors: Tensor) -> str:
     return h.hexdigest()
 
 
-def _figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -487,7 +487,7 @@ def write_report(out_dir: Path, kind: str, fig: Figure, data: dict[str, Any]) ->
 
 def plot_ablation(result: dict[str, Any], mode: AblationMode = "zero") -> Figure:
     rows = [r for r in result["rows"] if r["mode"] == mode]
-    fig = _figure(max(4.0, 0.35 * len(rows) + 2), 3.2)
+    fig = new_figure(max(4.0, 0.35 * len(rows) + 2), 3.2)
     ax = fig.add_subplot()
     ax.bar([r["component"] for r in rows], [r["accuracy"] for r in rows], color="#5b4fd6")
     ax.axhline(result["baseline"]["accuracy"], color="#222", linestyle="--", label="no ablation")
@@ -507,7 +507,7 @@ def plot_patching(result: dict[str, Any]) -> Figure:
     grid = torch.full((len(hooks), len(positions)), float("nan"))
     for r in rows:
         grid[hooks.index(r["hook"]), positions.index(r["position"])] = r["restored"]
-    fig = _figure(max(4.0, 0.3 * len(positions) + 3), 0.4 * len(hooks) + 1.6)
+    fig = new_figure(max(4.0, 0.3 * len(positions) + 3), 0.4 * len(hooks) + 1.6)
     ax = fig.add_subplot()
     image = ax.imshow(grid.numpy(), cmap="RdBu", vmin=-1, vmax=1, aspect="auto")
     ax.set_yticks(
@@ -523,7 +523,7 @@ def plot_patching(result: dict[str, Any]) -> Figure:
 
 def plot_steering(result: dict[str, Any]) -> Figure:
     rows = result["rows"]
-    fig = _figure(5, 3.2)
+    fig = new_figure(5, 3.2)
     ax = fig.add_subplot()
     xs = [r["coefficient"] for r in rows]
     ax.plot(xs, [r["target_rate"] for r in rows], marker="o", label="predicts target")
@@ -567,7 +567,7 @@ class InterventionSpec:
             raise ValueError(f"ablation modes must be among {', '.join(ABLATION_MODES)}")
 
 
-def _task_examples(cfg: Any, n: int, seed: int) -> tuple[Tensor, Tensor]:
+def task_examples(cfg: Any, n: int, seed: int) -> tuple[Tensor, Tensor]:
     """``n`` test examples of the run's task (inputs (n, L), answers (n,)), drawn with ``seed``
     from the test split."""
     from h3lab.data.datasets import make_datasets
@@ -593,7 +593,7 @@ def run_intervention(
 ) -> dict[str, Any]:
     """Run one intervention on the run's test examples and write its PNG, SVG and JSON."""
     model = model.to(device).eval()
-    inputs, answers = _task_examples(cfg, spec.examples, spec.seed)
+    inputs, answers = task_examples(cfg, spec.examples, spec.seed)
     inputs, answers = inputs.to(device), answers.to(device)
     provenance: dict[str, Any] = {
         "seed": spec.seed,
