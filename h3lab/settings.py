@@ -185,6 +185,10 @@ else:
     # Several labs (or test sessions) can share one Redis: every key gets this prefix.
     if env_str("H3LAB_BROKER_PREFIX", ""):
         CELERY_BROKER_TRANSPORT_OPTIONS["global_keyprefix"] = env_str("H3LAB_BROKER_PREFIX", "")
+# A job sent from a web request (or the reaper) waits at most about twice this for the broker;
+# past that the row stays queued, the user is told, and the reaper sends it again
+# (experiments/dispatch.py).
+H3LAB_BROKER_SEND_TIMEOUT_S = float(env_str("H3LAB_BROKER_SEND_TIMEOUT_S", "2"))
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1

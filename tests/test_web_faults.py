@@ -1,0 +1,132 @@
+"""The web degrades instead of 500-ing (issue 12, item 3): submitting while the broker is down
+or hung, the API while its cache (Redis) is down or hung, any page while PostgreSQL is down.
+
+Every fault is made on a private server (tests/servers.py), never the shared ones.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+from django.test import Client
+from django.urls import reverse
+
+from experiments.actions.runs import enqueue_run
+from experiments.dispatch import QUEUE_UNREACHABLE
+from experiments.models import Run, RunStatus
+from h3lab.celery import app
+from tests.conftest import Lab
+from tests.servers import PrivateRedis, private_redis
+from tests.test_api import api, post
+from tests.test_views_experiments import FORM
+
+__all__ = ["private_redis"]
+
+# Real commits: a job is sent when the submitting transaction commits, as in production, so the
+# response can say whether it reached the queue.
+pytestmark = pytest.mark.django_db(transaction=True)
+
+# H3LAB_BROKER_SEND_TIMEOUT_S is 2 s by default; one retry: an answer within a few seconds.
+ANSWER_WITHIN_S = 8.0
+
+
+@pytest.fixture
+def broker(
+    private_redis: PrivateRedis, monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> Iterator[PrivateRedis]:
+    """The Celery app publishes to a private Redis (which the test may stop or pause)."""
+    url = private_redis.url(0)
+    conf: Any = app.conf
+    saved = (conf.broker_url, dict(conf.broker_transport_options or {}))
+    monkeypatch.setenv("CELERY_BROKER_URL", url)  # Celery reads the environment first
+    conf.broker_url = url
+    conf.broker_transport_options = {"global_keyprefix": "fweb-test:"}
+    settings.H3LAB_BROKER_SEND_TIMEOUT_S = 1.0
+    try:
+        yield private_redis
+    finally:
+        private_redis.resume()
+        conf.broker_url, conf.broker_transport_options = saved
+
+
+def queued_messages(server: PrivateRedis, queue: str = "cpu") -> int:
+    r = redis.Redis.from_url(server.url(0), socket_timeout=5)
+    return int(r.llen(f"fweb-test:{queue}"))
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    started = time.monotonic()
+    value = fn()
+    return value, time.monotonic() - started
+
+
+# --- the broker ------------------------------------------------------------------------------
+
+
+def test_a_submission_reaches_a_healthy_broker(
+    lab: Lab, as_alice: Client, broker: PrivateRedis
+) -> None:
+    response = as_alice.post(reverse("run-new", args=["induction"]), FORM, follow=True)
+    run = Run.objects.get()
+    assert run.celery_task_id != "" and run.queue_unreachable is False
+    assert queued_messages(broker) == 1
+    assert QUEUE_UNREACHABLE not in response.content.decode()
+
+
+@pytest.mark.parametrize("fault", ["paused", "stopped"])
+def test_submitting_while_the_broker_is_unreachable_answers_quickly_and_keeps_one_queued_run(
+    lab: Lab,
+    as_alice: Client,
+    broker: PrivateRedis,
+    fault: str,
+) -> None:
+    broker.pause() if fault == "paused" else broker.stop()
+
+    response, elapsed = timed(
+        lambda: as_alice.post(reverse("run-new", args=["induction"]), FORM, follow=True)
+    )
+
+    assert elapsed < ANSWER_WITHIN_S, f"the form answered after {elapsed:.1f}s"
+    assert response.status_code == 200
+    run = Run.objects.get()  # exactly one run: nothing to resubmit
+    assert (run.status, run.celery_task_id, run.queue_unreachable) == (RunStatus.QUEUED, "", True)
+    page = response.content.decode()
+    assert response.redirect_chain[-1][0] == reverse("run", args=[run.pk])
+    assert f"Run #{run.pk} is {QUEUE_UNREACHABLE}." in page  # the flash message
+    assert "data-queue-unreachable" in page  # and the run page's own notice
+
+    # The broker returns; the reaper's re-send reaches it and the notice goes away.
+    if fault == "paused":
+        broker.resume()
+    else:
+        broker.start()
+    enqueue_run(run)  # outside a transaction: sent at once
+    run.refresh_from_db()
+    assert run.celery_task_id != "" and run.queue_unreachable is False
+    assert queued_messages(broker) == 1
+    assert "data-queue-unreachable" not in as_alice.get(run.get_absolute_url()).content.decode()
+
+
+def test_the_api_submits_while_the_broker_is_paused_and_flags_the_run(
+    lab: Lab, broker: PrivateRedis
+) -> None:
+    body = {
+        "project": "induction",
+        "experiment": "sweep",
+        "config": {"preset": "h3", "task": {"name": "induction_head"}, "train": {"steps": 10}},
+    }
+    broker.pause()
+    client = api(lab.alice, "submit")
+    response, elapsed = timed(lambda: post(client, reverse("api-run-list"), body))
+
+    assert elapsed < ANSWER_WITHIN_S
+    assert response.status_code == 201, response.content
+    data = response.json()
+    assert (data["status"], data["queue_unreachable"]) == ("queued", True)
+    assert Run.objects.count() == 1
+    detail = client.get(reverse("api-run-detail", args=[data["id"]])).json()
+    assert detail["queue_unreachable"] is True
