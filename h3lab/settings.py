@@ -293,9 +293,21 @@ H3LAB_PUBLISHER = env_str("H3LAB_PUBLISHER", "h3lab")
 # The default cache backs API rate limits. Set CACHE_URL (redis://…) in deployment so every
 # web process counts against the same limits; the embedded default is per process.
 CACHE_URL = env_str("CACHE_URL", "")
+# A Redis that is down or hung must not take the site with it: web.cache.ResilientRedisCache
+# gives each operation CACHE_TIMEOUT_S and falls back to a per-process cache for
+# CACHE_FALLBACK_RETRY_S after an error (rate limits then count per process).
+CACHE_TIMEOUT_S = float(env_str("CACHE_TIMEOUT_S", "0.5"))
 CACHES = {
     "default": (
-        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL}
+        {
+            "BACKEND": "web.cache.ResilientRedisCache",
+            "LOCATION": CACHE_URL,
+            "OPTIONS": {
+                "socket_timeout": CACHE_TIMEOUT_S,
+                "socket_connect_timeout": CACHE_TIMEOUT_S,
+                "FALLBACK_RETRY_S": float(env_str("CACHE_FALLBACK_RETRY_S", "10")),
+            },
+        }
         if CACHE_URL
         else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
     )

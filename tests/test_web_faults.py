@@ -6,6 +6,7 @@ Every fault is made on a private server (tests/servers.py), never the shared one
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -14,12 +15,13 @@ import pytest
 import redis
 from django.test import Client
 from django.urls import reverse
+from rest_framework.test import APIClient
 
 from experiments.actions.runs import enqueue_run
 from experiments.dispatch import QUEUE_UNREACHABLE
 from experiments.models import Run, RunStatus
 from h3lab.celery import app
-from tests.conftest import Lab
+from tests.conftest import Lab, login
 from tests.servers import PrivateRedis, private_redis
 from tests.test_api import api, post
 from tests.test_views_experiments import FORM
@@ -130,3 +132,91 @@ def test_the_api_submits_while_the_broker_is_paused_and_flags_the_run(
     assert Run.objects.count() == 1
     detail = client.get(reverse("api-run-detail", args=[data["id"]])).json()
     assert detail["queue_unreachable"] is True
+
+
+# --- the cache (API rate limits) -------------------------------------------------------------
+
+
+@pytest.fixture
+def redis_cache(private_redis: PrivateRedis, settings: Any) -> PrivateRedis:
+    """The default cache is the deployment's Redis cache, on a private server."""
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "web.cache.ResilientRedisCache",
+            "LOCATION": private_redis.url(2),
+            "OPTIONS": {
+                "socket_timeout": 0.5,
+                "socket_connect_timeout": 0.5,
+                "FALLBACK_RETRY_S": 30.0,
+            },
+        }
+    }
+    return private_redis
+
+
+def redis_keys(server: PrivateRedis) -> list[bytes]:
+    keys = redis.Redis.from_url(server.url(2), socket_timeout=5).keys("*")
+    return [k if isinstance(k, bytes) else k.encode() for k in keys]
+
+
+def test_rate_limits_count_in_redis_while_it_is_up(
+    lab: Lab, redis_cache: PrivateRedis, settings: Any
+) -> None:
+    settings.H3LAB_API_RATES = {"token": "100/minute", "anon": "2/minute"}
+    anonymous = APIClient()
+    codes = [anonymous.get(reverse("api-finding-list")).status_code for _ in range(3)]
+    assert codes == [200, 200, 429]
+    assert any(b"throttle_anon" in key for key in redis_keys(redis_cache))
+
+
+@pytest.mark.parametrize("fault", ["stopped", "paused"])
+def test_the_api_keeps_serving_and_throttling_per_process_while_redis_is_unreachable(
+    lab: Lab,
+    redis_cache: PrivateRedis,
+    settings: Any,
+    fault: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings.H3LAB_API_RATES = {"token": "100/minute", "anon": "3/minute"}
+    redis_cache.pause() if fault == "paused" else redis_cache.stop()
+    anonymous, member = APIClient(), api(lab.alice, "read")
+
+    with caplog.at_level(logging.WARNING, logger="web.cache"):
+        (codes, member_codes), elapsed = timed(
+            lambda: (
+                [anonymous.get(reverse("api-finding-list")).status_code for _ in range(4)],
+                [member.get(reverse("api-run-list")).status_code for _ in range(4)],
+            )
+        )
+
+    assert codes == [200, 200, 200, 429], "anonymous reads are served, and still limited"
+    assert member_codes == [200] * 4, "token-authenticated reads are served"
+    # One timeout at most: after the first failure the fallback answers at once.
+    assert elapsed < 3.0, f"8 requests took {elapsed:.1f}s"
+    warnings = [r for r in caplog.records if r.name == "web.cache"]
+    assert len(warnings) == 1 and "per-process" in warnings[0].getMessage()
+
+
+def test_redis_is_used_again_once_it_returns(
+    lab: Lab, redis_cache: PrivateRedis, settings: Any
+) -> None:
+    from django.core.cache import cache
+
+    settings.H3LAB_API_RATES = {"token": "100/minute", "anon": "100/minute"}
+    redis_cache.stop()
+    assert APIClient().get(reverse("api-finding-list")).status_code == 200
+    assert getattr(cache, "degraded", False) is True
+    redis_cache.start()
+    cache._down_until = 0.0  # type: ignore[attr-defined]  # the retry window has passed
+    assert APIClient().get(reverse("api-finding-list")).status_code == 200
+    assert any(b"throttle_anon" in key for key in redis_keys(redis_cache))
+
+
+def test_cached_sessions_survive_a_redis_outage(
+    lab: Lab, redis_cache: PrivateRedis, settings: Any
+) -> None:
+    settings.SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
+    client = login(lab.alice)
+    redis_cache.stop()
+    assert client.get(reverse("home")).status_code == 200
+    assert client.get(reverse("runs")).status_code == 200
