@@ -111,6 +111,16 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
 
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # A server that does not answer fails a connection attempt in seconds, not minutes: pages
+    # then answer 503 (web/errors.py) and /readyz reports the database down.
+    DATABASES["default"].setdefault("OPTIONS", {})
+    DATABASES["default"]["OPTIONS"].setdefault(
+        "connect_timeout", env_int("DB_CONNECT_TIMEOUT_S", 5)
+    )
+# Retry-After of the 503 a database outage answers (web/errors.py).
+H3LAB_DB_RETRY_AFTER_S = env_int("H3LAB_DB_RETRY_AFTER_S", 30)
+
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTHENTICATION_BACKENDS = [
@@ -376,6 +386,11 @@ MIDDLEWARE.insert(
 MIDDLEWARE.insert(
     MIDDLEWARE.index("web.middleware.SecurityHeadersMiddleware") + 1,
     "web.middleware.RejectNulBytesMiddleware",
+)
+# A view failing because the database is down answers 503, not 500 (web/errors.py).
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("web.middleware.RejectNulBytesMiddleware") + 1,
+    "web.middleware.DatabaseUnavailableMiddleware",
 )
 
 # SECURITY: with DEBUG off the process refuses to start, whatever starts it (runserver, migrate,
