@@ -387,6 +387,11 @@ MIDDLEWARE.insert(
     MIDDLEWARE.index("web.middleware.SecurityHeadersMiddleware") + 1,
     "web.middleware.RejectNulBytesMiddleware",
 )
+# /healthz (liveness) and /readyz (database, broker, cache, storage; each within
+# H3LAB_READY_TIMEOUT_S) are answered first: no host check, HTTPS redirect or session
+# (web/health.py).
+MIDDLEWARE.insert(0, "web.health.HealthCheckMiddleware")
+H3LAB_READY_TIMEOUT_S = float(env_str("H3LAB_READY_TIMEOUT_S", "2"))
 # A view failing because the database is down answers 503, not 500 (web/errors.py).
 MIDDLEWARE.insert(
     MIDDLEWARE.index("web.middleware.RejectNulBytesMiddleware") + 1,

@@ -69,10 +69,15 @@ def test_pages_and_the_api_answer_503_while_postgresql_is_down(outage_db: Privat
         assert (body["code"], body["error"]["code"]) == ("database_unavailable",) * 2
         assert "temporarily unavailable" in body["detail"]
 
+    ready = anonymous.get("/readyz")
+    assert ready.status_code == 503 and ready.json()["checks"]["database"]["ok"] is False
+    assert anonymous.get("/healthz").status_code == 200, "liveness: the process itself is fine"
+
     outage_db.start()
     # A server drops broken connections when each request starts (the test client does not).
     close_old_connections()
     assert signed_in.get(reverse("runs")).status_code == 200, "back without a restart of the web"
+    assert anonymous.get("/readyz").json()["checks"]["database"]["ok"] is True
 
 
 def test_other_server_errors_stay_500(outage_db: PrivatePostgres, settings: object) -> None:
