@@ -11,8 +11,13 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from h3lab.logformat import formatter_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("H3LAB_VAR_DIR", BASE_DIR / "var"))
@@ -162,8 +167,67 @@ MEDIA_ROOT = Path(env_str("H3LAB_DATA_DIR", str(VAR_DIR / "data")))
 RUNS_DIR = MEDIA_ROOT / "runs"
 ARTIFACTS_DIR = MEDIA_ROOT / "artifacts"
 
-EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+# Mail: EMAIL_URL (smtp://user:password@host:587 with STARTTLS, smtps://…:465 with implicit
+# TLS, smtp+plain://… without TLS, console:// to print mail) or EMAIL_HOST, EMAIL_PORT,
+# EMAIL_HOST_USER, EMAIL_HOST_PASSWORD, EMAIL_USE_TLS / EMAIL_USE_SSL. With neither, mail is
+# printed to the log (the development default).
+
+
+def email_settings(environ: dict[str, str]) -> dict[str, Any]:
+    """Django's EMAIL_* settings from ``EMAIL_URL`` or the separate variables."""
+    url = environ.get("EMAIL_URL", "")
+    if url:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme == "console":
+            return {"EMAIL_BACKEND": "django.core.mail.backends.console.EmailBackend"}
+        if scheme not in ("smtp", "smtps", "smtp+tls", "smtp+plain"):
+            raise ImproperlyConfigured(
+                f"EMAIL_URL: unknown scheme {scheme!r} (smtp, smtps, smtp+plain, console)"
+            )
+        implicit_tls = scheme == "smtps"
+        return {
+            "EMAIL_BACKEND": "django.core.mail.backends.smtp.EmailBackend",
+            "EMAIL_HOST": parts.hostname or "localhost",
+            "EMAIL_PORT": parts.port or (465 if implicit_tls else 587),
+            "EMAIL_HOST_USER": unquote(parts.username or ""),
+            "EMAIL_HOST_PASSWORD": unquote(parts.password or ""),
+            "EMAIL_USE_SSL": implicit_tls,
+            "EMAIL_USE_TLS": scheme in ("smtp", "smtp+tls"),
+        }
+    if environ.get("EMAIL_HOST"):
+        use_ssl = environ.get("EMAIL_USE_SSL", "").lower() in ("1", "true", "yes", "on")
+        tls_raw = environ.get("EMAIL_USE_TLS", "")
+        use_tls = (tls_raw.lower() in ("1", "true", "yes", "on")) if tls_raw else not use_ssl
+        return {
+            "EMAIL_BACKEND": environ.get(
+                "EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend"
+            ),
+            "EMAIL_HOST": environ["EMAIL_HOST"],
+            "EMAIL_PORT": int(environ.get("EMAIL_PORT") or (465 if use_ssl else 587)),
+            "EMAIL_HOST_USER": environ.get("EMAIL_HOST_USER", ""),
+            "EMAIL_HOST_PASSWORD": environ.get("EMAIL_HOST_PASSWORD", ""),
+            "EMAIL_USE_SSL": use_ssl,
+            "EMAIL_USE_TLS": use_tls,
+        }
+    return {
+        "EMAIL_BACKEND": environ.get(
+            "EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend"
+        )
+    }
+
+
+_email = email_settings(dict(os.environ))
+EMAIL_BACKEND: str = _email["EMAIL_BACKEND"]
+EMAIL_HOST: str = _email.get("EMAIL_HOST", "localhost")
+EMAIL_PORT: int = _email.get("EMAIL_PORT", 25)
+EMAIL_HOST_USER: str = _email.get("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD: str = _email.get("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS: bool = _email.get("EMAIL_USE_TLS", False)
+EMAIL_USE_SSL: bool = _email.get("EMAIL_USE_SSL", False)
+EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 10)  # seconds; a dead mail server must not hang a page
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "h3lab <noreply@h3lab.localhost>")
+SERVER_EMAIL = env_str("SERVER_EMAIL", DEFAULT_FROM_EMAIL)
 
 # --- security hardening (production: DEBUG=0) ---
 SESSION_COOKIE_HTTPONLY = True
@@ -257,10 +321,14 @@ H3LAB_RUN_MEMORY_LIMIT_MB: dict[str, int] = {
 H3LAB_MAX_QUEUED_RUNS_PER_PROJECT = env_int("H3LAB_MAX_QUEUED_RUNS_PER_PROJECT", 20)
 H3LAB_MAX_RUNNING_RUNS_PER_PROJECT = env_int("H3LAB_MAX_RUNNING_RUNS_PER_PROJECT", 4)
 
+# Every line carries time (UTC), level and logger; LOG_FORMAT=json writes one JSON object a
+# line (h3lab/logformat.py; gunicorn.conf.py uses the same formats for gunicorn's own lines).
+LOG_FORMAT = env_str("LOG_FORMAT", "text").strip().lower()
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "formatters": formatter_config(LOG_FORMAT),
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "default"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
