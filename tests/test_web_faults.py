@@ -17,11 +17,15 @@ from django.test import Client
 from django.urls import reverse
 from rest_framework.test import APIClient
 
+from disclosure.actions.exports import check_request_export
+from disclosure.models import ExportKind, ExportStatus
 from experiments.actions.runs import enqueue_run
 from experiments.dispatch import QUEUE_UNREACHABLE
 from experiments.models import Run, RunStatus
 from h3lab.celery import app
-from tests.conftest import Lab, login
+from tests import factories
+from tests.conftest import Cast, Lab, login
+from tests.publishing import promote
 from tests.servers import PrivateRedis, private_redis
 from tests.test_api import api, post
 from tests.test_views_experiments import FORM
@@ -132,6 +136,27 @@ def test_the_api_submits_while_the_broker_is_paused_and_flags_the_run(
     assert Run.objects.count() == 1
     detail = client.get(reverse("api-run-detail", args=[data["id"]])).json()
     assert detail["queue_unreachable"] is True
+
+
+def test_an_export_requested_while_the_broker_is_stopped_stays_queued_and_says_so(
+    cast: Cast, broker: PrivateRedis
+) -> None:
+    finding = promote(cast, factories.make_finding(cast.lab.project, title="Public", body="x"))
+    broker.stop()
+    export, elapsed = timed(
+        lambda: check_request_export(
+            kind=ExportKind.PUBLIC, findings=[finding], acting_user=cast.mara
+        )
+    )
+    assert elapsed < ANSWER_WITHIN_S
+    export.refresh_from_db()
+    assert (export.status, export.celery_task_id, export.queue_unreachable) == (
+        ExportStatus.QUEUED,
+        "",
+        True,
+    )
+    page = login(cast.mara).get(reverse("export", args=[export.pk])).content.decode()
+    assert "data-queue-unreachable" in page
 
 
 # --- the cache (API rate limits) -------------------------------------------------------------
