@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,6 +29,7 @@ from tests.conftest import Cast, Lab, login
 from tests.publishing import promote
 from tests.servers import PrivateRedis, private_redis
 from tests.test_api import api, post
+from tests.test_api_client import client_env, h3lab, make_token
 from tests.test_views_experiments import FORM
 
 __all__ = ["private_redis"]
@@ -136,6 +138,17 @@ def test_the_api_submits_while_the_broker_is_paused_and_flags_the_run(
     assert Run.objects.count() == 1
     detail = client.get(reverse("api-run-detail", args=[data["id"]])).json()
     assert detail["queue_unreachable"] is True
+
+
+def test_the_terminal_client_says_the_queue_is_unreachable(
+    lab: Lab, broker: PrivateRedis, live_server: Any, tmp_path: Path
+) -> None:
+    broker.pause()
+    env = client_env(live_server.url, make_token(lab.alice), tmp_path)
+    submitted = h3lab(env, "submit", "--project", "induction", "--steps", "10")
+    assert submitted.returncode == 0, submitted.stderr
+    assert "queue is unreachable" in submitted.stderr
+    assert Run.objects.get().queue_unreachable is True
 
 
 # Not transactional: a flush would drop the release rules the data migrations load, which
