@@ -4,11 +4,12 @@ stops (tests/servers.py), never the shared one."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
 from django.db import close_old_connections
-from django.test import Client
+from django.test import Client, RequestFactory
 from django.urls import reverse
 
 from tests import factories
@@ -80,11 +81,15 @@ def test_pages_and_the_api_answer_503_while_postgresql_is_down(outage_db: Privat
     assert anonymous.get("/readyz").json()["checks"]["database"]["ok"] is True
 
 
-def test_other_server_errors_stay_500(outage_db: PrivatePostgres, settings: object) -> None:
+def test_other_server_errors_stay_500_and_json_under_the_api() -> None:
     from web.errors import server_error
 
-    try:
-        raise RuntimeError("a bug")
-    except RuntimeError:
-        response = server_error(client().get("/").wsgi_request)
-    assert response.status_code == 500
+    for path, content_type in (("/", "text/html"), ("/api/v1/runs/", "application/json")):
+        request = RequestFactory().get(path)
+        try:
+            raise RuntimeError("a bug")
+        except RuntimeError:
+            response = server_error(request)
+        assert response.status_code == 500
+        assert response["Content-Type"].startswith(content_type)
+    assert json.loads(response.content)["code"] == "server_error"

@@ -6,7 +6,8 @@ Two ways in, one answer (:func:`database_unavailable`):
 - :class:`web.middleware.DatabaseUnavailableMiddleware` turns a view's
   ``OperationalError``/``InterfaceError`` into it (with DEBUG on too);
 - :func:`server_error` (``handler500``) does the same for failures outside views, such as the
-  session or the user loaded by a middleware, and renders Django's plain 500 otherwise.
+  session or the user loaded by a middleware; any other error stays a 500 (JSON under
+  ``/api/``, Django's plain page elsewhere).
 
 Neither touches the database, the session or the user: the page is rendered without a request.
 SECURITY: neither says more than "the database is unavailable"; the exception (with host names)
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 DATABASE_DOWN = (OperationalError, InterfaceError)
 
 DETAIL = "The database is temporarily unavailable; try again shortly."
+SERVER_ERROR = "Server error: the operators have been told."
 
 
 def database_unavailable(request: HttpRequest, exc: BaseException) -> HttpResponse:
@@ -58,4 +60,11 @@ def server_error(request: HttpRequest) -> HttpResponse:
     exc = sys.exc_info()[1]
     if isinstance(exc, DATABASE_DOWN):
         return database_unavailable(request, exc)
+    if request.path.startswith("/api/"):  # API clients parse JSON, never an HTML page
+        body = {
+            "detail": SERVER_ERROR,
+            "code": "server_error",
+            "error": {"code": "server_error", "message": SERVER_ERROR, "fields": {}},
+        }
+        return JsonResponse(body, status=500)
     return defaults.server_error(request)
