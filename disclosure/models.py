@@ -771,6 +771,11 @@ class Export(models.Model):
     def is_active(self) -> bool:
         return self.status in (ExportStatus.QUEUED, ExportStatus.RUNNING)
 
+    @property
+    def queue_unreachable(self) -> bool:
+        """Queued, but its build job never reached the broker (experiments.dispatch)."""
+        return self.status == ExportStatus.QUEUED and not self.celery_task_id
+
 
 class RecipientMark(models.Model):
     """The secret that marks one partner copy (:func:`disclosure.marks.mark_text`) and the

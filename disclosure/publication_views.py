@@ -19,6 +19,7 @@ from disclosure.actions.exports import check_request_export, do_record_export_do
 from disclosure.exports.build import open_export, stream_export
 from disclosure.exports.rules import ExportRefused
 from disclosure.models import ExportKind, SigningKey
+from experiments.dispatch import QUEUE_UNREACHABLE
 from experiments.models import Finding
 from experiments.storage import ArtifactUnavailable
 
@@ -137,7 +138,10 @@ def _request(request: HttpRequest, form: forms.ExportForm, kind: str) -> HttpRes
         return render(
             request, "disclosure/export_refused.html", {"blockers": refused.blockers}, status=200
         )
-    messages.success(request, f"Export #{export.pk} queued.")
+    if export.queue_unreachable:
+        messages.warning(request, f"Export #{export.pk} is {QUEUE_UNREACHABLE}.")
+    else:
+        messages.success(request, f"Export #{export.pk} queued.")
     return redirect("export", pk=export.pk)
 
 

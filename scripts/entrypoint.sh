@@ -14,7 +14,7 @@ python manage.py check --deploy --fail-level "${DEPLOY_CHECK_FAIL_LEVEL:-WARNING
 if [ "${1:-web}" = "web" ]; then
     python manage.py migrate --noinput
     python manage.py collectstatic --noinput
-    exec gunicorn h3lab.wsgi --bind 0.0.0.0:8000 --workers "${WEB_CONCURRENCY:-3}" \
-        --access-logfile -
+    # Threaded workers, timeouts, logging: gunicorn.conf.py (settings from the environment).
+    exec gunicorn --config gunicorn.conf.py h3lab.wsgi
 fi
 exec "$@"

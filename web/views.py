@@ -26,6 +26,7 @@ from experiments import presenters
 from experiments.actions.artifacts import do_record_artifact_download
 from experiments.actions.findings import check_record_finding
 from experiments.actions.runs import check_submit_run, do_cancel_run
+from experiments.dispatch import QUEUE_UNREACHABLE
 from experiments.downloads import INLINE_TYPES, stream_artifact
 from experiments.forms import (
     TASK_DEFAULTS,
@@ -116,7 +117,10 @@ def _submit(request: HttpRequest, form: RunForm, rerun_of: Run | None) -> HttpRe
     except ConfigError as exc:
         form.add_config_errors(exc)
         return None
-    messages.success(request, f"Run #{run.pk} queued on the {run.get_queue_display()} queue.")
+    if run.queue_unreachable:
+        messages.warning(request, f"Run #{run.pk} is {QUEUE_UNREACHABLE}.")
+    else:
+        messages.success(request, f"Run #{run.pk} queued on the {run.get_queue_display()} queue.")
     return redirect(run)
 
 
