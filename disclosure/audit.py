@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
-from dataclasses import dataclass
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models, transaction
 from django.http import HttpRequest
@@ -25,11 +29,14 @@ from django.utils import timezone
 from disclosure.models import AuditEntry, AuditHead
 from experiments.models import Finding
 from experiments.signals import is_user
+from vault import checkpoint, merkle
+from vault.checkpoint import Checkpoint
 
 if TYPE_CHECKING:
     from experiments.users import ActingUser
 
 GENESIS = "0" * 64
+log = logging.getLogger(__name__)
 
 
 def _plain(value: Any) -> Any:
@@ -114,6 +121,12 @@ def record(
     return entry
 
 
+def leaf(entry: AuditEntry) -> bytes:
+    """The entry's RFC 6962 leaf hash in the checkpointed Merkle tree: SHA-256(0x00 || its
+    canonical form). Covers the entry's own content only, not its place in the chain."""
+    return merkle.leaf_hash(canonical(entry))
+
+
 @dataclass(frozen=True)
 class Break:
     entry_id: int | None
@@ -124,23 +137,253 @@ class Break:
         return f"{where}: {self.reason}"
 
 
-def _entries() -> Iterator[AuditEntry]:
-    return AuditEntry.objects.order_by("id").iterator(chunk_size=2000)
+@dataclass
+class _Scan:
+    """One pass over the log: how many entries chain, the first break, and the Merkle tree
+    head and chain hash after each size a checkpoint asks about."""
+
+    checked: int = 0
+    broken: Break | None = None
+    head_hash: str = GENESIS
+    roots: dict[int, str] = field(default_factory=dict)
+    chain: dict[int, str] = field(default_factory=dict)
 
 
-def verify() -> tuple[int, Break | None]:
-    """Recompute the chain. Returns (entries checked, first break or None)."""
-    prev_hash, expected_id, n = GENESIS, 1, 0
-    for entry in _entries():
-        if entry.pk != expected_id:
-            return n, Break(expected_id, f"missing (next entry present is #{entry.pk})")
-        if entry.prev_hash != prev_hash:
-            return n, Break(entry.pk, "does not chain to the previous entry (reordered?)")
-        if entry_hash(prev_hash, entry) != entry.hash:
-            return n, Break(entry.pk, "content does not match its hash (edited)")
-        prev_hash, expected_id, n = entry.hash, expected_id + 1, n + 1
+def _self_consistent(entry: AuditEntry) -> bool:
+    return entry_hash(entry.prev_hash, entry) == entry.hash
+
+
+def _scan(sizes: set[int]) -> _Scan:
+    """Recompute the chain up to the recorded head, naming the entry that was changed.
+
+    A changed entry is named itself, not the one after it: an entry whose content no longer
+    matches its hash is "edited"; an entry that is consistent in itself but whose successor
+    (also consistent in itself) chained to a different hash was "rewritten" (content and hash
+    replaced together, which only a successor's link or a checkpoint can show)."""
+    # The head first, then only the entries it covers: an append committed between the two
+    # reads (ids are given out under the head's lock) is not mistaken for a broken end.
     head = AuditHead.objects.filter(pk=1).first()
     last_id, last_hash = (head.last_id, head.last_hash) if head else (0, GENESIS)
-    if (last_id, last_hash) != (expected_id - 1, prev_hash):
-        return n, Break(expected_id, f"chain ends before the recorded head #{last_id} (deleted)")
-    return n, None
+    scan, acc = _Scan(), merkle.Accumulator()
+    prev: AuditEntry | None = None
+    expected_id = 1
+    entries = AuditEntry.objects.filter(id__lte=last_id).order_by("id").iterator(chunk_size=2000)
+    for entry in entries:
+        prev_hash = prev.hash if prev is not None else GENESIS
+        if entry.pk != expected_id:
+            scan.broken = Break(expected_id, f"missing (next entry present is #{entry.pk})")
+            return scan
+        if entry.prev_hash != prev_hash:
+            if prev is not None and _self_consistent(entry):
+                scan.broken = Break(
+                    prev.pk,
+                    f"rewritten: its content and hash were replaced (entry #{entry.pk} "
+                    "chained to a different hash)",
+                )
+                scan.checked -= 1
+            else:
+                scan.broken = Break(entry.pk, "does not chain to the previous entry (reordered?)")
+            return scan
+        if not _self_consistent(entry):
+            scan.broken = Break(entry.pk, "content does not match its hash (edited)")
+            return scan
+        acc.append(leaf(entry))
+        scan.checked, scan.head_hash, prev = acc.size, entry.hash, entry
+        if acc.size in sizes:
+            scan.roots[acc.size], scan.chain[acc.size] = acc.root().hex(), entry.hash
+        expected_id += 1
+    if (last_id, last_hash) != (expected_id - 1, scan.head_hash):
+        scan.broken = Break(
+            expected_id, f"chain ends before the recorded head #{last_id} (deleted)"
+        )
+    scan.roots[0], scan.chain[0] = merkle.EMPTY_ROOT.hex(), GENESIS
+    scan.roots[acc.size], scan.chain[acc.size] = acc.root().hex(), scan.head_hash
+    return scan
+
+
+def verify(
+    checkpoints: Sequence[tuple[str, Checkpoint]] | None = None,
+) -> tuple[int, Break | None]:
+    """Recompute the chain and compare it with signed checkpoints (by default every file in
+    ``H3LAB_AUDIT_CHECKPOINT_DIR``; pass a list to check those instead). Returns (entries
+    checked, first break or None): a break in the chain itself first, else the first
+    checkpoint the log no longer matches."""
+    if checkpoints is None:
+        checkpoints, problems = stored_checkpoints()
+        if problems:
+            label, problem = problems[0]
+            return 0, Break(None, f"checkpoint {label}: {problem}")
+    scan = _scan({cp.tree_size for _, cp in checkpoints})
+    if scan.broken is not None:
+        return scan.checked, scan.broken
+    broken = _against(scan, checkpoints)
+    return scan.checked, broken
+
+
+def _against(scan: _Scan, checkpoints: Sequence[tuple[str, Checkpoint]]) -> Break | None:
+    """The first checkpoint the (internally consistent) log contradicts, located as closely
+    as the checkpoints allow: after the largest one that still matches."""
+    matched = [0]
+    failures: list[Break] = []
+    for label, cp in sorted(checkpoints, key=lambda item: item[1].tree_size):
+        if cp.tree_size > scan.checked:
+            failures.append(
+                Break(
+                    scan.checked + 1,
+                    f"missing: checkpoint {label} ({cp.created}) covers {cp.tree_size} entries "
+                    f"but the log has {scan.checked} (entries deleted and the head moved back)",
+                )
+            )
+        elif (scan.roots[cp.tree_size], scan.chain[cp.tree_size]) != (cp.root_hash, cp.head_hash):
+            after = max(size for size in matched if size < cp.tree_size)
+            failures.append(
+                Break(
+                    after + 1,
+                    f"history rewritten: entries #{after + 1}..#{cp.tree_size} no longer match "
+                    f"checkpoint {label} ({cp.created}); entries up to #{after} match",
+                )
+            )
+        else:
+            matched.append(cp.tree_size)
+    return min(failures, key=lambda b: b.entry_id or 0) if failures else None
+
+
+# --- signed checkpoints ----------------------------------------------------------------------
+
+
+class AuditBroken(Exception):
+    """The log does not verify, so no checkpoint is signed for it."""
+
+
+def _signing_key() -> Ed25519PrivateKey:
+    """The checkpoint key: H3LAB_AUDIT_KEY, else H3LAB_AUDIT_KEY_FILE (created on first use).
+
+    SECURITY: the key never enters the database; whoever controls only the database can
+    rewrite rows but cannot sign a checkpoint that matches the rewrite."""
+    if settings.H3LAB_AUDIT_KEY:
+        return checkpoint.private_key_from_seed(settings.H3LAB_AUDIT_KEY)
+    path = Path(settings.H3LAB_AUDIT_KEY_FILE)
+    if not path.exists():
+        log.warning("creating the audit checkpoint key %s", path)
+        checkpoint.create_key_file(path)
+    return checkpoint.load_private_key(path)
+
+
+def public_key() -> Ed25519PublicKey:
+    return _signing_key().public_key()
+
+
+def trusted_keys(extra: Iterable[Ed25519PublicKey] = ()) -> dict[str, Ed25519PublicKey]:
+    """Keys whose checkpoints count: the configured key, H3LAB_AUDIT_PUBLIC_KEYS, ``extra``."""
+    keys = [*extra]
+    for pem in settings.H3LAB_AUDIT_PUBLIC_KEYS:
+        keys.append(checkpoint.load_public_key_pem(Path(pem).read_bytes()))
+    if settings.H3LAB_AUDIT_KEY or Path(settings.H3LAB_AUDIT_KEY_FILE).exists():
+        keys.append(public_key())
+    return {checkpoint.key_id(k): k for k in keys}
+
+
+def checkpoint_dir() -> Path:
+    return Path(settings.H3LAB_AUDIT_CHECKPOINT_DIR)
+
+
+def read_checkpoint(
+    text: str, label: str, trusted: dict[str, Ed25519PublicKey] | None = None
+) -> Checkpoint:
+    """Parse a checkpoint (a file or an audit CSV) and check its signature; raises
+    :class:`vault.checkpoint.CheckpointError`."""
+    cp = checkpoint.extract(text)
+    checkpoint.check_signature(cp, trusted if trusted is not None else trusted_keys())
+    return cp
+
+
+def stored_checkpoints(
+    trusted: dict[str, Ed25519PublicKey] | None = None,
+) -> tuple[list[tuple[str, Checkpoint]], list[tuple[str, str]]]:
+    """The checkpoint files under the checkpoint folder whose signatures verify, and the
+    problems with the others (a file that is unreadable or forged is itself an alarm)."""
+    trusted = trusted if trusted is not None else trusted_keys()
+    good: list[tuple[str, Checkpoint]] = []
+    problems: list[tuple[str, str]] = []
+    folder = checkpoint_dir()
+    for path in sorted(folder.glob("checkpoint-*.json")) if folder.is_dir() else []:
+        try:
+            good.append((path.name, read_checkpoint(path.read_text(), path.name, trusted)))
+        except (checkpoint.CheckpointError, OSError) as exc:
+            problems.append((path.name, str(exc)))
+    return good, problems
+
+
+def write_checkpoint() -> tuple[Checkpoint, Path | None]:
+    """Sign the current head and write it under the checkpoint folder, after checking the chain
+    and every stored checkpoint; raises :class:`AuditBroken` instead of signing a log that does
+    not verify. When the newest stored checkpoint already covers the whole log, returns it
+    (and no path) rather than writing another."""
+    trusted = trusted_keys()
+    key = _signing_key()
+    trusted.setdefault(checkpoint.key_id(key.public_key()), key.public_key())
+    stored, problems = stored_checkpoints(trusted)
+    if problems:
+        label, problem = problems[0]
+        raise AuditBroken(f"checkpoint {label}: {problem}")
+    scan = _scan({cp.tree_size for _, cp in stored})
+    broken = scan.broken or _against(scan, stored)
+    if broken is not None:
+        raise AuditBroken(f"audit chain broken at {broken}")
+    checked = scan.checked
+    newest = max(stored, key=lambda item: item[1].tree_size, default=None)
+    if newest is not None and newest[1].tree_size == checked:
+        return newest[1], None
+    cp = checkpoint.sign(
+        key,
+        tree_size=checked,
+        root_hash=scan.roots[checked],
+        head_hash=scan.chain[checked],
+        created=_iso(timezone.now()),
+    )
+    return cp, checkpoint.write_file(checkpoint_dir(), cp)
+
+
+def current_checkpoint() -> Checkpoint | None:
+    """A checkpoint of the log as it is now, for embedding in exports: a fresh one, or (when
+    the log does not verify, which is logged as an error) the newest stored one, signed while
+    it still did."""
+    try:
+        return write_checkpoint()[0]
+    except AuditBroken as exc:
+        log.error("audit log does not verify; embedding the last good checkpoint: %s", exc)
+    stored, _ = stored_checkpoints()
+    newest = max(stored, key=lambda item: item[1].tree_size, default=None)
+    return newest[1] if newest else None
+
+
+def csv_trailer() -> list[str] | None:
+    """The last row of an audit CSV export: ``# h3lab-audit-checkpoint`` and the checkpoint."""
+    cp = current_checkpoint()
+    return [checkpoint.CSV_MARKER, cp.to_line()] if cp is not None else None
+
+
+def proofs(entry_id: int, cp: Checkpoint) -> dict[str, Any]:
+    """RFC 6962 proofs against checkpoint ``cp`` (which must match the log): that entry
+    ``entry_id`` is leaf ``entry_id - 1`` of its tree, and that ``cp`` extends the newest stored
+    checkpoint before it. Hex strings, for verifiers that keep only checkpoints."""
+    if not 1 <= entry_id <= cp.tree_size:
+        raise ValueError(f"entry #{entry_id} is not covered by a checkpoint of {cp.tree_size}")
+    leaves = [leaf(e) for e in AuditEntry.objects.filter(id__lte=cp.tree_size).order_by("id")]
+    if merkle.root(leaves).hex() != cp.root_hash:
+        raise ValueError("the log no longer matches the checkpoint (run verify_audit)")
+    out: dict[str, Any] = {
+        "entry": entry_id,
+        "leaf_hash": leaves[entry_id - 1].hex(),
+        "tree_size": cp.tree_size,
+        "root_hash": cp.root_hash,
+        "inclusion_proof": [h.hex() for h in merkle.inclusion_proof(entry_id - 1, leaves)],
+    }
+    earlier = [c for _, c in stored_checkpoints()[0] if 0 < c.tree_size < cp.tree_size]
+    if earlier:
+        old = max(earlier, key=lambda c: c.tree_size)
+        out["previous_checkpoint"] = {"tree_size": old.tree_size, "root_hash": old.root_hash}
+        out["consistency_proof"] = [
+            h.hex() for h in merkle.consistency_proof(old.tree_size, leaves)
+        ]
+    return out
