@@ -7,7 +7,9 @@ to anything. Here:
 - ``BEFORE TRUNCATE ... FOR EACH STATEMENT`` on both tables refuses TRUNCATE;
 - the head may only be created at the genesis of an empty log (or matching the log's last
   entry, as a data-only restore loads it), only advance one entry at a time to an existing
-  entry that chains to the previous head, and never be deleted.
+  entry that chains to the previous head, and never be deleted;
+- roles other than the tables' owner (the app's role of deploy/postgres-init.sql) lose UPDATE,
+  DELETE and TRUNCATE on the entries and DELETE and TRUNCATE on the head.
 
 A superuser (or the tables' owner) can still disable or drop these triggers; what detects that
 is the signed checkpoints outside the database (``manage.py audit_checkpoint``, see
@@ -79,6 +81,27 @@ DROP TRIGGER IF EXISTS disclosure_audithead_advance_only ON disclosure_audithead
 CREATE TRIGGER disclosure_audithead_advance_only
     BEFORE INSERT OR UPDATE OR DELETE ON disclosure_audithead
     FOR EACH ROW EXECUTE FUNCTION disclosure_audithead_advance_only();
+
+-- Roles other than the owner (the app's role, granted by default privileges, see
+-- deploy/postgres-init.sql) keep only what appending needs: no UPDATE, DELETE or TRUNCATE on
+-- the entries, no DELETE or TRUNCATE on the head.
+DO $$
+DECLARE
+    grantee regrole;
+BEGIN
+    REVOKE UPDATE, DELETE, TRUNCATE ON disclosure_auditentry FROM PUBLIC;
+    REVOKE DELETE, TRUNCATE ON disclosure_audithead FROM PUBLIC;
+    FOR grantee IN
+        SELECT DISTINCT a.grantee::regrole
+        FROM pg_class c, aclexplode(c.relacl) a
+        WHERE c.oid IN ('disclosure_auditentry'::regclass, 'disclosure_audithead'::regclass)
+          AND a.grantee <> 0 AND a.grantee <> c.relowner
+    LOOP
+        EXECUTE format('REVOKE UPDATE, DELETE, TRUNCATE ON disclosure_auditentry FROM %s', grantee);
+        EXECUTE format('REVOKE DELETE, TRUNCATE ON disclosure_audithead FROM %s', grantee);
+    END LOOP;
+END
+$$;
 """
 
 DROP = """
