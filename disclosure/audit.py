@@ -50,26 +50,38 @@ def _iso(dt: datetime) -> str:
     return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def canonical(entry: AuditEntry) -> bytes:
-    fields = {
-        "id": entry.pk,
-        "created_at": _iso(entry.created_at),
-        "actor_id": entry.actor_id,
-        "actor_name": entry.actor_name,
-        "action": entry.action,
-        "object_type": entry.object_type,
-        "object_id": entry.object_id,
-        "object_repr": entry.object_repr,
-        "finding_id": entry.finding_id,
-        "old": entry.old,
-        "new": entry.new,
-        "ip": entry.ip,
-    }
+# What an entry's hash covers (with the previous entry's hash), in this order of columns.
+_FIELDS = (
+    "id",
+    "created_at",
+    "actor_id",
+    "actor_name",
+    "action",
+    "object_type",
+    "object_id",
+    "object_repr",
+    "finding_id",
+    "old",
+    "new",
+    "ip",
+)
+
+
+def _canonical_values(fields: dict[str, Any]) -> bytes:
+    fields["created_at"] = _iso(fields["created_at"])
     return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def canonical(entry: AuditEntry) -> bytes:
+    return _canonical_values({f: getattr(entry, f) for f in _FIELDS})
+
+
+def _chain_hash(prev_hash: str, content: bytes) -> str:
+    return hashlib.sha256(prev_hash.encode() + b"\n" + content).hexdigest()
+
+
 def entry_hash(prev_hash: str, entry: AuditEntry) -> str:
-    return hashlib.sha256(prev_hash.encode() + b"\n" + canonical(entry)).hexdigest()
+    return _chain_hash(prev_hash, canonical(entry))
 
 
 def client_ip(request: HttpRequest | None) -> str | None:
@@ -147,57 +159,67 @@ class _Scan:
     head_hash: str = GENESIS
     roots: dict[int, str] = field(default_factory=dict)
     chain: dict[int, str] = field(default_factory=dict)
+    edge: list[str] = field(default_factory=list)
 
 
-def _self_consistent(entry: AuditEntry) -> bool:
-    return entry_hash(entry.prev_hash, entry) == entry.hash
-
-
-def _scan(sizes: set[int]) -> _Scan:
+def _scan(sizes: set[int], since: Checkpoint | None = None) -> _Scan:
     """Recompute the chain up to the recorded head, naming the entry that was changed.
 
     A changed entry is named itself, not the one after it: an entry whose content no longer
     matches its hash is "edited"; an entry that is consistent in itself but whose successor
     (also consistent in itself) chained to a different hash was "rewritten" (content and hash
-    replaced together, which only a successor's link or a checkpoint can show)."""
+    replaced together, which only a successor's link or a checkpoint can show).
+
+    ``since``: start after this checkpoint (its signed chain hash and Merkle edge) and read only
+    the entries it does not cover."""
     # The head first, then only the entries it covers: an append committed between the two
     # reads (ids are given out under the head's lock) is not mistaken for a broken end.
     head = AuditHead.objects.filter(pk=1).first()
     last_id, last_hash = (head.last_id, head.last_hash) if head else (0, GENESIS)
-    scan, acc = _Scan(), merkle.Accumulator()
-    prev: AuditEntry | None = None
-    expected_id = 1
-    entries = AuditEntry.objects.filter(id__lte=last_id).order_by("id").iterator(chunk_size=2000)
-    for entry in entries:
-        prev_hash = prev.hash if prev is not None else GENESIS
-        if entry.pk != expected_id:
-            scan.broken = Break(expected_id, f"missing (next entry present is #{entry.pk})")
+    scan = _Scan()
+    if since is None:
+        acc, prev_id = merkle.Accumulator(), 0
+    else:
+        acc = merkle.Accumulator.from_edge(since.tree_size, [bytes.fromhex(h) for h in since.edge])
+        prev_id, scan.head_hash, scan.checked = since.tree_size, since.head_hash, since.tree_size
+    rows = (
+        AuditEntry.objects.filter(id__gt=prev_id, id__lte=last_id)
+        .order_by("id")
+        .values_list(*_FIELDS, "prev_hash", "hash")
+        .iterator(chunk_size=2000)
+    )
+    for row in rows:
+        entry_id, prev_hash, own_hash = row[0], row[-2], row[-1]
+        content = _canonical_values(dict(zip(_FIELDS, row, strict=False)))
+        consistent = _chain_hash(prev_hash, content) == own_hash
+        if entry_id != prev_id + 1:
+            scan.broken = Break(prev_id + 1, f"missing (next entry present is #{entry_id})")
             return scan
-        if entry.prev_hash != prev_hash:
-            if prev is not None and _self_consistent(entry):
+        if prev_hash != scan.head_hash:
+            if prev_id > 0 and consistent:
                 scan.broken = Break(
-                    prev.pk,
-                    f"rewritten: its content and hash were replaced (entry #{entry.pk} "
+                    prev_id,
+                    f"rewritten: its content and hash were replaced (entry #{entry_id} "
                     "chained to a different hash)",
                 )
                 scan.checked -= 1
             else:
-                scan.broken = Break(entry.pk, "does not chain to the previous entry (reordered?)")
+                scan.broken = Break(entry_id, "does not chain to the previous entry (reordered?)")
             return scan
-        if not _self_consistent(entry):
-            scan.broken = Break(entry.pk, "content does not match its hash (edited)")
+        if not consistent:
+            scan.broken = Break(entry_id, "content does not match its hash (edited)")
             return scan
-        acc.append(leaf(entry))
-        scan.checked, scan.head_hash, prev = acc.size, entry.hash, entry
+        acc.append(merkle.leaf_hash(content))
+        scan.checked, scan.head_hash, prev_id = acc.size, own_hash, entry_id
         if acc.size in sizes:
-            scan.roots[acc.size], scan.chain[acc.size] = acc.root().hex(), entry.hash
-        expected_id += 1
-    if (last_id, last_hash) != (expected_id - 1, scan.head_hash):
+            scan.roots[acc.size], scan.chain[acc.size] = acc.root().hex(), own_hash
+    if (last_id, last_hash) != (prev_id, scan.head_hash):
         scan.broken = Break(
-            expected_id, f"chain ends before the recorded head #{last_id} (deleted)"
+            prev_id + 1, f"chain ends before the recorded head #{last_id} (deleted)"
         )
     scan.roots[0], scan.chain[0] = merkle.EMPTY_ROOT.hex(), GENESIS
     scan.roots[acc.size], scan.chain[acc.size] = acc.root().hex(), scan.head_hash
+    scan.edge = [h.hex() for h in acc.edge()]
     return scan
 
 
@@ -314,11 +336,17 @@ def stored_checkpoints(
     return good, problems
 
 
-def write_checkpoint() -> tuple[Checkpoint, Path | None]:
+def write_checkpoint(*, incremental: bool = False) -> tuple[Checkpoint, Path | None]:
     """Sign the current head and write it under the checkpoint folder, after checking the chain
     and every stored checkpoint; raises :class:`AuditBroken` instead of signing a log that does
     not verify. When the newest stored checkpoint already covers the whole log, returns it
-    (and no path) rather than writing another."""
+    (and no path) rather than writing another.
+
+    ``incremental``: check and hash only the entries after the newest stored checkpoint,
+    continuing from its signed chain hash and Merkle edge (what an export does on a request;
+    the periodic task and the command check everything). A rewrite of older entries is not
+    looked for then, but cannot be blessed either: the new head extends the signed one, so
+    every earlier checkpoint still contradicts the rewritten rows."""
     trusted = trusted_keys()
     key = _signing_key()
     trusted.setdefault(checkpoint.key_id(key.public_key()), key.public_key())
@@ -326,12 +354,16 @@ def write_checkpoint() -> tuple[Checkpoint, Path | None]:
     if problems:
         label, problem = problems[0]
         raise AuditBroken(f"checkpoint {label}: {problem}")
-    scan = _scan({cp.tree_size for _, cp in stored})
-    broken = scan.broken or _against(scan, stored)
+    newest = max(stored, key=lambda item: item[1].tree_size, default=None)
+    if incremental and newest is not None and newest[1].edge:
+        scan, broken = _scan(set(), since=newest[1]), None
+    else:
+        scan = _scan({cp.tree_size for _, cp in stored})
+        broken = _against(scan, stored)
+    broken = scan.broken or broken
     if broken is not None:
         raise AuditBroken(f"audit chain broken at {broken}")
     checked = scan.checked
-    newest = max(stored, key=lambda item: item[1].tree_size, default=None)
     if newest is not None and newest[1].tree_size == checked:
         return newest[1], None
     cp = checkpoint.sign(
@@ -340,16 +372,17 @@ def write_checkpoint() -> tuple[Checkpoint, Path | None]:
         root_hash=scan.roots[checked],
         head_hash=scan.chain[checked],
         created=_iso(timezone.now()),
+        edge=tuple(scan.edge),
     )
     return cp, checkpoint.write_file(checkpoint_dir(), cp)
 
 
 def current_checkpoint() -> Checkpoint | None:
-    """A checkpoint of the log as it is now, for embedding in exports: a fresh one, or (when
-    the log does not verify, which is logged as an error) the newest stored one, signed while
-    it still did."""
+    """A checkpoint of the log as it is now, for embedding in exports: a fresh one (checked
+    incrementally), or (when the log does not verify, which is logged as an error) the newest
+    stored one, signed while it still did."""
     try:
-        return write_checkpoint()[0]
+        return write_checkpoint(incremental=True)[0]
     except AuditBroken as exc:
         log.error("audit log does not verify; embedding the last good checkpoint: %s", exc)
     stored, _ = stored_checkpoints()
@@ -369,7 +402,11 @@ def proofs(entry_id: int, cp: Checkpoint) -> dict[str, Any]:
     checkpoint before it. Hex strings, for verifiers that keep only checkpoints."""
     if not 1 <= entry_id <= cp.tree_size:
         raise ValueError(f"entry #{entry_id} is not covered by a checkpoint of {cp.tree_size}")
-    leaves = [leaf(e) for e in AuditEntry.objects.filter(id__lte=cp.tree_size).order_by("id")]
+    rows = AuditEntry.objects.filter(id__lte=cp.tree_size).order_by("id").values_list(*_FIELDS)
+    leaves = [
+        merkle.leaf_hash(_canonical_values(dict(zip(_FIELDS, row, strict=True))))
+        for row in rows.iterator(chunk_size=2000)
+    ]
     if merkle.root(leaves).hex() != cp.root_hash:
         raise ValueError("the log no longer matches the checkpoint (run verify_audit)")
     out: dict[str, Any] = {

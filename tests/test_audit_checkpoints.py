@@ -352,3 +352,19 @@ def test_every_export_bundle_embeds_a_checkpoint_that_verify_audit_accepts(
     assert "matches 1 signed checkpoint" in verify_audit("--checkpoint", str(bundle))
     rewrite_from(2, new={"forged": 2})
     assert "history rewritten" in verify_audit_fails("--checkpoint", str(bundle))
+
+
+def test_exports_sign_incrementally_from_the_last_checkpoint_and_never_bless_a_rewrite(
+    log: list[AuditEntry], caplog: pytest.LogCaptureFixture
+) -> None:
+    first = checkpoint.Checkpoint.from_json(take_checkpoint().read_text())
+    for _ in range(3):
+        audit.record(None, "test.later", None)
+    cp = audit.current_checkpoint()
+    assert cp is not None and cp.tree_size == first.tree_size + 3
+    assert "intact" in verify_audit()  # the incremental head equals the full recomputation
+    # after a rewrite of covered history, an export embeds the last good checkpoint instead
+    rewrite_from(2, new={"forged": 2})
+    audit.record(None, "test.after_rewrite", None)
+    assert audit.current_checkpoint() == cp
+    assert "audit log does not verify" in caplog.text

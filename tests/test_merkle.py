@@ -88,6 +88,20 @@ def test_the_streaming_accumulator_equals_the_recursive_definition(data: list[by
         acc.append(leaf)
         assert acc.root() == merkle.root(hashed[:n])
     assert acc.size == len(hashed)
+    # resuming from any prefix's edge gives the same heads as going on
+    for cut in {0, len(hashed) // 3, len(hashed)}:
+        resumed = merkle.Accumulator()
+        for leaf in hashed[:cut]:
+            resumed.append(leaf)
+        resumed = merkle.Accumulator.from_edge(cut, resumed.edge())
+        for leaf in hashed[cut:]:
+            resumed.append(leaf)
+        assert (resumed.size, resumed.root()) == (acc.size, acc.root())
+
+
+def test_an_edge_of_the_wrong_length_is_refused() -> None:
+    with pytest.raises(ValueError, match="3 edge hashes, not 2"):
+        merkle.Accumulator.from_edge(7, leaves(2))
 
 
 @settings(max_examples=80, deadline=None)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import csv
+import dataclasses
 import hashlib
 import json
 import os
@@ -40,6 +41,9 @@ class Checkpoint:
     head_hash: str  # hex, the hash chain's value at entry tree_size
     created: str  # ISO 8601 UTC, when it was signed
     key_id: str
+    # hex roots of the tree's perfect subtrees, largest first (vault.merkle.Accumulator.edge):
+    # with them the next checkpoint's root is computed from the new entries alone
+    edge: tuple[str, ...] = ()
     signature: str = ""  # base64 Ed25519 over signed_bytes()
     format: str = FORMAT
 
@@ -67,6 +71,7 @@ class Checkpoint:
                 head_hash=str(data["head_hash"]),
                 created=str(data["created"]),
                 key_id=str(data["key_id"]),
+                edge=tuple(str(h) for h in data.get("edge", [])),
                 signature=str(data["signature"]),
             )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -81,11 +86,19 @@ def key_id(public: Ed25519PublicKey) -> str:
 
 
 def sign(
-    private: Ed25519PrivateKey, *, tree_size: int, root_hash: str, head_hash: str, created: str
+    private: Ed25519PrivateKey,
+    *,
+    tree_size: int,
+    root_hash: str,
+    head_hash: str,
+    created: str,
+    edge: tuple[str, ...] = (),
 ) -> Checkpoint:
-    unsigned = Checkpoint(tree_size, root_hash, head_hash, created, key_id(private.public_key()))
+    unsigned = Checkpoint(
+        tree_size, root_hash, head_hash, created, key_id(private.public_key()), edge
+    )
     signature = base64.b64encode(private.sign(unsigned.signed_bytes())).decode()
-    return Checkpoint(tree_size, root_hash, head_hash, created, unsigned.key_id, signature)
+    return dataclasses.replace(unsigned, signature=signature)
 
 
 def check_signature(checkpoint: Checkpoint, trusted: dict[str, Ed25519PublicKey]) -> None:

@@ -55,6 +55,23 @@ class Accumulator:
         self.size = 0
         self._edge: list[tuple[int, bytes]] = []  # (subtree size, subtree root), sizes decreasing
 
+    @classmethod
+    def from_edge(cls, size: int, edge: Sequence[bytes]) -> Accumulator:
+        """Resume a tree of ``size`` leaves from its :meth:`edge` (one root per set bit of
+        ``size``, largest subtree first)."""
+        sizes = [1 << b for b in reversed(range(size.bit_length())) if size >> b & 1]
+        if len(sizes) != len(edge):
+            raise ValueError(
+                f"a tree of {size} leaves has {len(sizes)} edge hashes, not {len(edge)}"
+            )
+        acc = cls()
+        acc.size, acc._edge = size, list(zip(sizes, edge, strict=True))
+        return acc
+
+    def edge(self) -> list[bytes]:
+        """The roots of the perfect subtrees, largest first: all a later append needs."""
+        return [h for _, h in self._edge]
+
     def append(self, leaf: bytes) -> None:
         size, h = 1, leaf
         while self._edge and self._edge[-1][0] == size:
