@@ -160,6 +160,7 @@ class _Scan:
     roots: dict[int, str] = field(default_factory=dict)
     chain: dict[int, str] = field(default_factory=dict)
     edge: list[str] = field(default_factory=list)
+    edges: dict[int, list[str]] = field(default_factory=dict)
 
 
 def _scan(sizes: set[int], since: Checkpoint | None = None) -> _Scan:
@@ -213,6 +214,7 @@ def _scan(sizes: set[int], since: Checkpoint | None = None) -> _Scan:
         scan.checked, scan.head_hash, prev_id = acc.size, own_hash, entry_id
         if acc.size in sizes:
             scan.roots[acc.size], scan.chain[acc.size] = acc.root().hex(), own_hash
+            scan.edges[acc.size] = [h.hex() for h in acc.edge()]
     if (last_id, last_hash) != (prev_id, scan.head_hash):
         scan.broken = Break(
             prev_id + 1, f"chain ends before the recorded head #{last_id} (deleted)"
@@ -257,17 +259,31 @@ def _against(scan: _Scan, checkpoints: Sequence[tuple[str, Checkpoint]]) -> Brea
                 )
             )
         elif (scan.roots[cp.tree_size], scan.chain[cp.tree_size]) != (cp.root_hash, cp.head_hash):
-            after = max(size for size in matched if size < cp.tree_size)
+            lo, hi = _differing(scan, cp, max(size for size in matched if size < cp.tree_size))
             failures.append(
                 Break(
-                    after + 1,
-                    f"history rewritten: entries #{after + 1}..#{cp.tree_size} no longer match "
-                    f"checkpoint {label} ({cp.created}); entries up to #{after} match",
+                    lo,
+                    f"history rewritten: entries #{lo}..#{hi} no longer match checkpoint "
+                    f"{label} ({cp.created}); entries up to #{lo - 1} match",
                 )
             )
         else:
             matched.append(cp.tree_size)
     return min(failures, key=lambda b: b.entry_id or 0) if failures else None
+
+
+def _differing(scan: _Scan, cp: Checkpoint, matched: int) -> tuple[int, int]:
+    """The narrowest range of entries that holds the first change against ``cp``: after the
+    largest checkpoint that still matches, within the first subtree of ``cp``'s signed Merkle
+    edge whose root the log no longer gives."""
+    lo, hi, start = matched + 1, cp.tree_size, 1
+    ours = scan.edges.get(cp.tree_size, [])
+    if len(ours) == len(cp.edge):
+        for size, theirs, mine in zip(merkle.edge_sizes(cp.tree_size), cp.edge, ours, strict=True):
+            if theirs != mine:
+                return max(lo, start), min(hi, start + size - 1)
+            start += size
+    return lo, hi
 
 
 # --- signed checkpoints ----------------------------------------------------------------------
@@ -336,6 +352,18 @@ def stored_checkpoints(
     return good, problems
 
 
+def _newest_stored(trusted: dict[str, Ed25519PublicKey]) -> Checkpoint | None:
+    """The newest stored checkpoint that verifies, reading files newest first (names sort by
+    tree size), so an export does not read the whole folder."""
+    folder = checkpoint_dir()
+    for path in sorted(folder.glob("checkpoint-*.json"), reverse=True) if folder.is_dir() else []:
+        try:
+            return read_checkpoint(path.read_text(), path.name, trusted)
+        except (checkpoint.CheckpointError, OSError) as exc:
+            log.error("audit checkpoint %s skipped: %s", path.name, exc)
+    return None
+
+
 def write_checkpoint(*, incremental: bool = False) -> tuple[Checkpoint, Path | None]:
     """Sign the current head and write it under the checkpoint folder, after checking the chain
     and every stored checkpoint; raises :class:`AuditBroken` instead of signing a log that does
@@ -350,22 +378,23 @@ def write_checkpoint(*, incremental: bool = False) -> tuple[Checkpoint, Path | N
     trusted = trusted_keys()
     key = _signing_key()
     trusted.setdefault(checkpoint.key_id(key.public_key()), key.public_key())
-    stored, problems = stored_checkpoints(trusted)
-    if problems:
-        label, problem = problems[0]
-        raise AuditBroken(f"checkpoint {label}: {problem}")
-    newest = max(stored, key=lambda item: item[1].tree_size, default=None)
-    if incremental and newest is not None and newest[1].edge:
-        scan, broken = _scan(set(), since=newest[1]), None
+    newest = _newest_stored(trusted) if incremental else None
+    if newest is not None and newest.edge:
+        scan = _scan(set(), since=newest)
+        broken = scan.broken
     else:
+        stored, problems = stored_checkpoints(trusted)
+        if problems:
+            label, problem = problems[0]
+            raise AuditBroken(f"checkpoint {label}: {problem}")
+        newest = max((cp for _, cp in stored), key=lambda cp: cp.tree_size, default=None)
         scan = _scan({cp.tree_size for _, cp in stored})
-        broken = _against(scan, stored)
-    broken = scan.broken or broken
+        broken = scan.broken or _against(scan, stored)
     if broken is not None:
         raise AuditBroken(f"audit chain broken at {broken}")
     checked = scan.checked
-    if newest is not None and newest[1].tree_size == checked:
-        return newest[1], None
+    if newest is not None and newest.tree_size == checked:
+        return newest, None
     cp = checkpoint.sign(
         key,
         tree_size=checked,
@@ -385,9 +414,7 @@ def current_checkpoint() -> Checkpoint | None:
         return write_checkpoint(incremental=True)[0]
     except AuditBroken as exc:
         log.error("audit log does not verify; embedding the last good checkpoint: %s", exc)
-    stored, _ = stored_checkpoints()
-    newest = max(stored, key=lambda item: item[1].tree_size, default=None)
-    return newest[1] if newest else None
+    return _newest_stored(trusted_keys())
 
 
 def csv_trailer() -> list[str] | None:

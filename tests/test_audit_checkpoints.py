@@ -144,6 +144,18 @@ def test_a_chain_forged_from_one_entry_on_is_caught_by_an_earlier_checkpoint_and
     assert f"entries up to #{first} match" in message
 
 
+def test_one_checkpoint_locates_a_rewrite_within_a_subtree_of_its_signed_merkle_edge(
+    log: list[AuditEntry],
+) -> None:
+    for _ in range(16 - log[-1].pk - 1):
+        audit.record(None, "test.later", None)
+    take_checkpoint()  # 15 entries: subtrees #1..#8, #9..#12, #13..#14, #15
+    rewrite_from(10, new={"forged": 10})
+    message = verify_audit_fails()
+    assert "entry #9: history rewritten: entries #9..#12 no longer match" in message
+    assert "entries up to #8 match" in message
+
+
 def test_a_checkpoint_kept_elsewhere_proves_it_after_the_folder_is_deleted(
     log: list[AuditEntry], tmp_path: Path
 ) -> None:

@@ -46,6 +46,12 @@ def root(leaves: Sequence[bytes]) -> bytes:
     return node_hash(root(leaves[:k]), root(leaves[k:]))
 
 
+def edge_sizes(size: int) -> list[int]:
+    """The sizes of the perfect subtrees on a tree's right edge, largest (leftmost) first: one
+    per set bit of ``size``."""
+    return [1 << b for b in reversed(range(size.bit_length())) if size >> b & 1]
+
+
 class Accumulator:
     """The tree's right edge: the roots of its perfect subtrees, largest first. ``root()`` is
     the tree head of everything appended so far (RFC 6962's split puts the largest perfect
@@ -59,7 +65,7 @@ class Accumulator:
     def from_edge(cls, size: int, edge: Sequence[bytes]) -> Accumulator:
         """Resume a tree of ``size`` leaves from its :meth:`edge` (one root per set bit of
         ``size``, largest subtree first)."""
-        sizes = [1 << b for b in reversed(range(size.bit_length())) if size >> b & 1]
+        sizes = edge_sizes(size)
         if len(sizes) != len(edge):
             raise ValueError(
                 f"a tree of {size} leaves has {len(sizes)} edge hashes, not {len(edge)}"
