@@ -215,10 +215,27 @@ def _scan(sizes: set[int], since: Checkpoint | None = None) -> _Scan:
         if acc.size in sizes:
             scan.roots[acc.size], scan.chain[acc.size] = acc.root().hex(), own_hash
             scan.edges[acc.size] = [h.hex() for h in acc.edge()]
-    if (last_id, last_hash) != (prev_id, scan.head_hash):
+    beyond = AuditEntry.objects.filter(id__gt=last_id).aggregate(m=models.Max("id"))["m"]
+    if beyond is not None:
+        # An append commits its entry and the head together: unless the head now covers the
+        # entries past the one read first, it was moved back or deleted.
+        now = AuditHead.objects.filter(pk=1).first()
+        if now is None or now.last_id < beyond:
+            scan.broken = Break(
+                last_id + 1,
+                f"entries up to #{beyond} lie past the recorded head #{last_id} "
+                "(the head was moved back or deleted)",
+            )
+    elif last_id != prev_id:
         scan.broken = Break(
             prev_id + 1, f"chain ends before the recorded head #{last_id} (deleted)"
         )
+    elif last_hash != scan.head_hash and prev_id > 0:
+        scan.broken = Break(
+            prev_id,
+            "rewritten: its content and hash were replaced (the head recorded a different hash)",
+        )
+        scan.checked -= 1
     scan.roots[0], scan.chain[0] = merkle.EMPTY_ROOT.hex(), GENESIS
     scan.roots[acc.size], scan.chain[acc.size] = acc.root().hex(), scan.head_hash
     scan.edge = [h.hex() for h in acc.edge()]

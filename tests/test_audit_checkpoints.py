@@ -122,6 +122,32 @@ def test_an_entry_edited_with_its_hash_recomputed_is_named_itself_not_its_succes
     assert f"({target.pk - 1} entries verified before it)" in message
 
 
+def test_the_newest_entry_edited_with_its_hash_recomputed_is_named_by_the_head(
+    log: list[AuditEntry],
+) -> None:
+    last = log[-1]
+    with superuser():
+        raw("UPDATE disclosure_auditentry SET ip = '10.6.6.6' WHERE id = %s", last.pk)
+        edited = AuditEntry.objects.get(pk=last.pk)
+        new_hash = audit.entry_hash(edited.prev_hash, edited)
+        raw("UPDATE disclosure_auditentry SET hash = %s WHERE id = %s", new_hash, last.pk)
+    assert f"entry #{last.pk}: rewritten" in verify_audit_fails()
+
+
+@pytest.mark.parametrize("head", ["deleted", "moved back"])
+def test_a_head_deleted_or_moved_back_over_remaining_entries_is_detected(
+    log: list[AuditEntry], head: str
+) -> None:
+    with superuser():
+        if head == "deleted":
+            raw("DELETE FROM disclosure_audithead")
+        else:
+            raw("UPDATE disclosure_audithead SET last_id = %s, last_hash = %s", 3, log[2].hash)
+    start = 1 if head == "deleted" else 4
+    message = verify_audit_fails()
+    assert f"entry #{start}: entries up to #{log[-1].pk} lie past the recorded head" in message
+
+
 def test_an_entry_edited_without_its_hash_is_named_itself(log: list[AuditEntry]) -> None:
     with superuser():
         raw("UPDATE disclosure_auditentry SET actor_name = 'mallory' WHERE id = %s", log[3].pk)
