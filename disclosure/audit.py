@@ -423,6 +423,11 @@ def write_checkpoint(*, incremental: bool = False) -> tuple[Checkpoint, Path | N
     return cp, checkpoint.write_file(checkpoint_dir(), cp)
 
 
+def latest_checkpoint() -> Checkpoint | None:
+    """The newest stored checkpoint a trusted key signed (for the audit page); creates no key."""
+    return _newest_stored(trusted_keys())
+
+
 def current_checkpoint() -> Checkpoint | None:
     """A checkpoint of the log as it is now, for embedding in exports: a fresh one (checked
     incrementally), or (when the log does not verify, which is logged as an error) the newest

@@ -578,7 +578,13 @@ def audit_log(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "disclosure/audit.html",
-        {"form": form, "page": page, "rows": rows, "seen_by": seen_by},
+        {
+            "form": form,
+            "page": page,
+            "rows": rows,
+            "seen_by": seen_by,
+            "checkpoint": audit.latest_checkpoint(),
+        },
     )
 
 

@@ -327,6 +327,14 @@ def test_the_audit_csv_ends_with_a_checkpoint_that_verify_audit_accepts(
     assert "history rewritten" in verify_audit_fails("--checkpoint", str(csv_file))
 
 
+def test_the_audit_page_shows_the_newest_signed_checkpoint(cast: Cast) -> None:
+    mara = login(cast.mara)
+    assert b"No signed checkpoint of this log yet" in mara.get(reverse("audit")).content
+    cp = checkpoint.Checkpoint.from_json(take_checkpoint().read_text())
+    page = mara.get(reverse("audit")).content.decode()
+    assert f"entries 1–{cp.tree_size} as of {cp.created}" in page and cp.key_id in page
+
+
 # --- PostgreSQL: what the database itself refuses ------------------------------------------------
 
 
