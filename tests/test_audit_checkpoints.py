@@ -12,8 +12,6 @@ import io
 import json
 import shutil
 import tarfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,7 @@ from disclosure import audit
 from disclosure.models import AuditEntry, AuditHead
 from h3lab.celery import _beat_schedule
 from h3lab.jobs import write_audit_checkpoint
+from tests.attacks import raw, superuser
 from tests.conftest import Cast, Lab, login
 from vault import checkpoint, merkle
 
@@ -36,26 +35,6 @@ pytestmark = pytest.mark.django_db
 
 PG = connection.vendor == "postgresql"
 pg_only = pytest.mark.skipif(not PG, reason="SQLite has no TRUNCATE, triggers on it or roles")
-
-
-def raw(sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    with connection.cursor() as cur:
-        cur.execute(sql, params)
-        return list(cur.fetchall()) if cur.description else []
-
-
-@contextmanager
-def superuser() -> Iterator[None]:
-    """Act as a database superuser: on PostgreSQL every trigger is off (replica mode)."""
-    if PG:
-        if not raw("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")[0][0]:
-            pytest.skip("the test database role is not a superuser")
-        raw("SET session_replication_role = replica")
-    try:
-        yield
-    finally:
-        if PG:
-            raw("SET session_replication_role = origin")
 
 
 @pytest.fixture
