@@ -4,8 +4,15 @@ Each entry's ``hash`` is SHA-256 over the previous entry's hash and a canonical 
 the entry (its id, time, actor, action, object, old/new values and IP). Entries are appended
 one at a time under a lock on :class:`~disclosure.models.AuditHead`, which also records the
 chain's end so that truncating the newest entries is detected. :func:`verify` (and
-``manage.py verify_audit``) recomputes the chain and names the first broken entry. On
-PostgreSQL a trigger refuses UPDATE and DELETE on the table (migration 0002).
+``manage.py verify_audit``) recomputes the chain and names the first broken entry itself. On
+PostgreSQL triggers refuse UPDATE, DELETE and TRUNCATE on the table and let the head only
+advance (migrations 0002 and 0007).
+
+Whoever controls the database can still recompute the whole chain. Against that, signed
+checkpoints: an Ed25519 key kept outside the database (``H3LAB_AUDIT_KEY`` or its key file)
+signs the RFC 6962 Merkle tree head of the log (:mod:`vault.merkle`, :mod:`vault.checkpoint`)
+periodically, on demand, and in every export bundle and audit CSV; a checkpoint taken before
+a rewrite contradicts it. docs/operations.md ("Audit log integrity") lists what remains possible.
 """
 
 from __future__ import annotations
@@ -145,8 +152,8 @@ class Break:
     reason: str
 
     def __str__(self) -> str:
-        where = f"entry #{self.entry_id}" if self.entry_id is not None else "end of chain"
-        return f"{where}: {self.reason}"
+        where = f"entry #{self.entry_id}: " if self.entry_id is not None else ""
+        return f"{where}{self.reason}"
 
 
 @dataclass
