@@ -12,6 +12,7 @@ import io
 import json
 import shutil
 import tarfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -249,6 +250,19 @@ def test_a_checkpoint_is_written_again_only_when_the_log_has_grown(log: list[Aud
     assert len(list(audit.checkpoint_dir().glob("checkpoint-*.json"))) == 2
     schedule = _beat_schedule()["write-audit-checkpoint"]
     assert schedule["task"] == write_audit_checkpoint.name
+
+
+def test_verify_audit_says_what_no_checkpoint_covers_yet_and_warns_when_the_newest_is_stale(
+    log: list[AuditEntry], settings: Any
+) -> None:
+    take_checkpoint()
+    audit.record(None, "test.later", None)
+    out = verify_audit()
+    assert "1 entries after the newest checkpoint are not covered by one yet" in out
+    assert "warning" not in out
+    settings.H3LAB_AUDIT_CHECKPOINT_INTERVAL_S = 0.0001
+    time.sleep(0.01)
+    assert "warning: the newest checkpoint is" in verify_audit()
 
 
 def test_the_key_stays_outside_the_database_in_a_private_file(

@@ -9,10 +9,13 @@ keep copies elsewhere (see docs/operations.md, "Audit log integrity")."""
 from __future__ import annotations
 
 import tarfile
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils import timezone
 
 from disclosure import audit
 from vault import checkpoint
@@ -87,3 +90,25 @@ class Command(BaseCommand):
         else:
             message += "; no signed checkpoint to compare with (run manage.py audit_checkpoint)"
         self.stdout.write(self.style.SUCCESS(message))
+        if checkpoints:
+            self._warn_if_stale(newest[1], checked)
+
+    def _warn_if_stale(self, newest: Checkpoint, checked: int) -> None:
+        """Entries after the newest checkpoint are not protected yet; a newest checkpoint much
+        older than the interval means the scheduler is not signing, or newer files are gone."""
+        created = datetime.strptime(newest.created, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+        age = (timezone.now() - created).total_seconds()
+        interval = settings.H3LAB_AUDIT_CHECKPOINT_INTERVAL_S
+        if checked > newest.tree_size:
+            self.stdout.write(
+                f"{checked - newest.tree_size} entries after the newest checkpoint are not "
+                "covered by one yet"
+            )
+        if age > 2 * interval:
+            self.stdout.write(
+                self.style.WARNING(
+                    f"warning: the newest checkpoint is {age / 3600:.1f} h old (one is due every "
+                    f"{interval:.0f} s): is the scheduler running, or were newer checkpoint "
+                    "files deleted? Compare with copies kept elsewhere."
+                )
+            )
