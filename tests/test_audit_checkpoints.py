@@ -137,7 +137,7 @@ def test_an_entry_edited_without_its_hash_is_named_itself(log: list[AuditEntry])
 def test_a_chain_forged_from_one_entry_on_is_caught_by_an_earlier_checkpoint_and_located(
     log: list[AuditEntry],
 ) -> None:
-    take_checkpoint()  # covers the 6 entries of the log fixture's project setup + events
+    take_checkpoint()  # covers the lab fixture's entries and the six events
     first = log[-1].pk
     audit.record(None, "test.later", None)
     audit.record(None, "test.later", None)
