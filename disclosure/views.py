@@ -598,7 +598,13 @@ def audit_log(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "disclosure/audit.html",
-        {"form": form, "page": page, "rows": rows, "seen_by": seen_by},
+        {
+            "form": form,
+            "page": page,
+            "rows": rows,
+            "seen_by": seen_by,
+            "checkpoint": audit.latest_checkpoint(),
+        },
     )
 
 
@@ -640,7 +646,10 @@ def audit_export(request: HttpRequest) -> StreamingHttpResponse:
         for chunk in _chunks(entries.iterator(chunk_size=2000), 2000)
         for e in redact_audit(request.user, chunk)
     )
-    response = StreamingHttpResponse(_csv(writer, fields, rows), content_type="text/csv")
+    # The last row is a signed checkpoint of the whole log (this export's own entry included):
+    # `manage.py verify_audit --checkpoint h3lab-audit.csv` later proves history up to it.
+    trailer = audit.csv_trailer()
+    response = StreamingHttpResponse(_csv(writer, fields, rows, trailer), content_type="text/csv")
     response["Content-Disposition"] = 'attachment; filename="h3lab-audit.csv"'
     return response
 
@@ -672,8 +681,10 @@ def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield chunk
 
 
-def _csv(writer: Any, header: list[str], rows: Any) -> Any:
+def _csv(writer: Any, header: list[str], rows: Any, trailer: list[str] | None = None) -> Any:
     yield writer.writerow(header)
     for row in rows:
         # SECURITY: neutralise spreadsheet formulas in user-supplied text.
         yield writer.writerow(["'" + c if c[:1] in "=+-@" else c for c in row])
+    if trailer is not None:
+        yield writer.writerow(trailer)

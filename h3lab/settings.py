@@ -368,6 +368,20 @@ H3LAB_BUNDLE_LICENSE = env_str(
 )
 H3LAB_PUBLISHER = env_str("H3LAB_PUBLISHER", "h3lab")
 
+# --- audit log checkpoints (issue 12) ---
+# The audit chain's head is signed periodically (Ed25519) with a key kept OUT of the database,
+# so a database superuser cannot rewrite history unnoticed (see docs/operations.md, "Audit log
+# integrity"). H3LAB_AUDIT_KEY: base64 of a 32-byte Ed25519 seed; else H3LAB_AUDIT_KEY_FILE
+# (PKCS#8 PEM, created 0600 on first use). H3LAB_AUDIT_PUBLIC_KEYS: extra PEM files (comma
+# separated) whose checkpoints verify, e.g. the key before a rotation.
+H3LAB_AUDIT_KEY = env_str("H3LAB_AUDIT_KEY", "")
+H3LAB_AUDIT_KEY_FILE = env_str("H3LAB_AUDIT_KEY_FILE", str(VAR_DIR / "audit-checkpoint.key"))
+H3LAB_AUDIT_PUBLIC_KEYS = env_list("H3LAB_AUDIT_PUBLIC_KEYS", [])
+H3LAB_AUDIT_CHECKPOINT_DIR = Path(
+    env_str("H3LAB_AUDIT_CHECKPOINT_DIR", str(MEDIA_ROOT / "audit-checkpoints"))
+)
+H3LAB_AUDIT_CHECKPOINT_INTERVAL_S = float(env_str("H3LAB_AUDIT_CHECKPOINT_INTERVAL_S", "3600"))
+
 # The default cache backs API rate limits. Set CACHE_URL (redis://…) in deployment so every
 # web process counts against the same limits; the embedded default is per process.
 CACHE_URL = env_str("CACHE_URL", "")

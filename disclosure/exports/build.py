@@ -111,6 +111,14 @@ def _write(export: Export, findings: list[Finding], mark: RecipientMark | None) 
         ),
         bundles.BundleFile("CITATION.cff", citation_cff(export.name, findings)),
     ]
+    # SECURITY: every bundle carries a signed checkpoint of the audit log as it was when the
+    # bundle was built, so copies held outside the platform can later prove (with
+    # `manage.py verify_audit --checkpoint BUNDLE`) that the log was not rewritten since.
+    audit_checkpoint = audit.current_checkpoint()
+    if audit_checkpoint is not None:
+        meta_files.append(
+            bundles.BundleFile("audit-checkpoint.json", audit_checkpoint.to_json().encode())
+        )
     progress = _Progress(export.pk, 2 * (len(files) + len(meta_files)))
     files = [
         bundles.LazyFile(f.path, data=f.data, source=f.source, opener=getattr(f, "opener", None),

@@ -130,6 +130,9 @@ def start_worker(
             "H3LAB_VAR_DIR": str(var_dir),  # beat schedule, results: never the developer's var/
             "H3LAB_DATA_DIR": str(settings.MEDIA_ROOT),  # same artifacts/workdirs as the test
             "H3LAB_HEARTBEAT_S": "1",
+            # the test's audit checkpoint key and folder: a worker's checkpoints verify here
+            "H3LAB_AUDIT_KEY_FILE": str(settings.H3LAB_AUDIT_KEY_FILE),
+            "H3LAB_AUDIT_CHECKPOINT_DIR": str(settings.H3LAB_AUDIT_CHECKPOINT_DIR),
             "OMP_NUM_THREADS": "1",
             "PYTHONUNBUFFERED": "1",
             **master_key_env(),
