@@ -36,6 +36,7 @@ from api.views.common import (
     parse_id,
     parse_query,
 )
+from api.views.review import REVIEW_SCOPES, FindingReviewActions
 from disclosure import audit, policy
 from disclosure.actions.release import do_request_release, do_request_review
 from disclosure.actions.review import do_assess_finding
@@ -66,7 +67,7 @@ def _findings_with_evidence(findings: QuerySet[Finding]) -> QuerySet[Finding]:
     )
 
 
-class FindingViewSet(ApiViewMixin, viewsets.GenericViewSet[Finding]):
+class FindingViewSet(FindingReviewActions, ApiViewMixin, viewsets.GenericViewSet[Finding]):
     """Findings you can read (public ones for everyone); recording, editing and the review
     steps for the roles the policy allows them."""
 
@@ -80,10 +81,12 @@ class FindingViewSet(ApiViewMixin, viewsets.GenericViewSet[Finding]):
         "request_review": TokenScope.MANAGE,
         "request_release": TokenScope.MANAGE,
         "assessments": TokenScope.MANAGE,
+        **REVIEW_SCOPES,
     }
 
     def get_permissions(self) -> Sequence[_SupportsHasPermission]:
-        if self.action in ("list", "retrieve", "revisions"):
+        reads = ("list", "retrieve", "revisions")
+        if self.action in reads and self.request.method in ("GET", "HEAD", "OPTIONS"):
             return [AllowAny(), HasScope()]
         return super().get_permissions()
 
@@ -155,15 +158,6 @@ class FindingViewSet(ApiViewMixin, viewsets.GenericViewSet[Finding]):
             finding, title=title, body=body, note=note, acting_user=request.user
         )
         return Response(FindingRevisionSerializer(revision).data, status=status.HTTP_202_ACCEPTED)
-
-    @extend_schema(responses=FindingRevisionSerializer(many=True))
-    @action(detail=True, methods=["get"], pagination_class=None)
-    def revisions(self, request: Request, pk: str) -> Response:
-        """The finding's revisions you are cleared for: every approved and pending one for the
-        team and the review board; for other readers, those of the finding's current tier."""
-        finding = self._finding(pk)
-        rows = policy.visible_revisions(request.user, finding)
-        return Response(FindingRevisionSerializer(rows, many=True).data)
 
     def _release_answer(self, request: ReleaseRequest) -> Response:
         request = ReleaseRequest.objects.select_related("requested_by").get(pk=request.pk)

@@ -20,6 +20,7 @@ from api.serializers.projects import (
     UsernameSerializer,
 )
 from api.views.common import ApiViewMixin, deny, parse_body
+from api.views.corpora import ProjectCorporaActions
 from disclosure import policy
 from disclosure.actions.delegation import (
     check_delegate_release_management,
@@ -47,7 +48,7 @@ def team(project: Project) -> dict[str, object]:
     }
 
 
-class ProjectViewSet(ApiViewMixin, viewsets.ReadOnlyModelViewSet[Project]):
+class ProjectViewSet(ProjectCorporaActions, ApiViewMixin, viewsets.ReadOnlyModelViewSet[Project]):
     """Projects you are a member of; lab admins create projects, and lab admins and a project's
     delegates manage its team."""
 
@@ -61,6 +62,7 @@ class ProjectViewSet(ApiViewMixin, viewsets.ReadOnlyModelViewSet[Project]):
         "member": TokenScope.MANAGE,
         "delegates": TokenScope.MANAGE,
         "delegate": TokenScope.MANAGE,
+        "corpora": TokenScope.SUBMIT,
     }
 
     def get_queryset(self) -> QuerySet[Project]:
