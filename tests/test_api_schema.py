@@ -28,6 +28,7 @@ from schemathesis.checks import (
 from schemathesis.core.result import Ok
 
 from api import actions as api_actions
+from disclosure.models import ReleaseRequest, Vote
 from experiments.models import Tier
 from experiments.storage import store_file
 from h3lab.wsgi import application
@@ -72,10 +73,23 @@ def _world(lab: Lab, tmp_path: Path) -> dict[str, list[Any]]:
     finding = factories.make_finding(lab.project, tier=Tier.TEAM)
     finding.runs.add(run)
     public = factories.make_finding(lab.project, tier=Tier.PUBLIC)
+    # a finding under review with an open objection, for the review flow's operations
+    reviewed = factories.make_finding(lab.project, tier=Tier.REVIEW)
+    request = ReleaseRequest.objects.create(
+        finding=reviewed, from_tier=Tier.REVIEW, target_tier=Tier.PARTNERS
+    )
+    objection = Vote.objects.create(
+        request=request,
+        finding=reviewed,
+        reviewer=factories.make_reviewer("ola"),
+        kind="object",
+        rationale="too early",
+    )
     return {
         "runs": [run.pk],
         "artifacts": [artifact.pk],
-        "findings": [finding.pk, public.pk],
+        "findings": [finding.pk, public.pk, reviewed.pk],
+        "objections": [objection.pk],
         "experiments": [run.experiment_id],
         "projects": [lab.project.slug],
     }

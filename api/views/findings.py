@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.db.models import Prefetch, QuerySet
 from django.urls import reverse
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
 from rest_framework import exceptions, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.permissions import AllowAny
@@ -163,7 +163,17 @@ class FindingViewSet(FindingReviewActions, ApiViewMixin, viewsets.GenericViewSet
         request = ReleaseRequest.objects.select_related("requested_by").get(pk=request.pk)
         return Response(ReleaseRequestSerializer(request).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(request=RationaleSerializer, responses={201: ReleaseRequestSerializer})
+    @extend_schema(
+        request=RationaleSerializer,
+        responses={201: ReleaseRequestSerializer},
+        examples=[
+            OpenApiExample(
+                "Ask for review",
+                value={"rationale": "Ready for a dual-use assessment."},
+                request_only=True,
+            )
+        ],
+    )
     @action(detail=True, methods=["post"], url_path="request-review")
     def request_review(self, request: Request, pk: str) -> Response:
         """Team → review tier (decided at once under the default policy)."""
@@ -172,7 +182,17 @@ class FindingViewSet(FindingReviewActions, ApiViewMixin, viewsets.GenericViewSet
         release = do_request_review(finding, rationale=rationale, acting_user=request.user)
         return self._release_answer(release)
 
-    @extend_schema(request=RationaleSerializer, responses={201: ReleaseRequestSerializer})
+    @extend_schema(
+        request=RationaleSerializer,
+        responses={201: ReleaseRequestSerializer},
+        examples=[
+            OpenApiExample(
+                "Ask for the next tier",
+                value={"rationale": "Partners need it for their replication."},
+                request_only=True,
+            )
+        ],
+    )
     @action(detail=True, methods=["post"], url_path="request-release")
     def request_release(self, request: Request, pk: str) -> Response:
         """Ask for the step above review (reviewers vote; a release manager schedules)."""
@@ -186,6 +206,19 @@ class FindingViewSet(FindingReviewActions, ApiViewMixin, viewsets.GenericViewSet
         methods=["POST"],
         request=AssessmentCreateSerializer,
         responses={201: AssessmentSerializer},
+        examples=[
+            OpenApiExample(
+                "Mostly alignment value",
+                value={
+                    "capability_uplift": 0,
+                    "alignment_value": 2,
+                    "rationale": "Explains a mechanism; no new capability.",
+                    "categories": ["interpretability"],
+                    "evidence_links": [],
+                },
+                request_only=True,
+            )
+        ],
     )
     @action(detail=True, methods=["get", "post"], pagination_class=None)
     def assessments(self, request: Request, pk: str) -> Response:
