@@ -279,7 +279,8 @@ def test_a_member_uploads_a_corpus_and_a_run_names_it(lab: Lab) -> None:
     assert answer.json()["size"] == len("the cat sat — on the mat\n".encode())
     assert [c["name"] for c in alice.get(url).json()] == [name]
     entry = AuditEntry.objects.get(action="corpus.upload")
-    assert entry.new["name"] == name and entry.actor_name == "alice"
+    assert entry.new is not None and entry.new["name"] == name
+    assert entry.actor_name == "alice"
 
     binary = SimpleUploadedFile("x.bin", b"\xff\xfe\x00")
     refused = alice.post(url, {"file": binary}, format="multipart")
