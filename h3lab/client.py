@@ -354,6 +354,13 @@ def _size(n: float) -> str:
 # --- login ----------------------------------------------------------------------------------------
 
 
+def _ask(prompt: str) -> str:
+    """A line typed by the user; the prompt goes to stderr, so stdout stays the result."""
+    sys.stderr.write(prompt)
+    sys.stderr.flush()
+    return sys.stdin.readline().strip()
+
+
 def cmd_login(api: Api, args: argparse.Namespace) -> int:
     """Ask for (or take) the lab's URL and a token, check them against ``/api/v1/me/``, and
     store them in the config file (0600), as ``gh auth login`` does."""
@@ -361,7 +368,7 @@ def cmd_login(api: Api, args: argparse.Namespace) -> int:
     interactive = sys.stdin.isatty()
     url = args.url or os.environ.get("H3LAB_URL") or stored.get("url") or ""
     if not url and interactive:
-        url = input(f"Lab URL [{DEFAULT_URL}]: ").strip()
+        url = _ask(f"Lab URL [{DEFAULT_URL}]: ")
     url = (url or DEFAULT_URL).rstrip("/")
     token = args.token or ""
     if args.with_token:

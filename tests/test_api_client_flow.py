@@ -114,6 +114,36 @@ def test_login_stores_the_token_0600_and_later_commands_use_it(
     assert run_client(env, "logout").returncode == 1  # not logged in
 
 
+def test_login_asks_for_the_url_and_the_token_in_a_terminal(
+    lab: Lab, live_server: Any, tmp_path: Path, monkeypatch: Any, capsys: Any
+) -> None:
+    from h3lab import client
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    token = make_token(lab.alice, "submit")
+    for name in ("H3LAB_URL", "H3LAB_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setattr(sys, "stdin", Terminal(f"{live_server.url}/\n"))
+    asked: list[str] = []
+
+    def getpass(prompt: str) -> str:
+        asked.append(prompt)
+        return token
+
+    monkeypatch.setattr("getpass.getpass", getpass)
+    assert client.main(["login"]) == 0
+    err = capsys.readouterr().err
+    assert "Lab URL [http://127.0.0.1:8000]: " in err
+    assert f"Create a token at {live_server.url}/api/tokens/" in err
+    assert asked == ["Token: "]
+    stored = json.loads((tmp_path / "xdg" / "h3lab" / "config.json").read_text())
+    assert stored == {"url": live_server.url, "token": token}
+
+
 # --- runs: cancel, logs, rerun --------------------------------------------------------------------
 
 
