@@ -155,3 +155,33 @@ def test_the_api_conforms_to_its_schema_under_fuzzing(
     assert not failures, "\n\n".join(failures)
     assert statuses[200] and statuses[201], f"the fuzz never succeeded: {dict(statuses)}"
     assert not [s for s in statuses if s >= 500], json.dumps(statuses)
+
+
+def _operations() -> list[tuple[str, str, dict[str, Any]]]:
+    from drf_spectacular.generators import SchemaGenerator
+
+    schema = SchemaGenerator().get_schema(request=None, public=True)
+    return [
+        (path, method, op) for path, ops in schema["paths"].items() for method, op in ops.items()
+    ]
+
+
+def test_operations_are_tagged_by_the_resource_they_act_on() -> None:
+    for path, method, op in _operations():
+        parts = path.strip("/").split("/")
+        expected = parts[2] if len(parts) > 2 and parts[2] != "me" else "api"
+        assert op["tags"] == [expected], f"{method.upper()} {path}: {op['tags']}"
+    tags = {op["tags"][0] for _, _, op in _operations()}
+    assert {"findings", "objections", "grants", "projects", "runs", "exports"} <= tags
+
+
+def test_every_json_request_body_has_an_example() -> None:
+    """What a client sends is shown, not only described (the docs' "Try it out" starts
+    from it)."""
+    missing = [
+        f"{method.upper()} {path}"
+        for path, method, op in _operations()
+        if "application/json" in op.get("requestBody", {}).get("content", {})
+        and not op["requestBody"]["content"]["application/json"].get("examples")
+    ]
+    assert not missing, f"request bodies without an example: {missing}"

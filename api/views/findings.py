@@ -126,7 +126,23 @@ class FindingViewSet(FindingReviewActions, ApiViewMixin, viewsets.GenericViewSet
         finding = _findings_with_evidence(Finding.objects.filter(pk=finding.pk)).get()
         return Response(FindingSerializer(finding).data)
 
-    @extend_schema(request=FindingCreateSerializer, responses={201: FindingSerializer})
+    @extend_schema(
+        request=FindingCreateSerializer,
+        responses={201: FindingSerializer},
+        examples=[
+            OpenApiExample(
+                "From a run, freezing its accuracy",
+                value={
+                    "title": "Induction heads form at step 400",
+                    "body": "Accuracy jumps from 0.2 to 0.97 between steps 300 and 500.",
+                    "runs": [42],
+                    "artifacts": [317],
+                    "metrics": ["test_accuracy"],
+                },
+                request_only=True,
+            )
+        ],
+    )
     def create(self, request: Request) -> Response:
         data = parse_body(FindingCreateSerializer, request)
         runs: list[Run] = data["runs"]
@@ -141,6 +157,13 @@ class FindingViewSet(FindingReviewActions, ApiViewMixin, viewsets.GenericViewSet
     @extend_schema(
         request=FindingEditSerializer,
         responses={200: FindingSerializer, 202: FindingRevisionSerializer},
+        examples=[
+            OpenApiExample(
+                "Fix the title",
+                value={"title": "Induction heads form at step 400", "note": "typo"},
+                request_only=True,
+            )
+        ],
     )
     def partial_update(self, request: Request, pk: str) -> Response:
         """Edit a finding. A team-tier finding changes at once (200, the finding). Above the

@@ -62,14 +62,34 @@ class GrantViewSet(ApiViewMixin, viewsets.GenericViewSet[Grant]):
     def retrieve(self, request: Request, pk: str) -> Response:
         return Response(GrantSerializer(self._grant(pk)).data)
 
-    @extend_schema(request=GrantCreateSerializer, responses={201: GrantSerializer})
+    @extend_schema(
+        request=GrantCreateSerializer,
+        responses={201: GrantSerializer},
+        examples=[
+            OpenApiExample(
+                "A partner's access to a project",
+                value={
+                    "user": "carol",
+                    "project": "induction",
+                    "max_tier": 2,
+                    "expires_at": "2027-06-30T23:59:00Z",
+                    "note": "replication study",
+                },
+                request_only=True,
+            )
+        ],
+    )
     def create(self, request: Request) -> Response:
         self.get_queryset()  # 404 for anyone who manages no project
         data = parse_body(GrantCreateSerializer, request)
         grant = check_give_grant(**data, acting_user=request.user)
         return Response(GrantSerializer(grant).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(request=RevokeSerializer, responses=GrantSerializer)
+    @extend_schema(
+        request=RevokeSerializer,
+        responses=GrantSerializer,
+        examples=[OpenApiExample("Revoke", value={"reason": "study ended"}, request_only=True)],
+    )
     @action(detail=True, methods=["post"])
     def revoke(self, request: Request, pk: str) -> Response:
         """Revoke now: the grantee's next request no longer sees what it covered."""

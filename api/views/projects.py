@@ -94,7 +94,12 @@ class ProjectViewSet(ProjectCorporaActions, ApiViewMixin, viewsets.ReadOnlyModel
         return Response(ProjectSerializer(project).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(methods=["GET"], request=None, responses=TeamSerializer)
-    @extend_schema(methods=["POST"], request=UsernameSerializer, responses={201: TeamSerializer})
+    @extend_schema(
+        methods=["POST"],
+        request=UsernameSerializer,
+        responses={201: TeamSerializer},
+        examples=[OpenApiExample("Add a member", value={"username": "bob"}, request_only=True)],
+    )
     @action(detail=True, methods=["get", "post"], url_path="team")
     def team(self, request: Request, slug: str) -> Response:
         """The team and delegates; POST adds a member."""
@@ -113,7 +118,11 @@ class ProjectViewSet(ProjectCorporaActions, ApiViewMixin, viewsets.ReadOnlyModel
         check_remove_project_member(project, username, acting_user=request.user)
         return Response(team(project))
 
-    @extend_schema(request=UsernameSerializer, responses={201: TeamSerializer})
+    @extend_schema(
+        request=UsernameSerializer,
+        responses={201: TeamSerializer},
+        examples=[OpenApiExample("Delegate", value={"username": "dana"}, request_only=True)],
+    )
     @action(detail=True, methods=["post"], url_path="delegates")
     def delegates(self, request: Request, slug: str) -> Response:
         """Delegate the project's release management to a user (lab admins)."""

@@ -231,7 +231,11 @@ class FindingReviewActions(_FindingViews):
         revision = check_propose_revision(finding, **data, acting_user=request.user)
         return Response(FindingRevisionSerializer(revision).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(request=RevisionWithdrawSerializer, responses=RevisionWithdrawResultSerializer)
+    @extend_schema(
+        request=RevisionWithdrawSerializer,
+        responses=RevisionWithdrawResultSerializer,
+        examples=[OpenApiExample("Withdraw", value={"reason": "wrong figure"}, request_only=True)],
+    )
     @action(detail=True, methods=["post"], url_path="revisions/withdraw")
     def withdraw_revision(self, request: Request, pk: str) -> Response:
         """The team withdraws the finding's pending revision (its review request is cancelled
