@@ -80,6 +80,7 @@ EPILOG = (
   python -m h3lab.client findings --tier 3
   python -m h3lab.client findings show 12 --json
   python -m h3lab.client findings vote 12 object -m "the probe code reveals the trick"
+  python -m h3lab.client objections clear 5 -m "addressed in revision 2"
   python -m h3lab.client exports download 7 --verify
   python -m h3lab.client exports verify h3lab-public-20261126-101500.tar.gz
 
@@ -844,6 +845,48 @@ def cmd_vote(api: Api, args: argparse.Namespace) -> int:
     return _posted(answer, args, f"{args.kind} recorded on finding #{args.finding}")
 
 
+def cmd_objection_show(api: Api, args: argparse.Namespace) -> int:
+    vote = api.get(f"objections/{args.objection}/")
+    if args.json:
+        emit_json(vote)
+        return EXIT_OK
+    state = "open" if vote["open"] else f"resolved: {vote['resolution']}"
+    print(f"objection #{vote['id']} by {vote['reviewer']} on finding #{vote['finding']} ({state})")
+    print(f"  {vote['rationale']}")
+    print(f"votes to clear: {len(vote['clearances'])} of {vote['quorum']} needed")
+    for c in vote["clearances"]:
+        print(f"  {c['reviewer']}: {c['rationale']}")
+    return EXIT_OK
+
+
+def cmd_objection_withdraw(api: Api, args: argparse.Namespace) -> int:
+    answer = api.post(f"objections/{args.objection}/withdraw/", {"reason": args.message or ""})
+    return _posted(answer, args, f"objection #{args.objection} withdrawn")
+
+
+def cmd_objection_clear(api: Api, args: argparse.Namespace) -> int:
+    answer = api.post(f"objections/{args.objection}/clear/", {"rationale": args.message})
+    vote = answer["objection"]
+    message = (
+        f"objection #{args.objection} cleared"
+        if answer["cleared"]
+        else f"your vote to clear objection #{args.objection} counts "
+        f"({len(vote['clearances'])} of {vote['quorum']})"
+    )
+    return _posted(answer, args, message)
+
+
+def cmd_whoami(api: Api, args: argparse.Namespace) -> int:
+    me = api.get("me/")
+    if args.json:
+        emit_json({**me, "url": api.settings.url})
+        return EXIT_OK
+    roles = [r for r in ("reviewer", "release_manager") if me.get(r)]
+    print(f"{me['username']} at {api.settings.url} ({me['auth']}, scope {me['scope']})")
+    print(f"projects: {', '.join(me['projects']) or '—'}; roles: {', '.join(roles) or '—'}")
+    return EXIT_OK
+
+
 # --- exports --------------------------------------------------------------------------------------
 
 
@@ -1318,6 +1361,25 @@ def parser() -> argparse.ArgumentParser:
     fv.add_argument("kind", choices=["approve", "object"])
     fv.add_argument("-m", "--message", help="rationale (an objection needs one)")
     fv.set_defaults(func=cmd_vote)
+
+    o = command(
+        "objections",
+        "read, withdraw or vote to clear an objection (raise one with `findings vote … object`)",
+    )
+    osub = o.add_subparsers(dest="command_name", metavar="ACTION", required=True)
+    for name, func, help in (
+        ("show", cmd_objection_show, "an objection and the votes to clear it"),
+        ("withdraw", cmd_objection_withdraw, "withdraw your own objection"),
+        ("clear", cmd_objection_clear, "vote to clear someone else's objection (board members)"),
+    ):
+        op = osub.add_parser(name, help=help, parents=[common], formatter_class=_Formatter)
+        op.add_argument("objection", type=int, metavar="OBJECTION")
+        if name != "show":
+            op.add_argument("-m", "--message", required=name == "clear", help="why")
+        op.set_defaults(func=func)
+
+    who = command("whoami", "who the token belongs to, its scope, projects and roles")
+    who.set_defaults(func=cmd_whoami)
 
     e = command(
         "exports",

@@ -353,8 +353,16 @@ def test_a_finding_goes_through_review_from_the_terminal(
     assert json.loads(onward.stdout)["target_tier"] == Tier.PARTNERS
     bare = run_client(rita, "findings", "vote", str(finding), "object")
     assert bare.returncode == 6 and "rationale" in bare.stderr  # an objection needs one
-    objected = run_client(rita, "findings", "vote", str(finding), "object", "-m", "too early")
+    objected = run_client(
+        rita, "findings", "vote", str(finding), "object", "-m", "too early", "--json"
+    )
     assert objected.returncode == 0, objected.stderr
+    objection = json.loads(objected.stdout)["id"]
+    shown_objection = run_client(alice, "objections", "show", str(objection))
+    assert "(open)" in shown_objection.stdout and "0 of 1 needed" in shown_objection.stdout
+    # its author does not clear it, and the team may not either
+    assert run_client(rita, "objections", "clear", str(objection), "-m", "x").returncode == 5
+    assert run_client(alice, "objections", "withdraw", str(objection)).returncode == 5
 
     shown = run_client(alice, "findings", "show", str(finding), "--json")
     assert shown.returncode == 0, shown.stderr
@@ -367,6 +375,14 @@ def test_a_finding_goes_through_review_from_the_terminal(
     assert "Induction heads at step 400" in text.stdout
     assert "test_accuracy = 0.97 @ step" in text.stdout
     assert "rita object" in text.stdout and "waiting:" in text.stdout
+    ravi = client_env(
+        live_server.url, make_token(factories.make_reviewer("ravi"), "manage"), tmp_path
+    )
+    cleared = run_client(ravi, "objections", "clear", str(objection), "-m", "addressed")
+    assert cleared.returncode == 0, cleared.stderr
+    assert f"objection #{objection} cleared" in cleared.stderr
+    who = json.loads(run_client(ravi, "whoami", "--json").stdout)
+    assert (who["username"], who["reviewer"], who["url"]) == ("ravi", True, live_server.url)
     listed = run_client(alice, "findings", "list", "--tier", "1", "--json")
     assert [f["id"] for f in json.loads(listed.stdout)] == [finding]
     # an outsider: not found, the same as a missing finding

@@ -263,6 +263,10 @@ def test_review_writes_need_the_manage_scope(cast: Cast) -> None:
             f"/api/v1/findings/{finding.pk}/votes/", {"kind": "approve"}, format="json"
         )
         assert answer.status_code == 403, scope
+        assert (
+            f"has the '{scope}' scope; this request needs 'manage'"
+            in answer.json()["error"]["message"]
+        )
     assert not Vote.objects.filter(finding=finding).exists()
 
 
