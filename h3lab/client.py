@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from h3lab import __version__  # the package's __init__ imports nothing: no torch, no Django
+
 DEFAULT_URL = "http://127.0.0.1:8000"
 CONFIG_FILE = Path("~/.config/h3lab/config.json")
 FINAL = {"succeeded": 0, "failed": 1, "cancelled": 2}
@@ -466,13 +468,20 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
     pass
 
 
+def _prog() -> str:
+    """The name the user typed: the installed ``h3lab-client`` script, or the module."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return "h3lab-client" if name.startswith("h3lab-client") else "python -m h3lab.client"
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m h3lab.client",
+        prog=_prog(),
         description="Submit, follow and fetch h3lab training runs from a terminal.",
         epilog=EPILOG,
         formatter_class=_Formatter,
     )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--url", help=f"lab address (H3LAB_URL; default {DEFAULT_URL})")
     p.add_argument("--token", help="API token (H3LAB_TOKEN, or ~/.config/h3lab/config.json)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
