@@ -161,3 +161,22 @@ print(json.dumps({
     assert found["static"] == f"{package}/_site/static/h3lab/app.css"
     assert found["var"] == str(elsewhere / "var")  # state in the working directory
     assert (elsewhere / "var" / "h3lab.sqlite3").is_file()  # every migration applied
+
+
+def test_the_platform_extra_is_satisfied_by_the_locked_venv_without_fetching_torch(
+    wheel: Path, tmp_path: Path
+) -> None:
+    """This venv was made the Makefile's way (torch, then the hashed lock). Resolving
+    ``h3lab[platform]`` against it with no index at all must want nothing but h3lab itself:
+    torch (the CPU build installed first) and every other extra are already satisfied."""
+    report = tmp_path / "report.json"
+    offline = ["--no-index", "--find-links", str(wheel.parent)]
+    done = subprocess.run(
+        [*PIP, "install", "--dry-run", *offline, "--report", str(report), "h3lab[platform]"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    wanted = [item["metadata"]["name"] for item in json.loads(report.read_text())["install"]]
+    assert wanted == ["h3lab"]
