@@ -35,6 +35,7 @@ def normalize(name: str) -> str:
 
 
 def test_every_python_package_on_disk_is_listed_in_pyproject() -> None:
+    assert {"h3lab", "vault", "experiments", "disclosure", "api", "web"} <= set(TOP_PACKAGES)
     on_disk = {
         str(init.parent.relative_to(ROOT)).replace(os.sep, ".")
         for top in TOP_PACKAGES

@@ -17,7 +17,16 @@ ROOT = Path(__file__).resolve().parents[1]
 # What a wheel is built from: the packages, the site's templates and static files, and the
 # files pyproject.toml names (README.md as the long description, LICENSE).
 SOURCES = ("pyproject.toml", "README.md", "LICENSE", "templates", "static")
-TOP_PACKAGES = ("h3lab", "vault", "experiments", "disclosure", "api", "web")
+# Every top-level package of the flat layout (a folder with __init__.py), found rather than
+# listed, so a new one that pyproject.toml does not name fails tests/test_packaging.py.
+NOT_SHIPPED = {"tests", "scripts"}
+TOP_PACKAGES = tuple(
+    sorted(
+        d.name
+        for d in ROOT.iterdir()
+        if (d / "__init__.py").is_file() and d.name not in NOT_SHIPPED
+    )
+)
 
 
 def pyproject() -> dict[str, Any]:
