@@ -46,7 +46,7 @@ dev-venv: $(VENV)/.installed-dev
 # the newest. The locks must never contain torch (it would need a hash for every CUDA build).
 lock:
 	test -x .venv-lock/bin/pip-compile || \
-		($(PYTHON) -m venv .venv-lock && .venv-lock/bin/pip install --quiet pip-tools)
+		($(PYTHON) -m venv .venv-lock && .venv-lock/bin/pip install --quiet pip-tools==7.6.2)
 	.venv-lock/bin/$(PIP_COMPILE) $(if $(UPGRADE),--upgrade) -o requirements.txt requirements.in
 	.venv-lock/bin/$(PIP_COMPILE) $(if $(UPGRADE),--upgrade) -o requirements-dev.txt \
 		requirements-dev.in
