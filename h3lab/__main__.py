@@ -38,10 +38,15 @@ def _sub(
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _prog() -> str:
+    """The name the user typed: the installed ``h3lab`` script, or the module."""
     name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    return "h3lab" if name.startswith("h3lab") else "python -m h3lab"
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="h3lab" if name.startswith("h3lab") else "python -m h3lab",
+        prog=_prog(),
         description="Train, evaluate and probe H3 and attention language models.",
         epilog=EPILOG,
         formatter_class=_Formatter,
@@ -337,6 +342,9 @@ def main(argv: list[str] | None = None) -> int:
         from h3lab import bench  # lazily: it is the nn engineer's module and may pull in more
 
         return int(bench.main(argv[1:]) or 0)
+    if argv == ["--version"]:  # answered before the parser, whose probe options import torch
+        print(f"{_prog()} {__version__}")
+        return 0
     try:
         parser = build_parser()  # the probe and reproduce options import torch
     except ModuleNotFoundError as exc:  # the bare wheel: the client only (see README)

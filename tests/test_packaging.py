@@ -123,12 +123,18 @@ def test_the_bare_wheel_needs_nothing_and_the_platform_comes_in_extras(
 # --- the commands -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("main", [cli.main, client.main], ids=["h3lab", "h3lab-client"])
-def test_both_commands_print_the_package_version(
-    main: object, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_both_commands_print_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out.strip().endswith(f" {h3lab.__version__}")
     with pytest.raises(SystemExit) as exit_:
-        main(["--version"])  # type: ignore[operator]
+        client.main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip().endswith(f" {h3lab.__version__}")
+
+
+def test_the_ml_parser_also_answers_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.build_parser().parse_args(["--version"])
     assert exit_.value.code == 0
     assert capsys.readouterr().out.strip().endswith(f" {h3lab.__version__}")
 

@@ -101,7 +101,9 @@ def test_the_client_installs_and_runs_without_torch_or_django(wheel: Path, tmp_p
     assert version.stdout.strip() == f"h3lab-client {h3lab.__version__}"
     module = run([str(bin_ / "python"), "-m", "h3lab.client", "--version"], elsewhere)
     assert module.stdout.strip() == f"python -m h3lab.client {h3lab.__version__}"
-    # The ML command line says what to install instead of a traceback.
+    # The ML command line knows its version, and says what to install instead of a traceback.
+    cli_version = run([str(bin_ / "h3lab"), "--version"], elsewhere)
+    assert cli_version.stdout.strip() == f"h3lab {h3lab.__version__}", cli_version.stderr
     cli = run([str(bin_ / "h3lab"), "--help"], elsewhere)
     assert cli.returncode == 1
     assert "needs torch" in cli.stderr and "pip install 'h3lab[ml]'" in cli.stderr
