@@ -35,7 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-__version__ = "0.2.0"
+from h3lab import __version__  # the package's __init__ imports nothing: no torch, no Django
+
 API_VERSION = "v1"
 DEFAULT_URL = "http://127.0.0.1:8000"
 CHUNK = 1 << 16
@@ -1181,7 +1182,9 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 
 
 def _prog() -> str:
-    return "h3lab-client" if Path(sys.argv[0]).name == "h3lab-client" else "python -m h3lab.client"
+    """The name the user typed: the installed ``h3lab-client`` script, or the module."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return "h3lab-client" if name.startswith("h3lab-client") else "python -m h3lab.client"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -1214,7 +1217,7 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=_Formatter,
     )
     p.add_argument(
-        "--version", action="version", version=f"h3lab-client {__version__} (API {API_VERSION})"
+        "--version", action="version", version=f"%(prog)s {__version__} (API {API_VERSION})"
     )
     p.add_argument("--url", help=f"lab address (H3LAB_URL, or `login`; default {DEFAULT_URL})")
     p.add_argument("--token", help="API token (H3LAB_TOKEN, or `login`)")
