@@ -37,7 +37,6 @@ from typing import IO, Any, TypeVar
 
 from h3lab import __version__  # the package's __init__ imports nothing: no torch, no Django
 
-API_VERSION = "v1"
 DEFAULT_URL = "http://127.0.0.1:8000"
 CHUNK = 1 << 16
 
@@ -1217,7 +1216,7 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=_Formatter,
     )
     p.add_argument(
-        "--version", action="version", version=f"%(prog)s {__version__} (API {API_VERSION})"
+        "--version", action="version", version=f"h3lab-client {__version__}"
     )
     p.add_argument("--url", help=f"lab address (H3LAB_URL, or `login`; default {DEFAULT_URL})")
     p.add_argument("--token", help="API token (H3LAB_TOKEN, or `login`)")
