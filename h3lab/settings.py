@@ -455,3 +455,10 @@ AUTH_PASSWORD_VALIDATORS += [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 PASSWORD_RESET_TIMEOUT = env_int("PASSWORD_RESET_TIMEOUT", 3 * 3600)
+
+# Performance (docs/benchmarks.md, "Web under load"). A user's roles are read once per request
+# and memoized for that request only (disclosure.policy.roles). Server-Timing headers (time in
+# Django and in SQL, query count) are for the load benchmark only: off unless asked for.
+H3LAB_SERVER_TIMING = env_bool("H3LAB_SERVER_TIMING", False)
+MIDDLEWARE.insert(0, "web.middleware.ServerTimingMiddleware")
+MIDDLEWARE.insert(1, "disclosure.middleware.RolesOncePerRequestMiddleware")

@@ -10,6 +10,7 @@ response that already sets its own policy (downloads' sandbox, the API docs) kee
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from functools import wraps
 from typing import Any
@@ -103,3 +104,52 @@ def csp_override(policy: str) -> Callable[[ViewFunc], ViewFunc]:
         return wrapped
 
     return decorate
+
+
+class ServerTimingMiddleware:
+    """With ``H3LAB_SERVER_TIMING`` on (the load benchmark, ``manage.py bench_web``), every
+    response carries ``Server-Timing: app;dur=<ms>, db;dur=<ms>;desc="<n> queries"``: the time
+    spent in Django (all middleware and the view, rendering included) and in SQL, measured in
+    the worker, so a benchmark can tell server time from queueing time under load.
+
+    SECURITY: off by default. Query counts and timings differ between code paths, and a 404
+    for "forbidden" must look like a 404 for "missing"; production responses carry neither.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        from django.conf import settings
+
+        if not settings.H3LAB_SERVER_TIMING:
+            return self.get_response(request)
+        from django.db import connection
+
+        sql = _SqlTimer()
+        start = time.perf_counter()
+        with connection.execute_wrapper(sql):
+            response = self.get_response(request)
+        total = (time.perf_counter() - start) * 1000
+        response.headers["Server-Timing"] = (
+            f'app;dur={total:.2f}, db;dur={sql.seconds * 1000:.2f};desc="{sql.count} queries"'
+        )
+        return response
+
+
+class _SqlTimer:
+    """A ``connection.execute_wrapper``: counts the statements and the time spent in them."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.seconds = 0.0
+
+    def __call__(
+        self, execute: Callable[..., Any], sql: str, params: Any, many: bool, context: Any
+    ) -> Any:
+        start = time.perf_counter()
+        try:
+            return execute(sql, params, many, context)
+        finally:
+            self.seconds += time.perf_counter() - start
+            self.count += 1
