@@ -42,6 +42,8 @@ from h3lab.config import ConfigError
 
 log = logging.getLogger(__name__)
 RUNS_PER_PAGE = 50
+# A run's large columns, which lists never show.
+RUN_BULK_FIELDS = ("config", "result", "traceback")
 
 
 def _managed_run_or_404(request: HttpRequest, pk: int) -> Run:
@@ -163,7 +165,8 @@ def run_list(request: HttpRequest) -> HttpResponse:
     projects = policy.visible_projects(request.user)
     filters = RunFilterForm(request.GET or None, projects=projects)
     runs = filters.filter(policy.visible_runs(request.user))
-    runs = runs.select_related("project", "experiment", "created_by")
+    # The list shows no config, result or traceback: not fetched, nor decoded 50 times.
+    runs = runs.select_related("project", "experiment", "created_by").defer(*RUN_BULK_FIELDS)
     page = Paginator(runs, RUNS_PER_PAGE).get_page(request.GET.get("page"))
     query = request.GET.copy()
     query.pop("page", None)

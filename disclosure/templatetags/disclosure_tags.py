@@ -39,8 +39,14 @@ def utc_time(value: datetime | None) -> str:
     )
 
 
-@register.inclusion_tag("disclosure/_tier.html")
-def tier_badge(tier: int, label: str = "") -> dict[str, Any]:
+@register.simple_tag
+def tier_badge(tier: int, label: str = "") -> str:
+    """A tier's badge. A simple tag, not an included template: lists render one per row, and
+    an inclusion tag costs a template render each time."""
     from experiments.models import Tier
 
-    return {"tier": tier, "label": label or Tier(tier).label}
+    return format_html(
+        '<span class="tier tier-{}" title="disclosure tier">{}</span>',
+        tier,
+        label or Tier(tier).label,
+    )

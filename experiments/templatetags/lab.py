@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django import template
+from django.utils.html import format_html
 
 from experiments.forms import TASK_CHOICES
 
@@ -55,3 +56,12 @@ def cfg(value: Any) -> str:
 def task_label(name: str) -> str:
     """``induction_head`` → ``Induction head``; unknown names as they are."""
     return dict(TASK_CHOICES, jsonl="JSONL dataset", text="Text file").get(name, name)
+
+
+@register.simple_tag
+def status_badge(status: str) -> str:
+    """A run's status badge (one per row of the run lists: a tag, not an included template)."""
+    pulse = '<span class="pulse" aria-hidden="true"></span>' if status == "running" else ""
+    return format_html(
+        '<span class="badge badge-{}">{}{}</span>', status, format_html(pulse), status
+    )
