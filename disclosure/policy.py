@@ -108,6 +108,17 @@ def visible_runs(user: Viewer) -> QuerySet[Run]:
     return Run.objects.filter(project_id__in=sorted(roles(user).member_projects))
 
 
+def openable_run_ids(user: Viewer, runs: Iterable[Run]) -> set[int]:
+    """Which of ``runs`` the user may open (:func:`visible_runs`, decided from the request's
+    roles without a query of its own)."""
+    if is_lab_admin(user):
+        return {r.pk for r in runs}
+    if not _authenticated(user):
+        return set()
+    team = roles(user).member_projects
+    return {r.pk for r in runs if r.project_id in team}
+
+
 # --- roles ------------------------------------------------------------------------------------
 
 

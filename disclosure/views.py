@@ -160,7 +160,7 @@ def _review_context(
             }
             for v in votes
         ],
-        "gate": gate_reasons(pending) if pending else [],
+        "gate": gate_reasons(pending, finding=finding) if pending else [],
         "timeline": AuditEntry.objects.filter(finding_id=finding.pk)
         .exclude(action="finding.view")
         .order_by("-id")[:50],

@@ -24,14 +24,15 @@ def test_responses_carry_no_server_timing_unless_the_benchmark_asks(
     settings.H3LAB_SERVER_TIMING = True  # type: ignore[attr-defined]
     with CaptureQueriesContext(connection) as ctx:
         response = as_alice.get(reverse("runs"))
-    app, db, queries = server_timing(response["Server-Timing"])
-    assert app > 0 and 0 <= db <= app
+    app, db, queries, cpu = server_timing(response["Server-Timing"])
+    assert app > 0 and 0 <= db <= app and cpu >= 0
     assert queries == len(ctx.captured_queries) > 0
 
 
 def test_a_missing_header_reads_as_unknown_not_as_zero() -> None:
-    assert server_timing(None) == (-1.0, -1.0, -1)
-    assert server_timing('app;dur=12.50, db;dur=1.25;desc="7 queries"') == (12.5, 1.25, 7)
+    assert server_timing(None) == (-1.0, -1.0, -1, -1.0)
+    header = 'app;dur=12.50, cpu;dur=9.00, db;dur=1.25;desc="7 queries"'
+    assert server_timing(header) == (12.5, 1.25, 7, 9.0)
 
 
 def test_nearest_rank_percentiles() -> None:
@@ -88,7 +89,8 @@ def test_the_load_generator_runs_a_closed_loop_against_a_server(lab: Lab) -> Non
             seen.append(self.headers.get("If-None-Match"))
             self.send_response(304 if self.headers.get("If-None-Match") else 200)
             self.send_header("ETag", '"v1"')
-            self.send_header("Server-Timing", 'app;dur=1.00, db;dur=0.10;desc="2 queries"')
+            timing = 'app;dur=1.00, cpu;dur=0.50, db;dur=0.10;desc="2 queries"'
+            self.send_header("Server-Timing", timing)
             self.send_header("Content-Length", "0")
             self.end_headers()
 
@@ -113,4 +115,4 @@ def test_the_load_generator_runs_a_closed_loop_against_a_server(lab: Lab) -> Non
     assert records and len(records) < len(seen)  # warm-up requests are not recorded
     assert {r[1] for r in records} == {304}
     assert seen[0] is None and set(seen[1:]) == {'"v1"'}
-    assert records[0][3:] == (1.0, 0.1, 2)
+    assert records[0][3:] == (1.0, 0.1, 2, 0.5)

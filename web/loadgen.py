@@ -9,8 +9,8 @@ browser does. Requests finished during the warm-up are not recorded.
 
 The plan (JSON): ``base_url``, ``host``, ``duration_s``, ``warmup_s``, ``seed``, and
 ``clients``: a list of ``{"cookie": "...", "paths": {endpoint: [path, ...]}}``. The output
-(JSON): one record per request, ``[endpoint, status, latency_s, app_ms, db_ms, queries]``
-(the last three from the ``Server-Timing`` header; -1 when absent), and the wall time.
+(JSON): one record per request, ``[endpoint, status, latency_s, app_ms, db_ms, queries,
+cpu_ms]`` (the last four from the ``Server-Timing`` header; -1 when absent), and the wall time.
 """
 
 from __future__ import annotations
@@ -25,22 +25,24 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-Record = tuple[str, int, float, float, float, int]
+Record = tuple[str, int, float, float, float, int, float]
 
 _APP = re.compile(r"app;dur=([0-9.]+)")
+_CPU = re.compile(r"cpu;dur=([0-9.]+)")
 _DB = re.compile(r'db;dur=([0-9.]+);desc="(\d+) queries"')
 
 
-def server_timing(header: str | None) -> tuple[float, float, int]:
-    """(app ms, db ms, queries) from a ``Server-Timing`` header; -1 for what is missing."""
+def server_timing(header: str | None) -> tuple[float, float, int, float]:
+    """(app ms, db ms, queries, cpu ms) from a ``Server-Timing`` header; -1 for what is
+    missing."""
     if not header:
-        return -1.0, -1.0, -1
-    app = _APP.search(header)
-    db = _DB.search(header)
+        return -1.0, -1.0, -1, -1.0
+    app, cpu, db = _APP.search(header), _CPU.search(header), _DB.search(header)
     return (
         float(app.group(1)) if app else -1.0,
         float(db.group(1)) if db else -1.0,
         int(db.group(2)) if db else -1,
+        float(cpu.group(1)) if cpu else -1.0,
     )
 
 
@@ -65,7 +67,7 @@ def client_loop(
         endpoint = rng.choice(endpoints)
         path = rng.choice(client["paths"][endpoint])
         extra = {"If-None-Match": etags[path]} if path in etags else {}
-        status, app, db, queries = 0, -1.0, -1.0, -1
+        status, app, db, queries, cpu = 0, -1.0, -1.0, -1, -1.0
         began = time.perf_counter()
         try:
             conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=60)
@@ -73,7 +75,7 @@ def client_loop(
             response = conn.getresponse()
             response.read()
             status = response.status
-            app, db, queries = server_timing(response.getheader("Server-Timing"))
+            app, db, queries, cpu = server_timing(response.getheader("Server-Timing"))
             if etag := response.getheader("ETag"):
                 etags[path] = etag
             conn.close()
@@ -81,7 +83,7 @@ def client_loop(
             status = 0
         latency = time.perf_counter() - began
         if now >= record_from:
-            out.append((endpoint, status, latency, app, db, queries))
+            out.append((endpoint, status, latency, app, db, queries, cpu))
 
 
 def run(plan: dict[str, Any]) -> dict[str, Any]:
