@@ -126,7 +126,34 @@ def _metrics_file_bytes(
     return csv_bytes, json.dumps(json_doc, indent=2, sort_keys=True).encode()
 
 
-def _artifact_file(a: Artifact, path: str, token: str | None) -> bundles.BundleFile:
+# Small evidence files cited by several findings are read once per export and kept in memory
+# (each file is otherwise opened twice per citing finding: hashed, then archived), within
+# this budget per export; larger ones, and those past the budget, stream from storage.
+SHARED_READ_MAX = 1 << 20
+SHARED_BUDGET = 64 << 20
+
+
+class _ArtifactBytes:
+    """The bytes of small artifacts, read at most once per export."""
+
+    def __init__(self) -> None:
+        self.data: dict[int, bytes] = {}
+        self.used = 0
+
+    def get(self, a: Artifact) -> bytes | None:
+        if a.pk in self.data:
+            return self.data[a.pk]
+        if a.size > SHARED_READ_MAX or self.used + a.size > SHARED_BUDGET:
+            return None
+        data = b"".join(storage.open_artifact(a))
+        self.data[a.pk] = data
+        self.used += len(data)
+        return data
+
+
+def _artifact_file(
+    a: Artifact, path: str, token: str | None, shared: _ArtifactBytes | None = None
+) -> bundles.BundleFile:
     markable = token and a.size <= MARKABLE_MAX and a.name.endswith((".png", ".csv", ".json"))
     if markable:
         data = b"".join(storage.open_artifact(a))
@@ -137,6 +164,9 @@ def _artifact_file(a: Artifact, path: str, token: str | None) -> bundles.BundleF
         else:
             data = marks.mark_json(data, token)  # type: ignore[arg-type]
         return bundles.BundleFile(path, data)
+    kept = shared.get(a) if shared is not None else None
+    if kept is not None:
+        return bundles.BundleFile(path, kept)
     return bundles.LazyFile(path, opener=lambda: storage.open_artifact_file(a))
 
 
@@ -159,6 +189,7 @@ def bundle_files(
     )
     runs = {r.pk: r for f in findings for r in getattr(f, "export_runs", [])}
     metrics = _metrics_bytes(sorted(runs), token)
+    shared = _ArtifactBytes()
     configs: dict[int, bytes] = {}
     for run in runs.values():
         config = {"run": run.pk, "config": run.config}
@@ -181,7 +212,7 @@ def bundle_files(
             if a.is_shredded:
                 raise ExportRefused({finding_label(f): [f"evidence {a.name} was destroyed"]})
             evidence.append(
-                _artifact_file(a, f"evidence/{slug}/artifacts/{a.run_id}-{a.name}", token)
+                _artifact_file(a, f"evidence/{slug}/artifacts/{a.run_id}-{a.name}", token, shared)
             )
         paths = [e.path for e in evidence]
         # The body is marked on its own, so each sentence's wording bits depend only on the
