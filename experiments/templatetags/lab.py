@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from django import template
@@ -69,3 +70,12 @@ def status_badge(status: str) -> str:
         pulse if status == "running" else "",
         status,
     )
+
+
+@register.filter
+def utc_stamp(value: datetime | None) -> str:
+    """``YYYY-MM-DD HH:MM:SS`` of a stored (UTC) instant: what ``|date:'Y-m-d H:i:s'`` prints
+    with TIME_ZONE = "UTC", at a fraction of its cost (lists print one per row)."""
+    if value is None:
+        return ""
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
