@@ -57,8 +57,10 @@ def redis_everywhere(
 ) -> PrivateRedis:
     """Broker and cache on a private Redis, as in compose."""
     conf: Any = app.conf
-    monkeypatch.setenv("CELERY_BROKER_URL", private_redis.url(0))
+    # The attribute first: Celery's broker_url reads the environment first, so patching the
+    # environment first would make the "old" value saved for the undo the private server's.
     monkeypatch.setattr(conf, "broker_url", private_redis.url(0))
+    monkeypatch.setenv("CELERY_BROKER_URL", private_redis.url(0))
     settings.CACHES = {
         "default": {
             "BACKEND": "web.cache.ResilientRedisCache",
