@@ -58,6 +58,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "guardian",
     "h3lab.apps.H3LabConfig",
+    "vault",  # master-key fingerprints (vault.models); below both apps
     "experiments",
     "disclosure",
     "web",
