@@ -24,6 +24,7 @@ RUN pip install torch==2.13.0 --index-url "https://download.pytorch.org/whl/${TO
 COPY --chown=h3lab:h3lab . .
 USER h3lab
 EXPOSE 8000
-# Every role passes `check --deploy` first; "web" then migrates and serves (scripts/entrypoint.sh).
+# Every role passes `check --deploy` first; "web" then migrates and serves with
+# `gunicorn --config gunicorn.conf.py` (scripts/entrypoint.sh).
 ENTRYPOINT ["scripts/entrypoint.sh"]
 CMD ["web"]

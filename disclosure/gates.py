@@ -72,15 +72,17 @@ def gate_reasons(request: ReleaseRequest, *, now: datetime | None = None) -> lis
     if rule.requires_assessment and not Assessment.objects.filter(finding=finding).exists():
         reasons.append("no dual-use assessment has been recorded")
     if len(gate.approvals) < rule.approvals_required:
+        missing = rule.approvals_required - len(gate.approvals)
         reasons.append(
-            f"{len(gate.approvals)} of {rule.approvals_required} required approvals "
-            f"(policy v{gate.policy.version})"
+            f"awaiting {missing} more approval{'s' if missing != 1 else ''} "
+            f"({len(gate.approvals)} of {rule.approvals_required} required approvals, "
+            f"policy v{gate.policy.version})"
         )
     objections = Vote.objects.filter(
         request=request, kind=VoteKind.OBJECT, resolved_at__isnull=True
     ).count()
     if objections:
-        reasons.append(f"{objections} unresolved objection(s)")
+        reasons.append(f"{objections} unresolved objection{'s' if objections != 1 else ''}")
     for dep in finding.depends_on.all():
         if dep.is_retracted:
             reasons.append(f"depends on retracted finding #{dep.pk}")

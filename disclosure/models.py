@@ -562,6 +562,7 @@ class NotificationKind(models.TextChoices):
     GRANT_REVOKED = "grant_revoked", "access revoked"
     AGREEMENT = "agreement", "agreement changed"
     RETRACTION = "retraction", "finding retracted"
+    PARTNER_COPY = "partner_copy", "partner copy ready"
 
 
 class Notification(models.Model):
@@ -769,6 +770,11 @@ class Export(models.Model):
     @property
     def is_active(self) -> bool:
         return self.status in (ExportStatus.QUEUED, ExportStatus.RUNNING)
+
+    @property
+    def queue_unreachable(self) -> bool:
+        """Queued, but its build job never reached the broker (experiments.dispatch)."""
+        return self.status == ExportStatus.QUEUED and not self.celery_task_id
 
 
 class RecipientMark(models.Model):

@@ -80,3 +80,20 @@ def unread_count(user: Viewer) -> int:
     if not is_user(user):
         return 0
     return Notification.objects.filter(user=user, read_at__isnull=True).count()
+
+
+def notify_partner_copy(export: Any) -> list[Notification]:
+    """Tell a partner that a copy was made for them, with a link to its page (which re-checks
+    their grants before the download). The notice names no finding."""
+    from django.urls import reverse
+
+    return notify(
+        [export.recipient],
+        NotificationKind.PARTNER_COPY,
+        "A partner copy was prepared for you",
+        body=(
+            "A signed copy of findings shared with you is ready to download. It carries a mark "
+            "that identifies you as its recipient; keep it within the terms you accepted."
+        ),
+        url=reverse("export", args=[export.pk]),
+    )

@@ -22,6 +22,7 @@ tombstone page is shown to whoever could read them before.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
 from typing import TYPE_CHECKING, Any, TypeGuard, TypeVar
@@ -378,6 +379,123 @@ def manageable_projects(user: Viewer) -> QuerySet[Project]:
     )
 
 
+# --- who can see a finding -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reader:
+    user: User
+    route: str  # "team" | "review board" | "release managers" | "grant" | "lab admin" | …
+
+
+@dataclass(frozen=True)
+class Audience:
+    """Who can read a finding now: everyone (public), and the named people who can read it by
+    another route. Computed from candidates (the team, cleared groups, grant holders, lab
+    admins), each then confirmed with the branches of :func:`finding_visibility_q` itself, so
+    the list says exactly what the policy enforces."""
+
+    public: bool
+    readers: list[Reader]
+
+
+def can_see_audience(user: Viewer, finding: Finding) -> bool:
+    """The team and whoever manages the project's releases (and can read the finding)."""
+    if not visible_findings(user).filter(pk=finding.pk).exists():
+        return False
+    return is_member(user, finding.project) or can_manage_releases(user, finding.project)
+
+
+def audience(finding: Finding) -> Audience:
+    model = get_user_model()
+    now = timezone.now()
+    team = set(finding.project.group.user_set.values_list("pk", flat=True))
+    cleared: dict[int, str] = {}
+    for clearance in GroupClearance.objects.filter(tier__lte=finding.tier).select_related("group"):
+        for pk in clearance.group.user_set.values_list("pk", flat=True):
+            cleared.setdefault(pk, clearance.group.name)
+    grants = Grant.objects.filter(
+        Q(project=finding.project_id) | Q(finding=finding.pk),
+        revoked_at__isnull=True,
+        expires_at__gt=now,
+        max_tier__lte=finding.tier,
+        approval__in=EFFECTIVE_APPROVALS,
+    )
+    granted = set(grants.filter(user__isnull=False).values_list("user_id", flat=True))
+    granted |= set(
+        model.groups.through.objects.filter(
+            group_id__in=grants.filter(group__isnull=False).values("group_id")
+        ).values_list("user_id", flat=True)
+    )
+    admins = set(model.objects.filter(is_superuser=True).values_list("pk", flat=True))
+    readers: list[Reader] = []
+    candidates = model.objects.filter(pk__in=team | set(cleared) | granted | admins, is_active=True)
+    for user in candidates.order_by("username"):
+        # The policy's own branches, less "released to the public" (that one is ``public``).
+        if user.is_superuser:
+            by_name = Q()
+        else:
+            others = _clearance_q(user) | _grant_q(user, now)
+            by_name = _team_q(user) | (others & _not_retracted())
+        if not Finding.objects.filter(by_name, pk=finding.pk).exists():
+            continue  # e.g. recused, agreement not accepted, retracted
+        if user.pk in team:
+            route = "team"
+        elif user.is_superuser:
+            route = "lab admin"
+        elif (
+            user.pk in cleared
+            and not Recusal.objects.filter(finding=finding, reviewer=user).exists()
+        ):
+            route = cleared[user.pk]
+        else:
+            route = "grant"
+        readers.append(Reader(user=user, route=route))
+    return Audience(
+        public=finding.tier == Tier.PUBLIC and not finding.is_retracted, readers=readers
+    )
+
+
+# --- lab administration -----------------------------------------------------------------------
+
+
+def can_administer_lab(user: Viewer) -> TypeGuard[User]:
+    """Create projects and delegate a project's release management: lab admins only."""
+    return is_lab_admin(user)
+
+
+def team_managed_projects(user: Viewer) -> QuerySet[Project]:
+    """Projects whose team the user may change: every project for a lab admin; for anyone else
+    the projects delegated to them (guardian ``change_project``, directly or through a group).
+    Release managers are not included: releasing work is not the same as opening it to people."""
+    if is_lab_admin(user):
+        return Project.objects.all()
+    if not _authenticated(user):
+        return Project.objects.none()
+    return get_objects_for_user(
+        user, "experiments.change_project", Project, accept_global_perms=False
+    )
+
+
+def get_team_managed_project_or_404(user: Viewer, slug: str) -> Project:
+    return get_visible_or_404(team_managed_projects(user), slug=slug)
+
+
+def can_manage_team(user: Viewer, project: Project) -> bool:
+    return team_managed_projects(user).filter(pk=project.pk).exists()
+
+
+def project_delegates(project: Project) -> QuerySet[User]:
+    """Users delegated ``change_project`` on ``project`` directly (group delegations are shown
+    in the admin)."""
+    from disclosure.models import ProjectUserObjectPermission
+
+    ids = ProjectUserObjectPermission.objects.filter(
+        content_object=project, permission__codename="change_project"
+    ).values("user_id")
+    return get_user_model().objects.filter(pk__in=ids).order_by("username")
+
+
 def manageable_grants(user: Viewer) -> QuerySet[Grant]:
     """Grants the user may see and manage: those covering a project they manage or a finding of
     one (the grants page, the admin and the API all list these)."""
@@ -484,6 +602,22 @@ def visible_exports(user: Viewer) -> QuerySet[Export]:
     if is_release_manager(user):
         return Export.objects.all()
     return Export.objects.filter(Q(created_by=user) | Q(recipient=user))
+
+
+def published_exports() -> QuerySet[Export]:
+    """Public bundles anyone may download from the site: built, signed, of the public kind, and
+    every finding in them still public and not retracted (a retraction takes its bundles down at
+    once; the bundle files stay for the audit)."""
+    from disclosure.models import Export, ExportKind, ExportStatus
+
+    withdrawn = Finding.objects.filter(Q(tier__lt=Tier.PUBLIC) | Q(status=FindingStatus.RETRACTED))
+    return Export.objects.filter(kind=ExportKind.PUBLIC, status=ExportStatus.SUCCEEDED).exclude(
+        findings__in=withdrawn
+    )
+
+
+def get_published_export_or_404(pk: Any, name: str) -> Export:
+    return get_visible_or_404(published_exports(), pk=pk, name=name)
 
 
 def get_export_or_404(user: Viewer, pk: Any) -> Export:

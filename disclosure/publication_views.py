@@ -8,6 +8,7 @@ import logging
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.db.models import F
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
@@ -18,6 +19,8 @@ from disclosure.actions.exports import check_request_export, do_record_export_do
 from disclosure.exports.build import open_export, stream_export
 from disclosure.exports.rules import ExportRefused
 from disclosure.models import ExportKind, SigningKey
+from experiments.dispatch import QUEUE_UNREACHABLE
+from experiments.models import Finding
 from experiments.storage import ArtifactUnavailable
 
 log = logging.getLogger(__name__)
@@ -65,6 +68,41 @@ def keys_json(request: HttpRequest) -> JsonResponse:
     return response
 
 
+# --- published bundles (anyone) -----------------------------------------------------------------
+
+
+@require_GET
+def publications(request: HttpRequest) -> HttpResponse:
+    """The lab's released bundles, for anyone, with the verification recipe."""
+    exports = list(policy.published_exports().order_by("-finished_at", "-pk")[:100])
+    titles: dict[int, list[Finding]] = {e.pk: [] for e in exports}
+    readable = (
+        policy.visible_findings(request.user)
+        .filter(exports__in=exports)
+        .annotate(export_pk=F("exports__pk"))
+        .order_by("pk")
+    )
+    for finding in readable:
+        titles[finding.export_pk].append(finding)
+    rows = [{"export": e, "findings": titles[e.pk]} for e in exports]
+    return render(
+        request,
+        "disclosure/publications.html",
+        {"rows": rows, "site_url": request.build_absolute_uri("/").rstrip("/")},
+    )
+
+
+@require_GET
+def publication_download(request: HttpRequest, pk: int, name: str) -> StreamingHttpResponse:
+    export = policy.get_published_export_or_404(pk, name)
+    try:
+        chunks = open_export(export)
+    except (FileNotFoundError, ArtifactUnavailable):
+        log.error("published export %s is missing its archive", export.pk)
+        raise Http404("Not found.") from None
+    return stream_export(export, chunks)
+
+
 # --- exports -----------------------------------------------------------------------------------
 
 
@@ -100,7 +138,10 @@ def _request(request: HttpRequest, form: forms.ExportForm, kind: str) -> HttpRes
         return render(
             request, "disclosure/export_refused.html", {"blockers": refused.blockers}, status=200
         )
-    messages.success(request, f"Export #{export.pk} queued.")
+    if export.queue_unreachable:
+        messages.warning(request, f"Export #{export.pk} is {QUEUE_UNREACHABLE}.")
+    else:
+        messages.success(request, f"Export #{export.pk} queued.")
     return redirect("export", pk=export.pk)
 
 

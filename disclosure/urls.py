@@ -6,6 +6,7 @@ from disclosure import revision_views, views
 urlpatterns = [
     path("findings/", views.finding_list, name="findings"),
     path("findings/<int:pk>/", views.finding_detail, name="finding"),
+    path("findings/<int:pk>/audience/", views.finding_audience, name="finding-audience"),
     path(
         "findings/<int:pk>/request-review/",
         views.finding_request_review,
@@ -39,6 +40,12 @@ urlpatterns = [
     path("audit/", views.audit_log, name="audit"),
     path("audit/export.csv", views.audit_export, name="audit-export"),
     # publication (issue 5)
+    path("publications/", pub.publications, name="publications"),
+    path(
+        "publications/<int:pk>/<slug:name>.tar.gz",
+        pub.publication_download,
+        name="publication-download",
+    ),
     path("keys/", pub.key_list, name="keys"),
     path("keys/<slug:key_id>.pem", pub.key_pem, name="key-pem"),
     path(".well-known/h3lab-keys.json", pub.keys_json, name="keys-json"),

@@ -18,7 +18,7 @@ from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpRespons
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_GET, require_POST
 
 from disclosure import audit, forms, policy
 from disclosure.actions.agreements import do_accept_agreement
@@ -38,6 +38,9 @@ from disclosure.models import (
     AgreementAcceptance,
     AgreementVersion,
     AuditEntry,
+    Export,
+    ExportKind,
+    ExportStatus,
     Grant,
     GrantState,
     Notification,
@@ -127,6 +130,20 @@ def finding_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "revisions": revisions_context(request.user, finding),
             "evidence": evidence_context(request.user, finding),
         },
+    )
+
+
+@login_required
+@require_GET
+def finding_audience(request: HttpRequest, pk: int) -> HttpResponse:
+    """Who can read the finding now, and by which route (its team and release managers)."""
+    finding = policy.get_finding_or_404(request.user, pk)
+    if not policy.can_see_audience(request.user, finding):
+        raise Http404("Not found.")
+    return render(
+        request,
+        "disclosure/finding_audience.html",
+        {"finding": finding, "audience": policy.audience(finding)},
     )
 
 
@@ -470,6 +487,9 @@ def my_access(request: HttpRequest) -> HttpResponse:
                 {**row, "state": row["grant"].state(accepted=accepted, now=now)}
                 for row in grant_rows(request.user, grants.distinct())
             ],
+            "copies": Export.objects.filter(
+                recipient=request.user, kind=ExportKind.PARTNER, status=ExportStatus.SUCCEEDED
+            ).order_by("-finished_at")[:20],
             "form": forms.AcceptAgreementForm(
                 initial={"version": current.version if current else 0}
             ),
@@ -578,7 +598,13 @@ def audit_log(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "disclosure/audit.html",
-        {"form": form, "page": page, "rows": rows, "seen_by": seen_by},
+        {
+            "form": form,
+            "page": page,
+            "rows": rows,
+            "seen_by": seen_by,
+            "checkpoint": audit.latest_checkpoint(),
+        },
     )
 
 
@@ -620,7 +646,10 @@ def audit_export(request: HttpRequest) -> StreamingHttpResponse:
         for chunk in _chunks(entries.iterator(chunk_size=2000), 2000)
         for e in redact_audit(request.user, chunk)
     )
-    response = StreamingHttpResponse(_csv(writer, fields, rows), content_type="text/csv")
+    # The last row is a signed checkpoint of the whole log (this export's own entry included):
+    # `manage.py verify_audit --checkpoint h3lab-audit.csv` later proves history up to it.
+    trailer = audit.csv_trailer()
+    response = StreamingHttpResponse(_csv(writer, fields, rows, trailer), content_type="text/csv")
     response["Content-Disposition"] = 'attachment; filename="h3lab-audit.csv"'
     return response
 
@@ -652,8 +681,10 @@ def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield chunk
 
 
-def _csv(writer: Any, header: list[str], rows: Any) -> Any:
+def _csv(writer: Any, header: list[str], rows: Any, trailer: list[str] | None = None) -> Any:
     yield writer.writerow(header)
     for row in rows:
         # SECURITY: neutralise spreadsheet formulas in user-supplied text.
         yield writer.writerow(["'" + c if c[:1] in "=+-@" else c for c in row])
+    if trailer is not None:
+        yield writer.writerow(trailer)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from django import forms
 from django.core.files.uploadedfile import UploadedFile
-from django.db.models import QuerySet
+from django.db.models import F, QuerySet
 from django.utils.text import slugify
 
 from experiments.inputs import MAX_BODY_CHARS, MAX_ID, MAX_SEED, MAX_TITLE_CHARS, parse_id
@@ -312,6 +312,22 @@ class RunForm(forms.Form):
             self.add_error(None, f"{key}: {message}")
 
 
+# Sortable columns of the runs list: query key → field.
+RUN_SORTS = {
+    "id": "pk",
+    "name": "name",
+    "project": "project__name",
+    "experiment": "experiment__name",
+    "model": "preset",
+    "task": "task",
+    "status": "status",
+    "step": "step",
+    "loss": "loss",
+    "test_accuracy": "test_accuracy",
+    "submitted": "created_at",
+}
+
+
 class RunFilterForm(forms.Form):
     """GET filters of the runs list. Invalid values are ignored, never an error page."""
 
@@ -322,10 +338,19 @@ class RunFilterForm(forms.Form):
     preset = forms.ChoiceField(choices=[("", "All"), *PRESET_CHOICES], required=False)
     task = forms.ChoiceField(choices=[("", "All"), *TASK_CHOICES], required=False)
     experiment = forms.CharField(max_length=200, required=False)
+    q = forms.CharField(max_length=200, required=False, label="Name")
+    sort = forms.ChoiceField(
+        choices=[("", "newest first")]
+        + [(k, k) for k in RUN_SORTS]
+        + [(f"-{k}", f"-{k}") for k in RUN_SORTS],
+        required=False,
+        widget=forms.HiddenInput,
+    )
 
     def __init__(self, *args: Any, projects: QuerySet[Project], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         cast("forms.ModelChoiceField[Project]", self.fields["project"]).queryset = projects
+        self.fields["q"].widget.attrs.update(placeholder="run name contains…", type="search")
 
     def filter(self, runs: QuerySet[Run]) -> QuerySet[Run]:
         if not self.is_valid():
@@ -338,7 +363,22 @@ class RunFilterForm(forms.Form):
                 runs = runs.filter(**{field: data[field]})
         if data["experiment"]:
             runs = runs.filter(experiment__name__icontains=data["experiment"])
+        if data["q"]:
+            runs = runs.filter(name__icontains=data["q"].strip())
+        if data["sort"]:
+            key = data["sort"].lstrip("-")
+            column = F(RUN_SORTS[key])
+            order = (
+                column.desc(nulls_last=True)
+                if data["sort"][0] == "-"
+                else column.asc(nulls_last=True)
+            )
+            runs = runs.order_by(order, "-pk")
         return runs
+
+    @property
+    def current_sort(self) -> str:
+        return str(self.cleaned_data.get("sort") or "") if self.is_valid() else ""
 
 
 class RunIdsField(forms.Field):

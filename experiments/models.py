@@ -158,6 +158,12 @@ class Run(models.Model):
         return self.status in ACTIVE_STATUSES
 
     @property
+    def queue_unreachable(self) -> bool:
+        """Queued, but its job never reached the broker (down or hung when it was sent): it
+        starts once the reaper re-sends it (experiments.dispatch)."""
+        return self.status == RunStatus.QUEUED and not self.celery_task_id
+
+    @property
     def progress_fraction(self) -> float:
         return min(1.0, self.step / self.total_steps) if self.total_steps else 0.0
 

@@ -1,4 +1,4 @@
-"""Command line: ``python -m h3lab train|eval|generate|probe|bench|reproduce``.
+"""Command line: ``python -m h3lab train|eval|generate|probe|intervene|bench|reproduce``.
 
 Pure PyTorch, like the rest of the ML core: the web platform runs the same functions through
 Celery; this is the way in for a researcher at a terminal. Progress bars go to stderr,
@@ -103,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int)
     p.add_argument("--seed", type=int, default=0)
 
+    from h3lab.interventions import ABLATION_MODES, INTERVENTION_KINDS
     from h3lab.probes import PROBE_KINDS
 
     p = _sub(
@@ -115,6 +116,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, required=True, help="run or checkpoint directory")
     p.add_argument("--kind", choices=PROBE_KINDS, required=True)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+
+    p = _sub(
+        subs,
+        "intervene",
+        "ablate, patch or steer a trained model on its task; writes PNG, SVG and JSON",
+        "  python -m h3lab intervene --checkpoint runs/ar-h3 --kind ablation --out iv/\n"
+        "  python -m h3lab intervene --checkpoint runs/ih-attn --kind patching --out iv/\n"
+        "  python -m h3lab intervene --checkpoint runs/ar-h3 --kind steering \\\n"
+        "      --hook blocks.1.hook_resid_post --coefficients 0 2 4 8 --out iv/\n",
+    )
+    p.add_argument("--checkpoint", type=Path, required=True, help="run or checkpoint directory")
+    p.add_argument("--kind", choices=INTERVENTION_KINDS, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--examples", type=int, default=256, help="test examples used (default 256)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--modes",
+        nargs="+",
+        choices=ABLATION_MODES,
+        default=list(ABLATION_MODES),
+        help="ablation: zero, mean (over other examples, per position), resample",
+    )
+    p.add_argument(
+        "--channels", action="store_true", help="ablation: also each diagonal-SSM channel"
+    )
+    p.add_argument("--hook", help="steering: hook name (default: residual after the middle layer)")
+    p.add_argument(
+        "--coefficients",
+        nargs="+",
+        type=float,
+        default=[0.0, 1.0, 2.0, 4.0, 8.0, 16.0],
+        help="steering: the coefficients to sweep",
+    )
+    p.add_argument("--device", default="cpu")
+
+    p = _sub(
+        subs,
+        "study",
+        "the mechanism study: train 2-layer attention and H3 models, then ablate and patch "
+        "their previous-token and match-and-copy components",
+        "  python -m h3lab study mechanism --out docs/mechanism\n"
+        "  python -m h3lab study mechanism --tasks induction_head --models h3 --steps 2000 "
+        "--out /tmp/m\n",
+    )
+    p.add_argument("study", choices=["mechanism"])
+    p.add_argument("--out", type=Path, required=True, help="report folder")
+    p.add_argument("--work-dir", type=Path, help="training runs (default OUT/runs; reused)")
+    p.add_argument("--tasks", nargs="+", choices=["induction_head", "associative_recall"])
+    p.add_argument("--models", nargs="+", choices=["attention", "h3"])
+    p.add_argument("--steps", type=int, default=4000, help="training budget per cell")
+    p.add_argument("--examples", type=int, default=512, help="held-out examples analysed")
+    p.add_argument("--d-model", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
 
@@ -319,7 +374,50 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_intervene(args: argparse.Namespace) -> int:
+    from h3lab.interventions import InterventionSpec, run_intervention
+    from h3lab.train import load_checkpoint
+
+    spec = InterventionSpec(
+        kind=args.kind,
+        examples=args.examples,
+        seed=args.seed,
+        modes=tuple(args.modes),
+        channels=args.channels,
+        hook=args.hook,
+        coefficients=tuple(args.coefficients),
+    )
+    model, cfg = load_checkpoint(args.checkpoint)
+    data = run_intervention(spec, model, cfg, args.out, device=args.device)
+    print(json.dumps({"intervention": args.kind, "out": str(args.out), "files": data["files"]}))
+    return 0
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from h3lab.mechanism import StudyConfig, mechanism_study
+
+    defaults = StudyConfig()
+    study = StudyConfig(
+        tasks=tuple(args.tasks or defaults.tasks),
+        models=tuple(args.models or defaults.models),
+        d_model=args.d_model,
+        steps=args.steps,
+        seed=args.seed,
+        examples=args.examples,
+        device=args.device,
+    )
+    mechanism_study(
+        args.out, study, work_dir=args.work_dir, log=lambda line: tqdm.write(line, file=sys.stderr)
+    )
+    print(json.dumps({"report": str(args.out / "mechanism.md")}))
+    return 0
+
+
 COMMANDS = {
+    "intervene": cmd_intervene,
+    "study": cmd_study,
     "train": cmd_train,
     "eval": cmd_eval,
     "generate": cmd_generate,

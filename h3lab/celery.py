@@ -41,6 +41,11 @@ def _beat_schedule() -> dict[str, dict[str, object]]:
             "task": "disclosure.tasks.warn_expiring_grants",
             "schedule": 3600.0,
         },
+        # Signed checkpoints of the audit log's head, kept outside the database (issue 12).
+        "write-audit-checkpoint": {
+            "task": "disclosure.tasks.write_audit_checkpoint",
+            "schedule": settings.H3LAB_AUDIT_CHECKPOINT_INTERVAL_S,
+        },
     }
 
 

@@ -262,6 +262,11 @@ def cmd_submit(api: Api, args: argparse.Namespace) -> int:
         f"run #{run['id']} queued on {run['queue']} ({run['preset']}, {run['task']})",
         file=sys.stderr,
     )
+    if run.get("queue_unreachable"):
+        print(
+            "the job queue is unreachable: the run stays queued and starts when it returns",
+            file=sys.stderr,
+        )
     if args.watch:
         return watch(api, run["id"], interval=args.interval)
     return 0

@@ -11,8 +11,13 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from h3lab.logformat import formatter_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("H3LAB_VAR_DIR", BASE_DIR / "var"))
@@ -112,6 +117,16 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
 
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # A server that does not answer fails a connection attempt in seconds, not minutes: pages
+    # then answer 503 (web/errors.py) and /readyz reports the database down.
+    DATABASES["default"].setdefault("OPTIONS", {})
+    DATABASES["default"]["OPTIONS"].setdefault(
+        "connect_timeout", env_int("DB_CONNECT_TIMEOUT_S", 5)
+    )
+# Retry-After of the 503 a database outage answers (web/errors.py).
+H3LAB_DB_RETRY_AFTER_S = env_int("H3LAB_DB_RETRY_AFTER_S", 30)
+
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTHENTICATION_BACKENDS = [
@@ -153,8 +168,67 @@ MEDIA_ROOT = Path(env_str("H3LAB_DATA_DIR", str(VAR_DIR / "data")))
 RUNS_DIR = MEDIA_ROOT / "runs"
 ARTIFACTS_DIR = MEDIA_ROOT / "artifacts"
 
-EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+# Mail: EMAIL_URL (smtp://user:password@host:587 with STARTTLS, smtps://…:465 with implicit
+# TLS, smtp+plain://… without TLS, console:// to print mail) or EMAIL_HOST, EMAIL_PORT,
+# EMAIL_HOST_USER, EMAIL_HOST_PASSWORD, EMAIL_USE_TLS / EMAIL_USE_SSL. With neither, mail is
+# printed to the log (the development default).
+
+
+def email_settings(environ: dict[str, str]) -> dict[str, Any]:
+    """Django's EMAIL_* settings from ``EMAIL_URL`` or the separate variables."""
+    url = environ.get("EMAIL_URL", "")
+    if url:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme == "console":
+            return {"EMAIL_BACKEND": "django.core.mail.backends.console.EmailBackend"}
+        if scheme not in ("smtp", "smtps", "smtp+tls", "smtp+plain"):
+            raise ImproperlyConfigured(
+                f"EMAIL_URL: unknown scheme {scheme!r} (smtp, smtps, smtp+plain, console)"
+            )
+        implicit_tls = scheme == "smtps"
+        return {
+            "EMAIL_BACKEND": "django.core.mail.backends.smtp.EmailBackend",
+            "EMAIL_HOST": parts.hostname or "localhost",
+            "EMAIL_PORT": parts.port or (465 if implicit_tls else 587),
+            "EMAIL_HOST_USER": unquote(parts.username or ""),
+            "EMAIL_HOST_PASSWORD": unquote(parts.password or ""),
+            "EMAIL_USE_SSL": implicit_tls,
+            "EMAIL_USE_TLS": scheme in ("smtp", "smtp+tls"),
+        }
+    if environ.get("EMAIL_HOST"):
+        use_ssl = environ.get("EMAIL_USE_SSL", "").lower() in ("1", "true", "yes", "on")
+        tls_raw = environ.get("EMAIL_USE_TLS", "")
+        use_tls = (tls_raw.lower() in ("1", "true", "yes", "on")) if tls_raw else not use_ssl
+        return {
+            "EMAIL_BACKEND": environ.get(
+                "EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend"
+            ),
+            "EMAIL_HOST": environ["EMAIL_HOST"],
+            "EMAIL_PORT": int(environ.get("EMAIL_PORT") or (465 if use_ssl else 587)),
+            "EMAIL_HOST_USER": environ.get("EMAIL_HOST_USER", ""),
+            "EMAIL_HOST_PASSWORD": environ.get("EMAIL_HOST_PASSWORD", ""),
+            "EMAIL_USE_SSL": use_ssl,
+            "EMAIL_USE_TLS": use_tls,
+        }
+    return {
+        "EMAIL_BACKEND": environ.get(
+            "EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend"
+        )
+    }
+
+
+_email = email_settings(dict(os.environ))
+EMAIL_BACKEND: str = _email["EMAIL_BACKEND"]
+EMAIL_HOST: str = _email.get("EMAIL_HOST", "localhost")
+EMAIL_PORT: int = _email.get("EMAIL_PORT", 25)
+EMAIL_HOST_USER: str = _email.get("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD: str = _email.get("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS: bool = _email.get("EMAIL_USE_TLS", False)
+EMAIL_USE_SSL: bool = _email.get("EMAIL_USE_SSL", False)
+EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 10)  # seconds; a dead mail server must not hang a page
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "h3lab <noreply@h3lab.localhost>")
+SERVER_EMAIL = env_str("SERVER_EMAIL", DEFAULT_FROM_EMAIL)
 
 # --- security hardening (production: DEBUG=0) ---
 SESSION_COOKIE_HTTPONLY = True
@@ -186,6 +260,10 @@ else:
     # Several labs (or test sessions) can share one Redis: every key gets this prefix.
     if env_str("H3LAB_BROKER_PREFIX", ""):
         CELERY_BROKER_TRANSPORT_OPTIONS["global_keyprefix"] = env_str("H3LAB_BROKER_PREFIX", "")
+# A job sent from a web request (or the reaper) waits at most about twice this for the broker;
+# past that the row stays queued, the user is told, and the reaper sends it again
+# (experiments/dispatch.py).
+H3LAB_BROKER_SEND_TIMEOUT_S = float(env_str("H3LAB_BROKER_SEND_TIMEOUT_S", "2"))
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
@@ -244,10 +322,14 @@ H3LAB_RUN_MEMORY_LIMIT_MB: dict[str, int] = {
 H3LAB_MAX_QUEUED_RUNS_PER_PROJECT = env_int("H3LAB_MAX_QUEUED_RUNS_PER_PROJECT", 20)
 H3LAB_MAX_RUNNING_RUNS_PER_PROJECT = env_int("H3LAB_MAX_RUNNING_RUNS_PER_PROJECT", 4)
 
+# Every line carries time (UTC), level and logger; LOG_FORMAT=json writes one JSON object a
+# line (h3lab/logformat.py; gunicorn.conf.py uses the same formats for gunicorn's own lines).
+LOG_FORMAT = env_str("LOG_FORMAT", "text").strip().lower()
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "formatters": formatter_config(LOG_FORMAT),
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "default"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
@@ -290,12 +372,38 @@ H3LAB_BUNDLE_LICENSE = env_str(
 )
 H3LAB_PUBLISHER = env_str("H3LAB_PUBLISHER", "h3lab")
 
+# --- audit log checkpoints (issue 12) ---
+# The audit chain's head is signed periodically (Ed25519) with a key kept OUT of the database,
+# so a database superuser cannot rewrite history unnoticed (see docs/operations.md, "Audit log
+# integrity"). H3LAB_AUDIT_KEY: base64 of a 32-byte Ed25519 seed; else H3LAB_AUDIT_KEY_FILE
+# (PKCS#8 PEM, created 0600 on first use). H3LAB_AUDIT_PUBLIC_KEYS: extra PEM files (comma
+# separated) whose checkpoints verify, e.g. the key before a rotation.
+H3LAB_AUDIT_KEY = env_str("H3LAB_AUDIT_KEY", "")
+H3LAB_AUDIT_KEY_FILE = env_str("H3LAB_AUDIT_KEY_FILE", str(VAR_DIR / "audit-checkpoint.key"))
+H3LAB_AUDIT_PUBLIC_KEYS = env_list("H3LAB_AUDIT_PUBLIC_KEYS", [])
+H3LAB_AUDIT_CHECKPOINT_DIR = Path(
+    env_str("H3LAB_AUDIT_CHECKPOINT_DIR", str(MEDIA_ROOT / "audit-checkpoints"))
+)
+H3LAB_AUDIT_CHECKPOINT_INTERVAL_S = float(env_str("H3LAB_AUDIT_CHECKPOINT_INTERVAL_S", "3600"))
+
 # The default cache backs API rate limits. Set CACHE_URL (redis://…) in deployment so every
 # web process counts against the same limits; the embedded default is per process.
 CACHE_URL = env_str("CACHE_URL", "")
+# A Redis that is down or hung must not take the site with it: web.cache.ResilientRedisCache
+# gives each operation CACHE_TIMEOUT_S and falls back to a per-process cache for
+# CACHE_FALLBACK_RETRY_S after an error (rate limits then count per process).
+CACHE_TIMEOUT_S = float(env_str("CACHE_TIMEOUT_S", "0.5"))
 CACHES = {
     "default": (
-        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL}
+        {
+            "BACKEND": "web.cache.ResilientRedisCache",
+            "LOCATION": CACHE_URL,
+            "OPTIONS": {
+                "socket_timeout": CACHE_TIMEOUT_S,
+                "socket_connect_timeout": CACHE_TIMEOUT_S,
+                "FALLBACK_RETRY_S": float(env_str("CACHE_FALLBACK_RETRY_S", "10")),
+            },
+        }
         if CACHE_URL
         else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
     )
@@ -364,6 +472,16 @@ MIDDLEWARE.insert(
 MIDDLEWARE.insert(
     MIDDLEWARE.index("web.middleware.SecurityHeadersMiddleware") + 1,
     "web.middleware.RejectNulBytesMiddleware",
+)
+# /healthz (liveness) and /readyz (database, broker, cache, storage; each within
+# H3LAB_READY_TIMEOUT_S) are answered first: no host check, HTTPS redirect or session
+# (web/health.py).
+MIDDLEWARE.insert(0, "web.health.HealthCheckMiddleware")
+H3LAB_READY_TIMEOUT_S = float(env_str("H3LAB_READY_TIMEOUT_S", "2"))
+# A view failing because the database is down answers 503, not 500 (web/errors.py).
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("web.middleware.RejectNulBytesMiddleware") + 1,
+    "web.middleware.DatabaseUnavailableMiddleware",
 )
 
 # SECURITY: with DEBUG off the process refuses to start, whatever starts it (runserver, migrate,

@@ -4,6 +4,9 @@ from django.urls import include, path
 
 from web import accounts
 
+# A database outage answers 503 (page or JSON), anything else Django's 500 (web/errors.py).
+handler500 = "web.errors.server_error"
+
 urlpatterns = [
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),

@@ -11,10 +11,15 @@ set -eu
 # DEPLOY_CHECK_FAIL_LEVEL=ERROR only to try the stack over plain HTTP (see compose.yaml).
 python manage.py check --deploy --fail-level "${DEPLOY_CHECK_FAIL_LEVEL:-WARNING}"
 
+if [ "${1:-web}" = "migrate" ]; then  # compose's one-shot service, as the database owner role
+    exec python manage.py migrate --noinput
+fi
 if [ "${1:-web}" = "web" ]; then
-    python manage.py migrate --noinput
+    if [ "${H3LAB_MIGRATE_ON_START:-1}" = "1" ]; then
+        python manage.py migrate --noinput
+    fi
     python manage.py collectstatic --noinput
-    exec gunicorn h3lab.wsgi --bind 0.0.0.0:8000 --workers "${WEB_CONCURRENCY:-3}" \
-        --access-logfile -
+    # Threaded workers, timeouts, logging: gunicorn.conf.py (settings from the environment).
+    exec gunicorn --config gunicorn.conf.py h3lab.wsgi
 fi
 exec "$@"

@@ -96,6 +96,33 @@ def _isolated_storage(settings: object, tmp_path_factory: pytest.TempPathFactory
     settings.RUNS_DIR = root / "runs"  # type: ignore[attr-defined]
     settings.ARTIFACTS_DIR = root / "artifacts"  # type: ignore[attr-defined]
     settings.EXPORTS_DIR = root / "exports"  # type: ignore[attr-defined]
+    settings.H3LAB_AUDIT_CHECKPOINT_DIR = root / "audit-checkpoints"  # type: ignore[attr-defined]
+    settings.H3LAB_AUDIT_KEY = ""  # type: ignore[attr-defined]
+    settings.H3LAB_AUDIT_KEY_FILE = str(root / "audit-checkpoint.key")  # type: ignore[attr-defined]
+    settings.H3LAB_AUDIT_PUBLIC_KEYS = []  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _flush_past_the_audit_truncate_guard() -> Iterator[None]:
+    """Transactional tests empty the database with TRUNCATE, which PostgreSQL refuses on the
+    audit tables (migration 0007). The test database's superuser flushes in replica mode, in
+    which ordinary triggers do not fire (only a superuser may set it; the app's role cannot)."""
+    try:
+        from django.db.backends.postgresql.operations import DatabaseOperations
+    except ImportError:  # no PostgreSQL driver: the SQLite run has no such trigger
+        yield
+        return
+    original = DatabaseOperations.sql_flush
+
+    def sql_flush(self: Any, style: Any, tables: Any, **kwargs: Any) -> list[str]:
+        statements: list[str] = original(self, style, tables, **kwargs)
+        if not statements:
+            return statements
+        return ["SET LOCAL session_replication_role = replica", *statements]
+
+    DatabaseOperations.sql_flush = sql_flush  # type: ignore[method-assign]
+    yield
+    DatabaseOperations.sql_flush = original  # type: ignore[method-assign]
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -33,7 +33,7 @@ class Sent:
         self.calls: list[tuple[str, list[Any], str]] = []
         self.fail = fail
 
-    def __call__(self, name: str, args: list[Any], queue: str) -> Any:
+    def __call__(self, name: str, args: list[Any], queue: str, **options: Any) -> Any:
         if self.fail:
             raise ConnectionError("broker down")
         self.calls.append((name, args, queue))

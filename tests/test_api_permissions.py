@@ -100,6 +100,13 @@ EXTRA_METHODS = [
     ),
     Case("api-finding-assessments", "post", _finding_kw, reviewing, _assessment),
     Case("api-grant-list", "post", lambda w: {}, release_manager, _grant),
+    Case(
+        "api-project-list",
+        "post",
+        lambda w: {},
+        lambda p, t: False,  # lab admins only: tests/test_lab_admin.py
+        lambda w: {"slug": "from-the-api", "name": "From the API"},
+    ),
     # a publication bundle of the world's finding: only the release manager may ask, and even
     # then it is refused on content (400 listing its blockers: no recorded release decision)
     Case(

@@ -151,7 +151,7 @@ def test_high_capability_uplift_raises_the_bar(cast: Cast) -> None:
     req = do_request_release(f, acting_user=cast.lab.alice)
     do_vote(req, kind="approve", acting_user=cast.rita)
     reasons = gate_reasons(req, now=timezone.now() + timedelta(days=10))
-    assert reasons == ["1 of 3 required approvals (policy v1)"]
+    assert reasons == ["awaiting 2 more approvals (1 of 3 required approvals, policy v1)"]
 
 
 def test_release_decisions_are_immutable(cast: Cast) -> None:

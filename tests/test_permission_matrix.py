@@ -118,6 +118,22 @@ def release_manager(p: str, t: int) -> bool:
     return p == "release_manager"
 
 
+def lab_admin_only(p: str, t: int) -> bool:
+    """Lab administration: superusers and (for a team) the project's delegates; none of the
+    personas is either (tests/test_lab_admin.py checks those who are)."""
+    return False
+
+
+def publication_kw(w: World) -> dict[str, Any]:
+    from disclosure.models import Export
+
+    return {"pk": w.export_id, "name": Export.objects.get(pk=w.export_id).name}
+
+
+def member_kw(w: World) -> dict[str, Any]:
+    return {"slug": w.cast.lab.project.slug, "username": w.users["member"].username}
+
+
 def reviewing(p: str, t: int) -> bool:
     return p == "reviewer" and t >= Tier.REVIEW
 
@@ -156,6 +172,8 @@ REGISTRY: dict[str, Entry] = {
     # experiments (team working material)
     "home": Entry(),
     "project": Entry(project_kw, member_only),
+    "project-team": Entry(project_kw, lab_admin_only),
+    "lab": Entry(allowed=lab_admin_only),
     "run-new": Entry(project_kw, member_only),
     "runs": Entry(allowed=signed_in),
     "runs-compare": Entry(allowed=member_only, query=lambda w: {"ids": str(w.run.pk)}),
@@ -169,6 +187,9 @@ REGISTRY: dict[str, Entry] = {
     # disclosure
     "findings": Entry(),
     "finding": Entry(finding_kw, sees),
+    "finding-audience": Entry(
+        finding_kw, lambda p, t: p == "member" or (p == "release_manager" and t >= Tier.REVIEW)
+    ),
     "finding-request-review": Entry(
         finding_kw, lambda p, t: p == "member" and t == Tier.TEAM, method="post"
     ),
@@ -213,6 +234,10 @@ REGISTRY: dict[str, Entry] = {
     "api-me": Entry(allowed=signed_in),
     "api-project-list": Entry(allowed=signed_in),
     "api-project-detail": Entry(project_kw, member_only),
+    "api-project-team": Entry(project_kw, lab_admin_only),
+    "api-project-member": Entry(member_kw, lab_admin_only, method="delete"),
+    "api-project-delegates": Entry(project_kw, lab_admin_only, method="post"),
+    "api-project-delegate": Entry(member_kw, lab_admin_only, method="delete"),
     "api-experiment-list": Entry(allowed=signed_in),
     "api-experiment-detail": Entry(lambda w: {"pk": w.run.experiment_id}, member_only),
     "api-run-list": Entry(allowed=signed_in),
@@ -252,6 +277,10 @@ REGISTRY: dict[str, Entry] = {
     # publication (issue 5): the signing keys are public; exports belong to release managers
     # (the world's export was requested by mara; partner copies: test_publication_partner.py)
     "keys": Entry(),
+    # released bundles: anyone, once every finding in them is public (the world's export holds
+    # the world's finding)
+    "publications": Entry(),
+    "publication-download": Entry(publication_kw, lambda p, t: t == Tier.PUBLIC),
     "key-pem": Entry(lambda w: {"key_id": w.signing_key_id}),
     "keys-json": Entry(),
     "exports": Entry(allowed=release_manager),

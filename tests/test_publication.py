@@ -124,6 +124,7 @@ def test_a_public_finding_exports_as_a_signed_bundle_with_its_evidence(
           ("attention.png", "probe.csv", "model.safetensors")),
         "ro-crate-metadata.json",
         "CITATION.cff",
+        "audit-checkpoint.json",
         "SHA256SUMS",
         "SHA256SUMS.sig",
         "manifest.json",
@@ -140,7 +141,9 @@ def test_a_public_finding_exports_as_a_signed_bundle_with_its_evidence(
     root = next(e for e in crate["@graph"] if e["@id"] == "./")
     assert root["@type"] == "Dataset" and root["datePublished"] and root["license"]["@id"]
     content = {p for p in expected if p not in bundles.META_FILES}
-    assert {p["@id"] for p in root["hasPart"]} == content - {"ro-crate-metadata.json"}
+    # the audit checkpoint describes the platform's log, not the research: not a crate part
+    parts = content - {"ro-crate-metadata.json", "audit-checkpoint.json"}
+    assert {p["@id"] for p in root["hasPart"]} == parts
     assert "cff-version: 1.2.0" in files["CITATION.cff"].decode()
     manifest = json.loads(files["manifest.json"])
     assert manifest["key_id"] == export.signing_key_id == signing.current_key().key_id

@@ -16,6 +16,8 @@ from typing import Any
 
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
 
+from web.errors import DATABASE_DOWN, database_unavailable
+
 CONTENT_SECURITY_POLICY = "; ".join(
     [
         "default-src 'self'",
@@ -103,3 +105,19 @@ def csp_override(policy: str) -> Callable[[ViewFunc], ViewFunc]:
         return wrapped
 
     return decorate
+
+
+class DatabaseUnavailableMiddleware:
+    """A view that fails because the database is down answers 503 (web/errors.py) instead of
+    500; failures outside views reach the same answer through ``handler500``."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if isinstance(exception, DATABASE_DOWN):
+            return database_unavailable(request, exception)
+        return None

@@ -1,10 +1,12 @@
 from django.urls import path
 
-from web import views
+from web import lab, views
 
 urlpatterns = [
     path("", views.home, name="home"),
+    path("lab/", lab.lab, name="lab"),
     path("projects/<slug:slug>/", views.project_detail, name="project"),
+    path("projects/<slug:slug>/team/", lab.project_team, name="project-team"),
     path("projects/<slug:slug>/runs/new/", views.run_new, name="run-new"),
     path("runs/", views.run_list, name="runs"),
     path("runs/compare/", views.run_compare, name="runs-compare"),

@@ -26,6 +26,7 @@ from experiments import presenters
 from experiments.actions.artifacts import do_record_artifact_download
 from experiments.actions.findings import check_record_finding
 from experiments.actions.runs import check_submit_run, do_cancel_run
+from experiments.dispatch import QUEUE_UNREACHABLE
 from experiments.downloads import INLINE_TYPES, stream_artifact
 from experiments.forms import (
     TASK_DEFAULTS,
@@ -95,6 +96,7 @@ def project_detail(request: HttpRequest, slug: str) -> HttpResponse:
         "runs": runs.select_related("experiment", "created_by")[:20],
         "findings": policy.visible_findings(request.user).filter(project=project)[:20],
         "can_submit": policy.can_submit_run(request.user, project),
+        "can_manage_team": policy.can_manage_team(request.user, project),
     }
     return render(request, "experiments/project_detail.html", context)
 
@@ -115,7 +117,10 @@ def _submit(request: HttpRequest, form: RunForm, rerun_of: Run | None) -> HttpRe
     except ConfigError as exc:
         form.add_config_errors(exc)
         return None
-    messages.success(request, f"Run #{run.pk} queued on the {run.get_queue_display()} queue.")
+    if run.queue_unreachable:
+        messages.warning(request, f"Run #{run.pk} is {QUEUE_UNREACHABLE}.")
+    else:
+        messages.success(request, f"Run #{run.pk} queued on the {run.get_queue_display()} queue.")
     return redirect(run)
 
 
@@ -166,8 +171,44 @@ def run_list(request: HttpRequest) -> HttpResponse:
     page = Paginator(runs, RUNS_PER_PAGE).get_page(request.GET.get("page"))
     query = request.GET.copy()
     query.pop("page", None)
-    context = {"filters": filters, "page": page, "query": query.urlencode()}
+    context = {
+        "filters": filters,
+        "page": page,
+        "query": query.urlencode(),
+        "columns": _sort_columns(request, filters.current_sort),
+    }
     return render(request, "experiments/run_list.html", context)
+
+
+RUN_COLUMNS = [
+    ("id", "Run", ""),
+    ("project", "Project", ""),
+    ("experiment", "Experiment", ""),
+    ("model", "Model", ""),
+    ("task", "Task", ""),
+    ("status", "Status", ""),
+    ("step", "Step", "num"),
+    ("loss", "Loss", "num"),
+    ("test_accuracy", "Test acc.", "num"),
+    ("submitted", "Submitted", ""),
+]
+
+
+def _sort_columns(request: HttpRequest, current: str) -> list[dict[str, str]]:
+    """Each header's link: sort by it ascending, or descending when it is the current sort; the
+    other filters are kept, the page is reset."""
+    columns = []
+    for key, label, css in RUN_COLUMNS:
+        query = request.GET.copy()
+        query.pop("page", None)
+        if current == key:
+            query["sort"], aria = f"-{key}", "ascending"
+        elif current == f"-{key}" or (not current and key == "submitted"):
+            query["sort"], aria = key, "descending"
+        else:
+            query["sort"], aria = key, "none"
+        columns.append({"label": label, "url": f"?{query.urlencode()}", "aria": aria, "css": css})
+    return columns
 
 
 @never_cache

@@ -39,6 +39,10 @@ class ExportSerializer(serializers.ModelSerializer[Export]):
         many=True, read_only=True
     )
     download_url = serializers.SerializerMethodField()
+    queue_unreachable = serializers.BooleanField(
+        read_only=True,
+        help_text="Queued, but the job queue was unreachable; the build starts when it returns.",
+    )
 
     class Meta:
         model = Export
@@ -46,6 +50,7 @@ class ExportSerializer(serializers.ModelSerializer[Export]):
             "id",
             "kind",
             "status",
+            "queue_unreachable",
             "progress",
             "message",
             "blockers",

@@ -50,6 +50,13 @@ class RunSerializer(serializers.ModelSerializer[Run]):
     tokens_per_s = FiniteFloatField()
     eta_s = FiniteFloatField()
     active = serializers.BooleanField(source="is_active", read_only=True)
+    queue_unreachable = serializers.BooleanField(
+        read_only=True,
+        help_text=(
+            "Queued, but the job queue was unreachable when it was sent; the run starts "
+            "when the queue returns (it is sent again automatically)."
+        ),
+    )
     estimate = serializers.SerializerMethodField()
 
     class Meta:
@@ -62,6 +69,7 @@ class RunSerializer(serializers.ModelSerializer[Run]):
             "name",
             "status",
             "active",
+            "queue_unreachable",
             "preset",
             "task",
             "queue",

@@ -24,6 +24,7 @@ from disclosure import audit, policy
 from disclosure.exports.rules import ExportRefused, partner_blockers, public_blockers
 from disclosure.marks import metadata_token
 from disclosure.models import Export, ExportKind, RecipientMark
+from experiments.dispatch import send_job
 from experiments.models import Finding, Project
 from experiments.users import ActingUser, User, user_or_system
 
@@ -123,20 +124,20 @@ def do_request_export(
             },
         )
         if enqueue:
-            _enqueue(export.pk)
+            _enqueue(export)
     return export
 
 
-def _enqueue(export_id: int) -> None:
-    def send() -> None:
-        from h3lab.celery import app
+def _enqueue(export: Export) -> None:
+    """Send the build job after commit, within a bounded time (:func:`send_job`); when the
+    broker is down or hung the export stays queued with no task id and its page says so."""
+    export_id = export.pk
 
-        try:
-            result = app.send_task(EXPORT_TASK, args=[export_id])
-        except Exception:  # broker down: the export stays queued; the page says so
-            log.exception("could not enqueue export %s", export_id)
-            return
-        Export.objects.filter(pk=export_id).update(celery_task_id=result.id)
+    def send() -> None:
+        task_id = send_job(EXPORT_TASK, [export_id])
+        if task_id is not None:
+            Export.objects.filter(pk=export_id).update(celery_task_id=task_id)
+            export.celery_task_id = task_id
 
     transaction.on_commit(send)
 

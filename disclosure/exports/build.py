@@ -38,6 +38,7 @@ from disclosure.exports.rules import (
 )
 from disclosure.marks import MARK_KEY
 from disclosure.models import Export, ExportKind, ExportStatus, RecipientMark
+from disclosure.notifications import notify_partner_copy
 from experiments import storage
 from experiments.downloads import stream_file
 from experiments.models import Finding
@@ -96,6 +97,8 @@ def build_export(export_id: int) -> str:
         log.exception("export %s failed", export_id)
         _finish(export, ExportStatus.FAILED, f"{type(exc).__name__}: {exc}")
         return "failed"
+    if export.kind == ExportKind.PARTNER and export.recipient is not None:
+        notify_partner_copy(export)
     return "succeeded"
 
 
@@ -108,6 +111,14 @@ def _write(export: Export, findings: list[Finding], mark: RecipientMark | None) 
         ),
         bundles.BundleFile("CITATION.cff", citation_cff(export.name, findings)),
     ]
+    # SECURITY: every bundle carries a signed checkpoint of the audit log as it was when the
+    # bundle was built, so copies held outside the platform can later prove (with
+    # `manage.py verify_audit --checkpoint BUNDLE`) that the log was not rewritten since.
+    audit_checkpoint = audit.current_checkpoint()
+    if audit_checkpoint is not None:
+        meta_files.append(
+            bundles.BundleFile("audit-checkpoint.json", audit_checkpoint.to_json().encode())
+        )
     progress = _Progress(export.pk, 2 * (len(files) + len(meta_files)))
     files = [
         bundles.LazyFile(f.path, data=f.data, source=f.source, opener=getattr(f, "opener", None),

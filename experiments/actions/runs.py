@@ -9,6 +9,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from experiments.dispatch import send_job
 from experiments.models import (
     Experiment,
     Project,
@@ -121,18 +122,20 @@ def do_submit_run(
 
 
 def enqueue_run(run: Run) -> None:
-    """Send the run's job once the transaction that created or requeued it commits."""
+    """Send the run's job once the transaction that created or requeued it commits.
+
+    The send is bounded (:func:`experiments.dispatch.send_job`): when the broker is down or
+    hung the run stays queued with no task id (``run.queue_unreachable``) and the reaper sends
+    it again later. On success the task id is stored and set on ``run`` too, so the caller's
+    response says whether the job reached the queue."""
     run_id, queue = run.pk, run.queue
 
     def send() -> None:
-        from h3lab.celery import app
-
-        try:
-            result = app.send_task(RUN_TASK, args=[run_id], queue=queue)
-        except Exception:  # broker down: the run stays queued and the reaper resends it
-            log.exception("could not enqueue run %s", run_id)
+        task_id = send_job(RUN_TASK, [run_id], queue=queue)
+        if task_id is None:
             return
-        Run.objects.filter(pk=run_id).update(celery_task_id=result.id)
+        Run.objects.filter(pk=run_id).update(celery_task_id=task_id)
+        run.celery_task_id = task_id
 
     transaction.on_commit(send)
 

@@ -13,6 +13,7 @@ process commits to (``transactional_db``/``live_server``):
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from urllib.parse import quote
 
 import pytest
 from django.conf import settings
-from django.db import connection
+from django.db import connection, connections
 
 from experiments.models import Run
 
@@ -129,6 +130,9 @@ def start_worker(
             "H3LAB_VAR_DIR": str(var_dir),  # beat schedule, results: never the developer's var/
             "H3LAB_DATA_DIR": str(settings.MEDIA_ROOT),  # same artifacts/workdirs as the test
             "H3LAB_HEARTBEAT_S": "1",
+            # the test's audit checkpoint key and folder: a worker's checkpoints verify here
+            "H3LAB_AUDIT_KEY_FILE": str(settings.H3LAB_AUDIT_KEY_FILE),
+            "H3LAB_AUDIT_CHECKPOINT_DIR": str(settings.H3LAB_AUDIT_CHECKPOINT_DIR),
             "OMP_NUM_THREADS": "1",
             "PYTHONUNBUFFERED": "1",
             **master_key_env(),
@@ -165,3 +169,37 @@ def start_worker(
     yield start
     for worker in workers:
         worker.stop()
+
+
+# --- a real browser (headless Chromium, the system package) --------------------------------------
+
+CHROMIUM = next(
+    (p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if shutil.which(p)), None
+)
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+
+
+@pytest.fixture
+def page(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    if CHROMIUM is None:
+        pytest.skip("Chromium is not installed (apt-get install chromium); skipping browser test")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    # Playwright's sync API runs an event loop on this thread; the ORM calls the test makes
+    # in between are still synchronous, so let Django allow them.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        context = browser.new_context()
+        context.set_default_timeout(60_000)
+        yield context.new_page()
+        context.close()
+        browser.close()
+        # ORM calls made while Playwright runs use a connection of their own (its greenlet has
+        # its own context); close it here, or PostgreSQL refuses to drop the test database.
+        connections.close_all()

@@ -5,12 +5,9 @@ no Playwright browser download) against ``live_server`` and a real Celery worker
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from django.db import connections
 
 from experiments.models import Run, RunStatus
 from tests import factories
@@ -22,37 +19,6 @@ pytestmark = [
     pytest.mark.django_db(transaction=True),
     pytest.mark.timeout(600),
 ]
-
-CHROMIUM = next(
-    (p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if shutil.which(p)), None
-)
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
-
-
-@pytest.fixture
-def page(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    if CHROMIUM is None:
-        pytest.skip("Chromium is not installed (apt-get install chromium); skipping browser test")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    # Playwright's sync API runs an event loop on this thread; the ORM calls the test makes
-    # in between are still synchronous, so let Django allow them.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        context = browser.new_context()
-        context.set_default_timeout(60_000)
-        yield context.new_page()
-        context.close()
-        browser.close()
-        # ORM calls made while Playwright runs use a connection of their own (its greenlet has
-        # its own context); close it here, or PostgreSQL refuses to drop the test database.
-        connections.close_all()
 
 
 def test_a_researcher_submits_a_job_and_watches_it_finish(

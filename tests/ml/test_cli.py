@@ -14,7 +14,9 @@ from h3lab.__main__ import main
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("command", ["train", "eval", "generate", "probe", "reproduce"])
+@pytest.mark.parametrize(
+    "command", ["train", "eval", "generate", "probe", "intervene", "reproduce"]
+)
 def test_every_subcommand_has_help_with_examples(
     command: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -50,6 +52,33 @@ def test_train_eval_generate_and_probe_from_the_command_line(
         == 0
     )
     assert (tmp_path / "p" / "kernels.svg").exists()
+
+
+def test_interventions_from_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    args = ["--task", "associative_recall", "--vocab-size", "10", "--seq-len", "9"]
+    assert main(["train", *args, "--d-model", "16", "--steps", "2", "--out", str(run)]) == 0
+    capsys.readouterr()
+    for kind, extra in (
+        ("ablation", ["--modes", "zero", "resample"]),
+        ("patching", []),
+        ("steering", ["--coefficients", "0", "4"]),
+    ):
+        out = tmp_path / "iv"
+        cmd = ["intervene", "--checkpoint", str(run), "--kind", kind, "--out", str(out)]
+        assert main([*cmd, "--examples", "32", *extra]) == 0, kind
+        assert json.loads(capsys.readouterr().out)["files"] == [
+            f"{kind}.png",
+            f"{kind}.svg",
+            f"{kind}.json",
+        ]
+        report = json.loads((out / f"{kind}.json").read_text())
+        assert report["n_examples"] == 32 and len(report["inputs_sha256"]) == 64
+    bad = ["intervene", "--checkpoint", str(run), "--kind", "ablation", "--out", str(tmp_path)]
+    assert main([*bad, "--examples", "1"]) == 2
+    assert "examples must be between" in capsys.readouterr().err
 
 
 def test_a_bad_value_is_reported_without_a_traceback(
