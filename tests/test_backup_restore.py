@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -107,6 +108,8 @@ def restore(archive: Path, target: Path, key: str, db_url: str, broker: dict[str
         "H3LAB_VAR_DIR": str(target / "var"),
         "H3LAB_DATA_DIR": str(target / "data"),
         "H3LAB_MASTER_KEYS": key,
+        # kept apart from the archive, like the master keys (docs/operations.md, Backup)
+        "H3LAB_AUDIT_KEY_FILE": str(django_settings.H3LAB_AUDIT_KEY_FILE),
         "H3LAB_PG_BIN_DIR": PG_BIN,
     }
     return subprocess.run(
@@ -142,14 +145,48 @@ def assert_restored(src: Source, target: Path, done: Any, rows: list[tuple[Any, 
 ARTIFACT_ROWS = "SELECT run_id, name, path, wrapped_key FROM experiments_artifact WHERE encrypted"
 
 
-@pytest.mark.django_db
+@pytest.fixture(scope="module")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite database, made once (the release rules and groups come from data
+    migrations, which a flushed test database would lack)."""
+    path = tmp_path_factory.mktemp("sqlite-template") / "h3lab.sqlite3"
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
+        cwd=ROOT, check=True, capture_output=True,
+        env={**os.environ, "DATABASE_URL": f"sqlite:///{path}"},
+    )  # fmt: skip
+    return path
+
+
+@pytest.fixture
+def sqlite_source(sqlite_template: Path, tmp_path: Path, django_db_blocker: Any) -> Iterator[Path]:
+    """This process's ORM on a copy of the template, in autocommit: what a running lab's
+    database looks like to ``manage.py backup`` (committed data, no test transaction)."""
+    from django.db import connections
+    from django.db.backends.sqlite3.base import DatabaseWrapper
+    from django.db.utils import ConnectionHandler
+
+    path = tmp_path / "source.sqlite3"
+    shutil.copy(sqlite_template, path)
+    base = dict(ConnectionHandler().settings["default"])
+    base.update(NAME=str(path), ENGINE="django.db.backends.sqlite3", TEST={})
+    previous = connections["default"]
+    wrapper = DatabaseWrapper(base, alias="default")
+    with django_db_blocker.unblock():
+        connections["default"] = wrapper
+        try:
+            yield path
+        finally:
+            wrapper.close()
+            connections["default"] = previous
+
+
 def test_the_archive_holds_a_manifest_with_digests_and_key_fingerprints_but_no_key(
-    settings: Any, tmp_path: Path, django_capture_on_commit_callbacks: Any
+    sqlite_source: Path, settings: Any, tmp_path: Path
 ) -> None:
     key = key_spec()
     settings.H3LAB_MASTER_KEYS = key
-    with django_capture_on_commit_callbacks(execute=True):  # declassification runs on commit
-        src = populate(tmp_path, key)
+    src = populate(tmp_path, key)
 
     text = backup(tmp_path / "b.tar", src)
 
@@ -176,17 +213,12 @@ def test_the_archive_holds_a_manifest_with_digests_and_key_fingerprints_but_no_k
 
 
 @pytest.mark.e2e
-@pytest.mark.django_db
 def test_sqlite_backup_restores_on_a_fresh_machine_and_refuses_a_wrong_key(
-    settings: Any,
-    tmp_path: Path,
-    test_broker: dict[str, str],
-    django_capture_on_commit_callbacks: Any,
+    sqlite_source: Path, settings: Any, tmp_path: Path, test_broker: dict[str, str]
 ) -> None:
     key = key_spec()
     settings.H3LAB_MASTER_KEYS = key
-    with django_capture_on_commit_callbacks(execute=True):  # declassification runs on commit
-        src = populate(tmp_path, key)
+    src = populate(tmp_path, key)
     backup(tmp_path / "b.tar", src)
     target = tmp_path / "new-machine"
     db_url = f"sqlite:///{target / 'h3lab.sqlite3'}"

@@ -323,3 +323,26 @@ def test_keystore_and_crypto_stay_importable_without_the_registry() -> None:
         timeout=60,
     )
     assert done.stdout.strip() == "False"
+
+
+def test_a_worker_that_cannot_reach_the_database_stops_instead_of_working_unchecked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from django.db import OperationalError
+
+    from web import startup
+
+    calls: list[str] = []
+
+    def down(process: str) -> None:
+        calls.append(process)
+        raise OperationalError("connection refused")
+
+    monkeypatch.setenv(startup.ENV_SWITCH, "1")
+    monkeypatch.setattr(startup, "check_master_keys", down)
+
+    with pytest.raises(SystemExit, match="could not reach the database to compare its master"):
+        startup._exit_unless_keys_fit("worker", wait_s=0)
+    startup.check_web_start()  # the web answers 503 meanwhile: it starts, and logs why
+
+    assert calls == ["worker", "web"]

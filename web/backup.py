@@ -9,6 +9,7 @@ name says so)::
     h3lab-backup/data/exports/…                        built bundles (partner copies encrypted)
     h3lab-backup/data/runs/<id>/…                      working folders of queued/running runs
                                                        (their checkpoints, to resume)
+    h3lab-backup/data/audit-checkpoints/…              signed audit-chain checkpoints
     h3lab-backup/manifest.json                         SHA-256 and size of every file above,
                                                        master-key fingerprints, counts
 
@@ -19,7 +20,10 @@ The windows that remain — an artifact shredded, or declassified in place, whil
 runs — are caught by the restore, which decrypts every artifact and names those that fail.
 
 SECURITY: master keys are never in the archive; the manifest records only their fingerprints
-(:mod:`vault.fingerprints`), and the restore refuses keys that do not match them. Checkpoints of
+(:mod:`vault.fingerprints`), and the restore refuses keys that do not match them. The audit
+checkpoint signing key (H3LAB_AUDIT_KEY / _FILE) is not in it either: a restore without it
+cannot sign new checkpoints under the old key, and verify_audit names checkpoints it cannot
+check. Checkpoints of
 unfinished runs are plaintext (as on the worker's disk): keep the archive access-controlled.
 """
 
@@ -64,6 +68,8 @@ def data_dirs() -> dict[str, Path]:
         "artifacts": Path(settings.ARTIFACTS_DIR),
         "exports": Path(settings.EXPORTS_DIR),
         "runs": Path(settings.RUNS_DIR),
+        # Signed audit checkpoints (their signing key, like the master keys, is kept apart).
+        "audit-checkpoints": Path(settings.H3LAB_AUDIT_CHECKPOINT_DIR),
     }
 
 
@@ -133,6 +139,8 @@ def _files_under(root: Path) -> Iterator[Path]:
 def dump_database(dest_dir: Path) -> str:
     """Write one consistent snapshot of the database into ``dest_dir``; returns the file name."""
     if engine() == "sqlite":
+        if connection.in_atomic_block:  # its own write lock would block the copy forever
+            raise BackupError("SQLite cannot be backed up from inside a transaction")
         name = "database.sqlite3"
         connection.ensure_connection()
         target = sqlite3.connect(dest_dir / name)
@@ -211,7 +219,8 @@ def create_backup(out: Path, *, say: Say) -> dict[str, Any]:
         with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode=mode) as tar:  # type: ignore[call-overload]
             _add(tar, work / db_file, db_file, manifest)
             dirs = data_dirs()
-            sources = [(d, p) for d in ("artifacts", "exports") for p in _files_under(dirs[d])]
+            kept = ("artifacts", "exports", "audit-checkpoints")
+            sources = [(d, p) for d in kept for p in _files_under(dirs[d])]
             for run_id in active_run_ids():  # a finished run's folder is scratch, not data
                 sources += [("runs", p) for p in _files_under(dirs["runs"] / str(run_id))]
             for d, path in sources:
@@ -508,7 +517,7 @@ def _resend(report: RestoreReport) -> None:
         for run in Run.objects.filter(status=RunStatus.QUEUED).only("pk", "queue"):
             enqueue_run(run)
             report.resent_runs.append(run.pk)
-        for pk in Export.objects.filter(status=ExportStatus.QUEUED).values_list("pk", flat=True):
-            enqueue_export(pk)
-            report.resent_exports.append(pk)
+        for export in Export.objects.filter(status=ExportStatus.QUEUED):
+            enqueue_export(export)
+            report.resent_exports.append(export.pk)
     report.running_runs = Run.objects.filter(status=RunStatus.RUNNING).count()

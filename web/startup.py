@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import TYPE_CHECKING, Any
 
 from celery.signals import beat_init, worker_init
@@ -122,8 +123,14 @@ def check_web_start() -> None:
     gunicorn stops when a worker cannot boot."""
     if not _enabled():
         return
+    from django.db import DatabaseError
+
     try:
         check_master_keys("web")
+    except DatabaseError as exc:
+        # The site answers 503 while the database is down; the worker, which encrypts, waits
+        # for it instead (see _exit_unless_keys_fit). Nothing is read or written meanwhile.
+        log.error("web: master keys not compared: the database is unavailable (%s)", exc)
     except KeysRefused as exc:
         from django.core.exceptions import ImproperlyConfigured
 
@@ -131,8 +138,10 @@ def check_web_start() -> None:
         raise ImproperlyConfigured(str(exc)) from None
 
 
-def _exit_unless_keys_fit(process: str) -> None:
-    """For Celery's signals: they log and swallow exceptions, so stop with SystemExit."""
+def _exit_unless_keys_fit(process: str, *, wait_s: float | None = None) -> None:
+    """For Celery's signals: they log and swallow exceptions, so stop with SystemExit. A
+    database that is down at start is waited for (``H3LAB_KEY_CHECK_WAIT_S``, 60 s), then the
+    process stops too: it must not take a job with keys nobody compared."""
     if not _enabled():
         return
     import django
@@ -140,11 +149,28 @@ def _exit_unless_keys_fit(process: str) -> None:
 
     if not apps.ready:
         django.setup()
-    try:
-        check_master_keys(process)
-    except KeysRefused as exc:
-        log.critical("%s", exc)
-        raise SystemExit(str(exc)) from None
+    from django.db import DatabaseError, connection
+
+    wait = float(os.environ.get("H3LAB_KEY_CHECK_WAIT_S", "60")) if wait_s is None else wait_s
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            check_master_keys(process)
+            return
+        except KeysRefused as exc:
+            log.critical("%s", exc)
+            raise SystemExit(str(exc)) from None
+        except DatabaseError as exc:
+            connection.close()
+            if time.monotonic() >= deadline:
+                msg = (
+                    f"h3lab {process} refuses to start: could not reach the database to compare "
+                    f"its master keys within {wait:.0f} s ({exc})"
+                )
+                log.critical("%s", msg)
+                raise SystemExit(msg) from None
+            log.warning("%s: database unavailable, master keys not compared yet", process)
+            time.sleep(2)
 
 
 @worker_init.connect(dispatch_uid="web.startup.worker_keys")
