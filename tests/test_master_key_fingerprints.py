@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.conf import settings as django_settings
@@ -22,6 +23,7 @@ from experiments.models import Artifact, RunStatus
 from experiments.storage import open_artifact, store_file
 from tests import factories
 from tests.conftest import Lab
+from tests.e2e.conftest import start_worker
 from vault import keystore, registry
 from vault.crypto import KeyError_, Keyring, MasterKey
 from vault.fingerprints import KeyRecord, fingerprint, keyring_problems
@@ -272,6 +274,7 @@ def test_keys_status_lists_fingerprints_and_what_each_key_wraps(
 # --- the processes themselves --------------------------------------------------------------------
 
 ROOT = Path(__file__).resolve().parents[1]
+__all__ = ["start_worker"]
 
 
 @pytest.mark.e2e
@@ -311,6 +314,19 @@ def test_web_worker_and_beat_with_a_wrong_key_stop_before_taking_a_job(
     run.refresh_from_db()
     assert run.celery_task_id  # the job was sent ...
     assert run.status == RunStatus.QUEUED and run.attempt == 0  # ... and no worker took it
+
+
+@pytest.mark.e2e
+def test_a_worker_with_the_right_key_checks_it_and_starts(
+    settings: object, lab: Lab, start_worker: Any
+) -> None:
+    settings.H3LAB_MASTER_KEYS = spec("k1")  # type: ignore[attr-defined]
+    check_master_keys("web")
+
+    worker = start_worker(env={"H3LAB_CHECK_KEYS_AT_START": "1"})  # fails unless it is ready
+
+    assert "worker: master key k1" in worker.log()  # compared before it took a job
+    assert "refuses to start" not in worker.log()
 
 
 def test_keystore_and_crypto_stay_importable_without_the_registry() -> None:
