@@ -229,6 +229,11 @@ def test_sqlite_backup_restores_on_a_fresh_machine_and_refuses_a_wrong_key(
         refused.stderr
     )
     assert not list((target / "data").rglob("*.bin"))
+    keyless = restore(tmp_path / "b.tar", target, "", db_url, {**test_broker, "DEBUG": "1"})
+    assert keyless.returncode != 0 and "no master key: put the deployment's key file" in (
+        keyless.stderr
+    )  # DEBUG does not generate a key that would open nothing
+    assert not (target / "var" / "master.key").exists()
 
     done = restore(tmp_path / "b.tar", target, key, db_url, test_broker)
     with sqlite3.connect(target / "h3lab.sqlite3") as db:
