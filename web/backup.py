@@ -190,12 +190,16 @@ def counts() -> dict[str, int]:
 def create_backup(out: Path, *, say: Say) -> dict[str, Any]:
     """Write the archive to ``out`` (atomically: ``out`` appears only complete, mode 0600) and
     return its manifest. The process's master keys are checked first (as at any start)."""
+    from vault.registry import NotMigrated
     from web.startup import KeysRefused, check_master_keys
 
     try:
         check_master_keys("backup")
+        key_records()
     except KeysRefused as exc:
         raise BackupError(str(exc)) from None
+    except NotMigrated:
+        raise BackupError("the database is not migrated: there is nothing to back up") from None
     out = out.resolve()
     if out.exists():
         raise BackupError(f"{out} exists; choose a new name")
