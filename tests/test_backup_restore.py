@@ -170,6 +170,8 @@ def sqlite_source(sqlite_template: Path, tmp_path: Path, django_db_blocker: Any)
     shutil.copy(sqlite_template, path)
     base = dict(ConnectionHandler().settings["default"])
     base.update(NAME=str(path), ENGINE="django.db.backends.sqlite3", TEST={})
+    # as h3lab.settings configures SQLite (the suite's own database may be PostgreSQL)
+    base["OPTIONS"] = {"timeout": 20, "transaction_mode": "IMMEDIATE"}
     previous = connections["default"]
     wrapper = DatabaseWrapper(base, alias="default")
     with django_db_blocker.unblock():
