@@ -67,7 +67,7 @@ class HasScope(BasePermission):
         if TokenScope.covers(token.scope, needed):
             return True
         self.message = (
-            f"This API token has the {token.scope!r} scope; this request needs {needed!r}."
+            f"This API token has the {token.scope!r} scope; this request needs {str(needed)!r}."
         )
         return False
 

@@ -20,6 +20,14 @@ ERRORS = {
 
 
 class ApiSchema(AutoSchema):
+    def get_tags(self) -> list[str]:
+        """One tag per resource: ``findings`` for ``/api/v1/findings/{id}/votes/``, so the docs
+        group the review flow under the resource it acts on; ``api`` for the root and ``me``."""
+        parts = self.path.strip("/").split("/")
+        if len(parts) >= 3 and parts[:2] == ["api", "v1"] and parts[2] != "me":
+            return [parts[2]]
+        return ["api"]
+
     def _get_response_bodies(self, direction: Any = "response") -> dict[str, Any]:
         responses: dict[str, Any] = super()._get_response_bodies(direction)
         for code, description in ERRORS.items():

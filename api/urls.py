@@ -21,6 +21,7 @@ from api.views.exports import ExportViewSet
 from api.views.findings import FindingViewSet
 from api.views.grants import GrantViewSet
 from api.views.projects import ProjectViewSet
+from api.views.review import ObjectionViewSet
 from api.views.root import MeView, RootView
 from api.views.runs import RunViewSet
 from web.middleware import CONTENT_SECURITY_POLICY, csp_override
@@ -38,6 +39,7 @@ router.register("artifacts", ArtifactViewSet, basename="api-artifact")
 router.register("findings", FindingViewSet, basename="api-finding")
 router.register("grants", GrantViewSet, basename="api-grant")
 router.register("exports", ExportViewSet, basename="api-export")
+router.register("objections", ObjectionViewSet, basename="api-objection")
 
 urlpatterns = [
     path("api/v1/", RootView.as_view(), name="api-root"),

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from h3lab import __version__
 from h3lab.config import PRESETS, TASKS, ConfigError, RunConfig, TaskConfig, TrainConfig
 
 EPILOG = """examples:
@@ -37,13 +38,20 @@ def _sub(
     )
 
 
+def _prog() -> str:
+    """The name the user typed: the installed ``h3lab`` script, or the module."""
+    name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    return "h3lab" if name.startswith("h3lab") else "python -m h3lab"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m h3lab",
+        prog=_prog(),
         description="Train, evaluate and probe H3 and attention language models.",
         epilog=EPILOG,
         formatter_class=_Formatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subs = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = _sub(
@@ -432,7 +440,19 @@ def main(argv: list[str] | None = None) -> int:
         from h3lab import bench  # lazily: it is the nn engineer's module and may pull in more
 
         return int(bench.main(argv[1:]) or 0)
-    args = build_parser().parse_args(argv)
+    if argv == ["--version"]:  # answered before the parser, whose probe options import torch
+        print(f"{_prog()} {__version__}")
+        return 0
+    try:
+        parser = build_parser()  # the probe and reproduce options import torch
+    except ModuleNotFoundError as exc:  # the bare wheel: the client only (see README)
+        print(
+            f"h3lab: the ML command line needs {exc.name}, which is not installed: "
+            "pip install 'h3lab[ml]' (the terminal client, h3lab-client, needs nothing)",
+            file=sys.stderr,
+        )
+        return 1
+    args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args)
     except (ConfigError, ValueError, FileNotFoundError) as exc:

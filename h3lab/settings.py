@@ -20,7 +20,13 @@ from django.core.exceptions import ImproperlyConfigured
 from h3lab.logformat import formatter_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-VAR_DIR = Path(os.environ.get("H3LAB_VAR_DIR", BASE_DIR / "var"))
+# A checkout keeps templates/ and static/ beside manage.py; an installed wheel (pip install .)
+# carries them inside the package (pyproject.toml's package-dir) and has no var/ of its own, so
+# its state defaults to ./var in the working directory (deployments set H3LAB_VAR_DIR).
+IN_CHECKOUT = (BASE_DIR / "manage.py").is_file()
+SITE_DIR = BASE_DIR if IN_CHECKOUT else Path(__file__).resolve().parent / "_site"
+WORK_DIR = BASE_DIR if IN_CHECKOUT else Path.cwd()
+VAR_DIR = Path(os.environ.get("H3LAB_VAR_DIR", WORK_DIR / "var"))
 
 
 def env_str(name: str, default: str) -> str:
@@ -87,7 +93,7 @@ WSGI_APPLICATION = "h3lab.wsgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [BASE_DIR / "templates"],
+        "DIRS": [SITE_DIR / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
@@ -150,8 +156,8 @@ USE_I18N = False
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATICFILES_DIRS = [BASE_DIR / "static"]
-STATIC_ROOT = Path(env_str("STATIC_ROOT", str(BASE_DIR / "staticfiles")))
+STATICFILES_DIRS = [SITE_DIR / "static"]
+STATIC_ROOT = Path(env_str("STATIC_ROOT", str(WORK_DIR / "staticfiles")))
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import os
 import socket
 import subprocess
@@ -31,7 +32,11 @@ start_worker = e2e.start_worker  # the platform's real-worker fixture, reused
 
 
 def client_env(url: str, token: str, home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("H3LAB_", "DJANGO_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("H3LAB_", "DJANGO_")) and k != "XDG_CONFIG_HOME"
+    }
     env.update(H3LAB_URL=url, H3LAB_TOKEN=token, HOME=str(home), PYTHONUNBUFFERED="1")
     return env
 
@@ -79,7 +84,7 @@ def test_watch_exits_with_the_run_s_outcome(lab: Lab, live_server: Any, tmp_path
     for status, code in [
         (RunStatus.SUCCEEDED, 0),
         (RunStatus.FAILED, 1),
-        (RunStatus.CANCELLED, 2),
+        (RunStatus.CANCELLED, 3),
     ]:
         run = factories.make_run(lab.project, status=status, step=20, error="boom")
         result = h3lab(env, "watch", str(run.pk))
@@ -94,16 +99,16 @@ def test_errors_are_explained_with_distinct_exit_codes(
     theirs = factories.make_run(lab.other_project)
 
     bad_token = h3lab({**env, "H3LAB_TOKEN": "h3l_000000000000_nope"}, "runs")
-    assert bad_token.returncode == 3
+    assert bad_token.returncode == 4
     assert "authentication failed: Invalid API token." in bad_token.stderr
     assert "/api/tokens/" in bad_token.stderr
 
     hidden = h3lab(env, "watch", str(theirs.pk))
-    assert hidden.returncode == 4
+    assert hidden.returncode == 5
     assert "not found" in hidden.stderr
 
     invalid = h3lab(env, "submit", "--project", "induction", "--steps", "0", "--lr", "-1")
-    assert invalid.returncode == 5
+    assert invalid.returncode == 6
     assert "config.train.steps" in invalid.stderr
     assert "config.train.lr" in invalid.stderr
 
@@ -111,7 +116,7 @@ def test_errors_are_explained_with_distinct_exit_codes(
         s.bind(("127.0.0.1", 0))
         closed_port = s.getsockname()[1]
     down = h3lab({**env, "H3LAB_URL": f"http://127.0.0.1:{closed_port}"}, "runs")
-    assert down.returncode == 6
+    assert down.returncode == 7
     assert "cannot reach" in down.stderr
 
 
@@ -154,6 +159,11 @@ def test_a_job_is_submitted_watched_and_fetched_from_the_terminal(
     assert f"run #{run_id} succeeded" in watched.stderr
     assert "step 20/20" in watched.stderr
 
+    logs = h3lab(env, "logs", str(run_id), "--follow", "--interval", "0.5")
+    assert logs.returncode == 0, logs.stderr
+    assert logs.stdout.strip(), "the finished run's log is shown"
+    assert f"run #{run_id} succeeded" in logs.stderr
+
     listed = h3lab(env, "artifacts", str(run_id))
     assert listed.returncode == 0, listed.stderr
     checkpoint = Artifact.objects.get(run_id=run_id, name="model.safetensors")
@@ -174,3 +184,5 @@ def test_a_job_is_submitted_watched_and_fetched_from_the_terminal(
 
     runs = h3lab(env, "runs", "--project", "induction")
     assert f"{run_id}" in runs.stdout and "succeeded" in runs.stdout
+    as_json = h3lab(env, "runs", "--project", "induction", "--json")
+    assert [(r["id"], r["status"]) for r in json.loads(as_json.stdout)] == [(run_id, "succeeded")]

@@ -17,14 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.contrib.auth.models import User
 from django.core.cache import cache
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
 from rest_framework.test import APIClient
 
 from api import actions as api_actions
-from disclosure.models import ReleaseRequest
+from disclosure.models import ReleaseRequest, Vote
 from experiments.models import Tier
 from tests import factories
 from tests.conftest import Cast
@@ -35,6 +37,7 @@ from tests.test_permission_matrix import (
     build_world,
     is_api,
     member_only,
+    project_kw,
     release_manager,
     reviewing,
     url_names,
@@ -55,6 +58,7 @@ class Case:
     denied_also: tuple[int, ...] = ()
     # what an allowed call may answer besides 2xx (a refusal on content, past access control)
     allowed_also: tuple[int, ...] = ()
+    multipart: bool = False  # the body is a form with files, not JSON
 
 
 def _submit(w: World) -> dict[str, Any]:
@@ -79,13 +83,66 @@ def _finding_kw(w: World) -> dict[str, Any]:
     return {"pk": w.finding.pk}
 
 
+def _pending_request(w: World) -> ReleaseRequest:
+    """A pending request for the world's finding (the matrix removes the world's own so that
+    the request steps can succeed; each call is rolled back, this with it)."""
+    return ReleaseRequest.objects.create(
+        finding=w.finding, from_tier=w.tier, target_tier=min(w.tier + 1, Tier.PUBLIC)
+    )
+
+
+def _objection_kw(w: World) -> dict[str, Any]:
+    """A fresh open objection of ola's (a reviewer who is none of the personas)."""
+    request = _pending_request(w)
+    ola = User.objects.get(username="ola")
+    vote = Vote.objects.create(
+        request=request, finding=w.finding, reviewer=ola, kind="object", rationale="too early"
+    )
+    return {"pk": vote.pk}
+
+
+def _vote(w: World) -> dict[str, Any]:
+    _pending_request(w)
+    return {"kind": "object", "rationale": "the probe code reveals the trick"}
+
+
+def _schedule(w: World) -> dict[str, Any]:
+    _pending_request(w)
+    return {"embargo_until": (timezone.now() + timedelta(days=60)).isoformat()}
+
+
+# Bodies for the matrix's POST entries, so that an allowed call can succeed.
+BODIES: dict[str, Callable[[World], Any]] = {
+    "api-finding-recuse": lambda w: {"reason": "I co-authored the probe"},
+    "api-finding-schedule": _schedule,
+    "api-finding-retract": lambda w: {"reason": "a data leak", "confirm": True},
+    "api-objection-clear": lambda w: {"rationale": "addressed in revision 2"},
+    "api-grant-approve": lambda w: {"decision": "approve", "note": "checked"},
+}
+KWARGS: dict[str, Callable[[World], dict[str, Any]]] = {
+    "api-objection-detail": _objection_kw,
+    "api-objection-withdraw": _objection_kw,
+    "api-objection-clear": _objection_kw,
+}
+
+
 def registered_cases() -> list[Case]:
     """The permission matrix's API entries, with its methods and rules."""
     return [
-        Case(name, entry.method, entry.kwargs, entry.allowed)
+        Case(
+            name,
+            entry.method,
+            KWARGS.get(name, entry.kwargs),
+            entry.allowed,
+            BODIES.get(name, lambda w: {}),
+        )
         for name, entry in REGISTRY.items()
         if is_api(name)
     ]
+
+
+def _corpus(w: World) -> dict[str, Any]:
+    return {"file": SimpleUploadedFile("notes.txt", b"the cat sat on the mat\n")}
 
 
 EXTRA_METHODS = [
@@ -99,6 +156,18 @@ EXTRA_METHODS = [
         lambda w: {"title": "Edited"},
     ),
     Case("api-finding-assessments", "post", _finding_kw, reviewing, _assessment),
+    Case("api-finding-votes", "post", _finding_kw, reviewing, _vote),
+    # a revision is proposed for a finding above the team tier; at the team tier the edit is
+    # made in place (PATCH) and the proposal is refused on content (400)
+    Case(
+        "api-finding-revisions",
+        "post",
+        _finding_kw,
+        member_only,
+        lambda w: {"title": "Revised", "body": "new text", "note": "clearer"},
+        allowed_also=(400,),
+    ),
+    Case("api-project-corpora", "post", project_kw, member_only, _corpus, multipart=True),
     Case("api-grant-list", "post", lambda w: {}, release_manager, _grant),
     Case(
         "api-project-list",
@@ -126,10 +195,13 @@ def test_every_api_url_name_is_covered() -> None:
 
 
 def call(client: APIClient, case: Case, world: World) -> Any:
-    url = reverse(case.name, kwargs=case.kwargs(world))
-    with transaction.atomic():
-        body = json.dumps(case.body(world)) if case.method != "get" else None
-        response = client.generic(case.method.upper(), url, body or "", "application/json")
+    with transaction.atomic():  # the objects kwargs and bodies make are rolled back too
+        url = reverse(case.name, kwargs=case.kwargs(world))
+        if case.multipart:
+            response = client.post(url, case.body(world), format="multipart")
+        else:
+            body = json.dumps(case.body(world)) if case.method != "get" else None
+            response = client.generic(case.method.upper(), url, body or "", "application/json")
         if hasattr(response, "streaming_content"):
             b"".join(response.streaming_content)
         transaction.set_rollback(True)

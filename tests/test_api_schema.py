@@ -28,6 +28,7 @@ from schemathesis.checks import (
 from schemathesis.core.result import Ok
 
 from api import actions as api_actions
+from disclosure.models import ReleaseRequest, Vote
 from experiments.models import Tier
 from experiments.storage import store_file
 from h3lab.wsgi import application
@@ -72,10 +73,23 @@ def _world(lab: Lab, tmp_path: Path) -> dict[str, list[Any]]:
     finding = factories.make_finding(lab.project, tier=Tier.TEAM)
     finding.runs.add(run)
     public = factories.make_finding(lab.project, tier=Tier.PUBLIC)
+    # a finding under review with an open objection, for the review flow's operations
+    reviewed = factories.make_finding(lab.project, tier=Tier.REVIEW)
+    request = ReleaseRequest.objects.create(
+        finding=reviewed, from_tier=Tier.REVIEW, target_tier=Tier.PARTNERS
+    )
+    objection = Vote.objects.create(
+        request=request,
+        finding=reviewed,
+        reviewer=factories.make_reviewer("ola"),
+        kind="object",
+        rationale="too early",
+    )
     return {
         "runs": [run.pk],
         "artifacts": [artifact.pk],
-        "findings": [finding.pk, public.pk],
+        "findings": [finding.pk, public.pk, reviewed.pk],
+        "objections": [objection.pk],
         "experiments": [run.experiment_id],
         "projects": [lab.project.slug],
     }
@@ -141,3 +155,33 @@ def test_the_api_conforms_to_its_schema_under_fuzzing(
     assert not failures, "\n\n".join(failures)
     assert statuses[200] and statuses[201], f"the fuzz never succeeded: {dict(statuses)}"
     assert not [s for s in statuses if s >= 500], json.dumps(statuses)
+
+
+def _operations() -> list[tuple[str, str, dict[str, Any]]]:
+    from drf_spectacular.generators import SchemaGenerator
+
+    schema = SchemaGenerator().get_schema(request=None, public=True)
+    return [
+        (path, method, op) for path, ops in schema["paths"].items() for method, op in ops.items()
+    ]
+
+
+def test_operations_are_tagged_by_the_resource_they_act_on() -> None:
+    for path, method, op in _operations():
+        parts = path.strip("/").split("/")
+        expected = parts[2] if len(parts) > 2 and parts[2] != "me" else "api"
+        assert op["tags"] == [expected], f"{method.upper()} {path}: {op['tags']}"
+    tags = {op["tags"][0] for _, _, op in _operations()}
+    assert {"findings", "objections", "grants", "projects", "runs", "exports"} <= tags
+
+
+def test_every_json_request_body_has_an_example() -> None:
+    """What a client sends is shown, not only described (the docs' "Try it out" starts
+    from it)."""
+    missing = [
+        f"{method.upper()} {path}"
+        for path, method, op in _operations()
+        if "application/json" in op.get("requestBody", {}).get("content", {})
+        and not op["requestBody"]["content"]["application/json"].get("examples")
+    ]
+    assert not missing, f"request bodies without an example: {missing}"

@@ -289,6 +289,27 @@ REGISTRY: dict[str, Entry] = {
     "export": Entry(lambda w: {"pk": w.export_id}, release_manager),
     "export-progress": Entry(lambda w: {"pk": w.export_id}, release_manager),
     "export-download": Entry(lambda w: {"pk": w.export_id}, release_manager),
+    # the review flow in the API (issue 16): the same rules as the pages they mirror
+    "api-finding-votes": Entry(finding_kw, sees_review),
+    "api-finding-recuse": Entry(finding_kw, reviewing, method="post"),
+    "api-finding-schedule": Entry(
+        finding_kw, lambda p, t: p == "release_manager" and t >= Tier.REVIEW, method="post"
+    ),
+    "api-finding-retract": Entry(
+        finding_kw,
+        lambda p, t: p == "member" or (p == "release_manager" and t >= Tier.REVIEW),
+        method="post",
+    ),
+    "api-finding-withdraw-revision": Entry(finding_kw, member_only, method="post"),
+    "api-objection-detail": Entry(lambda w: {"pk": w.objection.pk}, sees_review),
+    "api-objection-withdraw": Entry(
+        lambda w: {"pk": w.objection.pk}, lambda p, t: False, method="post"
+    ),
+    "api-objection-clear": Entry(lambda w: {"pk": w.objection.pk}, reviewing, method="post"),
+    "api-grant-approve": Entry(
+        lambda w: {"pk": w.pending_grant.pk}, release_manager, method="post"
+    ),
+    "api-project-corpora": Entry(project_kw, member_only),
 }
 
 

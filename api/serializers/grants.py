@@ -53,6 +53,7 @@ class GrantSerializer(serializers.ModelSerializer[Grant]):
             "expires_at",
             "revoked_at",
             "revoke_reason",
+            "approval",
             "active",
         ]
 

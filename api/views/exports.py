@@ -6,7 +6,7 @@ import logging
 
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
 from rest_framework import exceptions, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
@@ -57,7 +57,20 @@ class ExportViewSet(ApiViewMixin, viewsets.GenericViewSet[Export]):
     def retrieve(self, request: Request, pk: str) -> Response:
         return Response(ExportSerializer(policy.get_export_or_404(request.user, parse_id(pk))).data)
 
-    @extend_schema(request=ExportRequestSerializer, responses={201: ExportSerializer})
+    @extend_schema(
+        request=ExportRequestSerializer,
+        responses={201: ExportSerializer},
+        examples=[
+            OpenApiExample(
+                "A public bundle", value={"kind": "public", "findings": [12]}, request_only=True
+            ),
+            OpenApiExample(
+                "A partner copy",
+                value={"kind": "partner", "recipient": "carol", "project": "induction"},
+                request_only=True,
+            ),
+        ],
+    )
     def create(self, request: Request) -> Response:
         if not self._may_export():
             raise deny()

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.db.models import Prefetch, QuerySet
 from django.urls import reverse
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
 from rest_framework import exceptions, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.permissions import AllowAny
@@ -36,6 +36,7 @@ from api.views.common import (
     parse_id,
     parse_query,
 )
+from api.views.review import REVIEW_SCOPES, FindingReviewActions
 from disclosure import audit, policy
 from disclosure.actions.release import do_request_release, do_request_review
 from disclosure.actions.review import do_assess_finding
@@ -66,7 +67,7 @@ def _findings_with_evidence(findings: QuerySet[Finding]) -> QuerySet[Finding]:
     )
 
 
-class FindingViewSet(ApiViewMixin, viewsets.GenericViewSet[Finding]):
+class FindingViewSet(FindingReviewActions, ApiViewMixin, viewsets.GenericViewSet[Finding]):
     """Findings you can read (public ones for everyone); recording, editing and the review
     steps for the roles the policy allows them."""
 
@@ -80,10 +81,12 @@ class FindingViewSet(ApiViewMixin, viewsets.GenericViewSet[Finding]):
         "request_review": TokenScope.MANAGE,
         "request_release": TokenScope.MANAGE,
         "assessments": TokenScope.MANAGE,
+        **REVIEW_SCOPES,
     }
 
     def get_permissions(self) -> Sequence[_SupportsHasPermission]:
-        if self.action in ("list", "retrieve", "revisions"):
+        reads = ("list", "retrieve", "revisions")
+        if self.action in reads and self.request.method in ("GET", "HEAD", "OPTIONS"):
             return [AllowAny(), HasScope()]
         return super().get_permissions()
 
@@ -123,7 +126,23 @@ class FindingViewSet(ApiViewMixin, viewsets.GenericViewSet[Finding]):
         finding = _findings_with_evidence(Finding.objects.filter(pk=finding.pk)).get()
         return Response(FindingSerializer(finding).data)
 
-    @extend_schema(request=FindingCreateSerializer, responses={201: FindingSerializer})
+    @extend_schema(
+        request=FindingCreateSerializer,
+        responses={201: FindingSerializer},
+        examples=[
+            OpenApiExample(
+                "From a run, freezing its accuracy",
+                value={
+                    "title": "Induction heads form at step 400",
+                    "body": "Accuracy jumps from 0.2 to 0.97 between steps 300 and 500.",
+                    "runs": [42],
+                    "artifacts": [317],
+                    "metrics": ["test_accuracy"],
+                },
+                request_only=True,
+            )
+        ],
+    )
     def create(self, request: Request) -> Response:
         data = parse_body(FindingCreateSerializer, request)
         runs: list[Run] = data["runs"]
@@ -138,6 +157,13 @@ class FindingViewSet(ApiViewMixin, viewsets.GenericViewSet[Finding]):
     @extend_schema(
         request=FindingEditSerializer,
         responses={200: FindingSerializer, 202: FindingRevisionSerializer},
+        examples=[
+            OpenApiExample(
+                "Fix the title",
+                value={"title": "Induction heads form at step 400", "note": "typo"},
+                request_only=True,
+            )
+        ],
     )
     def partial_update(self, request: Request, pk: str) -> Response:
         """Edit a finding. A team-tier finding changes at once (200, the finding). Above the
@@ -156,20 +182,21 @@ class FindingViewSet(ApiViewMixin, viewsets.GenericViewSet[Finding]):
         )
         return Response(FindingRevisionSerializer(revision).data, status=status.HTTP_202_ACCEPTED)
 
-    @extend_schema(responses=FindingRevisionSerializer(many=True))
-    @action(detail=True, methods=["get"], pagination_class=None)
-    def revisions(self, request: Request, pk: str) -> Response:
-        """The finding's revisions you are cleared for: every approved and pending one for the
-        team and the review board; for other readers, those of the finding's current tier."""
-        finding = self._finding(pk)
-        rows = policy.visible_revisions(request.user, finding)
-        return Response(FindingRevisionSerializer(rows, many=True).data)
-
     def _release_answer(self, request: ReleaseRequest) -> Response:
         request = ReleaseRequest.objects.select_related("requested_by").get(pk=request.pk)
         return Response(ReleaseRequestSerializer(request).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(request=RationaleSerializer, responses={201: ReleaseRequestSerializer})
+    @extend_schema(
+        request=RationaleSerializer,
+        responses={201: ReleaseRequestSerializer},
+        examples=[
+            OpenApiExample(
+                "Ask for review",
+                value={"rationale": "Ready for a dual-use assessment."},
+                request_only=True,
+            )
+        ],
+    )
     @action(detail=True, methods=["post"], url_path="request-review")
     def request_review(self, request: Request, pk: str) -> Response:
         """Team → review tier (decided at once under the default policy)."""
@@ -178,7 +205,17 @@ class FindingViewSet(ApiViewMixin, viewsets.GenericViewSet[Finding]):
         release = do_request_review(finding, rationale=rationale, acting_user=request.user)
         return self._release_answer(release)
 
-    @extend_schema(request=RationaleSerializer, responses={201: ReleaseRequestSerializer})
+    @extend_schema(
+        request=RationaleSerializer,
+        responses={201: ReleaseRequestSerializer},
+        examples=[
+            OpenApiExample(
+                "Ask for the next tier",
+                value={"rationale": "Partners need it for their replication."},
+                request_only=True,
+            )
+        ],
+    )
     @action(detail=True, methods=["post"], url_path="request-release")
     def request_release(self, request: Request, pk: str) -> Response:
         """Ask for the step above review (reviewers vote; a release manager schedules)."""
@@ -192,6 +229,19 @@ class FindingViewSet(ApiViewMixin, viewsets.GenericViewSet[Finding]):
         methods=["POST"],
         request=AssessmentCreateSerializer,
         responses={201: AssessmentSerializer},
+        examples=[
+            OpenApiExample(
+                "Mostly alignment value",
+                value={
+                    "capability_uplift": 0,
+                    "alignment_value": 2,
+                    "rationale": "Explains a mechanism; no new capability.",
+                    "categories": ["interpretability"],
+                    "evidence_links": [],
+                },
+                request_only=True,
+            )
+        ],
     )
     @action(detail=True, methods=["get", "post"], pagination_class=None)
     def assessments(self, request: Request, pk: str) -> Response:

@@ -20,6 +20,7 @@ from api.serializers.projects import (
     UsernameSerializer,
 )
 from api.views.common import ApiViewMixin, deny, parse_body
+from api.views.corpora import ProjectCorporaActions
 from disclosure import policy
 from disclosure.actions.delegation import (
     check_delegate_release_management,
@@ -47,7 +48,7 @@ def team(project: Project) -> dict[str, object]:
     }
 
 
-class ProjectViewSet(ApiViewMixin, viewsets.ReadOnlyModelViewSet[Project]):
+class ProjectViewSet(ProjectCorporaActions, ApiViewMixin, viewsets.ReadOnlyModelViewSet[Project]):
     """Projects you are a member of; lab admins create projects, and lab admins and a project's
     delegates manage its team."""
 
@@ -61,6 +62,7 @@ class ProjectViewSet(ApiViewMixin, viewsets.ReadOnlyModelViewSet[Project]):
         "member": TokenScope.MANAGE,
         "delegates": TokenScope.MANAGE,
         "delegate": TokenScope.MANAGE,
+        "corpora": TokenScope.SUBMIT,
     }
 
     def get_queryset(self) -> QuerySet[Project]:
@@ -92,7 +94,12 @@ class ProjectViewSet(ApiViewMixin, viewsets.ReadOnlyModelViewSet[Project]):
         return Response(ProjectSerializer(project).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(methods=["GET"], request=None, responses=TeamSerializer)
-    @extend_schema(methods=["POST"], request=UsernameSerializer, responses={201: TeamSerializer})
+    @extend_schema(
+        methods=["POST"],
+        request=UsernameSerializer,
+        responses={201: TeamSerializer},
+        examples=[OpenApiExample("Add a member", value={"username": "bob"}, request_only=True)],
+    )
     @action(detail=True, methods=["get", "post"], url_path="team")
     def team(self, request: Request, slug: str) -> Response:
         """The team and delegates; POST adds a member."""
@@ -111,7 +118,11 @@ class ProjectViewSet(ApiViewMixin, viewsets.ReadOnlyModelViewSet[Project]):
         check_remove_project_member(project, username, acting_user=request.user)
         return Response(team(project))
 
-    @extend_schema(request=UsernameSerializer, responses={201: TeamSerializer})
+    @extend_schema(
+        request=UsernameSerializer,
+        responses={201: TeamSerializer},
+        examples=[OpenApiExample("Delegate", value={"username": "dana"}, request_only=True)],
+    )
     @action(detail=True, methods=["post"], url_path="delegates")
     def delegates(self, request: Request, slug: str) -> Response:
         """Delegate the project's release management to a user (lab admins)."""

@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from django.urls import reverse
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiExample, extend_schema
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
@@ -76,7 +76,28 @@ class RunViewSet(ApiViewMixin, viewsets.GenericViewSet[Run]):
         page = self.paginate_queryset(runs)
         return self.get_paginated_response(RunSerializer(page, many=True).data)
 
-    @extend_schema(request=RunSubmitSerializer, responses={201: RunSerializer})
+    @extend_schema(
+        request=RunSubmitSerializer,
+        responses={201: RunSerializer},
+        examples=[
+            OpenApiExample(
+                "H3 on induction head",
+                value={
+                    "project": "induction",
+                    "experiment": "lr-sweep",
+                    "name": "lr 5e-4",
+                    "config": {
+                        "preset": "h3",
+                        "task": {"name": "induction_head", "vocab_size": 20, "seq_len": 30},
+                        "train": {"steps": 2000, "lr": 5e-4, "batch_size": 32},
+                    },
+                    "n_layer": 2,
+                    "d_model": 64,
+                },
+                request_only=True,
+            )
+        ],
+    )
     def create(self, request: Request) -> Response:
         data = parse_body(RunSubmitSerializer, request)
         project = policy.get_project_or_404(request.user, data["project"])
@@ -165,7 +186,17 @@ class RunViewSet(ApiViewMixin, viewsets.GenericViewSet[Run]):
         body = {"cancelled": done, "detail": detail, "run": run}
         return Response(CancelResultSerializer(body).data)
 
-    @extend_schema(request=RerunSerializer, responses={201: RunSerializer})
+    @extend_schema(
+        request=RerunSerializer,
+        responses={201: RunSerializer},
+        examples=[
+            OpenApiExample(
+                "Again with a lower learning rate",
+                value={"name": "lr 3e-4", "config": {"train": {"lr": 3e-4}}},
+                request_only=True,
+            )
+        ],
+    )
     @action(detail=True, methods=["post"])
     def rerun(self, request: Request, pk: str) -> Response:
         """Submit a new run with the source run's config, with ``config`` overrides merged in."""

@@ -1,0 +1,1 @@
+"""Developer scripts: the dev process runner, the dependency audit, the image entrypoint."""
