@@ -30,12 +30,15 @@ class Gate:
     rule: ReleaseRule | None
     uplift: int
     approvals: list[str]
+    assessed: bool = False
 
 
 def evaluate(request: ReleaseRequest) -> Gate:
     policy = ReleasePolicy.objects.current()
-    ratings = Assessment.objects.filter(finding_id=request.finding_id).values_list(
-        "capability_uplift", flat=True
+    ratings = list(
+        Assessment.objects.filter(finding_id=request.finding_id).values_list(
+            "capability_uplift", flat=True
+        )
     )
     uplift = max(ratings, default=0)
     rule = policy.rule_for(request.target_tier, uplift) if policy else None
@@ -48,13 +51,20 @@ def evaluate(request: ReleaseRequest) -> Gate:
         .values_list("reviewer__username", flat=True)
         .order_by("reviewer__username")
     )
-    return Gate(policy=policy, rule=rule, uplift=uplift, approvals=list(approvals))
+    return Gate(
+        policy=policy, rule=rule, uplift=uplift, approvals=list(approvals), assessed=bool(ratings)
+    )
 
 
-def gate_reasons(request: ReleaseRequest, *, now: datetime | None = None) -> list[str]:
-    """Why ``request`` may not be promoted now; empty means every gate passes."""
+def gate_reasons(
+    request: ReleaseRequest, *, now: datetime | None = None, finding: Finding | None = None
+) -> list[str]:
+    """Why ``request`` may not be promoted now; empty means every gate passes. A page that has
+    just read the request's finding passes it (``finding``) instead of having it read again;
+    decisions (the actions) let it be read here, fresh."""
     now = now or timezone.now()
-    finding = Finding.objects.get(pk=request.finding_id)
+    if finding is None or finding.pk != request.finding_id:
+        finding = Finding.objects.get(pk=request.finding_id)
     reasons: list[str] = []
     if finding.is_retracted:
         return ["the finding was retracted"]
@@ -69,7 +79,7 @@ def gate_reasons(request: ReleaseRequest, *, now: datetime | None = None) -> lis
             f"policy v{gate.policy.version} never releases a finding rated "
             f"{uplift_label(gate.uplift)} capability uplift to {Tier(request.target_tier).label}"
         )
-    if rule.requires_assessment and not Assessment.objects.filter(finding=finding).exists():
+    if rule.requires_assessment and not gate.assessed:
         reasons.append("no dual-use assessment has been recorded")
     if len(gate.approvals) < rule.approvals_required:
         missing = rule.approvals_required - len(gate.approvals)

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 
+from disclosure.policy import roles_once_per_request
 from experiments.signals import acting_as
 
 
@@ -29,4 +30,17 @@ class ActingUserMiddleware:
         )
         # request.user stays lazy: it is resolved only when a change is recorded.
         with acting_as(request.user, via):
+            return self.get_response(request)
+
+
+class RolesOncePerRequestMiddleware:
+    """A user's roles (groups, team projects, delegations, recusals) are read once per request
+    and memoized until the response is returned (:func:`disclosure.policy.roles`); never
+    across requests, so a revoked membership counts from the next one."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        with roles_once_per_request():
             return self.get_response(request)

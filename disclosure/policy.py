@@ -21,7 +21,9 @@ tombstone page is shown to whoever could read them before.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
@@ -29,13 +31,14 @@ from typing import TYPE_CHECKING, Any, TypeGuard, TypeVar
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group, Permission
+from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import MultipleObjectsReturned, ObjectDoesNotExist
 from django.db import connection
 from django.db.models import BooleanField, Model, Q, QuerySet
 from django.db.models.expressions import RawSQL
 from django.http import Http404
 from django.utils import timezone
-from guardian.core import ObjectPermissionChecker
 from guardian.shortcuts import get_objects_for_user
 
 from disclosure.models import (
@@ -46,6 +49,8 @@ from disclosure.models import (
     GrantApproval,
     GroupClearance,
     ObjectionClearance,
+    ProjectGroupObjectPermission,
+    ProjectUserObjectPermission,
     Recusal,
     ReleaseRequest,
     Vote,
@@ -54,8 +59,6 @@ from experiments.models import Artifact, Finding, FindingStatus, Project, Run, T
 from experiments.users import User, Viewer
 
 if TYPE_CHECKING:
-    from django.contrib.auth.models import Group
-
     from disclosure.models import Export
     from experiments.models import FindingRevision
 
@@ -82,7 +85,9 @@ def member_projects(user: Viewer) -> QuerySet[Project]:
 
 
 def is_member(user: Viewer, project: Project) -> bool:
-    return member_projects(user).filter(pk=project.pk).exists()
+    if not _authenticated(user):
+        return False
+    return is_lab_admin(user) or project.pk in roles(user).member_projects
 
 
 # --- projects and runs: team only -------------------------------------------------------------
@@ -96,14 +101,134 @@ def visible_runs(user: Viewer) -> QuerySet[Run]:
     """Runs are working material: visible to their project's team only."""
     if is_lab_admin(user):
         return Run.objects.all()
-    return Run.objects.filter(project__in=member_projects(user).values("pk"))
+    if not _authenticated(user):
+        return Run.objects.none()
+    # The team's project ids from the roles read once per request (a short literal list):
+    # cheaper to build and to plan than the membership subquery, for every run page and poll.
+    return Run.objects.filter(project_id__in=sorted(roles(user).member_projects))
+
+
+def openable_run_ids(user: Viewer, runs: Iterable[Run]) -> set[int]:
+    """Which of ``runs`` the user may open (:func:`visible_runs`, decided from the request's
+    roles without a query of its own)."""
+    if is_lab_admin(user):
+        return {r.pk for r in runs}
+    if not _authenticated(user):
+        return set()
+    team = roles(user).member_projects
+    return {r.pk for r in runs if r.project_id in team}
 
 
 # --- roles ------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Roles:
+    """What the database says about one signed-in user's roles, read in one query.
+
+    ``groups``: (id, name) of the user's groups; ``member_projects``: the projects whose team
+    group they are in; ``delegated_projects``: the projects on which they hold guardian's
+    ``change_project`` (directly or through a group); ``recused_findings``: the findings they
+    recused themselves from.
+    """
+
+    groups: frozenset[tuple[int, str]]
+    member_projects: frozenset[int]
+    delegated_projects: frozenset[int]
+    recused_findings: frozenset[int]
+
+    @property
+    def group_names(self) -> frozenset[str]:
+        return frozenset(name for _, name in self.groups)
+
+    @property
+    def group_ids(self) -> frozenset[int]:
+        return frozenset(pk for pk, _ in self.groups)
+
+
+# SECURITY: roles are memoized for one request only (grants, memberships and recusals change
+# between requests, and a revocation must take effect on the next one). The cache lives in a
+# context variable that :func:`roles_once_per_request` (the ``RolesOncePerRequestMiddleware``)
+# sets at the start of a request and resets at its end; outside a request (Celery, commands,
+# tests calling the policy directly) nothing is memoized. A change to a user's groups or
+# object permissions during the request empties it (``disclosure.receivers``).
+_request_roles: ContextVar[dict[int, Roles] | None] = ContextVar("h3lab_roles", default=None)
+
+
+@contextmanager
+def roles_once_per_request() -> Iterator[None]:
+    """Memoize :func:`roles` per user until the block ends (one request)."""
+    token = _request_roles.set({})
+    try:
+        yield
+    finally:
+        _request_roles.reset(token)
+
+
+def forget_roles() -> None:
+    """Drop the roles memoized in this request (after a change to groups or permissions)."""
+    memo = _request_roles.get()
+    if memo is not None:
+        memo.clear()
+
+
+@cache
+def _roles_sql() -> str:
+    def t(model: type[Model]) -> str:
+        return connection.ops.quote_name(model._meta.db_table)
+
+    user_groups = t(get_user_model().groups.through)
+    groups = f"SELECT group_id FROM {user_groups} WHERE user_id = %s"  # noqa: S608
+    change_project = (
+        f"SELECT p.id FROM {t(Permission)} p JOIN {t(ContentType)} c"  # noqa: S608
+        " ON c.id = p.content_type_id WHERE p.codename = 'change_project'"
+        " AND c.app_label = 'experiments' AND c.model = 'project'"
+    )
+    return " UNION ALL ".join(
+        [
+            f"SELECT 'g', g.id, g.name FROM {t(Group)} g"  # noqa: S608
+            f" JOIN {user_groups} ug ON ug.group_id = g.id WHERE ug.user_id = %s",
+            f"SELECT 'p', id, NULL FROM {t(Project)} WHERE group_id IN ({groups})",  # noqa: S608
+            f"SELECT 'd', content_object_id, NULL FROM {t(ProjectUserObjectPermission)}"  # noqa: S608
+            f" WHERE user_id = %s AND permission_id IN ({change_project})",
+            f"SELECT 'd', content_object_id, NULL FROM {t(ProjectGroupObjectPermission)}"  # noqa: S608
+            f" WHERE group_id IN ({groups}) AND permission_id IN ({change_project})",
+            f"SELECT 'r', finding_id, NULL FROM {t(Recusal)} WHERE reviewer_id = %s",  # noqa: S608
+        ]
+    )
+
+
+def _load_roles(user: User) -> Roles:
+    rows: dict[str, set[Any]] = {"g": set(), "p": set(), "d": set(), "r": set()}
+    with connection.cursor() as cursor:
+        cursor.execute(_roles_sql(), [user.pk] * 5)
+        for kind, pk, name in cursor.fetchall():
+            rows[kind].add((pk, name) if kind == "g" else pk)
+    return Roles(
+        groups=frozenset(rows["g"]),
+        member_projects=frozenset(rows["p"]),
+        delegated_projects=frozenset(rows["d"]),
+        recused_findings=frozenset(rows["r"]),
+    )
+
+
+def roles(user: User) -> Roles:
+    """The user's :class:`Roles`: one query, memoized for the rest of the request."""
+    memo = _request_roles.get()
+    if memo is not None and user.pk in memo:
+        return memo[user.pk]
+    found = _load_roles(user)
+    if memo is not None:
+        memo[user.pk] = found
+    return found
+
+
 def _in_group(user: Viewer, name: str) -> TypeGuard[User]:
-    return _authenticated(user) and user.groups.filter(name=name).exists()
+    return _authenticated(user) and name in roles(user).group_names
+
+
+def _recused(user: User, finding: Finding) -> bool:
+    return finding.pk in roles(user).recused_findings
 
 
 def is_reviewer(user: Viewer) -> TypeGuard[User]:
@@ -327,7 +452,7 @@ def can_manage_releases(user: Viewer, project: Project) -> bool:
         return True
     if not _authenticated(user):
         return False
-    return ObjectPermissionChecker(user).has_perm("change_project", project)
+    return project.pk in roles(user).delegated_projects
 
 
 def can_request_release(user: Viewer, finding: Finding) -> bool:
@@ -345,7 +470,7 @@ def can_review(user: Viewer, finding: Finding) -> TypeGuard[User]:
         and not finding.is_retracted
         and is_reviewer(user)
         and not is_member(user, finding.project)
-        and not Recusal.objects.filter(finding=finding, reviewer=user).exists()
+        and not _recused(user, finding)
     )
 
 
@@ -355,7 +480,7 @@ def can_see_review(user: Viewer, finding: Finding) -> bool:
     dual-use deliberation about it (rationales can describe the risky part)."""
     if is_member(user, finding.project) or can_manage_releases(user, finding.project):
         return True
-    return is_reviewer(user) and not Recusal.objects.filter(finding=finding, reviewer=user).exists()
+    return is_reviewer(user) and not _recused(user, finding)
 
 
 def can_retract(user: Viewer, finding: Finding) -> bool:
@@ -515,7 +640,7 @@ def is_grantee(
         return False
     if grantee_user is not None and grantee_user.pk == user.pk:
         return True
-    return grantee_group is not None and user.groups.filter(pk=grantee_group.pk).exists()
+    return grantee_group is not None and grantee_group.pk in roles(user).group_ids
 
 
 def grant_needs_approval(user: Viewer, max_tier: int) -> bool:
@@ -551,8 +676,17 @@ def can_clear_objection(user: Viewer, vote: Vote, finding: Finding) -> TypeGuard
         and _authenticated(user)
         and vote.reviewer_id != user.pk
         and can_review(user, finding)
-        and not ObjectionClearance.objects.filter(objection=vote, reviewer=user).exists()
+        and not _cleared_by(vote, user)
     )
+
+
+def _cleared_by(vote: Vote, user: User) -> bool:
+    """Whether ``user`` already voted to clear ``vote``; reads prefetched ``clearances`` when
+    the caller fetched them (the finding page), else asks the database."""
+    prefetched = getattr(vote, "_prefetched_objects_cache", {}).get("clearances")
+    if prefetched is not None:
+        return any(c.reviewer_id == user.pk for c in prefetched)
+    return ObjectionClearance.objects.filter(objection=vote, reviewer=user).exists()
 
 
 def can_schedule_release(user: Viewer, finding: Finding, pending: ReleaseRequest | None) -> bool:
@@ -680,27 +814,12 @@ def requires_second_factor(user: Any) -> bool:
     """Whether ``user`` must pass a second factor (TOTP or a recovery code) before reaching
     anything: everyone who can see or release more than their own team's work — the review
     board, release managers, delegated project managers (guardian ``change_project``, directly
-    or through a group), staff and superusers. One query (none for staff and superusers)."""
-    from django.db.models import Exists, OuterRef
-
-    from disclosure.models import ProjectGroupObjectPermission, ProjectUserObjectPermission
-
+    or through a group), staff and superusers. Reads :func:`roles` (one query, shared with
+    the rest of the request; none for staff and superusers)."""
     if not _authenticated(user):
         return False
     if user.is_superuser or user.is_staff:
         return True
-    roles = (settings.H3LAB_REVIEW_BOARD_GROUP, settings.H3LAB_RELEASE_MANAGERS_GROUP)
-    me = OuterRef("pk")
-    in_role = get_user_model().groups.through.objects.filter(user=me, group__name__in=roles)
-    delegated = ProjectUserObjectPermission.objects.filter(
-        user=me, permission__codename="change_project"
-    )
-    delegated_group = ProjectGroupObjectPermission.objects.filter(
-        group__user=me, permission__codename="change_project"
-    )
-    return (
-        get_user_model()
-        .objects.filter(pk=user.pk)
-        .filter(Exists(in_role) | Exists(delegated) | Exists(delegated_group))
-        .exists()
-    )
+    mine = roles(user)
+    privileged = {settings.H3LAB_REVIEW_BOARD_GROUP, settings.H3LAB_RELEASE_MANAGERS_GROUP}
+    return bool(mine.group_names & privileged or mine.delegated_projects)

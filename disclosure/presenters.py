@@ -14,12 +14,11 @@ def evidence_context(user: Viewer, finding: Finding) -> dict[str, Any]:
     evidence files; plots are shown inline. Whoever may read the finding may read its
     evidence (``policy.visible_artifacts``); only the team may open the run pages.
 
-    Queries: cited runs, visible runs among them, snapshots, artifacts (4, whatever the size).
+    Queries: cited runs, snapshots, artifacts (3, whatever the size); which runs the user may
+    open comes from the roles already read for the request.
     """
-    runs = list(finding.runs.order_by("pk"))
-    openable = set(
-        policy.visible_runs(user).filter(pk__in=[r.pk for r in runs]).values_list("pk", flat=True)
-    )
+    runs = list(finding.runs.order_by("pk").defer("config", "result", "traceback"))
+    openable = policy.openable_run_ids(user, runs)
     snapshots: dict[int, list[MetricSnapshot]] = {}
     for snap in MetricSnapshot.objects.filter(finding=finding).order_by("run_id", "name"):
         snapshots.setdefault(snap.run_id, []).append(snap)

@@ -137,3 +137,22 @@ def connect() -> None:
         uid = f"disclosure.{model.__name__}"
         post_save.connect(object_permission_saved, sender=model, dispatch_uid=uid + ".save")
         post_delete.connect(object_permission_deleted, sender=model, dispatch_uid=uid + ".delete")
+    _connect_roles_memo()
+
+
+def _forget_roles(sender: Any, **kw: Any) -> None:
+    """A membership, object permission or recusal changed: the roles memoized for this request
+    (:func:`disclosure.policy.roles`) are stale."""
+    from disclosure.policy import forget_roles
+
+    forget_roles()
+
+
+def _connect_roles_memo() -> None:
+    from disclosure.models import Recusal
+
+    m2m_changed.connect(_forget_roles, sender=User.groups.through, dispatch_uid="roles.groups")
+    for model in (ProjectUserObjectPermission, ProjectGroupObjectPermission, Recusal, Project):
+        uid = f"roles.{model.__name__}"
+        post_save.connect(_forget_roles, sender=model, dispatch_uid=uid + ".save")
+        post_delete.connect(_forget_roles, sender=model, dispatch_uid=uid + ".delete")

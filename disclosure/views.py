@@ -44,6 +44,7 @@ from disclosure.models import (
     Grant,
     GrantState,
     Notification,
+    ObjectionClearance,
     ReleaseRequest,
     Vote,
 )
@@ -155,7 +156,14 @@ def _review_context(
     objection), decided by the policy."""
     if not policy.can_see_review(user, finding):
         return None
-    votes = pending.votes.select_related("reviewer", "resolved_by") if pending else []
+    # The clearances of every objection in one query (not one per vote): the template lists
+    # them and policy.can_clear_objection reads them.
+    clearances = Prefetch("clearances", ObjectionClearance.objects.select_related("reviewer"))
+    votes = (
+        pending.votes.select_related("reviewer", "resolved_by").prefetch_related(clearances)
+        if pending
+        else []
+    )
     return {
         "assessments": finding.assessments.select_related("reviewer"),
         "recusals": finding.recusals.select_related("reviewer"),
@@ -165,11 +173,11 @@ def _review_context(
                 "vote": v,
                 "can_withdraw": policy.can_withdraw_objection(user, v),
                 "can_clear": policy.can_clear_objection(user, v, finding),
-                "clearances": v.clearances.select_related("reviewer") if v.kind == "object" else [],
+                "clearances": list(v.clearances.all()) if v.kind == "object" else [],
             }
             for v in votes
         ],
-        "gate": gate_reasons(pending) if pending else [],
+        "gate": gate_reasons(pending, finding=finding) if pending else [],
         "timeline": AuditEntry.objects.filter(finding_id=finding.pk)
         .exclude(action="finding.view")
         .order_by("-id")[:50],

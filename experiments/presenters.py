@@ -6,6 +6,7 @@ Nothing here decides access — callers pass objects they already got from
 
 from __future__ import annotations
 
+import hashlib
 from collections import deque
 from collections.abc import Iterable
 from typing import Any
@@ -70,6 +71,27 @@ def metric_series(
         series.setdefault(run_id, {}).setdefault(name, []).append([step, value])
         cursor = max(cursor, pk)
     return series, cursor
+
+
+def progress_etag(run: Run, *, after: int = 0) -> str:
+    """A validator for :func:`progress_payload`: changes whenever anything it shows may have.
+    Metric points are written with a heartbeat (``do_record_progress``) and every state change
+    moves status, attempt, step, heartbeat or finish time, so those and the cursor suffice."""
+    parts = (
+        run.pk,
+        run.status,
+        run.attempt,
+        run.step,
+        run.heartbeat_at,
+        run.started_at,
+        run.finished_at,
+        run.loss,
+        run.test_accuracy,
+        len(run.error),
+        after,
+    )
+    digest = hashlib.sha256(repr(parts).encode()).hexdigest()[:32]
+    return f'"{digest}"'
 
 
 def progress_payload(run: Run, *, after: int = 0) -> dict[str, Any]:

@@ -1215,9 +1215,7 @@ def parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=_Formatter,
     )
-    p.add_argument(
-        "--version", action="version", version=f"h3lab-client {__version__}"
-    )
+    p.add_argument("--version", action="version", version=f"h3lab-client {__version__}")
     p.add_argument("--url", help=f"lab address (H3LAB_URL, or `login`; default {DEFAULT_URL})")
     p.add_argument("--token", help="API token (H3LAB_TOKEN, or `login`)")
     p.add_argument("--json", action="store_true", help="print the API's JSON (every command)")

@@ -583,3 +583,12 @@ AUTH_PASSWORD_VALIDATORS += [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 PASSWORD_RESET_TIMEOUT = env_int("PASSWORD_RESET_TIMEOUT", 3 * 3600)
+
+# Performance (docs/benchmarks.md, "Web under load"). A user's roles are read once per request
+# and memoized for that request only (disclosure.policy.roles). Server-Timing headers (time in
+# Django and in SQL, query count) are for the load benchmark only: off unless asked for.
+H3LAB_SERVER_TIMING = env_bool("H3LAB_SERVER_TIMING", False)
+# After the health check, which stays first (it answers before anything else runs).
+_AFTER_HEALTH = MIDDLEWARE.index("web.health.HealthCheckMiddleware") + 1
+MIDDLEWARE.insert(_AFTER_HEALTH, "web.middleware.ServerTimingMiddleware")
+MIDDLEWARE.insert(_AFTER_HEALTH + 1, "disclosure.middleware.RolesOncePerRequestMiddleware")

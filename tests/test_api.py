@@ -333,9 +333,10 @@ def test_runs_are_listed_filtered_and_paginated(lab: Lab, django_assert_num_quer
         factories.make_run(lab.project, status=status, user=lab.alice)
     factories.make_run(lab.other_project)
     client = api(lab.alice)
-    # Queries: token lookup, last-used update, then the page (runs joined to project,
-    # experiment and author) and its count.
-    with django_assert_num_queries(4):
+    # Queries: token lookup, last-used update, the user's roles (their team projects, read
+    # once per request), then the page (runs joined to project, experiment and author) and
+    # its count.
+    with django_assert_num_queries(5):
         response = client.get(reverse("api-run-list"), {"status": "succeeded", "page_size": "1"})
     body = response.json()
     assert body["count"] == 2

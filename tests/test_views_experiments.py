@@ -50,11 +50,13 @@ def make_artifact(run: Run, tmp_path: Path, name: str, data: bytes) -> Artifact:
     return artifact
 
 
-# Every signed-in page renders the disclosure app's nav (templates/disclosure/_nav.html), which
-# asks: is the user on the review board?, a release manager?, how many unread notifications?
-NAV_QUERIES = 3
-# Every signed-in request passes the second-factor gate (web/accounts.py): a session verified
-# with a device loads that device; any other asks whether the user's roles need one.
+# Every signed-in page renders the disclosure app's nav (templates/disclosure/_nav.html): how
+# many unread notifications? (whether the user is on the review board or a release manager
+# comes from the roles below).
+NAV_QUERIES = 1
+# Every signed-in request passes the second-factor gate (web/accounts.py), which reads the
+# user's roles (disclosure.policy.roles: groups, team projects, delegations, recusals in one
+# query); the nav and the policy reuse them for the rest of the request.
 SECOND_FACTOR_QUERIES = 1
 
 
@@ -319,10 +321,10 @@ def test_run_page_uses_a_constant_number_of_queries(
         make_artifact(done, tmp_path, f"probe-{i}.json", b"{}")
     factories.add_metrics(done, "train_loss", [1.0 / (i + 1) for i in range(n_items)])
     # 1 session, 2 user, 3 the run joined to experiment and project, 4 its artifacts,
-    # 5 membership check for the action buttons, 6 the creator's name; plus the nav's queries
-    # and the second-factor gate's.
+    # 5 the creator's name; plus the nav's queries and the second-factor gate's (the roles,
+    # which also answer the membership check for the action buttons).
     # Metric points are not read here: the page's script fetches them from progress.json.
-    with django_assert_num_queries(6 + NAV_QUERIES + SECOND_FACTOR_QUERIES):
+    with django_assert_num_queries(5 + NAV_QUERIES + SECOND_FACTOR_QUERIES):
         as_alice.get(reverse("run", args=[done.pk]))
 
 

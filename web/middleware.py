@@ -10,6 +10,7 @@ response that already sets its own policy (downloads' sandbox, the API docs) kee
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from functools import wraps
 from typing import Any
@@ -121,3 +122,57 @@ class DatabaseUnavailableMiddleware:
         if isinstance(exception, DATABASE_DOWN):
             return database_unavailable(request, exception)
         return None
+
+
+class ServerTimingMiddleware:
+    """With ``H3LAB_SERVER_TIMING`` on (the load benchmark, ``manage.py bench_web``), every
+    response carries ``Server-Timing: app;dur=<ms>, cpu;dur=<ms>, db;dur=<ms>;desc="<n>
+    queries"``: the wall time spent in Django (all middleware and the view, rendering
+    included), the worker's CPU time for it, and the time in SQL, measured in the worker, so a
+    benchmark can tell server time from queueing time under load.
+
+    SECURITY: off by default. Query counts and timings differ between code paths, and a 404
+    for "forbidden" must look like a 404 for "missing"; production responses carry neither.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        from django.conf import settings
+
+        if not settings.H3LAB_SERVER_TIMING:
+            return self.get_response(request)
+        from django.db import connection
+
+        sql = _SqlTimer()
+        start, cpu_start = time.perf_counter(), time.process_time()
+        with connection.execute_wrapper(sql):
+            response = self.get_response(request)
+        total = (time.perf_counter() - start) * 1000
+        # The worker's CPU time for this request (a sync worker serves one at a time): what
+        # the code costs, unlike wall time, barely inflated when other processes want the CPU.
+        cpu = (time.process_time() - cpu_start) * 1000
+        response.headers["Server-Timing"] = (
+            f"app;dur={total:.2f}, cpu;dur={cpu:.2f}, "
+            f'db;dur={sql.seconds * 1000:.2f};desc="{sql.count} queries"'
+        )
+        return response
+
+
+class _SqlTimer:
+    """A ``connection.execute_wrapper``: counts the statements and the time spent in them."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.seconds = 0.0
+
+    def __call__(
+        self, execute: Callable[..., Any], sql: str, params: Any, many: bool, context: Any
+    ) -> Any:
+        start = time.perf_counter()
+        try:
+            return execute(sql, params, many, context)
+        finally:
+            self.seconds += time.perf_counter() - start
+            self.count += 1

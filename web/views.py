@@ -18,8 +18,9 @@ from django.db.models import Count, Max, Q, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
-from django.views.decorators.cache import never_cache
+from django.views.decorators.cache import cache_control, never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django.views.decorators.vary import vary_on_cookie
 
 from disclosure import policy
 from experiments import presenters
@@ -42,6 +43,8 @@ from h3lab.config import ConfigError
 
 log = logging.getLogger(__name__)
 RUNS_PER_PAGE = 50
+# A run's large columns, which lists never show.
+RUN_BULK_FIELDS = ("config", "result", "traceback")
 
 
 def _managed_run_or_404(request: HttpRequest, pk: int) -> Run:
@@ -167,7 +170,8 @@ def run_list(request: HttpRequest) -> HttpResponse:
     projects = policy.visible_projects(request.user)
     filters = RunFilterForm(request.GET or None, projects=projects)
     runs = filters.filter(policy.visible_runs(request.user))
-    runs = runs.select_related("project", "experiment", "created_by")
+    # The list shows no config, result or traceback: not fetched, nor decoded 50 times.
+    runs = runs.select_related("project", "experiment", "created_by").defer(*RUN_BULK_FIELDS)
     page = Paginator(runs, RUNS_PER_PAGE).get_page(request.GET.get("page"))
     query = request.GET.copy()
     query.pop("page", None)
@@ -229,16 +233,51 @@ def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "experiments/run_detail.html", context)
 
 
-@never_cache
+# What the progress JSON reads of a run: the live numbers, not the config or the result.
+PROGRESS_FIELDS = (
+    "id",
+    "project_id",
+    "status",
+    "attempt",
+    "step",
+    "total_steps",
+    "loss",
+    "accuracy",
+    "test_accuracy",
+    "tokens_per_s",
+    "eta_s",
+    "heartbeat_at",
+    "worker_host",
+    "device",
+    "started_at",
+    "finished_at",
+    "error",
+)
+
+
+# Polled every second by every open run page. Conditional: the ETag covers everything the
+# payload shows (the worker writes metric points in the same transaction that moves
+# ``heartbeat_at``), so an unchanged run answers 304 after one small query, without reading
+# metric points or building JSON. private + no-cache: the browser keeps it for the next
+# revalidation but asks every time (never a shared cache: runs are team-only).
+@cache_control(private=True, no_cache=True)
+@vary_on_cookie
 @login_required
 @require_GET
-def run_progress(request: HttpRequest, pk: int) -> JsonResponse:
-    run = policy.get_run_or_404(request.user, pk)
+def run_progress(request: HttpRequest, pk: int) -> HttpResponse:
+    runs = policy.visible_runs(request.user).only(*PROGRESS_FIELDS)
+    run = policy.get_visible_or_404(runs, pk=pk)
     try:
         after = max(0, int(request.GET.get("after", 0)))
     except ValueError:
         after = 0
-    return JsonResponse(presenters.progress_payload(run, after=after))
+    etag = presenters.progress_etag(run, after=after)
+    if etag in request.headers.get("If-None-Match", ""):
+        response = HttpResponse(status=304)
+    else:
+        response = JsonResponse(presenters.progress_payload(run, after=after))
+    response["ETag"] = etag
+    return response
 
 
 @login_required

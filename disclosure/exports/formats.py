@@ -15,6 +15,7 @@ import mimetypes
 from typing import Any
 
 from django.conf import settings
+from django.db.models import Prefetch, prefetch_related_objects
 from django.utils import timezone
 from django.utils.text import slugify
 
@@ -22,7 +23,7 @@ from disclosure import bundles, marks
 from disclosure.exports.rules import ExportRefused, finding_label
 from disclosure.models import RecipientMark, ReleaseDecision
 from experiments import storage
-from experiments.models import Artifact, Finding, MetricPoint, Tier
+from experiments.models import Artifact, Finding, MetricPoint, Run, Tier
 
 MARKABLE_MAX = 64 << 20  # files marked in memory (plots, CSV, JSON); larger ones stream as-is
 
@@ -93,12 +94,23 @@ def _finding_json(
     return doc
 
 
-def _metrics_files(run_id: int, base: str, token: str | None) -> list[bundles.BundleFile]:
-    points = list(
-        MetricPoint.objects.filter(run_id=run_id)
-        .order_by("name", "step")
-        .values_list("name", "step", "value")
+def _metrics_bytes(run_ids: list[int], token: str | None) -> dict[int, tuple[bytes, bytes]]:
+    """Every run's metrics as (CSV, JSON) bytes, from one query: a run cited by several
+    findings is read and serialised once, not once per finding."""
+    by_run: dict[int, list[tuple[str, int, float]]] = {pk: [] for pk in run_ids}
+    points = (
+        MetricPoint.objects.filter(run_id__in=run_ids)
+        .order_by("run_id", "name", "step")
+        .values_list("run_id", "name", "step", "value")
     )
+    for run_id, name, step, value in points.iterator(chunk_size=20_000):
+        by_run[run_id].append((name, step, value))
+    return {pk: _metrics_file_bytes(pk, rows, token) for pk, rows in by_run.items()}
+
+
+def _metrics_file_bytes(
+    run_id: int, points: list[tuple[str, int, float]], token: str | None
+) -> tuple[bytes, bytes]:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["name", "step", "value"])
@@ -111,15 +123,37 @@ def _metrics_files(run_id: int, base: str, token: str | None) -> list[bundles.Bu
     if token:
         csv_bytes = marks.mark_csv(csv_bytes, token)
         json_doc[marks.MARK_KEY] = token
-    return [
-        bundles.BundleFile(f"{base}/metrics.csv", csv_bytes),
-        bundles.BundleFile(
-            f"{base}/metrics.json", json.dumps(json_doc, indent=2, sort_keys=True).encode()
-        ),
-    ]
+    return csv_bytes, json.dumps(json_doc, indent=2, sort_keys=True).encode()
 
 
-def _artifact_file(a: Artifact, path: str, token: str | None) -> bundles.BundleFile:
+# Small evidence files cited by several findings are read once per export and kept in memory
+# (each file is otherwise opened twice per citing finding: hashed, then archived), within
+# this budget per export; larger ones, and those past the budget, stream from storage.
+SHARED_READ_MAX = 1 << 20
+SHARED_BUDGET = 64 << 20
+
+
+class _ArtifactBytes:
+    """The bytes of small artifacts, read at most once per export."""
+
+    def __init__(self) -> None:
+        self.data: dict[int, bytes] = {}
+        self.used = 0
+
+    def get(self, a: Artifact) -> bytes | None:
+        if a.pk in self.data:
+            return self.data[a.pk]
+        if a.size > SHARED_READ_MAX or self.used + a.size > SHARED_BUDGET:
+            return None
+        data = b"".join(storage.open_artifact(a))
+        self.data[a.pk] = data
+        self.used += len(data)
+        return data
+
+
+def _artifact_file(
+    a: Artifact, path: str, token: str | None, shared: _ArtifactBytes | None = None
+) -> bundles.BundleFile:
     markable = token and a.size <= MARKABLE_MAX and a.name.endswith((".png", ".csv", ".json"))
     if markable:
         data = b"".join(storage.open_artifact(a))
@@ -130,6 +164,9 @@ def _artifact_file(a: Artifact, path: str, token: str | None) -> bundles.BundleF
         else:
             data = marks.mark_json(data, token)  # type: ignore[arg-type]
         return bundles.BundleFile(path, data)
+    kept = shared.get(a) if shared is not None else None
+    if kept is not None:
+        return bundles.BundleFile(path, kept)
     return bundles.LazyFile(path, opener=lambda: storage.open_artifact_file(a))
 
 
@@ -143,26 +180,39 @@ def bundle_files(
     destroyed (shredded) since it was released."""
     token = mark.token if mark else None
     files: list[bundles.BundleFile] = []
+    # Runs and artifacts of every finding in two queries, each run's config and metrics
+    # serialised once however many findings cite it (not one query per finding and run).
+    prefetch_related_objects(
+        findings,
+        Prefetch("runs", Run.objects.order_by("pk"), to_attr="export_runs"),
+        Prefetch("artifacts", Artifact.objects.order_by("pk"), to_attr="export_artifacts"),
+    )
+    runs = {r.pk: r for f in findings for r in getattr(f, "export_runs", [])}
+    metrics = _metrics_bytes(sorted(runs), token)
+    shared = _ArtifactBytes()
+    configs: dict[int, bytes] = {}
+    for run in runs.values():
+        config = {"run": run.pk, "config": run.config}
+        if token:
+            config[marks.MARK_KEY] = token
+        configs[run.pk] = json.dumps(config, indent=2, sort_keys=True).encode()
     for f in findings:
         slug = finding_slug(f)
         decisions = [d for d in f.decisions.all()]
         evidence: list[bundles.BundleFile] = []
-        for run in f.runs.all().order_by("pk"):
+        for run in getattr(f, "export_runs", []):
             base = f"evidence/{slug}/runs/{run.pk}"
-            config = {"run": run.pk, "config": run.config}
-            if token:
-                config[marks.MARK_KEY] = token
-            evidence.append(
-                bundles.BundleFile(
-                    f"{base}/config.json", json.dumps(config, indent=2, sort_keys=True).encode()
-                )
-            )
-            evidence += _metrics_files(run.pk, base, token)
-        for a in f.artifacts.all().order_by("pk"):
+            csv_bytes, json_bytes = metrics[run.pk]
+            evidence += [
+                bundles.BundleFile(f"{base}/config.json", configs[run.pk]),
+                bundles.BundleFile(f"{base}/metrics.csv", csv_bytes),
+                bundles.BundleFile(f"{base}/metrics.json", json_bytes),
+            ]
+        for a in getattr(f, "export_artifacts", []):
             if a.is_shredded:
                 raise ExportRefused({finding_label(f): [f"evidence {a.name} was destroyed"]})
             evidence.append(
-                _artifact_file(a, f"evidence/{slug}/artifacts/{a.run_id}-{a.name}", token)
+                _artifact_file(a, f"evidence/{slug}/artifacts/{a.run_id}-{a.name}", token, shared)
             )
         paths = [e.path for e in evidence]
         # The body is marked on its own, so each sentence's wording bits depend only on the

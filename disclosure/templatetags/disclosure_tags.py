@@ -48,16 +48,19 @@ def utc_time(value: datetime | None) -> str:
     )
 
 
-@register.inclusion_tag("disclosure/_tier.html")
-def tier_badge(tier: int, label: str = "") -> dict[str, Any]:
-    """A tier in plain words ("Shared with reviewers"), its name in the tooltip."""
+@register.simple_tag
+def tier_badge(tier: int, label: str = "") -> str:
+    """A tier's badge in plain words ("Shared with reviewers"), its name in the tooltip. A
+    simple tag, not an included template: lists render one per row, and an inclusion tag costs
+    a template render each time."""
     from experiments.models import Tier
 
-    return {
-        "tier": tier,
-        "label": label or TIER_PLAIN[Tier(tier)],
-        "name": f"{Tier(tier).label} tier",
-    }
+    return format_html(
+        '<span class="tier tier-{}" title="{} tier">{}</span>',
+        tier,
+        Tier(tier).label,
+        label or TIER_PLAIN[Tier(tier)],
+    )
 
 
 # What an audit entry on a finding's timeline says, after the actor's name.

@@ -17,6 +17,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from experiments import metrics
 from experiments.actions.runs import enqueue_run
 from experiments.models import (
     Artifact,
@@ -86,6 +87,7 @@ def do_record_progress(
     points: Sequence[tuple[str, int, float]] = (),
 ) -> bool:
     """Write live progress and metric points; False if the claim is gone."""
+    points = metrics.points_to_store(run_id, points, fields)  # raw to a file, bounded rows
     with transaction.atomic():
         n = _claimed(run_id, token).update(heartbeat_at=timezone.now(), **fields)
         if n and points:
