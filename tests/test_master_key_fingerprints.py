@@ -169,6 +169,21 @@ def test_the_first_registration_refuses_a_key_that_does_not_open_existing_data(
 
 
 @pytest.mark.django_db
+def test_a_replacement_key_is_not_registered_over_data_under_a_lost_one(
+    settings: object, lab: Lab, tmp_path: Path
+) -> None:
+    settings.H3LAB_MASTER_KEYS = spec("mk-lost")  # type: ignore[attr-defined]
+    stored(lab, tmp_path)  # data from before fingerprints were recorded
+    settings.H3LAB_MASTER_KEYS = spec("mk-fresh")  # type: ignore[attr-defined]  # file lost
+
+    with pytest.raises(KeysRefused, match="under master key\\(s\\) mk-lost, which this"):
+        check_master_keys("web")
+    found = run_checks(include_deployment_checks=True, databases=["default"])
+    assert any(m.id == "h3lab.E012" and "mk-lost" in m.msg for m in found)
+    assert MasterKeyRecord.objects.count() == 0
+
+
+@pytest.mark.django_db
 def test_check_deploy_fails_on_a_wrong_key(settings: object) -> None:
     settings.H3LAB_MASTER_KEYS = spec("k1")  # type: ignore[attr-defined]
     check_master_keys("web")

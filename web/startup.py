@@ -31,6 +31,37 @@ class KeysRefused(Exception):
     """This process holds the wrong master keys, or none; the message says what to do."""
 
 
+def keys_in_use() -> set[str]:
+    """Every master key id something is wrapped under (artifacts, signing keys, partner
+    copies)."""
+    from disclosure.models import Export, SigningKey
+    from experiments.models import Artifact
+
+    ids = set(
+        Artifact.objects.filter(encrypted=True, wrapped_key__isnull=False)
+        .values_list("key_id", flat=True)
+        .distinct()
+    )
+    ids |= set(SigningKey.objects.values_list("master_key_id", flat=True).distinct())
+    ids |= set(
+        Export.objects.filter(encrypted=True).values_list("master_key_id", flat=True).distinct()
+    )
+    return ids - {""}
+
+
+def unheld(keyring: Keyring) -> list[str]:
+    """Before any key is recorded: the key ids stored data needs that ``keyring`` lacks (a lost
+    key file replaced by a fresh key must not be registered over the data)."""
+    missing = sorted(keys_in_use() - {k.key_id for k in keyring.keys})
+    if not missing:
+        return []
+    return [
+        f"this database holds data encrypted under master key(s) {', '.join(missing)}, which "
+        "this process does not hold; configure them (a generated development key file must be "
+        "replaced by the original)"
+    ]
+
+
 def probe(key: Any) -> str | None:
     """Try ``key`` (a :class:`vault.crypto.MasterKey`) on one wrapped data key of each kind
     stored under its id: an artifact, a signing key, a partner copy. Why it fails, or None."""
@@ -85,6 +116,10 @@ def check_master_keys(process: str, *, keyring: Keyring | None = None) -> None:
 
     try:
         ring = keyring or keystore.keyring()
+        if not registry.records():
+            missing = unheld(ring)
+            if missing:
+                raise registry.KeyMismatch(missing)
         reg = registry.register_first(ring, probe=probe)
         if reg.changed:
             audit.record(
@@ -207,7 +242,7 @@ def check_master_key_fingerprints(app_configs: Any, **kwargs: Any) -> list[Check
         ]
     found = keyring_problems(ring, records)
     if not records:
-        found = [p for p in map(probe, ring.keys) if p]
+        found = unheld(ring) + [p for p in map(probe, ring.keys) if p]
     return [
         Error(
             problem,
