@@ -15,6 +15,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     STATIC_ROOT=/app/staticfiles
 
 WORKDIR /app
+# pg_dump/pg_restore for `manage.py backup`/`restore`: Debian's client (15 on bookworm, 17 on
+# trixie). It must be at least the server's major version (compose: postgres:15); see
+# docs/operations.md, Backup, for restoring with a newer client. Not built here yet.
+RUN apt-get update && apt-get install -y --no-install-recommends postgresql-client \
+    && rm -rf /var/lib/apt/lists/*
 RUN useradd --create-home --uid 1000 h3lab \
     && mkdir -p /data /var/lib/h3lab /app/staticfiles \
     && chown h3lab:h3lab /data /var/lib/h3lab /app/staticfiles

@@ -20,6 +20,7 @@ app.conf.task_routes = {
     "disclosure.tasks.*": {"queue": "default"},
 }
 app.autodiscover_tasks(["h3lab"], related_name="jobs")
+import web.startup  # noqa: E402, F401  (worker and beat refuse to start on the wrong master key)
 
 
 def _beat_schedule() -> dict[str, dict[str, object]]:

@@ -69,6 +69,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "guardian",
     "h3lab.apps.H3LabConfig",
+    "vault",  # master-key fingerprints (vault.models); below both apps
     "experiments",
     "disclosure",
     "web",
@@ -367,6 +368,9 @@ H3LAB_MASTER_KEY_FILE = env_str(
     "H3LAB_MASTER_KEY_FILE", str(VAR_DIR / "master.key") if DEBUG and not H3LAB_MASTER_KEYS else ""
 )
 H3LAB_MASTER_KEY_AUTOCREATE = DEBUG and not os.environ.get("H3LAB_MASTER_KEY_FILE")
+# `manage.py backup`/`restore` on PostgreSQL run pg_dump/pg_restore from this folder (else
+# PATH); their major version must be the server's or newer (docs/operations.md, Backup).
+H3LAB_PG_BIN_DIR = env_str("H3LAB_PG_BIN_DIR", "")
 # Built publication bundles (public ones in the clear, partner copies encrypted).
 EXPORTS_DIR = MEDIA_ROOT / "exports"
 H3LAB_BUNDLE_LICENSE = env_str(

@@ -275,6 +275,7 @@ def test_a_missing_master_key_fails_the_system_check_when_debug_is_off(settings:
     assert checks.check_master_key(None) == []
 
 
+@pytest.mark.django_db  # a key is generated only over a database that records none
 def test_the_development_key_file_is_created_once_with_owner_only_permissions(
     settings: object, tmp_path: Path
 ) -> None:

@@ -25,7 +25,7 @@ import base64
 import os
 import struct
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from cryptography.exceptions import InvalidTag
@@ -217,7 +217,7 @@ def encrypted_size(plain_size: int, chunk_size: int = DEFAULT_CHUNK) -> int:
 @dataclass(frozen=True)
 class MasterKey:
     key_id: str
-    key: bytes
+    key: bytes = field(repr=False)  # SECURITY: never in a log line or traceback
 
 
 class Keyring:
@@ -236,6 +236,11 @@ class Keyring:
     @property
     def current(self) -> MasterKey:
         return self._keys[0]
+
+    @property
+    def keys(self) -> tuple[MasterKey, ...]:
+        """Every key, the current one first."""
+        return tuple(self._keys)
 
     def get(self, key_id: str) -> MasterKey:
         for k in self._keys:

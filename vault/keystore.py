@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import logging
 import os
 import time
 from pathlib import Path
@@ -16,6 +17,8 @@ from pathlib import Path
 from django.conf import settings
 
 from vault.crypto import KeyError_, Keyring, MasterKey
+
+log = logging.getLogger(__name__)
 
 
 def keyring() -> Keyring:
@@ -32,11 +35,28 @@ def keyring() -> Keyring:
         )
     file = Path(path)
     if not file.exists() and settings.H3LAB_MASTER_KEY_AUTOCREATE:
+        _refuse_to_replace_a_registered_key(file)
         create_key_file(file)
+        log.warning("generated a new development master key in %s (DEBUG is on)", file)
     try:
         return Keyring.parse(file.read_text())
     except FileNotFoundError:
         raise KeyError_(f"master key file {file} does not exist") from None
+
+
+def _refuse_to_replace_a_registered_key(file: Path) -> None:
+    """SECURITY: a development key is generated only for a database that records no key yet.
+    A missing key file over a database with data encrypted under a registered key means the
+    key was lost or moved (a restore without it, a deleted var/): a fresh key would encrypt
+    new data under a key nothing else holds while every existing artifact stays unreadable."""
+    from vault import registry  # registry reads the key store: import it only when needed
+
+    if registry.has_records():
+        raise KeyError_(
+            f"master key file {file} is missing, and this database's data is encrypted under "
+            "registered master keys (`manage.py keys status` lists their fingerprints); "
+            "restore the key file, or set H3LAB_MASTER_KEYS, instead of generating a new key"
+        )
 
 
 def current() -> MasterKey:

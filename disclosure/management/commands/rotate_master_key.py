@@ -8,7 +8,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from disclosure.actions.keys import do_rewrap_keys
 from experiments.storage import ArtifactUnavailable
-from vault import keystore
+from vault import keystore, registry
 from vault.crypto import DecryptionError, KeyError_
 
 
@@ -16,7 +16,7 @@ class Command(BaseCommand):
     help = (
         "Re-wrap every artifact data key, partner-copy key and signing key under the current "
         "master key (the first of H3LAB_MASTER_KEYS) without re-encrypting any data. Keep the "
-        "old key configured (after the new one) until this has run; then remove it. "
+        "old key configured (after the new one) until this has run; then `keys retire` it. "
         "--generate prints a fresh key to put first."
     )
 
@@ -30,8 +30,10 @@ class Command(BaseCommand):
             self.stdout.write(keystore.generate_key_line())
             return
         try:
+            # Only under a registered current key that every process holds (`keys register`).
+            registry.verify()
             counts = do_rewrap_keys(acting_user=None)
-        except (KeyError_, DecryptionError, ArtifactUnavailable) as exc:
+        except (KeyError_, registry.KeyMismatch, DecryptionError, ArtifactUnavailable) as exc:
             raise CommandError(str(exc)) from None
         current = keystore.current().key_id
         summary = ", ".join(f"{n} {what.replace('_', ' ')}" for what, n in counts.items())
