@@ -30,7 +30,7 @@ def test_badges_keep_their_markup_and_escape_what_they_print() -> None:
         "running</span>"
     )
     assert status_badge("<b>") == '<span class="badge badge-&lt;b&gt;">&lt;b&gt;</span>'
-    assert tier_badge(3) == '<span class="tier tier-3" title="disclosure tier">public</span>'
+    assert tier_badge(3) == '<span class="tier tier-3" title="public tier">Public</span>'
     assert render("{% load disclosure_tags %}{% tier_badge 0 label %}", label="x<y") == (
-        '<span class="tier tier-0" title="disclosure tier">x&lt;y</span>'
+        '<span class="tier tier-0" title="team tier">x&lt;y</span>'
     )
