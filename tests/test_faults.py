@@ -75,7 +75,8 @@ def test_backoff_doubles_is_capped_and_stays_within_the_budget() -> None:
 
 
 def test_retry_succeeds_once_the_transient_error_passes() -> None:
-    calls, slept = [0], []
+    calls = [0]
+    slept: list[float] = []
 
     def flaky() -> str:
         calls[0] += 1
