@@ -24,6 +24,7 @@ in ``disclosure.tasks`` (``name=`` below), so queued messages, routes and the be
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -318,7 +319,7 @@ def _fail(recorder: ProgressRecorder, workdir: Path, *, error: str, trace: str) 
         # SECURITY: plaintext checkpoints and log of a final run are not left on disk.
         shutil.rmtree(workdir, ignore_errors=True)
         return "failed"
-    return "stopped"
+    return "stopped"  # cancelled or reaped meanwhile; the reaper sweeps a cancelled folder
 
 
 def _requeue(recorder: ProgressRecorder, reason: str) -> str:
@@ -342,6 +343,8 @@ def _requeue(recorder: ProgressRecorder, reason: str) -> str:
 
 def _stopped(recorder: ProgressRecorder, liveness: Liveness, workdir: Path) -> str:
     """Training returned "stopped" at a checkpoint: find out why and act on it."""
+    from django.conf import settings
+
     from experiments.actions.worker import do_archive_workdir, is_cancelled
 
     recorder.flush(force=True)
@@ -351,9 +354,15 @@ def _stopped(recorder: ProgressRecorder, liveness: Liveness, workdir: Path) -> s
     if recorder.lost or liveness.stop.is_set():
         # Cancelled or reaped: the row already says so. A cancelled run never resumes, so its
         # folder goes (its log kept, encrypted); a reaped one may be training again elsewhere
-        # from this folder.
-        if is_cancelled(recorder.run_id):
-            do_archive_workdir(recorder.run_id, workdir)
+        # from this folder. If the database is away now, the reaper's sweep removes it later.
+        with contextlib.suppress(TransientError):
+            retry_transient(
+                lambda: (
+                    is_cancelled(recorder.run_id) and do_archive_workdir(recorder.run_id, workdir)
+                ),
+                budget_s=settings.H3LAB_TRANSIENT_RETRY_S,
+                what=f"run {recorder.run_id}: archive",
+            )
         return "stopped"
     # Neither cancelled nor lost: a warm shutdown (or a SIGTERM that reached only the child).
     return _requeue(recorder, "the worker was shutting down (warm shutdown or redeploy)")
@@ -434,13 +443,17 @@ def reap_stale_runs() -> list[tuple[int, str]]:
     """Periodic (beat, on the ``control`` queue, messages expiring after one interval):
     requeue or fail runs whose worker stopped sending heartbeats, re-send queued runs whose
     message was lost, and remove the working folders of runs it failed (log kept)."""
-    from experiments.actions.worker import do_archive_workdir, do_reap_stale_runs
-    from experiments.storage import run_workdir
+    from django.conf import settings
+
+    from experiments.actions.worker import do_reap_stale_runs, do_sweep_final_workdirs
 
     reaped = do_reap_stale_runs()
-    for r in reaped:
-        if r.outcome == "failed":
-            do_archive_workdir(r.run_id, run_workdir(r.run_id))
+    # The folders of runs failed above, and any other final run's left behind.
+    swept = do_sweep_final_workdirs(
+        Path(settings.RUNS_DIR), older_than_s=settings.H3LAB_HEARTBEAT_TIMEOUT_S
+    )
+    if swept:
+        log.info("removed the working folders of final runs %s (logs kept)", swept)
     return [(r.run_id, r.outcome) for r in reaped]
 
 

@@ -444,3 +444,29 @@ def test_a_cancelled_runs_folder_is_removed_with_its_log_kept(lab: Lab) -> None:
     assert not workdir.exists()
     log = Artifact.objects.get(run=run, name="train.log")
     assert b"".join(open_artifact(log)) == b"step 1 loss 2.0\n"
+
+
+@pytest.mark.django_db
+def test_the_reaper_sweeps_folders_of_final_runs_and_keeps_those_that_resume(lab: Lab) -> None:
+    from experiments.actions.worker import do_sweep_final_workdirs
+
+    long_ago = timezone.now() - timedelta(minutes=5)
+    failed = factories.make_run(lab.project, status=RunStatus.FAILED, finished_at=long_ago)
+    just_cancelled = factories.make_run(
+        lab.project, status=RunStatus.CANCELLED, finished_at=timezone.now()
+    )
+    queued = factories.make_run(lab.project, status=RunStatus.QUEUED)
+    for run in (failed, just_cancelled, queued):
+        run_workdir(run.pk).mkdir(parents=True)
+        (run_workdir(run.pk) / "train.log").write_text(f"log of {run.pk}\n")
+    orphan = run_workdir(failed.pk + 1000)
+    orphan.mkdir(parents=True)
+
+    swept = do_sweep_final_workdirs(run_workdir(0).parent, older_than_s=30)
+
+    assert swept == [failed.pk, failed.pk + 1000]
+    assert not run_workdir(failed.pk).exists() and not orphan.exists()
+    assert run_workdir(just_cancelled.pk).is_dir(), "its worker may still be stopping"
+    assert run_workdir(queued.pk).is_dir(), "a queued run resumes from its folder"
+    log = Artifact.objects.get(run=failed, name="train.log")
+    assert b"".join(open_artifact(log)) == f"log of {failed.pk}\n".encode()
