@@ -36,13 +36,18 @@ import traceback
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Task
 from celery.signals import worker_shutting_down
 
 from h3lab.celery import app
 from h3lab.transient import TransientError, is_transient, reset_connection, retry_transient
+
+if TYPE_CHECKING:
+    from experiments.actions.worker import Claim
+    from h3lab.config import RunConfig
+    from h3lab.train import TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +242,7 @@ def execute_run(run_id: int, *, task_id: str = "") -> str:
     return _train_claimed(claim, cfg)
 
 
-def _train_claimed(claim: Any, cfg: Any) -> str:
+def _train_claimed(claim: Claim, cfg: RunConfig) -> str:
     """Train a claimed run and record how it ended (see :func:`execute_run`)."""
     from django.conf import settings
 
@@ -368,7 +373,7 @@ def _stopped(recorder: ProgressRecorder, liveness: Liveness, workdir: Path) -> s
     return _requeue(recorder, "the worker was shutting down (warm shutdown or redeploy)")
 
 
-def _complete(recorder: ProgressRecorder, workdir: Path, result: Any) -> str:
+def _complete(recorder: ProgressRecorder, workdir: Path, result: TrainResult) -> str:
     from django.conf import settings
 
     from experiments.actions.worker import do_complete_run
