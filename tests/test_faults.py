@@ -470,3 +470,12 @@ def test_the_reaper_sweeps_folders_of_final_runs_and_keeps_those_that_resume(lab
     assert run_workdir(queued.pk).is_dir(), "a queued run resumes from its folder"
     log = Artifact.objects.get(run=failed, name="train.log")
     assert b"".join(open_artifact(log)) == f"log of {failed.pk}\n".encode()
+
+
+def test_a_reaper_slower_than_the_heartbeat_timeout_is_flagged(settings: Any) -> None:
+    from h3lab.checks import check_reaper_timing
+
+    assert check_reaper_timing(None) == []
+    settings.H3LAB_REAPER_INTERVAL_S = settings.H3LAB_HEARTBEAT_TIMEOUT_S + 1
+    settings.H3LAB_HEARTBEAT_S = settings.H3LAB_HEARTBEAT_TIMEOUT_S / 2
+    assert [w.id for w in check_reaper_timing(None)] == ["h3lab.W020", "h3lab.W021"]
