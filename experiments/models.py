@@ -166,6 +166,15 @@ class Run(models.Model):
         return self.status in ACTIVE_STATUSES
 
     @property
+    def heartbeat_overdue(self) -> bool:
+        """Running, but its worker has been silent for longer than the heartbeat timeout: it is
+        probably gone, and the reaper is about to requeue the run."""
+        if self.status != RunStatus.RUNNING or self.heartbeat_at is None:
+            return False
+        silent = (timezone.now() - self.heartbeat_at).total_seconds()
+        return silent > settings.H3LAB_HEARTBEAT_TIMEOUT_S
+
+    @property
     def progress_fraction(self) -> float:
         return min(1.0, self.step / self.total_steps) if self.total_steps else 0.0
 

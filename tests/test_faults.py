@@ -479,3 +479,20 @@ def test_a_reaper_slower_than_the_heartbeat_timeout_is_flagged(settings: Any) ->
     settings.H3LAB_REAPER_INTERVAL_S = settings.H3LAB_HEARTBEAT_TIMEOUT_S + 1
     settings.H3LAB_HEARTBEAT_S = settings.H3LAB_HEARTBEAT_TIMEOUT_S / 2
     assert [w.id for w in check_reaper_timing(None)] == ["h3lab.W020", "h3lab.W021"]
+
+
+@pytest.mark.django_db
+def test_the_run_page_says_when_a_running_runs_worker_went_silent(lab: Lab) -> None:
+    silent = factories.make_run(
+        lab.project, status=RunStatus.RUNNING, attempt=1, claim=uuid.uuid4(),
+        heartbeat_at=timezone.now() - timedelta(minutes=2), worker_host="gpu@node7",
+    )  # fmt: skip
+    alive = factories.make_run(
+        lab.project, status=RunStatus.RUNNING, attempt=1, claim=uuid.uuid4(),
+        heartbeat_at=timezone.now(), worker_host="cpu@node1",
+    )  # fmt: skip
+    client = login(lab.alice)
+
+    page = client.get(reverse("run", args=[silent.pk])).content.decode()
+    assert "No heartbeat from gpu@node7 since" in page
+    assert "No heartbeat" not in client.get(reverse("run", args=[alive.pk])).content.decode()
