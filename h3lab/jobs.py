@@ -443,7 +443,13 @@ def run_training(self: Task[[int], str], run_id: int) -> str:
         close_old_connections()
 
 
-@app.task(name="h3lab.jobs.reap_stale_runs", acks_late=True, time_limit=120, max_retries=0)
+@app.task(
+    name="h3lab.jobs.reap_stale_runs",
+    acks_late=True,
+    time_limit=120,
+    max_retries=0,
+    ignore_result=True,  # the runs it changed say so themselves; no result-backend write
+)
 def reap_stale_runs() -> list[tuple[int, str]]:
     """Periodic (beat, on the ``control`` queue, messages expiring after one interval):
     requeue or fail runs whose worker stopped sending heartbeats, re-send queued runs whose
