@@ -211,10 +211,9 @@ def do_archive_workdir(run_id: int, workdir: Path) -> bool:
 def do_sweep_final_workdirs(runs_dir: Path, *, older_than_s: float) -> list[int]:
     """Archive (:func:`do_archive_workdir`) every working folder under ``runs_dir`` whose run
     is failed or cancelled and finished more than ``older_than_s`` ago (its worker has long
-    let go of it), or whose run no longer exists. Catches folders no worker removed: a worker
-    killed after a cancel, runs failed before folders were archived. Returns the run ids."""
-    import shutil
-
+    let go of it). Catches folders no worker removed: a worker killed after a cancel, runs
+    failed before folders were archived. Folders of runs not in the database are left alone
+    (a restore from an older backup must not delete what it does not know). Returns the ids."""
     if not runs_dir.is_dir():
         return []
     ids = {int(p.name): p for p in runs_dir.iterdir() if p.is_dir() and p.name.isdigit()}
@@ -224,15 +223,7 @@ def do_sweep_final_workdirs(runs_dir: Path, *, older_than_s: float) -> list[int]
     final = Run.objects.filter(
         pk__in=ids, status__in=(RunStatus.FAILED, RunStatus.CANCELLED), finished_at__lt=cutoff
     ).values_list("pk", flat=True)
-    existing = set(Run.objects.filter(pk__in=ids).values_list("pk", flat=True))
-    swept: list[int] = []
-    for run_id in final:
-        if do_archive_workdir(run_id, ids[run_id]):
-            swept.append(run_id)
-    for run_id in ids.keys() - existing:  # the run was deleted: nothing may read this folder
-        shutil.rmtree(ids[run_id], ignore_errors=True)
-        swept.append(run_id)
-    return sorted(swept)
+    return sorted(run_id for run_id in final if do_archive_workdir(run_id, ids[run_id]))
 
 
 @dataclass(frozen=True)
