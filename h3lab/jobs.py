@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from celery import Task
+from celery.exceptions import Reject
 from celery.signals import worker_shutting_down
 
 from h3lab.celery import app
@@ -435,6 +436,10 @@ def _output_files(workdir: Path) -> list[tuple[Path, str]]:
 def run_training(self: Task[[int], str], run_id: int) -> str:
     """Train one run. Failures are recorded on the row, not retried: a deterministic error
     would fail again, and lost workers are handled by :func:`reap_stale_runs`."""
+    if SHUTTING_DOWN.is_set():
+        # A worker in warm shutdown may still receive a message (the run it just requeued,
+        # among others): hand it back to the broker untouched rather than claim and stop.
+        raise Reject("worker shutting down", requeue=True)
     try:
         return execute_run(run_id, task_id=self.request.id or "")
     finally:

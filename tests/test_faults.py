@@ -497,3 +497,20 @@ def test_the_run_page_says_when_a_running_runs_worker_went_silent(lab: Lab) -> N
     page = client.get(reverse("run", args=[silent.pk])).content.decode()
     assert "No heartbeat from gpu@node7 since" in page
     assert "No heartbeat" not in client.get(reverse("run", args=[alive.pk])).content.decode()
+
+
+@pytest.mark.django_db
+def test_a_worker_in_warm_shutdown_hands_new_messages_back_unclaimed(lab: Lab) -> None:
+    from celery.exceptions import Reject
+
+    run = submit(lab)
+    jobs.SHUTTING_DOWN.set()
+    try:
+        with pytest.raises(Reject) as info:
+            jobs.run_training(run.pk)
+    finally:
+        jobs.SHUTTING_DOWN.clear()
+
+    assert getattr(info.value, "requeue", None) is True  # back to the broker, not dropped
+    run.refresh_from_db()
+    assert (run.status, run.attempt) == (RunStatus.QUEUED, 0)
