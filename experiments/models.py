@@ -122,6 +122,14 @@ class Run(models.Model):
     # worker that lost its claim (reaped, cancelled) can no longer write.
     claim = models.UUIDField(null=True, blank=True)
     celery_task_id = models.CharField(max_length=64, blank=True)
+    # Faults (experiments.actions.worker): a warm shutdown (redeploy) requeues the run without
+    # using an attempt and counts here; the reaper stamps each re-send, and the last thing that
+    # happened to the run outside its own code is told on its page (notice, notice_at).
+    preemptions = models.PositiveIntegerField(default=0)
+    dispatched_at = models.DateTimeField(null=True, blank=True)
+    resends = models.PositiveIntegerField(default=0)
+    notice = models.CharField(max_length=500, blank=True)
+    notice_at = models.DateTimeField(null=True, blank=True)
 
     step = models.PositiveIntegerField(default=0)
     total_steps = models.PositiveIntegerField(default=0)
@@ -162,6 +170,15 @@ class Run(models.Model):
         """Queued, but its job never reached the broker (down or hung when it was sent): it
         starts once the reaper re-sends it (experiments.dispatch)."""
         return self.status == RunStatus.QUEUED and not self.celery_task_id
+
+    @property
+    def heartbeat_overdue(self) -> bool:
+        """Running, but its worker has been silent for longer than the heartbeat timeout: it is
+        probably gone, and the reaper is about to requeue the run."""
+        if self.status != RunStatus.RUNNING or self.heartbeat_at is None:
+            return False
+        silent = (timezone.now() - self.heartbeat_at).total_seconds()
+        return silent > settings.H3LAB_HEARTBEAT_TIMEOUT_S
 
     @property
     def progress_fraction(self) -> float:

@@ -3,20 +3,26 @@ core and Django (``tests/test_architecture.py`` keeps it so)."""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 from celery import Celery
+from celery.signals import worker_init
 from kombu import Queue
+
+log = logging.getLogger(__name__)
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "h3lab.settings")
 
 app = Celery("h3lab")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.conf.task_queues = (Queue("cpu"), Queue("gpu"), Queue("default"))
+# ``control`` carries only the reaper, consumed by a light worker that never trains (compose's
+# worker-control), so no training can delay it (docs/operations.md#faults).
+app.conf.task_queues = (Queue("cpu"), Queue("gpu"), Queue("default"), Queue("control"))
 app.conf.task_routes = {
-    "h3lab.jobs.reap_stale_runs": {"queue": "default"},
+    "h3lab.jobs.reap_stale_runs": {"queue": "control"},
     "disclosure.tasks.*": {"queue": "default"},
 }
 app.autodiscover_tasks(["h3lab"], related_name="jobs")
@@ -30,6 +36,9 @@ def _beat_schedule() -> dict[str, dict[str, object]]:
         "reap-stale-runs": {
             "task": "h3lab.jobs.reap_stale_runs",
             "schedule": settings.H3LAB_REAPER_INTERVAL_S,
+            # A tick nobody took within one interval is dropped, not piled up: the next one
+            # does the same work.
+            "options": {"queue": "control", "expires": settings.H3LAB_REAPER_INTERVAL_S},
         },
         # Staged release: promote due releases after re-checking every gate. The disclosure
         # tasks live in h3lab.jobs under the names they had in disclosure.tasks.
@@ -66,3 +75,25 @@ def ensure_embedded_dirs(conf: Any) -> None:
 def _setup_periodic(sender: Celery, **kwargs: object) -> None:
     sender.conf.beat_schedule = {**_beat_schedule(), **(sender.conf.beat_schedule or {})}
     ensure_embedded_dirs(sender.conf)
+
+
+def check_worker_keys() -> None:
+    """A worker that cannot encrypt artifacts must not take jobs: it would train a run and
+    lose the result. Raises SystemExit (non-zero) with a clear message when the master key is
+    missing or unusable; called at worker start, before it consumes anything."""
+    from vault import keystore
+
+    try:
+        keystore.keyring()
+    except Exception as exc:
+        message = (
+            f"h3lab worker refuses to start: no usable master key ({type(exc).__name__}: {exc}). "
+            "Set H3LAB_MASTER_KEYS or H3LAB_MASTER_KEY_FILE to the key the web app uses."
+        )
+        log.critical(message)  # without a configured log, logging's last resort prints it
+        raise SystemExit(3) from exc
+
+
+@worker_init.connect
+def _worker_init(**kwargs: object) -> None:
+    check_worker_keys()

@@ -6,6 +6,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.checks import Error, Tags, register
+from django.core.checks import Warning as CheckWarning
 
 
 @register(Tags.security, deploy=True)
@@ -53,3 +54,32 @@ def check_master_key(app_configs: Any, **kwargs: Any) -> list[Error]:
     except KeyError_ as exc:
         return [Error(f"The master key configuration is invalid: {exc}", id="h3lab.E011")]
     return []
+
+
+@register()
+def check_reaper_timing(app_configs: Any, **kwargs: Any) -> list[CheckWarning]:
+    """A dead worker's run is requeued within twice the heartbeat timeout only if the reaper
+    looks at least once per timeout, and a live worker is never taken for dead only if it
+    beats several times per timeout (docs/operations.md#faults)."""
+    warnings: list[CheckWarning] = []
+    timeout = settings.H3LAB_HEARTBEAT_TIMEOUT_S
+    interval, beat = settings.H3LAB_REAPER_INTERVAL_S, settings.H3LAB_HEARTBEAT_S
+    if interval > timeout:
+        warnings.append(
+            CheckWarning(
+                f"H3LAB_REAPER_INTERVAL_S ({interval:g}) is longer than "
+                f"H3LAB_HEARTBEAT_TIMEOUT_S ({timeout:g}): a dead worker's run may wait more "
+                "than twice the timeout to be requeued.",
+                id="h3lab.W020",
+            )
+        )
+    if beat * 3 > timeout:
+        warnings.append(
+            CheckWarning(
+                f"H3LAB_HEARTBEAT_S ({beat:g}) is more than a third of "
+                f"H3LAB_HEARTBEAT_TIMEOUT_S ({timeout:g}): one late heartbeat requeues a live "
+                "run.",
+                id="h3lab.W021",
+            )
+        )
+    return warnings

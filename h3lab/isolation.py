@@ -15,6 +15,11 @@ and the caller's :class:`~h3lab.train.Callbacks` run in the calling process, so 
 A child that ignores ``stop`` for ``stop_grace_s`` is killed, and so is the child of a parent
 that leaves by an exception. A child killed by SIGKILL (what the kernel's OOM killer sends)
 counts as having run out of memory.
+
+SIGTERM or SIGINT reaching the child (a redeploy, ``docker stop``, Ctrl-C: the whole process
+group is signalled) is a request to stop, not a death: it checkpoints and returns "stopped",
+as for ``stop``. A child killed by one of them before it could do so raises
+:class:`TrainingInterrupted`, which is not the run's fault either.
 """
 
 from __future__ import annotations
@@ -61,6 +66,11 @@ class TrainingFailed(Exception):
     def __init__(self, error: str, child_traceback: str) -> None:
         self.error, self.child_traceback = error, child_traceback
         super().__init__(error)
+
+
+class TrainingInterrupted(Exception):
+    """The training process was ended by SIGTERM/SIGINT before it could checkpoint: a
+    shutdown, not a failure of the run; it resumes from its last checkpoint."""
 
 
 @dataclass(frozen=True)
@@ -122,6 +132,8 @@ def train_isolated(
                 code = child.exitcode or 0
                 if code == -signal.SIGKILL:  # what the kernel's OOM killer sends
                     raise MemoryLimitExceeded(memory_limit_mb, "killed by SIGKILL") from None
+                if code in (-signal.SIGTERM, -signal.SIGINT):
+                    raise TrainingInterrupted(f"training process ended by signal {-code}") from None
                 raise TrainingFailed(f"training process died (exit code {code})", "") from None
             if kind == "progress" and cb.on_progress is not None:
                 cb.on_progress(payload)
@@ -187,6 +199,13 @@ def _mapped_bytes() -> int:
 
 def _child(conn: Connection, stop: Any, job: _Job) -> None:
     """The child's side of :func:`train_isolated`."""
+    signalled: list[int] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        signalled.append(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, on_signal)
     try:
         import torch  # noqa: F401  (loaded before the cap, so the cap excludes the runtime)
 
@@ -195,6 +214,8 @@ def _child(conn: Connection, stop: Any, job: _Job) -> None:
             cap_address_space(job.memory_limit_mb)
 
         def should_stop() -> bool:
+            if signalled:  # SIGTERM/SIGINT: checkpoint and stop, resumable
+                return True
             return stop.is_set() or os.getppid() != job.parent_pid  # orphaned: stop, resumable
 
         callbacks = Callbacks(

@@ -10,6 +10,12 @@ The training itself runs in a child process under the queue's memory cap
 that message and the worker goes on with its next job. The worker process keeps the claim,
 the heartbeat thread and every database write; the child only trains and reports.
 
+Faults (docs/operations.md#faults): a run fails only for reasons of its own, the child's
+:class:`~h3lab.isolation.TrainingFailed` or :class:`~h3lab.isolation.MemoryLimitExceeded`.
+Database and broker errors (:mod:`h3lab.transient`) are retried with backoff; past the budget
+the attempt stops at a checkpoint and is left to the reaper, never failed. A warm shutdown
+(SIGTERM, redeploy) checkpoints and requeues the run without using an attempt.
+
 The disclosure jobs (staged release, grant expiry, export builds) are here too, as thin
 wrappers around one disclosure function each. They keep the names they were registered under
 in ``disclosure.tasks`` (``name=`` below), so queued messages, routes and the beat schedule
@@ -18,7 +24,9 @@ in ``disclosure.tasks`` (``name=`` below), so queued messages, routes and the be
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import os
 import shutil
 import socket
@@ -28,15 +36,32 @@ import traceback
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Task
+from celery.exceptions import Reject
+from celery.signals import worker_shutting_down
 
 from h3lab.celery import app
+from h3lab.transient import TransientError, is_transient, reset_connection, retry_transient
+
+if TYPE_CHECKING:
+    from experiments.actions.worker import Claim
+    from h3lab.config import RunConfig
+    from h3lab.train import TrainResult
 
 log = logging.getLogger(__name__)
 
 DAY = 24 * 3600
+
+# Set when this worker starts a warm shutdown (SIGTERM: redeploy, docker stop): every run it
+# trains checkpoints, goes back to the queue without using an attempt, and the task returns.
+SHUTTING_DOWN = threading.Event()
+
+
+@worker_shutting_down.connect
+def _on_worker_shutting_down(**kwargs: object) -> None:
+    SHUTTING_DOWN.set()
 
 
 class Liveness:
@@ -67,23 +92,39 @@ class Liveness:
                     if not self._beat():
                         self.stop.set()
                         return
-                except Exception:  # a DB blip must not kill training; the next beat retries
-                    log.exception("heartbeat failed")
+                except Exception as exc:  # a DB blip must not kill training; next beat retries
+                    log.warning("heartbeat failed: %s: %s", type(exc).__name__, exc)
+                    reset_connection()  # a connection the server cut never recovers by itself
         finally:
             connection.close()
 
 
 class ProgressRecorder:
-    """Turns training callbacks into rate-limited progress writes and metric points."""
+    """Turns training callbacks into rate-limited progress writes and metric points.
 
-    def __init__(self, run_id: int, token: uuid.UUID, min_interval: float = 0.5) -> None:
+    A write that fails transiently keeps its points and fields for the next one, so a database
+    blip loses nothing and does not pause training; when writes have failed for longer than
+    ``retry_budget_s``, ``unreachable`` is set and training stops at a checkpoint."""
+
+    def __init__(
+        self,
+        run_id: int,
+        token: uuid.UUID,
+        min_interval: float = 0.5,
+        retry_budget_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.run_id, self.token = run_id, token
         self.min_interval = min_interval
-        self._last = 0.0
+        self.retry_budget_s = retry_budget_s
+        self._clock = clock
+        self._last = -math.inf
         self._points: list[tuple[str, int, float]] = []
         self._fields: dict[str, Any] = {}
+        self._failing_since: float | None = None
         self.log_lines: list[str] = []
         self.lost = False
+        self.unreachable = False
 
     def progress(self, p: Any) -> None:
         self._fields.update(
@@ -110,14 +151,48 @@ class ProgressRecorder:
     def flush(self, force: bool = False) -> None:
         from experiments.actions.worker import do_record_progress
 
-        now = time.monotonic()
+        now = self._clock()
         if not force and now - self._last < self.min_interval:
             return
         self._last = now
         points, self._points = self._points, []
         fields, self._fields = self._fields, {}
-        if not do_record_progress(self.run_id, self.token, fields=fields, points=points):
+        try:
+            written = do_record_progress(self.run_id, self.token, fields=fields, points=points)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            reset_connection()
+            self._points = points + self._points  # nothing is lost: sent with the next write
+            self._fields = {**fields, **self._fields}
+            if self._failing_since is None:
+                self._failing_since = now
+                log.warning("run %s: progress write failed (%s); retrying", self.run_id, exc)
+            if now - self._failing_since > self.retry_budget_s:
+                self.unreachable = True
+            return
+        self._failing_since = None
+        if not written:
             self.lost = True
+
+    def flush_retrying(self) -> bool:
+        """The final write, retried with backoff; False if the database stayed away."""
+        try:
+            retry_transient(
+                lambda: self._flush_or_raise(),
+                budget_s=self.retry_budget_s,
+                what=f"run {self.run_id}: final progress",
+            )
+        except TransientError:
+            return False
+        return True
+
+    def _flush_or_raise(self) -> None:
+        from django.db import OperationalError
+
+        self.flush(force=True)
+        if self._failing_since is not None:  # flush kept the data: fail this try for the retry
+            raise OperationalError("progress write failed")
 
 
 def _device_name(requested: str) -> str:
@@ -131,38 +206,72 @@ def _device_name(requested: str) -> str:
 
 
 def execute_run(run_id: int, *, task_id: str = "") -> str:
-    """Claim and train one run; returns the outcome. Importable without a broker (tests)."""
+    """Claim and train one run; returns the outcome. Importable without a broker (tests).
+
+    Outcomes: ``succeeded``, ``failed`` (for a reason of its own), ``stopped`` (cancelled, or
+    the claim went elsewhere), ``requeued`` (warm shutdown: back in the queue, no attempt
+    used), ``interrupted`` (the database stayed away past the retry budget: the run is left
+    running with its checkpoint for the reaper) and ``skipped`` (not queued: a duplicate)."""
     from django.conf import settings
 
-    from experiments.actions.worker import (
-        do_claim_run,
-        do_complete_run,
-        do_fail_run,
-        do_record_heartbeat,
-        is_cancelled,
-    )
-    from experiments.storage import run_workdir
-    from h3lab.config import RunConfig
-    from h3lab.isolation import MemoryLimitExceeded, TrainingFailed, train_isolated
-    from h3lab.train import Callbacks
+    from experiments.actions.worker import do_claim_run, do_record_heartbeat
 
-    claim = do_claim_run(run_id, host=socket.gethostname(), task_id=task_id)
+    budget = settings.H3LAB_TRANSIENT_RETRY_S
+    try:
+        claim = retry_transient(
+            lambda: do_claim_run(run_id, host=socket.gethostname(), task_id=task_id),
+            budget_s=budget,
+            what=f"run {run_id}: claim",
+        )
+    except TransientError:
+        log.warning("run %s: database unreachable, not claimed; the reaper re-sends it", run_id)
+        return "interrupted"
     if claim is None:
         log.info("run %s is not queued; nothing to do (duplicate delivery or cancelled)", run_id)
         return "skipped"
+    from h3lab.config import RunConfig
+
     cfg = RunConfig.from_dict(claim.config)
-    do_record_heartbeat(run_id, claim.token, device=_device_name(cfg.train.device))
+    try:
+        retry_transient(
+            lambda: do_record_heartbeat(run_id, claim.token, device=_device_name(cfg.train.device)),
+            budget_s=budget,
+            what=f"run {run_id}: first heartbeat",
+        )
+    except TransientError:
+        return "interrupted"
+    return _train_claimed(claim, cfg)
+
+
+def _train_claimed(claim: Claim, cfg: RunConfig) -> str:
+    """Train a claimed run and record how it ended (see :func:`execute_run`)."""
+    from django.conf import settings
+
+    from experiments.actions.worker import do_record_heartbeat
+    from experiments.storage import run_workdir
+    from h3lab.isolation import (
+        MemoryLimitExceeded,
+        TrainingFailed,
+        TrainingInterrupted,
+        train_isolated,
+    )
+    from h3lab.train import Callbacks
+
+    run_id, token = claim.run_id, claim.token
     workdir = run_workdir(run_id)
     workdir.mkdir(parents=True, exist_ok=True)
-    recorder = ProgressRecorder(run_id, claim.token)
-    liveness = Liveness(
-        lambda: do_record_heartbeat(run_id, claim.token), settings.H3LAB_HEARTBEAT_S
-    )
+    recorder = ProgressRecorder(run_id, token, retry_budget_s=settings.H3LAB_TRANSIENT_RETRY_S)
+    liveness = Liveness(lambda: do_record_heartbeat(run_id, token), settings.H3LAB_HEARTBEAT_S)
     with liveness:
         callbacks = Callbacks(
             on_progress=recorder.progress,
             on_eval=recorder.evaluation,
-            should_stop=lambda: liveness.stop.is_set() or recorder.lost,
+            should_stop=lambda: (
+                liveness.stop.is_set()
+                or recorder.lost
+                or recorder.unreachable
+                or SHUTTING_DOWN.is_set()
+            ),
         )
         try:
             result = train_isolated(
@@ -172,40 +281,129 @@ def execute_run(run_id: int, *, task_id: str = "") -> str:
                 resume=True,
                 memory_limit_mb=settings.H3LAB_RUN_MEMORY_LIMIT_MB.get(claim.queue, 0),
             )
-        except Exception as exc:  # the child's failures included, as the exceptions below
-            recorder.flush(force=True)
-            if isinstance(exc, MemoryLimitExceeded):
-                error, trace = str(exc), ""
-            elif isinstance(exc, TrainingFailed):
-                error, trace = exc.error, exc.child_traceback
-            else:
-                error, trace = f"{type(exc).__name__}: {exc}", traceback.format_exc()
-            do_fail_run(run_id, claim.token, error=error, traceback=trace)
-            return "failed"
-        recorder.flush(force=True)
+        except MemoryLimitExceeded as exc:
+            return _fail(recorder, workdir, error=str(exc), trace="")
+        except TrainingFailed as exc:
+            return _fail(recorder, workdir, error=exc.error, trace=exc.child_traceback)
+        except TrainingInterrupted as exc:
+            return _requeue(recorder, f"the worker was shutting down ({exc})")
+        except Exception as exc:
+            if is_transient(exc) or recorder.unreachable:
+                log.warning("run %s interrupted by %r; left for the reaper", run_id, exc)
+                return "interrupted"
+            # A fault of the platform, not of the run: say so on the run rather than loop.
+            error = f"{type(exc).__name__}: {exc}"
+            return _fail(recorder, workdir, error=error, trace=traceback.format_exc())
     if result.status == "stopped":
+        return _stopped(recorder, liveness, workdir)
+    if not recorder.flush_retrying():
+        return "interrupted"
+    return _complete(recorder, workdir, result)
+
+
+def _fail(recorder: ProgressRecorder, workdir: Path, *, error: str, trace: str) -> str:
+    """The run failed for a reason of its own: record it with its log, drop its folder."""
+    from django.conf import settings
+
+    from experiments.actions.worker import do_fail_run
+    from experiments.presenters import LOG_ARTIFACT
+
+    recorder.flush(force=True)
+    log_file = workdir / LOG_ARTIFACT
+    files = [(log_file, LOG_ARTIFACT)] if log_file.is_file() else []
+    try:
+        failed = retry_transient(
+            lambda: do_fail_run(
+                recorder.run_id, recorder.token, error=error, traceback=trace, files=files
+            ),
+            budget_s=settings.H3LAB_TRANSIENT_RETRY_S,
+            what=f"run {recorder.run_id}: record failure",
+        )
+    except TransientError:
+        return "interrupted"  # the reaper requeues it; the next attempt fails the same way
+    if failed:
+        # SECURITY: plaintext checkpoints and log of a final run are not left on disk.
+        shutil.rmtree(workdir, ignore_errors=True)
+        return "failed"
+    return "stopped"  # cancelled or reaped meanwhile; the reaper sweeps a cancelled folder
+
+
+def _requeue(recorder: ProgressRecorder, reason: str) -> str:
+    """Stopped at a checkpoint for a reason not the run's own: back to the queue, no attempt
+    used; its folder stays for the resume."""
+    from django.conf import settings
+
+    from experiments.actions.worker import do_preempt_run
+
+    recorder.flush(force=True)
+    try:
+        requeued = retry_transient(
+            lambda: do_preempt_run(recorder.run_id, recorder.token, reason=reason),
+            budget_s=settings.H3LAB_TRANSIENT_RETRY_S,
+            what=f"run {recorder.run_id}: requeue",
+        )
+    except TransientError:
+        return "interrupted"
+    return "requeued" if requeued else "stopped"
+
+
+def _stopped(recorder: ProgressRecorder, liveness: Liveness, workdir: Path) -> str:
+    """Training returned "stopped" at a checkpoint: find out why and act on it."""
+    from django.conf import settings
+
+    from experiments.actions.worker import do_archive_workdir, is_cancelled
+
+    recorder.flush(force=True)
+    if recorder.unreachable:
+        log.warning("run %s: database unreachable; left for the reaper", recorder.run_id)
+        return "interrupted"
+    if recorder.lost or liveness.stop.is_set():
         # Cancelled or reaped: the row already says so. A cancelled run never resumes, so its
-        # checkpoint is garbage; a reaped one may be training again elsewhere from this folder.
-        if is_cancelled(run_id):
-            shutil.rmtree(workdir, ignore_errors=True)
+        # folder goes (its log kept, encrypted); a reaped one may be training again elsewhere
+        # from this folder. If the database is away now, the reaper's sweep removes it later.
+        with contextlib.suppress(TransientError):
+            retry_transient(
+                lambda: (
+                    is_cancelled(recorder.run_id) and do_archive_workdir(recorder.run_id, workdir)
+                ),
+                budget_s=settings.H3LAB_TRANSIENT_RETRY_S,
+                what=f"run {recorder.run_id}: archive",
+            )
         return "stopped"
-    files = _output_files(workdir)
-    done = do_complete_run(
-        run_id,
-        claim.token,
-        result={
-            "status": result.status,
-            "step": result.step,
-            "train_loss": result.train_loss,
-            "test_loss": result.test_loss,
-            "test_accuracy": result.test_accuracy,
-            "best_test_accuracy": result.best_test_accuracy,
-            "elapsed_s": result.elapsed_s,
-            "device": result.device,
-        },
-        files=files,
-        fields={"step": result.step, "test_accuracy": result.test_accuracy},
-    )
+    # Neither cancelled nor lost: a warm shutdown (or a SIGTERM that reached only the child).
+    return _requeue(recorder, "the worker was shutting down (warm shutdown or redeploy)")
+
+
+def _complete(recorder: ProgressRecorder, workdir: Path, result: TrainResult) -> str:
+    from django.conf import settings
+
+    from experiments.actions.worker import do_complete_run
+
+    try:
+        done = retry_transient(
+            lambda: do_complete_run(
+                recorder.run_id,
+                recorder.token,
+                result={
+                    "status": result.status,
+                    "step": result.step,
+                    "train_loss": result.train_loss,
+                    "test_loss": result.test_loss,
+                    "test_accuracy": result.test_accuracy,
+                    "best_test_accuracy": result.best_test_accuracy,
+                    "elapsed_s": result.elapsed_s,
+                    "device": result.device,
+                },
+                files=_output_files(workdir),
+                fields={"step": result.step, "test_accuracy": result.test_accuracy},
+            ),
+            budget_s=settings.H3LAB_TRANSIENT_RETRY_S,
+            what=f"run {recorder.run_id}: complete",
+        )
+    except TransientError:
+        # The final checkpoint stays: the reaper requeues the run and the next attempt, finding
+        # it finished, only stores the results.
+        return "interrupted"
     if done:
         shutil.rmtree(workdir, ignore_errors=True)
     return "succeeded" if done else "stopped"
@@ -230,6 +428,7 @@ def _output_files(workdir: Path) -> list[tuple[Path, str]]:
     name="h3lab.jobs.run_training",
     acks_late=True,
     reject_on_worker_lost=True,
+    ignore_result=True,  # the Run row is the result; no result-backend write to fail
     soft_time_limit=int(os.environ.get("H3LAB_RUN_SOFT_LIMIT_S", 2 * DAY)),
     time_limit=int(os.environ.get("H3LAB_RUN_HARD_LIMIT_S", 2 * DAY + 600)),
     max_retries=0,
@@ -237,6 +436,10 @@ def _output_files(workdir: Path) -> list[tuple[Path, str]]:
 def run_training(self: Task[[int], str], run_id: int) -> str:
     """Train one run. Failures are recorded on the row, not retried: a deterministic error
     would fail again, and lost workers are handled by :func:`reap_stale_runs`."""
+    if SHUTTING_DOWN.is_set():
+        # A worker in warm shutdown may still receive a message (the run it just requeued,
+        # among others): hand it back to the broker untouched rather than claim and stop.
+        raise Reject("worker shutting down", requeue=True)
     try:
         return execute_run(run_id, task_id=self.request.id or "")
     finally:
@@ -245,12 +448,29 @@ def run_training(self: Task[[int], str], run_id: int) -> str:
         close_old_connections()
 
 
-@app.task(name="h3lab.jobs.reap_stale_runs", acks_late=True, time_limit=120, max_retries=3)
+@app.task(
+    name="h3lab.jobs.reap_stale_runs",
+    acks_late=True,
+    time_limit=120,
+    max_retries=0,
+    ignore_result=True,  # the runs it changed say so themselves; no result-backend write
+)
 def reap_stale_runs() -> list[tuple[int, str]]:
-    """Periodic (beat): requeue or fail runs whose worker stopped sending heartbeats."""
-    from experiments.actions.worker import do_reap_stale_runs
+    """Periodic (beat, on the ``control`` queue, messages expiring after one interval):
+    requeue or fail runs whose worker stopped sending heartbeats, re-send queued runs whose
+    message was lost, and remove the working folders of runs it failed (log kept)."""
+    from django.conf import settings
 
-    return [(r.run_id, r.outcome) for r in do_reap_stale_runs()]
+    from experiments.actions.worker import do_reap_stale_runs, do_sweep_final_workdirs
+
+    reaped = do_reap_stale_runs()
+    # The folders of runs failed above, and any other final run's left behind.
+    swept = do_sweep_final_workdirs(
+        Path(settings.RUNS_DIR), older_than_s=settings.H3LAB_HEARTBEAT_TIMEOUT_S
+    )
+    if swept:
+        log.info("removed the working folders of final runs %s (logs kept)", swept)
+    return [(r.run_id, r.outcome) for r in reaped]
 
 
 # --- disclosure ---------------------------------------------------------------------------------

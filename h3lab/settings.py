@@ -294,6 +294,13 @@ H3LAB_HEARTBEAT_TIMEOUT_S = float(env_str("H3LAB_HEARTBEAT_TIMEOUT_S", "30"))
 H3LAB_REAPER_INTERVAL_S = float(env_str("H3LAB_REAPER_INTERVAL_S", "10"))
 H3LAB_MAX_ATTEMPTS = env_int("H3LAB_MAX_ATTEMPTS", 3)
 H3LAB_CANCEL_POLL_S = float(env_str("H3LAB_CANCEL_POLL_S", "1"))
+# Faults (docs/operations.md#faults). A database or broker error inside a job is retried with
+# exponential backoff for up to H3LAB_TRANSIENT_RETRY_S seconds before the attempt is left to the
+# reaper (never failed). A queued run that no worker started within H3LAB_REQUEUE_AFTER_S seconds
+# of being sent (its message may have been lost: Redis restarted empty) is sent again, then after
+# twice that, and so on up to 8x, whatever its task id: duplicate deliveries are harmless.
+H3LAB_TRANSIENT_RETRY_S = float(env_str("H3LAB_TRANSIENT_RETRY_S", "60"))
+H3LAB_REQUEUE_AFTER_S = float(env_str("H3LAB_REQUEUE_AFTER_S", "300"))
 
 # --- Run resource limits --------------------------------------------------------------------
 # What one run may ask of its queue's workers, checked against h3lab.estimate (exact parameters,

@@ -51,6 +51,19 @@ def commands(python: str, host: str, port: str) -> list[Child]:
                 "--hostname=worker@%h",
             ],
         ),
+        # The reaper's queue, on a worker of its own so that training never delays it.
+        Child(
+            "control",
+            [
+                *celery,
+                "worker",
+                "--queues=control",
+                "--pool=threads",
+                "--concurrency=1",
+                "--loglevel=INFO",
+                "--hostname=control@%h",
+            ],
+        ),
         Child("beat", [*celery, "beat", "--loglevel=INFO"]),
     ]
 
@@ -104,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         child.proc = subprocess.Popen(child.argv, cwd=ROOT, env=env, start_new_session=True)
     print(
         f"\n[run] h3lab is up: http://{args.host}:{args.port}/  "
-        f"(web, worker, beat; Ctrl-C stops everything)\n",
+        f"(web, worker, control worker, beat; Ctrl-C stops everything)\n",
         flush=True,
     )
 
@@ -125,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     else:
-        print(f"[run] {stopping[0]} received; stopping web, worker and beat", flush=True)
+        print(f"[run] {stopping[0]} received; stopping web, workers and beat", flush=True)
     stop_all(children, args.grace)
     print("[run] stopped", flush=True)
     return 1 if dead is not None else 0

@@ -115,13 +115,20 @@ def run_row(pk: int) -> Run:
 def start_worker(
     test_broker: dict[str, str], tmp_path: Path, transactional_db: None
 ) -> Iterator[Callable[..., Worker]]:
-    """Start real workers (``beat=True`` embeds the beat scheduler, i.e. the reaper); all are
-    stopped at teardown, before the test database is flushed."""
+    """Start real workers (``beat=True`` embeds the beat scheduler, i.e. the reaper, whose
+    ticks go to the ``control`` queue); all are stopped at teardown, before the test database
+    is flushed."""
     workers: list[Worker] = []
     var_dir = tmp_path / "worker-var"
     var_dir.mkdir()
 
-    def start(*, beat: bool = False, env: dict[str, str] | None = None) -> Worker:
+    def start(
+        *,
+        beat: bool = False,
+        env: dict[str, str] | None = None,
+        queues: str = "cpu,gpu,default,control",
+        wait_ready: bool = True,
+    ) -> Worker:
         name = f"e2e-{uuid.uuid4().hex[:6]}"
         full_env = {
             **os.environ,
@@ -140,7 +147,7 @@ def start_worker(
         }
         argv = [
             sys.executable, "-m", "celery", "-A", "h3lab.celery", "worker",
-            "--queues=cpu,gpu,default", "--pool=threads", "--concurrency=1",
+            f"--queues={queues}", "--pool=threads", "--concurrency=1",
             "--prefetch-multiplier=1", f"--hostname={name}@%h", "--loglevel=INFO",
             "--without-gossip", "--without-mingle",
         ]  # fmt: skip
@@ -154,6 +161,8 @@ def start_worker(
             )  # fmt: skip
         worker = Worker(proc=proc, log_path=log_path, name=name, extra=env or {})
         workers.append(worker)
+        if not wait_ready:  # e.g. a worker expected to refuse to start
+            return worker
         try:
             wait_for(
                 lambda: "ready." in worker.log() or not worker.alive(),
