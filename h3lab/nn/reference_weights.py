@@ -32,11 +32,16 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from h3lab.nn.config import LMConfig
+
+if TYPE_CHECKING:
+    from h3lab.nn.lm import LanguageModel
 
 _LAYER = re.compile(r"^backbone\.layers\.(\d+)\.")
 
@@ -164,3 +169,21 @@ def unwrap_checkpoint(obj: object) -> dict[str, Tensor]:
     if not tensors:
         raise ValueError("checkpoint holds no tensors")
     return tensors
+
+
+def import_reference_checkpoint(
+    path: str | Path, *, n_head: int | None = None
+) -> tuple[LanguageModel, LMConfig]:
+    """Load a reference checkpoint file into h3lab's LM (CPU, eval mode).
+
+    SECURITY: the released checkpoints are torch pickles. ``torch.load(weights_only=True)``
+    unpickles tensors and plain containers only — no arbitrary objects, so a hostile file
+    cannot run code — and everything after that is tensor copying."""
+    from h3lab.nn.lm import LanguageModel
+
+    obj = torch.load(Path(path), map_location="cpu", weights_only=True)
+    sd = normalize_reference_keys(unwrap_checkpoint(obj))
+    cfg = reference_config(sd, n_head=n_head)
+    model = LanguageModel(cfg)
+    model.load_state_dict(h3lab_state_dict(sd, cfg), strict=True)
+    return model.eval(), cfg

@@ -14,7 +14,9 @@ from h3lab.__main__ import main
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("command", ["train", "eval", "generate", "probe", "reproduce"])
+@pytest.mark.parametrize(
+    "command", ["train", "eval", "generate", "probe", "reproduce", "export", "import-h3"]
+)
 def test_every_subcommand_has_help_with_examples(
     command: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -125,7 +125,7 @@ def test_safari_associative_recall_follows_the_documented_token_layout() -> None
     for row in range(400):
         seq = x[row].tolist()
         assert set(seq[0:L:2]) <= keys and set(seq[1:L:2]) <= values
-        binding = {}
+        binding: dict[int, int] = {}
         for k, v in zip(seq[0:L:2], seq[1:L:2], strict=True):
             assert binding.setdefault(k, v) == v  # one map per example
         assert seq[-1] in binding and binding[seq[-1]] == int(y[row, -1])
