@@ -163,8 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--n-head",
         type=int,
-        help="attention heads (not recorded in the weights; default d_model / 64: 125M 12, "
-        "355M 16, 1.3B 16, 2.7B 20)",
+        help="attention heads (not recorded in the weights; see the model's card; default "
+        "d_model / 64)",
     )
     return parser
 

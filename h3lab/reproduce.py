@@ -449,7 +449,8 @@ def reproduce_synthetic(
 
     def train_for(task: str) -> TrainConfig:
         n = overrides.get("steps", steps[task])
-        return dataclasses.replace(TRAIN, **{"steps": n, "warmup_steps": n // 10, **overrides})
+        fields = {"steps": n, "warmup_steps": n // 10, "device": device, **overrides}
+        return dataclasses.replace(TRAIN, **fields)
 
     def make_cell(task: str, model: str, seed: int) -> Cell:
         cfg = run_config(task, model, device=device, seed=seed, train=train_for(task))
