@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 from pathlib import Path
@@ -115,3 +116,29 @@ def test_save_pretrained_round_trips_a_model_built_from_scratch(tmp_path: Path) 
     assert back_cfg == cfg and task is None
     ids = torch.randint(0, 9, (1, 5))
     torch.testing.assert_close(back(ids), model(ids), rtol=0, atol=0)
+
+
+def test_early_stopping_and_selection_read_validation_and_legacy_configs_read_test(
+    tmp_path: Path,
+) -> None:
+    base = RunConfig.build(
+        preset="attention",
+        d_model=16,
+        n_head=2,
+        task=TASK,
+        train=TrainConfig(steps=20, batch_size=8, eval_every=2, device="cpu"),
+    )
+    # Accuracy ≥ 0 always holds (a threshold validation would refuse, set here directly), so
+    # the run stops after `early_stop_patience` (2) evaluations — on whichever split decides.
+    cfg = dataclasses.replace(base, train=dataclasses.replace(base.train, early_stop_acc=0.0))
+    result = train(cfg, tmp_path / "new")
+    assert result.status == "early_stopped" and result.step == 4  # patience 2, every 2 steps
+    assert result.selected_on == "val"
+    assert "early stop at step 4: val accuracy" in (tmp_path / "new" / "train.log").read_text()
+    # A config stored before the validation split existed has none, and decides on test.
+    stored = base.to_dict()
+    del stored["task"]["num_val"]
+    legacy = RunConfig.from_dict(stored)
+    assert legacy.task.num_val == 0
+    result = train(legacy, tmp_path / "old")
+    assert result.selected_on == "test" and not (tmp_path / "old" / "selected").exists()
