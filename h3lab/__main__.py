@@ -331,7 +331,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             bars[key].n = e["step"]
             bars[key].refresh()
         elif key in bars and e["kind"] == "eval":
-            bars[key].set_postfix(val_acc=f"{e['accuracy']:.3f}")
+            bars[key].set_postfix(test_acc=f"{e['accuracy']:.3f}")
         elif key in bars and e["kind"] in ("done", "failed"):
             bars.pop(key).close()
 

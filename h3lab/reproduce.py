@@ -19,10 +19,11 @@ optimiser steps (``--budget``); the reported number is the test accuracy of the 
 on **validation** accuracy (ties: validation loss), and a run may stop early only when its
 *validation* accuracy has held ≥ 99 % for three evaluations. The test split decides nothing.
 Hyperparameters are safari's (``configs/experiment/synthetics/...``): 2 layers, d_model 32,
-MLP 4×, AdamW lr 5e-4, weight decay 0.1, batch 32, warmup 10 % of training, embedding dropout
-0.1, no gradient clipping; SSM state 64, H3 head_dim 1, bilinear discretisation, SSM lr
-min(1e-3, lr); attention with one head, attention dropout 0.1 and learned positions. The named
-deviations — the budget, the schedule shape, the wall-clock cap — are in docs/synthetic.md.
+MLP 4× with tanh-GELU, AdamW lr 5e-4, weight decay 0.1, batch 32, warmup 10 % of training,
+embedding dropout 0.1, no gradient clipping; SSM state 64, H3 head_dim 1, bilinear
+discretisation, SSM lr min(1e-3, lr); attention with one head, attention dropout 0.1 and
+learned positions. The named deviations — the budget, the schedule shape, the wall-clock
+cap — are in docs/synthetic.md.
 
 ``--budget-minutes`` is a wall-clock cap shared out between the cells (an overrun cell stops
 cooperatively and says so in the table); on a CPU, cells train one per core at once.
@@ -108,6 +109,7 @@ MODEL_BASE: dict[str, Any] = {
     "discretization": "bilinear",
     "dropout": 0.0,
     "embed_dropout": 0.1,
+    "mlp_act": "gelu_tanh",
 }
 ATTENTION_KW: dict[str, Any] = {
     "n_head": 1,

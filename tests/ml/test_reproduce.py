@@ -133,6 +133,7 @@ def test_cells_use_the_papers_tasks_and_safaris_settings() -> None:
     assert ar.task.num_val == 500 and ar.task.num_train == 5000
     assert (ar.model.d_model, ar.model.head_dim, ar.model.h3_ssm) == (32, 1, "head")
     assert ar.model.discretization == "bilinear" and ar.model.embed_dropout == 0.1
+    assert ar.model.mlp_act == "gelu_tanh"
     assert (ar.train.lr, ar.train.weight_decay, ar.train.batch_size) == (5e-4, 0.1, 32)
     assert (ih.model.n_head, ih.model.pos_embed, ih.model.attn_rotary) == (1, "learned", False)
     assert ih.model.max_len == 31  # 30 tokens, "=>"
