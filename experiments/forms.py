@@ -37,11 +37,14 @@ PRESET_CHOICES = [
     ("attention", "Attention"),
     ("hybrid", "Hybrid (H3 + attention)"),
     ("s4d", "S4D only"),
+    ("gss", "GSS (gated state spaces)"),
     ("shift", "Shift only"),
 ]
 TASK_CHOICES = [
     ("induction_head", "Induction head"),
     ("associative_recall", "Associative recall"),
+    ("induction_head_safari", "Induction head (paper's task, safari semantics)"),
+    ("associative_recall_safari", "Associative recall (paper's task, safari semantics)"),
     ("text", "Language modeling on a text file"),
 ]
 FILE_TASKS = ("text", "jsonl")
@@ -50,6 +53,8 @@ FILE_TASKS = ("text", "jsonl")
 TASK_DEFAULTS: dict[str, dict[str, int]] = {
     "induction_head": {"vocab_size": 20, "seq_len": 30},
     "associative_recall": {"vocab_size": 20, "seq_len": 40},
+    "induction_head_safari": {"vocab_size": 20, "seq_len": 30},
+    "associative_recall_safari": {"vocab_size": 10, "seq_len": 20},
     "text": {"vocab_size": 256, "seq_len": 128},
 }
 MAX_CORPUS_BYTES = 200 * 1024 * 1024

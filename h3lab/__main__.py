@@ -1,4 +1,5 @@
-"""Command line: ``python -m h3lab train|eval|generate|probe|intervene|bench|reproduce``.
+"""Command line: ``python -m h3lab train|eval|generate|probe|intervene|study|bench|reproduce|
+export|import-h3``.
 
 Pure PyTorch, like the rest of the ML core: the web platform runs the same functions through
 Celery; this is the way in for a researcher at a terminal. Progress bars go to stderr,
@@ -21,7 +22,9 @@ EPILOG = """examples:
   python -m h3lab train --preset h3 --task induction_head --steps 2000 --out runs/ih-h3
   python -m h3lab eval --checkpoint runs/ih-h3
   python -m h3lab probe --checkpoint runs/ih-h3 --kind kernels --out runs/ih-h3/probes
-  python -m h3lab reproduce synthetic --out docs --budget-minutes 60
+  python -m h3lab reproduce synthetic --seeds 3
+  python -m h3lab export --checkpoint runs/ih-h3 --out models/ih-h3
+  python -m h3lab import-h3 H3-125M/model.pt --out models/h3-125m --n-head 12
   python -m h3lab <command> --help
 """
 
@@ -86,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(
         subs,
         "eval",
-        "evaluate a checkpoint on its test set or a JSONL file",
+        "evaluate a checkpoint or exported model on its test set or a JSONL file",
         "  python -m h3lab eval --checkpoint runs/ih-h3\n"
         "  python -m h3lab eval --checkpoint runs/ih-h3 --data heldout.jsonl\n",
     )
@@ -173,7 +176,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("study", choices=["mechanism"])
     p.add_argument("--out", type=Path, required=True, help="report folder")
     p.add_argument("--work-dir", type=Path, help="training runs (default OUT/runs; reused)")
-    p.add_argument("--tasks", nargs="+", choices=["induction_head", "associative_recall"])
+    p.add_argument(
+        "--tasks",
+        nargs="+",
+        choices=[
+            "induction_head_safari",
+            "associative_recall_safari",
+            "induction_head",
+            "associative_recall",
+        ],
+        help="default: the paper's two tasks (safari semantics, the paper's sizes)",
+    )
     p.add_argument("--models", nargs="+", choices=["attention", "h3"])
     p.add_argument("--steps", type=int, default=4000, help="training budget per cell")
     p.add_argument("--examples", type=int, default=512, help="held-out examples analysed")
@@ -193,11 +206,40 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(
         subs,
         "reproduce",
-        "reproduce the H3 paper's synthetic table",
-        "  python -m h3lab reproduce synthetic --out docs\n"
+        "reproduce the H3 paper's synthetic table under the paper's protocol",
+        "  python -m h3lab reproduce synthetic --out docs/synthetic\n"
+        "  python -m h3lab reproduce synthetic --seeds 3 --budget paper --device cuda\n"
         "  python -m h3lab reproduce synthetic --tasks induction_head --models h3 attention\n",
     )
     add_arguments(p)
+
+    p = _sub(
+        subs,
+        "export",
+        "export a run's model as config.json + model.safetensors + README.md (no training "
+        "state), loadable with h3lab.checkpoint.from_pretrained",
+        "  python -m h3lab export --checkpoint runs/ih-h3 --out models/ih-h3\n"
+        "  python -m h3lab export --checkpoint runs/ih-h3/selected --out models/ih-h3\n",
+    )
+    p.add_argument("--checkpoint", type=Path, required=True, help="run, checkpoint or export")
+    p.add_argument("--out", type=Path, required=True)
+
+    p = _sub(
+        subs,
+        "import-h3",
+        "convert a HazyResearch/H3 checkpoint (torch file, loaded with weights_only=True) to "
+        "an h3lab export",
+        "  python -m h3lab import-h3 H3-125M/model.pt --out models/h3-125m --n-head 12\n"
+        "  python -m h3lab import-h3 H3-1.3B/model.pt --out models/h3-1.3b --n-head 16\n",
+    )
+    p.add_argument("ckpt", type=Path, help="the reference checkpoint (.pt)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument(
+        "--n-head",
+        type=int,
+        help="attention heads (not recorded in the weights; see the model's card; default "
+        "d_model / 64)",
+    )
     return parser
 
 
@@ -280,16 +322,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from h3lab.checkpoint import from_pretrained
     from h3lab.data.datasets import TokenDataset, make_datasets
     from h3lab.data.jsonl import read_jsonl, to_tensors
-    from h3lab.train import evaluate, load_checkpoint
+    from h3lab.train import evaluate
 
-    model, cfg = load_checkpoint(args.checkpoint)
+    model, model_cfg, task = from_pretrained(args.checkpoint)
     if args.data:
-        examples = read_jsonl(args.data, vocab_size=cfg.model.vocab_size)
+        examples = read_jsonl(args.data, vocab_size=model_cfg.vocab_size)
         dataset = TokenDataset(*to_tensors(examples))
+    elif task is not None:
+        dataset = make_datasets(task)[1]
     else:
-        dataset = make_datasets(cfg.task)[1]
+        raise ConfigError({"data": "this model records no task: give --data FILE.jsonl"})
     model.to(args.device)
     r = evaluate(model, dataset, batch_size=args.batch_size, device=args.device)
     print(json.dumps({"loss": r.loss, "accuracy": r.accuracy, "examples": len(dataset)}))
@@ -299,10 +344,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
-    from h3lab.train import load_checkpoint
+    from h3lab.checkpoint import from_pretrained
 
-    model, cfg = load_checkpoint(args.checkpoint)
-    byte_level = cfg.task.name == "text"
+    model, model_cfg, task = from_pretrained(args.checkpoint)
+    byte_level = task is not None and task.name == "text"
     if byte_level:
         ids = list(args.prompt.encode("utf-8"))
     else:
@@ -310,8 +355,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
             ids = [int(t) for t in args.prompt.split()]
         except ValueError:
             raise ConfigError({"prompt": "give space-separated token ids"}) from None
-    if not ids or max(ids) >= cfg.model.vocab_size or min(ids) < 0:
-        raise ConfigError({"prompt": f"token ids must be in [0, {cfg.model.vocab_size})"})
+    if not ids or max(ids) >= model_cfg.vocab_size or min(ids) < 0:
+        raise ConfigError({"prompt": f"token ids must be in [0, {model_cfg.vocab_size})"})
     g = torch.Generator().manual_seed(args.seed)
     out = model.generate(
         torch.tensor([ids]),
@@ -342,14 +387,14 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     from h3lab.reproduce import LABELS, reproduce_synthetic
 
-    bars: dict[tuple[str, str], Any] = {}
+    bars: dict[tuple[str, str, int], Any] = {}
 
     def on_event(e: dict[str, Any]) -> None:
-        key = (e["task"], e["model"])
+        key = (e["task"], e["model"], e["seed"])
         if e["kind"] == "start":
             bars[key] = tqdm(
                 total=e["steps"],
-                desc=f"{LABELS[e['model']]} / {e['task']}",
+                desc=f"{LABELS[e['model']]} / {e['task']} / seed {e['seed']}",
                 file=sys.stderr,
                 unit="step",
                 dynamic_ncols=True,
@@ -368,13 +413,15 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         args.out,
         tasks=args.tasks,
         models=args.models,
+        seeds=args.seeds,
+        first_seed=args.first_seed,
+        budget=args.budget,
         budget_minutes=args.budget_minutes,
         device=args.device,
         work_dir=args.work_dir,
-        seed=args.seed,
         jobs=args.jobs,
         threads=args.threads,
-        train_overrides={"steps": args.steps} if args.steps else None,
+        train_overrides={"eval_every": args.eval_every} if args.eval_every else None,
         on_event=on_event,
         log=lambda line: tqdm.write(line, file=sys.stderr),
     )
@@ -423,6 +470,32 @@ def cmd_study(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from h3lab.checkpoint import from_pretrained, save_pretrained
+
+    model, model_cfg, task = from_pretrained(args.checkpoint)
+    out = save_pretrained(
+        args.out, model, model_cfg, task=task, source={"exported_from": str(args.checkpoint)}
+    )
+    print(json.dumps({"export": str(out)}))
+    return 0
+
+
+def cmd_import_h3(args: argparse.Namespace) -> int:
+    from h3lab.checkpoint import save_pretrained
+    from h3lab.nn.reference_weights import import_reference_checkpoint
+
+    model, model_cfg = import_reference_checkpoint(args.ckpt, n_head=args.n_head)
+    out = save_pretrained(
+        args.out,
+        model,
+        model_cfg,
+        source={"converted_from": str(args.ckpt), "layout": "HazyResearch/H3 SSMLMHeadModel"},
+    )
+    print(json.dumps({"export": str(out), "mixers": list(model_cfg.mixers)}))
+    return 0
+
+
 COMMANDS = {
     "intervene": cmd_intervene,
     "study": cmd_study,
@@ -431,6 +504,8 @@ COMMANDS = {
     "generate": cmd_generate,
     "probe": cmd_probe,
     "reproduce": cmd_reproduce,
+    "export": cmd_export,
+    "import-h3": cmd_import_h3,
 }
 
 

@@ -9,6 +9,10 @@ A checkpoint is a directory::
     state.json             everything else: optimizer param groups and non-tensor state,
                            the step, the loop's bookkeeping and the history so far
 
+A *pretrained export* (:func:`save_pretrained`, :func:`from_pretrained`) is the inference
+half alone — ``config.json`` (model config, optional task, provenance), ``model.safetensors``
+and a ``README.md`` model card — loadable without any training state.
+
 ``state.json`` is written last, so a directory without it is incomplete. A new checkpoint is
 written into ``<name>.tmp`` and swapped in with ``os.replace``: the old one is renamed to
 ``<name>.old`` first and removed after, and :func:`find_checkpoint` falls back to ``.old``,
@@ -17,6 +21,7 @@ so a kill at any moment leaves a complete checkpoint behind.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -26,7 +31,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from h3lab.config import RunConfig
+from h3lab.config import RunConfig, TaskConfig
+from h3lab.nn.config import LMConfig
 
 if TYPE_CHECKING:
     from h3lab.nn.lm import LanguageModel
@@ -190,3 +196,131 @@ def restore_training(
     optimizer.load_state_dict(_unflatten_optimizer(tensors, state.pop("optimizer")))
     rng = {k: v for k, v in tensors.items() if k.startswith("rng.")}
     return state, rng
+
+
+# --------------------------------------------------------------------------------------------
+# Pretrained models: weights + config + model card, no training state
+# --------------------------------------------------------------------------------------------
+
+PRETRAINED_FORMAT = "h3lab.pretrained/1"
+CARD_FILE = "README.md"
+
+
+def save_pretrained(
+    out: str | Path,
+    model: torch.nn.Module,
+    model_cfg: LMConfig,
+    *,
+    task: TaskConfig | None = None,
+    card: str = "",
+    source: dict[str, Any] | None = None,
+) -> Path:
+    """Write a model anyone can load without its training state::
+
+        config.json        {"format": "h3lab.pretrained/1", "model": LMConfig, "task": … | null,
+                            "source": {…}}
+        model.safetensors  the weights (tied weights stored once)
+        README.md          a model card: architecture, task, where the weights came from
+
+    ``task`` (optional) is the dataset the model was trained on, so ``eval`` can regenerate
+    its test set; ``source`` records provenance (a run's config, a converted checkpoint's
+    path). Files are replaced atomically one by one. Returns the directory."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    config = {
+        "format": PRETRAINED_FORMAT,
+        "model": model_cfg.to_dict(),
+        "task": None if task is None else dataclasses.asdict(task),
+        "source": source or {},
+    }
+    tmp = out / (MODEL_FILE + ".tmp")
+    save_model(model, str(tmp), metadata={"format": "pt"})
+    _fsync_file(tmp)
+    os.replace(tmp, out / MODEL_FILE)
+    write_json(out / CONFIG_FILE, config)
+    n_params = sum(p.numel() for p in model.parameters())  # tied weights counted once
+    card = card or model_card(model_cfg, task, source, n_params)
+    (out / CARD_FILE).write_text(card, encoding="utf-8")
+    _fsync_dir(out)
+    return out
+
+
+def is_pretrained(path: str | Path) -> bool:
+    """Whether ``path`` holds a :func:`save_pretrained` export."""
+    cfg_path = Path(path) / CONFIG_FILE
+    if not cfg_path.is_file() or not (Path(path) / MODEL_FILE).is_file():
+        return False
+    try:
+        data = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("format") == PRETRAINED_FORMAT
+
+
+def from_pretrained(path: str | Path) -> tuple[LanguageModel, LMConfig, TaskConfig | None]:
+    """Load a model for inference — from a :func:`save_pretrained` export, or from a training
+    checkpoint (whose optimizer state is then not read). Returns ``(model in eval mode on
+    CPU, its LMConfig, its TaskConfig or None)``. Loads safetensors and JSON only: no code
+    runs. Raises FileNotFoundError if ``path`` holds neither."""
+    from h3lab.nn.lm import LanguageModel
+
+    path = Path(path)
+    if is_pretrained(path):
+        data = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+        model_cfg = LMConfig.from_dict(data["model"])
+        task = TaskConfig(**data["task"]) if data.get("task") else None
+        model = LanguageModel(model_cfg)
+        load_model(model, str(path / MODEL_FILE), strict=True)
+        return model.eval(), model_cfg, task
+    ckpt = find_checkpoint(path)
+    if ckpt is None:
+        raise FileNotFoundError(
+            f"no model at {path} (expected an export's {CONFIG_FILE} + {MODEL_FILE}, or a "
+            f"training checkpoint with {STATE_FILE})"
+        )
+    run_model, cfg = load_checkpoint(ckpt)
+    return run_model, cfg.model, cfg.task
+
+
+def model_card(
+    model_cfg: LMConfig,
+    task: TaskConfig | None,
+    source: dict[str, Any] | None,
+    n_params: int | None = None,
+) -> str:
+    """A short model card (README.md) for an export."""
+    mixers = ", ".join(f"{i}: {m}" for i, m in enumerate(model_cfg.mixers))
+    lines = [
+        "# h3lab language model",
+        "",
+        f"- Architecture: {model_cfg.n_layer} layers ({mixers}), d_model {model_cfg.d_model}, "
+        f"vocabulary {model_cfg.vocab_size}, SSM state {model_cfg.d_state}, H3 head_dim "
+        f"{model_cfg.head_dim} ({model_cfg.h3_ssm} SSMs), {model_cfg.discretization} "
+        "discretisation.",
+        f"- Parameters: {'unknown' if n_params is None else f'{n_params:,}'}.",
+        f"- Task: {task.name if task else 'not recorded (converted weights)'}"
+        + (
+            f", vocabulary {task.vocab_size}, seq_len {task.seq_len}, seed {task.seed}."
+            if task
+            else "."
+        ),
+        "",
+        "## Load",
+        "",
+        "```python",
+        "from h3lab.checkpoint import from_pretrained",
+        "model, model_cfg, task = from_pretrained('THIS_DIRECTORY')",
+        "```",
+        "",
+        "or `python -m h3lab eval --checkpoint THIS_DIRECTORY` /",
+        '`python -m h3lab generate --checkpoint THIS_DIRECTORY --prompt "1 2 3"`.',
+        "Only `config.json` (JSON) and `model.safetensors` are read: loading runs no code.",
+        "",
+        "## Provenance",
+        "",
+        "```json",
+        json.dumps(source or {}, indent=2, sort_keys=True),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)

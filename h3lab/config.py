@@ -29,9 +29,10 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation. SSM parameters (step sizes, A, C of the diagonal SSM) get ``ssm_lr`` and
-    no weight decay, as in the H3 paper. ``early_stop_acc``: stop once test accuracy has been
-    at or above it for ``early_stop_patience`` consecutive evaluations. The learning rate warms
-    up linearly for ``warmup_steps`` then follows a cosine down to ``min_lr_ratio`` × peak.
+    no weight decay, as in the H3 paper. ``early_stop_acc``: stop once validation accuracy (test
+    accuracy for configs without a validation split) has been at or above it for
+    ``early_stop_patience`` consecutive evaluations. The learning rate warms up linearly
+    for ``warmup_steps`` then follows a cosine down to ``min_lr_ratio`` × peak.
     ``log_every``: steps averaged into one training-loss row of the run's history. ``amp``:
     bf16 autocast on CUDA (CPU always runs in float32)."""
 
@@ -155,7 +156,11 @@ class RunConfig:
         if not isinstance(d, dict):
             raise ConfigError({"config": "must be a JSON object"})
         errors: dict[str, str] = {}
-        task = _section(TaskConfig, d.get("task", {}), "task", errors)
+        task_d = d.get("task", {})
+        if isinstance(task_d, dict) and "num_val" not in task_d:
+            # Stored before the validation split existed: no validation split, as trained.
+            task_d = {**task_d, "num_val": 0}
+        task = _section(TaskConfig, task_d, "task", errors)
         train = _section(TrainConfig, d.get("train", {}), "train", errors)
         preset = d.get("preset", "h3")
         model: LMConfig | None = None

@@ -95,13 +95,25 @@ def mixer_parameters(kind: str, cfg: LMConfig) -> int:
     C = D * cfg.head_dim
     projections = linear_parameters(D, 3 * D) + linear_parameters(D, D)
     if kind == "h3":
-        return projections + shift_ssm_parameters(D, N) + diagonal_ssm_parameters(C, N)
+        # The reference H3 ("head") has one kv SSM per head; the "channel" variant one per kv
+        # channel.
+        kv = D // cfg.head_dim if cfg.h3_ssm == "head" else C
+        return projections + shift_ssm_parameters(D, N) + diagonal_ssm_parameters(kv, N)
     if kind == "shift":
         return projections + shift_ssm_parameters(D, N) + shift_ssm_parameters(C, N)
     if kind == "attn":
         return projections
     if kind == "s4d":
         return 2 * linear_parameters(D, D) + diagonal_ssm_parameters(D, N)
+    if kind == "gss":
+        F, H = cfg.gss_expand * D, max(1, D // 4)
+        return (
+            linear_parameters(D, F)
+            + linear_parameters(D, H)
+            + diagonal_ssm_parameters(H, N)
+            + linear_parameters(H, F)
+            + linear_parameters(F, D)
+        )
     raise ValueError(f"unknown mixer {kind!r}")
 
 
@@ -112,6 +124,8 @@ def parameters(cfg: LMConfig) -> int:
     if r:
         block += 2 * D + linear_parameters(D, r * D) + linear_parameters(r * D, D)
     total = cfg.vocab_size * D + 2 * D  # embedding, final norm
+    if cfg.pos_embed == "learned":
+        total += cfg.max_len * D
     if not cfg.tie_embeddings:
         total += cfg.vocab_size * D
     return total + sum(block + mixer_parameters(kind, cfg) for kind in cfg.mixers)
@@ -126,6 +140,9 @@ def _layer_floats(kind: str, cfg: LMConfig, seq_len: int) -> int:
         return block + 12 * D + 10 * C
     if kind == "s4d":
         return block + 12 * D
+    if kind == "gss":
+        F, H = cfg.gss_expand * D, max(1, D // 4)
+        return block + 4 * F + 12 * H
     return block + 8 * D + cfg.n_head * seq_len  # attn
 
 
@@ -133,12 +150,14 @@ def _ssm_channels(kind: str, cfg: LMConfig) -> int:
     """Channels convolved by FFT in one layer (0 for attention)."""
     if kind in ("h3", "shift"):
         return cfg.d_model * (1 + cfg.head_dim)
+    if kind == "gss":
+        return max(1, cfg.d_model // 4)
     return cfg.d_model if kind == "s4d" else 0
 
 
 def estimate(cfg: RunConfig) -> Estimate:
     """The cost of training ``cfg``; see the module docstring for the formulas."""
-    m, B, L = cfg.model, cfg.train.batch_size, cfg.task.seq_len
+    m, B, L = cfg.model, cfg.train.batch_size, cfg.task.input_len
     P = parameters(m)
     weights = ADAM_BYTES_PER_PARAM * P
     kernels = sum(4 * FLOAT_BYTES * m.d_model * m.head_dim * L for k in m.mixers if k != "attn")

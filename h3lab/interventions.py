@@ -538,7 +538,14 @@ def plot_steering(result: dict[str, Any]) -> Figure:
 # --- one call per kind, with defaults from the run's task (the CLI and the platform's jobs) -------
 
 INTERVENTION_KINDS: tuple[str, ...] = ("ablation", "patching", "steering")
-COPY_TASKS = ("associative_recall", "induction_head")
+COPY_TASKS = (
+    "associative_recall_safari",
+    "induction_head_safari",
+    "associative_recall",
+    "induction_head",
+    "associative_recall_h3lab",
+    "induction_head_h3lab",
+)
 
 
 @dataclass(frozen=True)

@@ -49,10 +49,15 @@ FOUND_RESTORED = 0.5
 class StudyConfig:
     """The cells and the training budget. Task sizes default to the paper's synthetic sizes."""
 
-    tasks: tuple[str, ...] = ("induction_head", "associative_recall")
+    tasks: tuple[str, ...] = ("induction_head_safari", "associative_recall_safari")
     models: tuple[str, ...] = ("attention", "h3")
     sizes: dict[str, tuple[int, int]] = field(
-        default_factory=lambda: {"induction_head": (20, 30), "associative_recall": (10, 20)}
+        default_factory=lambda: {
+            "induction_head_safari": (20, 30),
+            "associative_recall_safari": (10, 20),
+            "induction_head": (20, 30),
+            "associative_recall": (10, 20),
+        }
     )
     d_model: int = 64
     steps: int = 4000

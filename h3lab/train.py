@@ -4,9 +4,17 @@
 cooperative cancellation, and leaves in ``out_dir``::
 
     checkpoint/     latest checkpoint (see h3lab.checkpoint), resumable and loadable
+    selected/       the weights chosen on the validation split (best validation accuracy,
+                    then lowest validation loss), as a pretrained export — when the task has
+                    a validation split
     metrics.json    {"final": {...}, "history": [...]}  (see h3lab.curves)
     curves.png      loss and test accuracy against step
     train.log       the log lines also sent to ``Callbacks.on_log``
+
+Model selection and early stopping look at the validation split only (``task.num_val``
+examples from their own stream); the test split is evaluated at the same steps and recorded,
+and the run reports the test accuracy *of the selected step*. Configs stored before the
+validation split existed have ``num_val = 0`` and select on test, as they did.
 
 Determinism: the batch at step ``s`` is a pure function of ``(seed, s)`` — epoch ``e`` is a
 permutation seeded by ``(seed, e)`` — and the global RNG (dropout) is saved in checkpoints, so
@@ -33,11 +41,12 @@ from h3lab.checkpoint import (
     restore_training,
     rng_states,
     save_checkpoint,
+    save_pretrained,
     set_rng_states,
 )
 from h3lab.config import RunConfig, TrainConfig
 from h3lab.curves import json_safe, plot_curves, write_metrics
-from h3lab.data.datasets import TokenDataset, make_datasets
+from h3lab.data.datasets import TokenDataset, make_splits
 
 if TYPE_CHECKING:
     from h3lab.nn.lm import LanguageModel
@@ -103,6 +112,13 @@ class TrainResult:
     device: str
     checkpoint_dir: Path
     history: list[dict[str, Any]]
+    # Selection on validation: the step with the best validation accuracy (ties: lower
+    # validation loss, then earlier), its validation accuracy and its test accuracy. Without
+    # a validation split (legacy configs) the selection falls back to test.
+    selected_step: int = 0
+    selected_val_accuracy: float = math.nan
+    selected_test_accuracy: float = math.nan
+    selected_on: str = "val"
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -283,6 +299,7 @@ class _Loop:
     loss_count: int = 0
     good_evals: int = 0  # consecutive evaluations at or above early_stop_acc
     elapsed_s: float = 0.0  # over all sessions
+    selected: dict[str, Any] = field(default_factory=dict)  # the eval row chosen so far
 
     def to_state(self) -> dict[str, Any]:
         state: dict[str, Any] = json_safe(dict(self.__dict__))
@@ -321,11 +338,13 @@ def train(
     existing = find_checkpoint(ckpt_dir) if resume else None
     log = _RunLog(out_dir / "train.log", cb.on_log, append=existing is not None)
     device = resolve_device(cfg.train.device)
-    train_ds, test_ds = make_datasets(cfg.task)
+    splits = make_splits(cfg.task)
     # The global RNG drives dropout; fork it so a worker process's state is left untouched.
     fork_devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=fork_devices):
-        return _train(cfg, out_dir, ckpt_dir, existing, cb, log, device, train_ds, test_ds)
+        return _train(
+            cfg, out_dir, ckpt_dir, existing, cb, log, device, splits.train, splits.val, splits.test
+        )
 
 
 def _train(
@@ -337,6 +356,7 @@ def _train(
     log: _RunLog,
     device: torch.device,
     train_ds: TokenDataset,
+    val_ds: TokenDataset,
     test_ds: TokenDataset,
 ) -> TrainResult:
     from h3lab.nn.lm import LanguageModel
@@ -362,7 +382,7 @@ def _train(
         log(
             f"start {cfg.preset} {'/'.join(cfg.model.mixers)} d_model={cfg.model.d_model} "
             f"({n_params:,} parameters) on {cfg.task.name} [{len(train_ds)} train / "
-            f"{len(test_ds)} test, L={train_ds.seq_len}] device={device}"
+            f"{len(val_ds)} val / {len(test_ds)} test, L={train_ds.seq_len}] device={device}"
         )
 
     finished = loop.status == "early_stopped" or (
@@ -393,22 +413,50 @@ def _train(
         if cb.on_checkpoint:
             cb.on_checkpoint(ckpt_dir, loop.step)
 
+    selected_on = "val" if len(val_ds) else "test"
+
     def run_eval() -> EvalResult:
+        """Evaluate test (recorded) and validation (decides); returns the deciding result."""
         result = evaluate(
             model, test_ds, batch_size=eval_bs, device=device, step=loop.step, amp=tc.amp
         )
-        loop.history.append(
-            {
-                "kind": "eval",
+        row: dict[str, Any] = {
+            "kind": "eval",
+            "step": loop.step,
+            "test_loss": result.loss,
+            "test_accuracy": result.accuracy,
+        }
+        decides = result
+        if len(val_ds):
+            decides = evaluate(
+                model, val_ds, batch_size=eval_bs, device=device, step=loop.step, amp=tc.amp
+            )
+            row.update(val_loss=decides.loss, val_accuracy=decides.accuracy)
+        loop.history.append(row)
+        log(
+            f"eval step {loop.step}: test loss {result.loss:.4f}, accuracy {result.accuracy:.4f}"
+            + (f"; val accuracy {decides.accuracy:.4f}" if len(val_ds) else "")
+        )
+        best = loop.selected
+        key = (decides.accuracy, -decides.loss)
+        if not best or key > (best["accuracy"], -best["loss"]):
+            loop.selected = {
                 "step": loop.step,
-                "test_loss": result.loss,
+                "accuracy": decides.accuracy,
+                "loss": decides.loss,
                 "test_accuracy": result.accuracy,
             }
-        )
-        log(f"eval step {loop.step}: test loss {result.loss:.4f}, accuracy {result.accuracy:.4f}")
+            if len(val_ds):
+                save_pretrained(
+                    out_dir / "selected",
+                    model,
+                    cfg.model,
+                    task=cfg.task,
+                    source={"selected_on": "val", "step": loop.step, "run": cfg.to_dict()},
+                )
         if cb.on_eval:
             cb.on_eval(result)
-        return result
+        return decides
 
     model.train()
     while not finished and loop.step < tc.steps:
@@ -472,8 +520,8 @@ def _train(
                 if loop.good_evals >= tc.early_stop_patience:
                     status = "early_stopped"
                     log(
-                        f"early stop at step {loop.step}: test accuracy ≥ {tc.early_stop_acc} "
-                        f"for {loop.good_evals} evaluations"
+                        f"early stop at step {loop.step}: {selected_on} accuracy ≥ "
+                        f"{tc.early_stop_acc} for {loop.good_evals} evaluations"
                     )
                     break
         if loop.step % tc.checkpoint_every == 0 and not last_step:
@@ -498,6 +546,12 @@ def _train(
         device=str(device),
         checkpoint_dir=ckpt_dir,
         history=list(loop.history),
+        selected_step=int(loop.selected.get("step", 0)),
+        selected_val_accuracy=float(loop.selected.get("accuracy", math.nan))
+        if selected_on == "val"
+        else math.nan,
+        selected_test_accuracy=float(loop.selected.get("test_accuracy", math.nan)),
+        selected_on=selected_on,
     )
     final = {k: v for k, v in result.__dict__.items() if k != "history"}
     final["checkpoint_dir"] = str(ckpt_dir)

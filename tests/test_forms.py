@@ -65,6 +65,18 @@ def test_valid_input_builds_a_config_that_round_trips(lab: Lab) -> None:
     assert (parsed.train.steps, parsed.train.lr, parsed.train.seed) == (400, 5e-4, 7)
 
 
+def test_the_papers_tasks_and_gss_are_offered_and_build_valid_configs(lab: Lab) -> None:
+    form = RunForm(project=lab.project)
+    tasks = dict(form.fields["task"].choices)  # type: ignore[attr-defined]
+    presets = dict(form.fields["preset"].choices)  # type: ignore[attr-defined]
+    assert {"associative_recall_safari", "induction_head_safari"} <= set(tasks)
+    assert "gss" in presets
+    changes = {"task": "associative_recall_safari", "vocab_size": "10", "seq_len": "20"}
+    cfg = config_or_errors(bound(lab.project, preset="gss", **changes))
+    assert cfg["task"]["name"] == "associative_recall_safari"
+    assert cfg["model"]["mixers"] == ["gss", "gss"]
+
+
 def test_hybrid_preset_puts_attention_in_the_second_layer(lab: Lab) -> None:
     cfg = config_or_errors(bound(lab.project, preset="hybrid", n_layer="4"))
     assert cfg["model"]["mixers"] == ["h3", "attn", "attn", "h3"]

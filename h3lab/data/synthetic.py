@@ -1,6 +1,17 @@
 """The H3 paper's synthetic language-modelling tasks: associative recall and induction head.
 
-Both generators build a *full* sequence of ``seq_len + 1`` tokens and split it for
+Two families, selected by task name (see docs/data-format.md for the exact token layouts):
+
+- ``associative_recall_safari`` / ``induction_head_safari`` — **the paper's tasks**, with the
+  semantics of its code (HazyResearch/safari ``src/dataloaders/synthetics.py``): the special
+  tokens ``.`` and ``=>`` are inside the vocabulary, keys and values are halves of the ordinary
+  tokens, ``=>`` marks the query, ``seq_len`` is the context before it. These are the defaults
+  of ``python -m h3lab reproduce synthetic``.
+- ``associative_recall`` / ``induction_head`` (also spelt ``*_h3lab``) — h3lab's earlier
+  generators, described below, kept unchanged so that stored run configs regenerate the
+  data they were trained on.
+
+The h3lab generators build a *full* sequence of ``seq_len + 1`` tokens and split it for
 next-token prediction: ``inputs = full[:, :-1]`` and ``targets = full[:, 1:]``, each
 ``(N, seq_len)``. Loss is taken on every position (as the paper trains), and accuracy on the
 final position only, whose target is the task's answer (see :mod:`h3lab.data.datasets`).
@@ -22,7 +33,11 @@ Everything is drawn from a ``torch.Generator`` so a seed fixes the data exactly.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+
+Generator = Callable[[int, int, int, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
 
 
 def associative_recall(
@@ -75,4 +90,101 @@ def induction_head(
     return full[:, :-1].contiguous(), full[:, 1:].contiguous()
 
 
-GENERATORS = {"associative_recall": associative_recall, "induction_head": induction_head}
+# --------------------------------------------------------------------------------------------
+# The paper's tasks, with safari's semantics (HazyResearch/safari, src/dataloaders/synthetics.py)
+# --------------------------------------------------------------------------------------------
+
+NOOP, N_SPECIAL = 0, 2  # "." is id 0 and "=>" is id vocab_size - 1: both count in the vocab
+
+
+def query_marker(vocab_size: int) -> int:
+    """The id of safari's ``=>`` token (the query marker / induction trigger)."""
+    return vocab_size - 1
+
+
+def associative_recall_safari(
+    num_examples: int, vocab_size: int, seq_len: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Safari's associative recall: ``(inputs, targets)``, both ``(N, seq_len + 2)`` long.
+
+    Vocabulary ``V`` counts two special tokens: ``.`` = id 0 (safari's no-op, which never
+    occurs here: the query always names a key present) and ``=>`` = id ``V − 1``. The
+    ``V − 2`` ordinary ids ``1 … V − 2`` split into keys (the first ``(V − 2) // 2``) and values
+    (the rest). Each example draws a fresh key → value map (values with replacement), then
+    ``seq_len / 2`` pairs ``k map[k]`` with keys uniform with replacement, then ``=>``, a query
+    key uniform over the distinct keys present, and its value — the answer, ``targets[:, -1]``.
+    ``seq_len`` (safari's ``input_seq_len``) must be even.
+    """
+    if vocab_size < 6 or seq_len < 2 or seq_len % 2:
+        raise ValueError("associative recall needs vocab_size ≥ 6 and an even seq_len ≥ 2")
+    n, g = num_examples, generator
+    n_ord = vocab_size - N_SPECIAL
+    n_keys = n_ord // 2
+    n_values = n_ord - n_keys
+    n_pairs = seq_len // 2
+    key0, value0 = 1, 1 + n_keys  # first key id, first value id
+    kv_map = value0 + torch.randint(n_values, (n, n_keys), generator=g)  # (N, K) value ids
+    keys = torch.randint(n_keys, (n, n_pairs), generator=g)  # (N, P) key indices
+    values = torch.gather(kv_map, 1, keys)  # (N, P)
+    pairs = torch.stack([keys + key0, values], dim=-1).reshape(n, seq_len)  # (N, L) k v k v …
+    present = torch.zeros(n, n_keys).scatter_(1, keys, 1.0)  # (N, K) 1 where the key occurs
+    query = torch.multinomial(present, 1, generator=g)  # (N, 1) uniform over present keys
+    answer = torch.gather(kv_map, 1, query)  # (N, 1)
+    marker = torch.full((n, 1), query_marker(vocab_size), dtype=torch.long)
+    full = torch.cat([pairs, marker, query + key0, answer], dim=1)  # (N, L + 3)
+    return full[:, :-1].contiguous(), full[:, 1:].contiguous()
+
+
+def induction_head_safari(
+    num_examples: int, vocab_size: int, seq_len: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Safari's induction head: ``(inputs, targets)``, both ``(N, seq_len + 1)`` long.
+
+    ``seq_len`` ordinary tokens (ids ``1 … V − 2``, uniform) with the trigger ``=>`` (id
+    ``V − 1``) written over position ``p`` uniform in ``[0, seq_len − 3]``, then ``=>`` again,
+    then the answer: the token that followed the first trigger (``targets[:, -1]``).
+    """
+    if vocab_size < 4 or seq_len < 3:
+        raise ValueError("induction head needs vocab_size ≥ 4 and seq_len ≥ 3")
+    n, g = num_examples, generator
+    trigger = query_marker(vocab_size)
+    seq = 1 + torch.randint(vocab_size - N_SPECIAL, (n, seq_len), generator=g)  # (N, L)
+    p = torch.randint(seq_len - 2, (n, 1), generator=g)  # (N, 1)
+    seq.scatter_(1, p, trigger)
+    answer = torch.gather(seq, 1, p + 1)  # (N, 1)
+    full = torch.cat([seq, torch.full((n, 1), trigger), answer], dim=1)  # (N, L + 2)
+    return full[:, :-1].contiguous(), full[:, 1:].contiguous()
+
+
+def unique_examples(
+    make: Callable[[int, torch.Generator], tuple[torch.Tensor, torch.Tensor]],
+    num_examples: int,
+    generator: torch.Generator,
+    max_rounds: int = 100,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``num_examples`` distinct examples from ``make(n, generator)``, as safari builds each
+    split (it drops duplicates and draws more until the count is reached). Keeps the first
+    occurrence, in draw order; raises ValueError if the task cannot supply that many."""
+    x, y = make(num_examples, generator)
+    for _ in range(max_rounds):
+        full = torch.cat([x, y[:, -1:]], dim=1)  # (N, L + 1) the whole example
+        _, inverse = torch.unique(full, dim=0, return_inverse=True)
+        first = torch.full((int(inverse.max()) + 1,), len(full), dtype=torch.long)
+        first.scatter_reduce_(0, inverse, torch.arange(len(full)), reduce="amin")
+        keep = first.sort().values  # indices of first occurrences, in order
+        x, y = x[keep], y[keep]
+        if len(x) >= num_examples:
+            return x[:num_examples].contiguous(), y[:num_examples].contiguous()
+        more_x, more_y = make(num_examples - len(x), generator)
+        x, y = torch.cat([x, more_x]), torch.cat([y, more_y])
+    raise ValueError(f"could not draw {num_examples} distinct examples")
+
+
+GENERATORS: dict[str, Generator] = {
+    "associative_recall": associative_recall,
+    "induction_head": induction_head,
+    "associative_recall_h3lab": associative_recall,
+    "induction_head_h3lab": induction_head,
+    "associative_recall_safari": associative_recall_safari,
+    "induction_head_safari": induction_head_safari,
+}

@@ -1,5 +1,9 @@
 """Causal multi-head softmax attention with rotary positions and a KV cache.
 
+``cfg.attn_rotary=False`` drops the rotary rotation (the reference LMs' attention has none:
+safari's synthetic baseline takes learned positions from the embeddings instead), and
+``cfg.attn_dropout`` drops attention weights while training.
+
 Rotary position embeddings (RoFormer, GPT-NeoX "rotate half" layout) make the layer work at any
 length — there is no position table. The parallel path calls
 ``scaled_dot_product_attention(is_causal=True)``, which never forms the attention matrix; it is
@@ -64,7 +68,8 @@ class Attention(nn.Module):
         if D % nh:
             raise ValueError("n_head must divide d_model")
         self.d_model, self.n_head, self.head_dim = D, nh, D // nh
-        if self.head_dim % 2:
+        self.rotary, self.attn_dropout = cfg.attn_rotary, cfg.attn_dropout
+        if self.rotary and self.head_dim % 2:
             raise ValueError("rotary embeddings need an even head dimension")
         self.in_proj = nn.Linear(D, 3 * D)
         self.out_proj = nn.Linear(D, D)
@@ -83,17 +88,18 @@ class Attention(nn.Module):
         L = x.shape[1]
         qkv = rearrange(self.in_proj(x), "b l (t h d) -> t b h l d", t=3, h=self.n_head)
         q, k, v = qkv.unbind(0)  # (B, nh, L, hd) each
-        cos, sin = rotary_tables(torch.arange(L, device=x.device), self.head_dim, dtype=x.dtype)
-        q = self.hook_q(apply_rotary(q, cos, sin))
-        k = self.hook_k(apply_rotary(k, cos, sin))
-        v = self.hook_v(v)
+        if self.rotary:
+            cos, sin = rotary_tables(torch.arange(L, device=x.device), self.head_dim, dtype=x.dtype)
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
+        p_drop = self.attn_dropout if self.training else 0.0
         if self.hook_pattern.active:
             scores = (q @ k.mT) / math.sqrt(self.head_dim)  # (B, nh, L, L)
             mask = torch.ones(L, L, dtype=torch.bool, device=x.device).tril()
             pattern = self.hook_pattern(scores.masked_fill(~mask, float("-inf")).softmax(-1))
-            z = pattern @ v  # (B, nh, L, hd)
+            z = F.dropout(pattern, p_drop) @ v  # (B, nh, L, hd)
         else:
-            z = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, L, hd)
+            z = F.scaled_dot_product_attention(q, k, v, dropout_p=p_drop, is_causal=True)
         z = self.hook_z(rearrange(z, "b h l d -> b l (h d)"))  # (B, L, D)
         if state is not None:
             if state.pos != 0:
@@ -133,12 +139,14 @@ class Attention(nn.Module):
             raise ValueError(f"KV cache full ({t} tokens)")
         qkv = rearrange(self.in_proj(x), "b (t h d) -> t b h 1 d", t=3, h=self.n_head)
         q, k, v = qkv.unbind(0)  # (B, nh, 1, hd)
-        cos, sin = state.cos[t : t + 1], state.sin[t : t + 1]
-        state.k[:, :, t : t + 1] = apply_rotary(k, cos, sin)
+        if self.rotary:
+            cos, sin = state.cos[t : t + 1], state.sin[t : t + 1]
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        state.k[:, :, t : t + 1] = k
         state.v[:, :, t : t + 1] = v
         state.pos = t + 1
         z = F.scaled_dot_product_attention(
-            apply_rotary(q, cos, sin), state.k[:, :, : t + 1], state.v[:, :, : t + 1]
+            q, state.k[:, :, : t + 1], state.v[:, :, : t + 1]
         )  # (B, nh, 1, hd): the new query attends to every cached key, so no mask
         out: Tensor = self.out_proj(rearrange(z, "b h 1 d -> b (h d)"))
         return out

@@ -8,6 +8,7 @@ followed by an MLP. The per-layer mixer list is the model's architecture:
     ``"s4d"``   plain S4D layer (diagonal SSM per channel, GELU, output projection) — the
                 paper's S4D baseline
     ``"shift"`` H3 layer whose diagonal SSM is replaced by a second shift SSM (shift-only ablation)
+    ``"gss"``   gated state space layer (Mehta et al., 2022): GELU gates around a diagonal SSM
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-MixerKind = Literal["h3", "attn", "s4d", "shift"]
-MIXER_KINDS: tuple[str, ...] = ("h3", "attn", "s4d", "shift")
-PRESETS: tuple[str, ...] = ("h3", "attention", "hybrid", "s4d", "shift")
+MixerKind = Literal["h3", "attn", "s4d", "shift", "gss"]
+MIXER_KINDS: tuple[str, ...] = ("h3", "attn", "s4d", "shift", "gss")
+PRESETS: tuple[str, ...] = ("h3", "attention", "hybrid", "s4d", "shift", "gss")
+# Fields added after runs were stored, with the value that reproduces a stored run whose
+# config lacks them (the dataclass defaults are what new runs get).
+LEGACY_DEFAULTS: dict[str, Any] = {"h3_ssm": "channel"}
 
 
 class InvalidModelConfig(ValueError):
@@ -45,6 +49,8 @@ def preset_mixers(preset: str, n_layer: int) -> tuple[str, ...]:
         return ("s4d",) * n_layer
     if preset == "shift":
         return ("shift",) * n_layer
+    if preset == "gss":
+        return ("gss",) * n_layer
     if preset == "hybrid":
         attn_at = {min(1, n_layer - 1), n_layer // 2}
         return tuple("attn" if i in attn_at else "h3" for i in range(n_layer))
@@ -59,6 +65,18 @@ class LMConfig:
     size N of both SSMs (the diagonal SSM uses N/2 complex conjugate pairs; the shift SSM has N
     taps). ``head_dim`` is the H3 head dimension (1 = elementwise k ⊙ v, as in the paper's
     synthetic runs); ``n_head`` is the number of attention heads.
+
+    ``h3_ssm``: ``"head"`` — the reference H3 (HazyResearch/H3 ``src/models/ssm/h3.py``): one
+    diagonal SSM per head, shared by the head's head_dim² kv channels; ``"channel"`` — h3lab's
+    earlier variant with one SSM per kv channel (head_dim² times the kv-SSM parameters; the
+    two agree at head_dim 1). ``discretization`` defaults to the reference's bilinear.
+
+    The reference LMs differ from h3lab's defaults in a few switchable places:
+    ``pos_embed="learned"`` adds a learned position table of ``max_len`` rows to the token
+    embeddings (safari's attention baseline); ``attn_rotary=False`` drops rotary positions
+    from attention; ``attn_dropout`` is dropout on attention weights; ``embed_dropout`` (None:
+    ``dropout``) is dropout on the embeddings; ``mlp_act="gelu_tanh"`` is the tanh-approximate
+    GELU of the reference MLPs; ``gss_expand`` is GSS's hidden width factor.
     """
 
     vocab_size: int
@@ -69,10 +87,18 @@ class LMConfig:
     n_head: int = 4
     mlp_ratio: int = 4
     dropout: float = 0.0
-    discretization: Literal["zoh", "bilinear"] = "zoh"
+    discretization: Literal["zoh", "bilinear"] = "bilinear"
     dt_min: float = 0.001
     dt_max: float = 0.1
     tie_embeddings: bool = True
+    h3_ssm: Literal["head", "channel"] = "head"
+    pos_embed: Literal["none", "learned"] = "none"
+    max_len: int = 0
+    attn_rotary: bool = True
+    attn_dropout: float = 0.0
+    embed_dropout: float | None = None
+    mlp_act: Literal["gelu", "gelu_tanh"] = "gelu"
+    gss_expand: int = 4
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -110,6 +136,22 @@ class LMConfig:
             e["discretization"] = "must be 'zoh' or 'bilinear'"
         if not 0 < self.dt_min <= self.dt_max:
             e["dt_max"] = "need 0 < dt_min ≤ dt_max"
+        if self.h3_ssm not in ("head", "channel"):
+            e["h3_ssm"] = "must be 'head' or 'channel'"
+        if self.pos_embed not in ("none", "learned"):
+            e["pos_embed"] = "must be 'none' or 'learned'"
+        if self.pos_embed == "learned" and self.max_len < 1:
+            e["max_len"] = "learned positions need max_len ≥ 1"
+        if self.max_len < 0:
+            e["max_len"] = "must be ≥ 0"
+        for name in ("attn_dropout", "embed_dropout"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value < 1.0:
+                e[name] = "must be in [0, 1)"
+        if self.mlp_act not in ("gelu", "gelu_tanh"):
+            e["mlp_act"] = "must be 'gelu' or 'gelu_tanh'"
+        if self.gss_expand < 1:
+            e["gss_expand"] = "must be ≥ 1"
         return e
 
     @classmethod
@@ -128,7 +170,7 @@ class LMConfig:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown model field(s): {', '.join(sorted(unknown))}")
-        kw = dict(d)
+        kw = {**LEGACY_DEFAULTS, **d}
         if "mixers" in kw:
             kw["mixers"] = tuple(kw["mixers"])
         return cls(**kw)

@@ -7,16 +7,26 @@
     y  = q ⊙ s            (head_dim 1) | q_hᵀ s_h per head
     out = y W_o
 
-Channel order for head_dim d > 1 (as in the original H3): ``H = d_model / d`` heads; channel
-``h·d + i`` of q, k, v is entry i of head h; the kv channel for head h, key entry i and value
-entry j is ``(h·d + i)·d + j`` (so kv has ``H·d·d = d_model·d`` channels); the output
-channel ``h·d + j`` is ``Σ_i q[h·d + i] · s[(h·d + i)·d + j]``.
+Multi-head (head_dim d > 1), ``H = d_model / d`` heads; channel ``h·d + i`` of q, k, v is
+entry i of head h. Two variants (``cfg.h3_ssm``):
+
+``"head"`` (default) — the reference H3 (HazyResearch/H3 ``src/models/ssm/h3.py``): **one**
+diagonal SSM per head, shared by the head's d² kv channels, with one skip ``D`` per head.
+Channel orders follow the reference exactly, so its weights map one to one: kv channel
+``(i·d + j)·H + h`` holds ``k[h·d + i] · v[h·d + j]`` (the reference's ``b d1 d2 h l``), and
+output channel ``j·H + h`` is ``Σ_i q[h·d + i] · s[(i·d + j)·H + h]`` (its ``b (d h) l``).
+
+``"channel"`` — h3lab's earlier variant: every kv channel has its own SSM (d² times the
+kv-SSM parameters). kv channel ``(h·d + i)·d + j``; output channel ``h·d + j``.
+
+At head_dim 1 both are ``k ⊙ v`` with one SSM per channel, and identical.
 
 Hook points (B = batch, L = length, D = d_model, C = kv channels = D·head_dim):
 ``hook_q``, ``hook_k``, ``hook_v`` (B, L, D); ``hook_shift_kernel`` (D, min(N, L)) the shift
 filter on k; ``hook_shift`` (B, L, D) the shifted keys; ``hook_kv`` (B, L, C);
-``hook_kernel`` the kv SSM's kernel — (C, L) for the diagonal SSM, (C, min(N, L)) for the
-shift ablation; ``hook_diag`` (B, L, C) the kv SSM's output; ``hook_y`` (B, L, D) after the
+``hook_kernel`` the kv SSM's kernel per kv channel — (C, L) for the diagonal SSM (in the
+``"head"`` variant the head's kernel repeated for each of its channels), (C, min(N, L)) for
+the shift ablation; ``hook_diag`` (B, L, C) the kv SSM's output; ``hook_y`` (B, L, D) after the
 product with q; ``hook_out`` (B, L, D) after the output projection. Hooks fire in ``forward``
 only; ``step`` is the lean generation path.
 """
@@ -59,12 +69,15 @@ class H3(nn.Module):
         D, d = cfg.d_model, cfg.head_dim
         self.d_model, self.head_dim, self.n_heads = D, d, D // d
         self.kv_channels = D * d
+        # "head": the reference layout (one SSM per head, shared by its d² kv channels).
+        self.shared = cfg.h3_ssm == "head" and kv_ssm == "diag"
+        self.tile = d * d if self.shared else 1  # kv channels per SSM
         self.in_proj = nn.Linear(D, 3 * D)  # q, k, v fused: one matmul
         self.shift_ssm = ShiftSSM(D, cfg.d_state)
         self.kv_ssm: DiagonalSSM | ShiftSSM
         if kv_ssm == "diag":
             self.kv_ssm = DiagonalSSM(
-                self.kv_channels,
+                self.kv_channels // self.tile,
                 cfg.d_state,
                 discretization=cfg.discretization,
                 dt_min=cfg.dt_min,
@@ -86,7 +99,7 @@ class H3(nn.Module):
         for lin, s in ((self.in_proj, std), (self.out_proj, std / math.sqrt(2 * n_layer))):
             lin.weight.normal_(0.0, s, generator=generator)
             lin.bias.zero_()
-        self.shift_ssm.reset_parameters(generator)
+        self.shift_ssm.reset_parameters(generator, reference=self.shared)
         self.kv_ssm.reset_parameters(generator)
 
     # ---------------------------------------------------------------- parallel (training) mode
@@ -110,8 +123,9 @@ class H3(nn.Module):
 
         kv = self._outer(k_shift, v)  # (B, C, L)
         kv = self.hook_kv(kv.mT).mT
-        kernel = self.hook_kernel(self.kv_ssm.kernel(L))  # (C, L) or (C, ≤N)
-        s = fftconv(kv, kernel, self.kv_ssm.D)  # (B, C, L)
+        kernel = self.kv_ssm.kernel(L)  # (C / tile, L) or (C, ≤N)
+        kernel = self.hook_kernel(kernel.repeat(self.tile, 1))  # (C, ·): channel c → SSM c mod H
+        s = fftconv(kv, kernel, self.kv_ssm.D.repeat(self.tile))  # (B, C, L)
         s = self.hook_diag(s.mT).mT
 
         y = self._contract(q, s)  # (B, D, L)
@@ -121,7 +135,10 @@ class H3(nn.Module):
         assert isinstance(out, Tensor)
         if state is not None:
             self.shift_ssm.prefill_state(k, state.shift)
-            self.kv_ssm.prefill_state(kv, state.kv)
+            if isinstance(self.kv_ssm, DiagonalSSM):
+                self.kv_ssm.prefill_state(kv, state.kv, tile=self.tile)
+            else:
+                self.kv_ssm.prefill_state(kv, state.kv)
         return out
 
     def _outer(self, k: Tensor, v: Tensor) -> Tensor:
@@ -131,6 +148,10 @@ class H3(nn.Module):
         if self.head_dim == 1:
             return k * v
         d = self.head_dim
+        if self.shared:  # the reference's b d1 d2 h l
+            kh = rearrange(k, "b (h i) l -> b i 1 h l", i=d)
+            vh = rearrange(v, "b (h j) l -> b 1 j h l", j=d)
+            return rearrange(kh * vh, "b i j h l -> b (i j h) l")  # (B, C, L)
         kh = rearrange(k, "b (h i) l -> b h i 1 l", i=d)
         vh = rearrange(v, "b (h j) l -> b h 1 j l", j=d)
         return rearrange(kh * vh, "b h i j l -> b (h i j) l")  # (B, C, L)
@@ -140,6 +161,10 @@ class H3(nn.Module):
         if self.head_dim == 1:
             return q * s
         d = self.head_dim
+        if self.shared:  # the reference's output order b (d2 h) l
+            qh = rearrange(q, "b (h i) l -> b i 1 h l", i=d)
+            sh = rearrange(s, "b (i j h) l -> b i j h l", i=d, j=d)
+            return rearrange((qh * sh).sum(1), "b j h l -> b (j h) l")  # (B, D, L)
         qh = rearrange(q, "b (h i) l -> b h i 1 l", i=d)
         sh = rearrange(s, "b (h i j) l -> b h i j l", i=d, j=d)
         return rearrange((qh * sh).sum(2), "b h j l -> b (h j) l")  # (B, D, L)
@@ -158,11 +183,13 @@ class H3(nn.Module):
         p = self.in_proj.weight
         device = torch.device(device) if device is not None else p.device
         dtype = dtype or p.dtype
-        params = self.kv_ssm.step_params() if isinstance(self.kv_ssm, DiagonalSSM) else None
+        if isinstance(self.kv_ssm, DiagonalSSM):
+            params = self.kv_ssm.step_params(self.tile)
+            kv = self.kv_ssm.allocate_state(batch, device, dtype, self.tile)
+        else:
+            params, kv = None, self.kv_ssm.allocate_state(batch, device, dtype)
         return H3State(
-            shift=self.shift_ssm.allocate_state(batch, device, dtype),
-            kv=self.kv_ssm.allocate_state(batch, device, dtype),
-            params=params,
+            shift=self.shift_ssm.allocate_state(batch, device, dtype), kv=kv, params=params
         )
 
     def step(self, x: Tensor, state: H3State) -> Tensor:

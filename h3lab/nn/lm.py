@@ -2,8 +2,9 @@
 
 Each block is ``x + mixer(LN(x))`` then ``x + MLP(LN(x))`` (MLP = Linear, GELU, Linear;
 ``mlp_ratio = 0`` drops it). The mixer per layer comes from ``cfg.mixers`` ("h3", "attn",
-"s4d", "shift"). There are no position embeddings: SSMs are position-aware, attention is
-rotary.
+"s4d", "shift", "gss"). By default there are no position embeddings: SSMs are
+position-aware, attention is rotary; ``cfg.pos_embed = "learned"`` adds a learned table
+``pos_embed`` (max_len, D) to the token embeddings, as safari's attention baseline has.
 
 Three ways to run it, which agree (tests check this):
   * ``model(ids)`` — parallel over the sequence (training, evaluation);
@@ -31,12 +32,13 @@ from torch.utils.hooks import RemovableHandle
 
 from h3lab.nn.attention import Attention
 from h3lab.nn.config import LMConfig
+from h3lab.nn.gss import GSS
 from h3lab.nn.h3 import H3
 from h3lab.nn.hooks import HookPoint
 from h3lab.nn.s4d import S4D
 from h3lab.nn.ssm import DiagonalSSM, ShiftSSM
 
-Mixer = H3 | Attention | S4D
+Mixer = H3 | Attention | S4D | GSS
 
 
 def build_mixer(kind: str, cfg: LMConfig) -> Mixer:
@@ -49,18 +51,23 @@ def build_mixer(kind: str, cfg: LMConfig) -> Mixer:
         return Attention(cfg)
     if kind == "s4d":
         return S4D(cfg)
+    if kind == "gss":
+        return GSS(cfg)
     raise ValueError(f"unknown mixer {kind!r}")
 
 
 class MLP(nn.Module):
-    def __init__(self, d_model: int, ratio: int) -> None:
+    """Linear, GELU (exact, or the tanh approximation of the reference LMs), Linear."""
+
+    def __init__(self, d_model: int, ratio: int, act: str = "gelu") -> None:
         super().__init__()
         self.fc_in = nn.Linear(d_model, ratio * d_model)
         self.fc_out = nn.Linear(ratio * d_model, d_model)
+        self.approximate = "tanh" if act == "gelu_tanh" else "none"
 
     def forward(self, x: Tensor) -> Tensor:
         """(…, D) → (…, D)."""
-        out: Tensor = self.fc_out(F.gelu(self.fc_in(x)))
+        out: Tensor = self.fc_out(F.gelu(self.fc_in(x), approximate=self.approximate))
         return out
 
 
@@ -73,7 +80,9 @@ class Block(nn.Module):
         self.ln_mixer = nn.LayerNorm(cfg.d_model)
         self.mixer: Mixer = build_mixer(kind, cfg)
         self.ln_mlp = nn.LayerNorm(cfg.d_model) if cfg.mlp_ratio else None
-        self.mlp: MLP | None = MLP(cfg.d_model, cfg.mlp_ratio) if cfg.mlp_ratio else None
+        self.mlp: MLP | None = (
+            MLP(cfg.d_model, cfg.mlp_ratio, cfg.mlp_act) if cfg.mlp_ratio else None
+        )
         self.dropout = nn.Dropout(cfg.dropout)
         self.hook_resid_pre = HookPoint()
         self.hook_resid_mid = HookPoint()
@@ -123,7 +132,11 @@ class LanguageModel(nn.Module):
             self.blocks = nn.ModuleList(Block(cfg, kind) for kind in cfg.mixers)
             self.ln_final = nn.LayerNorm(cfg.d_model)
             self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-            self.drop_embed = nn.Dropout(cfg.dropout)
+            embed_p = cfg.dropout if cfg.embed_dropout is None else cfg.embed_dropout
+            self.drop_embed = nn.Dropout(embed_p)
+            self.pos_embed: nn.Embedding | None = (
+                nn.Embedding(cfg.max_len, cfg.d_model) if cfg.pos_embed == "learned" else None
+            )
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed.weight
         self.reset_parameters(generator)
@@ -140,6 +153,8 @@ class LanguageModel(nn.Module):
         seed determines the whole model."""
         n_layer = self.cfg.n_layer
         self.embed.weight.normal_(0.0, 0.02, generator=generator)
+        if self.pos_embed is not None:
+            self.pos_embed.weight.normal_(0.0, 0.02, generator=generator)
         for block in self.block_list:
             for ln in (block.ln_mixer, block.ln_mlp):
                 if ln is not None:
@@ -160,7 +175,10 @@ class LanguageModel(nn.Module):
     def forward(self, input_ids: Tensor, state: InferenceState | None = None) -> Tensor:
         """input_ids: (B, L) int64 → logits (B, L, vocab_size) float. Causal: position t's
         logits depend on tokens ≤ t only. With a fresh ``state``, also prefill it."""
-        x = self.drop_embed(self.hook_embed(self.embed(input_ids)))  # (B, L, D)
+        x = self.embed(input_ids)  # (B, L, D)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed(torch.arange(input_ids.shape[1], device=input_ids.device))
+        x = self.drop_embed(self.hook_embed(x))  # (B, L, D)
         for i, block in enumerate(self.block_list):
             x = block(x, None if state is None else state.layers[i])
         if state is not None:
@@ -195,6 +213,8 @@ class LanguageModel(nn.Module):
         """tokens: (B,) int64, the next token of each sequence → logits (B, V) for the token
         after it. Advances ``state`` in place."""
         x = self.embed(tokens)  # (B, D)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed.weight[state.pos]
         for block, s in zip(self.block_list, state.layers, strict=True):
             x = block.step(x, s)
         state.pos += 1

@@ -231,20 +231,29 @@ class DiagonalSSM(nn.Module):
         return vandermonde_kernel_ref(W, A_bar, L)
 
     @torch.no_grad()
-    def step_params(self) -> DiagonalStepParams:
+    def step_params(self, tile: int = 1) -> DiagonalStepParams:
         """Discretised parameters for :meth:`step`, computed once per generation: the
         recurrence then costs a handful of elementwise ops per token. They are a snapshot —
-        allocate a new state after changing the parameters."""
+        allocate a new state after changing the parameters. ``tile`` repeats the H SSMs
+        ``tile`` times (channel ``c`` runs SSM ``c mod H``), for inputs of ``tile·H``
+        channels that share them (H3's kv channels of one head)."""
         dtA, dtB = self._continuous()
         A_bar, _, B_bar = discretize(dtA, dtB, self.discretization)
+        C2 = 2 * torch.view_as_complex(self.C)
         return DiagonalStepParams(
-            A_bar=A_bar, B_bar=B_bar, C2=2 * torch.view_as_complex(self.C), D=self.D.detach()
+            A_bar=A_bar.repeat(tile, 1),
+            B_bar=B_bar.repeat(tile, 1),
+            C2=C2.repeat(tile, 1),
+            D=self.D.detach().repeat(tile),
         )
 
-    def allocate_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> Tensor:
-        """Zero recurrent state x: (B, H, N/2) complex."""
+    def allocate_state(
+        self, batch: int, device: torch.device, dtype: torch.dtype, tile: int = 1
+    ) -> Tensor:
+        """Zero recurrent state x: (B, tile·H, N/2) complex."""
         cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
-        return torch.zeros(batch, self.channels, self.d_state // 2, device=device, dtype=cdtype)
+        shape = (batch, tile * self.channels, self.d_state // 2)
+        return torch.zeros(shape, device=device, dtype=cdtype)
 
     @staticmethod
     def step(u: Tensor, x: Tensor, p: DiagonalStepParams) -> Tensor:
@@ -255,11 +264,13 @@ class DiagonalSSM(nn.Module):
         return torch.addcmul(y, p.D, u)
 
     @torch.no_grad()
-    def prefill_state(self, u: Tensor, x: Tensor, chunk: int = 1024) -> None:
+    def prefill_state(self, u: Tensor, x: Tensor, chunk: int = 1024, tile: int = 1) -> None:
         """Set state x (B, H, N/2) to the recurrence's state after consuming u (B, H, L) from
-        zero: ``x_L = B̄ · Σ_t Ā^{L−1−t} u_t``, in chunks of t to bound memory."""
+        zero: ``x_L = B̄ · Σ_t Ā^{L−1−t} u_t``, in chunks of t to bound memory. With ``tile``
+        (see :meth:`step_params`) u and x have ``tile·H`` channels."""
         dtA, dtB = self._continuous()
         _, log_A_bar, B_bar = discretize(dtA, dtB, self.discretization)
+        log_A_bar, B_bar = log_A_bar.repeat(tile, 1), B_bar.repeat(tile, 1)
         L = u.shape[-1]
         x.zero_()
         for start in range(0, L, chunk):
@@ -287,9 +298,18 @@ class ShiftSSM(nn.Module):
         self.reset_parameters()
 
     @torch.no_grad()
-    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        # Taps scaled so the filter's output has the input's variance at init.
-        self.C.copy_(torch.randn(self.C.shape, generator=generator) / math.sqrt(self.d_state))
+    def reset_parameters(
+        self, generator: torch.Generator | None = None, *, reference: bool = False
+    ) -> None:
+        """Taps N(0, 1/N), so the filter's output has the input's variance at init; with
+        ``reference``, the reference H3's init: taps U(±1/√N) (``kaiming_uniform_(a=√5)`` on a
+        (H, 1, N) tensor, as torch's Conv1d) — the D skip is N(0, 1) either way."""
+        if reference:
+            bound = 1.0 / math.sqrt(self.d_state)
+            u = torch.rand(self.C.shape, generator=generator)
+            self.C.copy_((2 * u - 1) * bound)
+        else:
+            self.C.copy_(torch.randn(self.C.shape, generator=generator) / math.sqrt(self.d_state))
         self.D.copy_(torch.randn(self.channels, generator=generator))
 
     def kernel(self, L: int) -> Tensor:

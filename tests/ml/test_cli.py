@@ -15,7 +15,18 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(
-    "command", ["train", "eval", "generate", "probe", "intervene", "reproduce"]
+    "command",
+    [
+        "train",
+        "eval",
+        "generate",
+        "probe",
+        "intervene",
+        "study",
+        "reproduce",
+        "export",
+        "import-h3",
+    ],
 )
 def test_every_subcommand_has_help_with_examples(
     command: str, capsys: pytest.CaptureFixture[str]

@@ -15,6 +15,13 @@ from h3lab.nn.lm import LanguageModel
 CONFIGS = {
     "h3": LMConfig(vocab_size=11, d_model=16, mixers=("h3", "h3"), d_state=8),
     "h3-heads": LMConfig(vocab_size=11, d_model=16, mixers=("h3",), d_state=4, head_dim=4),
+    "h3-heads-per-channel": LMConfig(
+        vocab_size=11, d_model=16, mixers=("h3",), d_state=4, head_dim=4, h3_ssm="channel"
+    ),
+    "gss": LMConfig(vocab_size=11, d_model=16, mixers=("gss", "gss"), d_state=4),
+    "attn-learned-positions": LMConfig(
+        vocab_size=13, d_model=16, mixers=("attn",), n_head=1, pos_embed="learned", max_len=22
+    ),
     "shift": LMConfig(vocab_size=7, d_model=8, mixers=("shift",), d_state=6, head_dim=2),
     "attn": LMConfig(vocab_size=13, d_model=16, mixers=("attn", "attn"), n_head=2),
     "s4d-untied": LMConfig(

@@ -33,6 +33,8 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def cfg_for(mixer: str, **kw: object) -> LMConfig:
+    if mixer == "h3ch":  # h3lab's earlier H3 variant: one SSM per kv channel
+        mixer, kw = "h3", {"h3_ssm": "channel", **kw}
     base: dict[str, object] = dict(
         vocab_size=VOCAB, d_model=16, mixers=(mixer,), d_state=8, n_head=2, mlp_ratio=2
     )
@@ -46,7 +48,8 @@ def layer(
     # Any, not Mixer: the kind is chosen per test case, and each mixer's step() takes its own
     # state type (allocated by the same mixer), which a union cannot pair up.
     torch.manual_seed(0)
-    m = build_mixer(mixer, cfg_for(mixer, head_dim=head_dim, **kw)).to(dtype)
+    cfg = cfg_for(mixer, head_dim=head_dim, **kw)
+    m = build_mixer(cfg.mixers[0], cfg).to(dtype)
     m.reset_parameters(gen(1))
     # Spread dt over a wider range than the init so slow and fast modes both show up.
     for mod in m.modules():
@@ -60,9 +63,12 @@ MIXER_CASES = [
     ("h3", 1),
     ("h3", 2),
     ("h3", 4),
+    ("h3ch", 2),
+    ("h3ch", 4),
     ("shift", 1),
     ("shift", 2),
     ("s4d", 1),
+    ("gss", 1),
     ("attn", 1),
 ]
 CASE_IDS = [f"{m}-hd{h}" for m, h in MIXER_CASES]
