@@ -470,6 +470,9 @@ SPECTACULAR_SETTINGS = {
         "RunStatusEnum": "experiments.models.RunStatus",
         "FindingStatusEnum": "experiments.models.FindingStatus",
         "TierEnum": "experiments.models.Tier",
+        "ArtifactKindEnum": "experiments.models.ArtifactKind",
+        "VoteKindEnum": "disclosure.models.VoteKind",
+        "ExportKindEnum": "disclosure.models.ExportKind",
     },
 }
 
