@@ -30,6 +30,15 @@ CHUNK = 1 << 20
 _SAVERS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="h3lab-store")
 
 
+def _new_savers_after_fork() -> None:
+    # A forked child (prefork pool, gunicorn) inherits the executor but not its threads.
+    global _SAVERS
+    _SAVERS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="h3lab-store")
+
+
+os.register_at_fork(after_in_child=_new_savers_after_fork)
+
+
 class DataDirStorage(FileSystemStorage):
     """A folder named by a setting (``ARTIFACTS_DIR``, ``EXPORTS_DIR``), read at each use so that
     a test's ``settings`` override moves it. No URL: nothing here is served directly."""
