@@ -28,12 +28,15 @@ CHUNK = 1 << 20
 # connection (django-storages holds one per thread; setting one up costs ~100 ms and a
 # dozen MiB of service model). A save waiting for a free thread only delays its producer.
 _SAVERS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="h3lab-store")
+# /readyz's bucket probe: its own thread (and client), never queued behind uploads.
+_PROBE = ThreadPoolExecutor(max_workers=1, thread_name_prefix="h3lab-store-probe")
 
 
 def _new_savers_after_fork() -> None:
-    # A forked child (prefork pool, gunicorn) inherits the executor but not its threads.
-    global _SAVERS
+    # A forked child (prefork pool, gunicorn) inherits the executors but not their threads.
+    global _SAVERS, _PROBE
     _SAVERS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="h3lab-store")
+    _PROBE = ThreadPoolExecutor(max_workers=1, thread_name_prefix="h3lab-store-probe")
 
 
 os.register_at_fork(after_in_child=_new_savers_after_fork)
@@ -63,6 +66,13 @@ class DataDirStorage(FileSystemStorage):
 def is_object_storage(storage: Storage) -> bool:
     """Whether ``storage`` is an S3-compatible bucket (django-storages' S3Storage)."""
     return hasattr(storage, "bucket_name") and hasattr(storage, "connection")
+
+
+def check_bucket(storage: Storage) -> None:
+    """Raise unless the bucket exists and the keys may use it (one HeadBucket). Runs on a
+    thread of its own, whose S3 client is kept, rather than set up anew for each probe."""
+    s3: Any = storage
+    _PROBE.submit(lambda: s3.connection.meta.client.head_bucket(Bucket=s3.bucket_name)).result()
 
 
 def check_name(name: str) -> str:

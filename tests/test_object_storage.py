@@ -224,9 +224,35 @@ def test_backup_refuses_and_names_the_bucket_s_own_tools(
 
 
 def test_readyz_checks_the_bucket(client: Any, settings: Any, on_s3: dict[str, str]) -> None:
+    settings.H3LAB_READY_TIMEOUT_S = 30  # a first S3 client takes seconds on a loaded machine
     assert client.get("/readyz").json()["checks"]["storage"]["ok"] is True
     missing = {**on_s3, "AWS_STORAGE_BUCKET_NAME": "h3lab-no-such-bucket"}
     settings.STORAGES = {**settings.STORAGES, **stored_file_backends(missing)}
     response = client.get("/readyz")
     assert response.status_code == 503
     assert response.json()["checks"]["storage"]["ok"] is False
+
+
+def test_declassifying_stores_a_clear_copy_in_the_bucket_and_shredding_deletes_it(
+    lab: Lab, on_s3: dict[str, str], tmp_path: Path, django_capture_on_commit_callbacks: Any
+) -> None:
+    from experiments.storage import declassify, shred
+
+    run = factories.make_run(lab.project, user=lab.alice)
+    src = tmp_path / "probe.bin"
+    src.write_bytes(SECRET)
+    artifact = store_file(run, src, "probe.bin")
+    artifact.save()
+    encrypted_key = f"artifacts/{artifact.path}"
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert declassify(artifact) is True
+    artifact.refresh_from_db()
+    keys = {o.key for o in bucket(on_s3).objects.all()}
+    assert keys == {f"artifacts/{artifact.path}"} != {encrypted_key}
+    assert object_bytes(on_s3, f"artifacts/{artifact.path}") == SECRET
+    assert b"".join(open_artifact(artifact)) == SECRET
+
+    with django_capture_on_commit_callbacks(execute=True):
+        shred(artifact)
+    assert list(bucket(on_s3).objects.all()) == []

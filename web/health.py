@@ -95,7 +95,7 @@ def check_cache(timeout: float) -> None:
 def check_storage(timeout: float) -> None:
     from django.core.files.storage import FileSystemStorage, storages
 
-    from experiments.storage_backends import is_object_storage
+    from experiments.storage_backends import check_bucket, is_object_storage
 
     # The data folder, and the artifact/export stores when they are a bucket (H3LAB_STORAGE=s3;
     # as folders they live under the data folder and are made on first use).
@@ -107,8 +107,7 @@ def check_storage(timeout: float) -> None:
                 raise OSError("artifact storage missing or not writable")
             continue
         if is_object_storage(storage):  # the bucket exists and the keys may use it
-            s3: Any = storage
-            s3.connection.meta.client.head_bucket(Bucket=s3.bucket_name)
+            check_bucket(storage)
         else:
             storage.exists("readyz-probe")  # any other backend: one round trip
 
