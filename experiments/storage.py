@@ -9,7 +9,11 @@ plaintext copy is ever written. :func:`open_artifact` decrypts as a stream, in m
 permission-checked download view (and exports); :func:`declassify` re-stores an artifact in the
 clear once a finding citing it is public; :func:`shred` destroys the data key.
 
-SECURITY: artifacts are never served by the web server directly; only
+The bytes go through Django's Storage API (``STORAGES["artifacts"]``: a folder under
+``H3LAB_DATA_DIR`` by default, an S3-compatible bucket with ``H3LAB_STORAGE=s3``), streamed both
+ways (:mod:`experiments.storage_backends`), so a worker on another host needs no shared folder.
+
+SECURITY: artifacts are never served by the storage directly (no URL, no presigned link); only
 :func:`open_artifact` reads them, and only permission-checked code calls it.
 """
 
@@ -18,16 +22,17 @@ from __future__ import annotations
 import hashlib
 import io
 import mimetypes
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from django.conf import settings
+from django.core.files.storage import Storage, storages
 from django.db import transaction
 from django.utils import timezone
 
 from experiments.models import Artifact, ArtifactKind, Run
+from experiments.storage_backends import check_name, open_stream, save_streamed
 from vault import crypto, keystore
 
 CHUNK = 1 << 20
@@ -43,7 +48,12 @@ class ArtifactUnavailable(Exception):
         self.reason = reason
 
 
+def artifact_storage() -> Storage:
+    return storages["artifacts"]
+
+
 def artifact_root() -> Path:
+    """The artifacts folder of the default filesystem storage (tests and backups look there)."""
     return Path(settings.ARTIFACTS_DIR)
 
 
@@ -97,41 +107,32 @@ class _HashingReader(io.RawIOBase):
         return n or 0
 
 
-def _path(artifact: Artifact) -> Path:
-    path = artifact_root() / artifact.path
-    # SECURITY: the stored path is relative and written only by store_file; refuse anything
-    # that would escape the storage root anyway.
-    root = artifact_root().resolve()
-    if root not in path.resolve().parents:
-        raise FileNotFoundError(artifact.path)
-    return path
-
-
 def store_file(run: Run, src: Path, name: str, kind: str | None = None) -> Artifact:
     """Encrypt ``src`` into artifact storage for ``run`` and return the (unsaved) Artifact.
 
-    SECURITY: the worker's plaintext file is read once and only ciphertext is written; the
-    ``.part`` file is ciphertext too, renamed into place when complete."""
-    rel = Path(run.project.slug) / str(run.pk) / name
-    dest = artifact_root() / rel
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".part")
+    SECURITY: the worker's plaintext file is read once and only ciphertext leaves it: it is
+    encrypted chunk by chunk straight into the storage's upload (nothing on local disk, memory
+    bounded whatever the size). If the name is taken the storage picks a free one."""
+    rel = f"{run.project.slug}/{run.pk}/{name}"
     ctype = mimetypes.guess_type(name)[0] or "application/octet-stream"
     artifact = Artifact(
         run=run,
         project=run.project,
         name=name,
         kind=kind or guess_kind(name),
-        path=str(rel),
+        path=rel,
         content_type=ctype,
         encrypted=True,
     )
     master = keystore.current()
     data_key = crypto.new_data_key()
-    with src.open("rb", buffering=0) as raw, tmp.open("wb") as out:
+    with src.open("rb", buffering=0) as raw:
         reader = _HashingReader(raw)
-        crypto.encrypt_file(data_key, reader, out)  # type: ignore[arg-type]
-    os.replace(tmp, dest)
+        artifact.path, _ = save_streamed(
+            artifact_storage(),
+            rel,
+            lambda out: crypto.encrypt_file(data_key, reader, out),  # type: ignore[arg-type]
+        )
     artifact.size, artifact.sha256 = reader.size, reader.sha256.hexdigest()
     artifact.key_id = master.key_id
     artifact.wrapped_key = crypto.wrap_key(master, data_key, context=artifact.key_context)
@@ -160,8 +161,7 @@ def open_artifact(artifact: Artifact) -> Iterator[bytes]:
     SECURITY: plaintext exists only in the chunks this yields (memory); nothing is written."""
     if artifact.is_shredded:
         _data_key(artifact)  # raises "destroyed"
-    path = _path(artifact)
-    f = path.open("rb")
+    f = open_stream(artifact_storage(), artifact.path)
     if not artifact.encrypted:
 
         def chunks() -> Iterator[bytes]:
@@ -227,26 +227,35 @@ def declassify(artifact: Artifact) -> bool:
     stays encrypted and is still served, decrypted, to the public)."""
     if not artifact.encrypted or artifact.is_shredded:
         return False
-    path = _path(artifact)
-    tmp = path.with_name(path.name + ".clear.part")
-    h = hashlib.sha256()
+    store = artifact_storage()
+
+    def write_clear(out: BinaryIO) -> str:
+        h = hashlib.sha256()
+        for chunk in open_artifact(artifact):
+            h.update(chunk)
+            out.write(chunk)
+        if h.hexdigest() != artifact.sha256:
+            raise ArtifactUnavailable("corrupt", f"artifact {artifact.pk}: SHA-256 differs")
+        return h.hexdigest()
+
     try:
-        with tmp.open("wb") as out:
-            for chunk in open_artifact(artifact):
-                h.update(chunk)
-                out.write(chunk)
+        clear, _ = save_streamed(store, artifact.path + ".public", write_clear)
     except (ArtifactUnavailable, FileNotFoundError):
-        tmp.unlink(missing_ok=True)
-        return False
-    if h.hexdigest() != artifact.sha256:
-        tmp.unlink(missing_ok=True)
-        return False
-    # File first, then row: a crash in between leaves a row saying "encrypted" over a clear
-    # file, which fails decryption loudly (bad magic); the reverse order would serve
-    # ciphertext as if it were the artifact.
-    os.replace(tmp, path)
-    Artifact.objects.filter(pk=artifact.pk).update(encrypted=False, key_id="", wrapped_key=None)
-    artifact.encrypted, artifact.key_id, artifact.wrapped_key = False, "", None
+        return False  # save_streamed removed the partial copy
+    # New file, then the row, then the old ciphertext: a crash before the row leaves an
+    # unreferenced clear copy of what is about to be public; after it, an orphaned ciphertext.
+    # The row never names a file that does not match its "encrypted" flag.
+    old = artifact.path
+    Artifact.objects.filter(pk=artifact.pk).update(
+        path=clear, encrypted=False, key_id="", wrapped_key=None
+    )
+    artifact.path, artifact.encrypted, artifact.key_id, artifact.wrapped_key = (
+        clear,
+        False,
+        "",
+        None,
+    )
+    transaction.on_commit(lambda: store.delete(old))
     return True
 
 
@@ -260,11 +269,12 @@ def shred(artifact: Artifact) -> None:
     Artifact.objects.filter(pk=artifact.pk).update(wrapped_key=None, key_id="", shredded_at=now)
     artifact.wrapped_key, artifact.key_id, artifact.shredded_at = None, "", now
     try:
-        path = _path(artifact)
+        name = check_name(artifact.path)
     except FileNotFoundError:
         return
+    store = artifact_storage()
     # The file goes only once the key's erasure is committed (a rollback keeps both).
-    transaction.on_commit(lambda: path.unlink(missing_ok=True))
+    transaction.on_commit(lambda: store.delete(name))
 
 
 def rewrap(artifact: Artifact, new: crypto.MasterKey) -> bool:

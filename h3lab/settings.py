@@ -158,8 +158,64 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_DIRS = [SITE_DIR / "static"]
 STATIC_ROOT = Path(env_str("STATIC_ROOT", str(WORK_DIR / "staticfiles")))
+
+
+def stored_file_backends(environ: dict[str, str] | os._Environ[str]) -> dict[str, dict[str, Any]]:
+    """``STORAGES["artifacts"]`` and ``STORAGES["exports"]``: folders under ``H3LAB_DATA_DIR``
+    by default; with ``H3LAB_STORAGE=s3``, prefixes ``artifacts/`` and ``exports/`` in the bucket
+    ``AWS_STORAGE_BUCKET_NAME`` at ``AWS_S3_ENDPOINT_URL`` (any S3-compatible server; keys from
+    ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` or boto3's usual sources, region from
+    ``AWS_S3_REGION_NAME``). Bytes are encrypted by h3lab before they are stored either way."""
+    kind = environ.get("H3LAB_STORAGE", "filesystem")
+    if kind == "filesystem":
+        return {
+            alias: {
+                "BACKEND": "experiments.storage_backends.DataDirStorage",
+                "OPTIONS": {"setting": setting},
+            }
+            for alias, setting in (("artifacts", "ARTIFACTS_DIR"), ("exports", "EXPORTS_DIR"))
+        }
+    if kind != "s3":
+        raise ImproperlyConfigured(f"H3LAB_STORAGE must be filesystem or s3, not {kind!r}")
+    bucket = environ.get("AWS_STORAGE_BUCKET_NAME", "")
+    if not bucket:
+        raise ImproperlyConfigured("H3LAB_STORAGE=s3 needs AWS_STORAGE_BUCKET_NAME")
+    from boto3.s3.transfer import TransferConfig  # type: ignore[import-untyped,import-not-found,unused-ignore]
+
+    mib = 1 << 20
+    part = int(environ.get("H3LAB_S3_PART_MB", "8")) * mib
+    threads = int(environ.get("H3LAB_S3_CONCURRENCY", "2"))
+    transfer = TransferConfig(
+        multipart_threshold=part, multipart_chunksize=part, max_concurrency=threads
+    )
+    # s3transfer otherwise reads up to 10 parts ahead from a non-seekable stream (ours is a
+    # pipe fed by the encryptor): an upload then holds about (2 x threads) parts in memory.
+    transfer.max_in_memory_upload_chunks = threads
+    options: dict[str, Any] = {
+        "bucket_name": bucket,
+        "endpoint_url": environ.get("AWS_S3_ENDPOINT_URL") or None,
+        "region_name": environ.get("AWS_S3_REGION_NAME") or None,
+        "access_key": environ.get("AWS_ACCESS_KEY_ID") or None,
+        "secret_key": environ.get("AWS_SECRET_ACCESS_KEY") or None,
+        "file_overwrite": False,  # a name in use gets a fresh one, as on the filesystem
+        "default_acl": None,
+        "querystring_auth": True,
+        # Multipart above one part; memory bounded by the part size, whatever the file's size.
+        "transfer_config": transfer,
+    }
+    return {
+        alias: {
+            "BACKEND": "storages.backends.s3.S3Storage",
+            "OPTIONS": {**options, "location": alias},
+        }
+        for alias in ("artifacts", "exports")
+    }
+
+
+H3LAB_STORAGE = env_str("H3LAB_STORAGE", "filesystem")
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    **stored_file_backends(os.environ),
     "staticfiles": {
         "BACKEND": (
             "django.contrib.staticfiles.storage.StaticFilesStorage"

@@ -25,6 +25,10 @@ checkpoint signing key (H3LAB_AUDIT_KEY / _FILE) is not in it either: a restore 
 cannot sign new checkpoints under the old key, and verify_audit names checkpoints it cannot
 check. Checkpoints of
 unfinished runs are plaintext (as on the worker's disk): keep the archive access-controlled.
+
+Object storage: with ``H3LAB_STORAGE=s3`` the artifacts and bundles live in a bucket, not in
+the data folder, and both commands refuse (:func:`require_filesystem_storage`): back up the
+bucket with its own tools (docs/operations.md, Object storage).
 """
 
 from __future__ import annotations
@@ -60,6 +64,21 @@ class BackupError(Exception):
 
 
 # --- helpers -------------------------------------------------------------------------------------
+
+
+def require_filesystem_storage() -> None:
+    """Refuse when artifacts or bundles are in an object-storage bucket: this archive copies
+    folders, and a backup without the bucket's objects would restore rows naming nothing."""
+    from django.core.files.storage import storages
+
+    from experiments.storage_backends import is_object_storage
+
+    if any(is_object_storage(storages[alias]) for alias in ("artifacts", "exports")):
+        raise BackupError(
+            "artifacts and export bundles are in an S3 bucket (H3LAB_STORAGE=s3), not in "
+            "H3LAB_DATA_DIR: back up the bucket with its own tools (versioning or replication, "
+            "or `aws s3 sync`) together with the database; see docs/operations.md, Object storage"
+        )
 
 
 def data_dirs() -> dict[str, Path]:
@@ -193,6 +212,7 @@ def create_backup(out: Path, *, say: Say) -> dict[str, Any]:
     from vault.registry import NotMigrated
     from web.startup import KeysRefused, check_master_keys
 
+    require_filesystem_storage()
     try:
         check_master_keys("backup")
         key_records()
@@ -403,6 +423,7 @@ def restore_backup(archive: Path, *, say: Say) -> RestoreReport:
     """Restore ``archive`` into this (empty) database and data folder, then verify it all."""
     if not archive.is_file():
         raise BackupError(f"{archive}: no such file")
+    require_filesystem_storage()
     require_empty_target()
     dirs = data_dirs()
     dirs["artifacts"].parent.mkdir(parents=True, exist_ok=True)

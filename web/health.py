@@ -95,13 +95,21 @@ def check_cache(timeout: float) -> None:
 def check_storage(timeout: float) -> None:
     from django.core.files.storage import FileSystemStorage, storages
 
-    storage = storages["default"]
-    if isinstance(storage, FileSystemStorage):
-        root = Path(storage.location)
-        if not (root.is_dir() and os.access(root, os.W_OK)):
-            raise OSError("artifact storage missing or not writable")
-        return
-    storage.exists("readyz-probe")  # any other backend (S3 …): one round trip
+    from experiments.storage_backends import check_bucket, is_object_storage
+
+    # The data folder, and the artifact/export stores when they are a bucket (H3LAB_STORAGE=s3;
+    # as folders they live under the data folder and are made on first use).
+    for alias in ("default", "artifacts", "exports"):
+        storage = storages[alias]
+        if isinstance(storage, FileSystemStorage):
+            root = Path(storage.location)
+            if alias == "default" and not (root.is_dir() and os.access(root, os.W_OK)):
+                raise OSError("artifact storage missing or not writable")
+            continue
+        if is_object_storage(storage):  # the bucket exists and the keys may use it
+            check_bucket(storage)
+        else:
+            storage.exists("readyz-probe")  # any other backend: one round trip
 
 
 def checks() -> dict[str, Check]:

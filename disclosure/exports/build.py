@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from django.conf import settings
+from django.core.files.storage import Storage, storages
 from django.db import transaction
 from django.http import StreamingHttpResponse
 from django.utils import timezone
@@ -42,6 +42,7 @@ from disclosure.notifications import notify_partner_copy
 from experiments import storage
 from experiments.downloads import stream_file
 from experiments.models import Finding
+from experiments.storage_backends import open_stream, save_streamed
 from vault import crypto, keystore
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,13 @@ class _Progress:
 
 
 def exports_root() -> Path:
+    """The exports folder of the default filesystem storage (tests and backups look there)."""
     return Path(settings.EXPORTS_DIR)
+
+
+def export_storage() -> Storage:
+    """Where archives are kept (``STORAGES["exports"]``: a folder or an S3 bucket)."""
+    return storages["exports"]
 
 
 def build_export(export_id: int) -> str:
@@ -127,10 +134,7 @@ def _write(export: Export, findings: list[Finding], mark: RecipientMark | None) 
     ]  # fmt: skip
     key = signing.current_key()
     private = signing.private_key(key)
-    root = exports_root()
-    root.mkdir(parents=True, exist_ok=True)
     rel = f"{export.pk}-{export.name}.tar.gz" + (".enc" if partner else "")
-    tmp = root / (rel + ".part")
     meta: dict[str, Any] = {
         "kind": export.kind,
         "export": export.pk,
@@ -139,7 +143,8 @@ def _write(export: Export, findings: list[Finding], mark: RecipientMark | None) 
     if mark is not None:
         meta.update(recipient=mark.recipient.get_username(), **{MARK_KEY: mark.token})
     fields: dict[str, Any] = {}
-    with tmp.open("wb") as raw:
+
+    def write(raw: BinaryIO) -> tuple[_HashingWriter, dict[str, object]]:
         # SECURITY: a partner copy holds partner-tier content: it is encrypted at rest like
         # every restricted artifact, and decrypted only for its permission-checked download.
         out: Any = raw
@@ -163,7 +168,11 @@ def _write(export: Export, findings: list[Finding], mark: RecipientMark | None) 
         )
         if partner:
             out.close()
-    os.replace(tmp, root / rel)
+        return hashing, manifest
+
+    # Streamed into the storage as it is written (S3: a multipart upload); the name is the
+    # one the storage chose, and nothing is stored if building fails.
+    rel, (hashing, manifest) = save_streamed(export_storage(), rel, write)
     with transaction.atomic():
         Export.objects.filter(pk=export.pk).update(
             status=ExportStatus.SUCCEEDED,
@@ -237,10 +246,9 @@ def stream_export(export: Export, chunks: Iterator[bytes]) -> StreamingHttpRespo
 def open_export(export: Export) -> Iterator[bytes]:
     """Stream the archive (decrypting a partner copy in memory). Raises FileNotFoundError or
     :class:`experiments.storage.ArtifactUnavailable` like artifact downloads."""
-    path = exports_root() / export.path
-    if not export.path or not path.is_file():
+    if not export.path:
         raise FileNotFoundError(export.path)
-    f = path.open("rb")
+    f = open_stream(export_storage(), export.path)
     if not export.encrypted:
 
         def plain() -> Iterator[bytes]:
