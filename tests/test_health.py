@@ -74,8 +74,12 @@ def redis_everywhere(
 
 @pytest.mark.parametrize("fault", ["none", "stopped", "paused"])
 def test_readyz_reports_redis_as_broker_and_cache_within_its_timeout(
-    client: Client, redis_everywhere: PrivateRedis, fault: str
+    client: Client, redis_everywhere: PrivateRedis, fault: str, settings: Any
 ) -> None:
+    if fault == "none":
+        # A healthy Redis answers in milliseconds, but a loaded 2-core CI machine can take
+        # over a second to open the broker connection: give the healthy case room.
+        settings.H3LAB_READY_TIMEOUT_S = 4.0
     if fault == "stopped":
         redis_everywhere.stop()
     elif fault == "paused":
@@ -90,7 +94,7 @@ def test_readyz_reports_redis_as_broker_and_cache_within_its_timeout(
     assert response.status_code == (200 if ok else 503), body
     assert (body["checks"]["broker"]["ok"], body["checks"]["cache"]["ok"]) == (ok, ok)
     assert body["checks"]["database"]["ok"] is True
-    assert elapsed < 2.5, f"/readyz took {elapsed:.1f}s"
+    assert elapsed < settings.H3LAB_READY_TIMEOUT_S + 1.5, f"/readyz took {elapsed:.1f}s"
     text = response.content.decode()
     assert str(redis_everywhere.port) not in text and "redis://" not in text  # no addresses
     # Liveness does not depend on any of it.
