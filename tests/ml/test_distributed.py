@@ -219,3 +219,16 @@ def test_the_scaling_benchmark_runs_one_and_two_gloo_ranks(
     assert all(r["tokens_per_s"] > 0 and r["device"] == "cpu" for r in rows)
     assert rows[0]["efficiency"] == 1.0
     assert "| 2 | cpu | 8 |" in capsys.readouterr().out
+
+
+def test_compose_has_a_multi_gpu_worker_on_the_gpu_queue_reserving_every_gpu() -> None:
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    services = yaml.safe_load((root / "compose.yaml").read_text())["services"]
+    gpus = services["worker-gpus"]
+    assert "--queues=gpu" in gpus["command"] and "--concurrency=1" in gpus["command"]
+    assert gpus["profiles"] == ["multi-gpu"]  # opt-in: one-GPU hosts keep worker-gpu
+    (device,) = gpus["deploy"]["resources"]["reservations"]["devices"]
+    assert device["count"] == "all" and device["capabilities"] == ["gpu"]
+    assert "profiles" not in services["worker-gpu"]
