@@ -48,6 +48,7 @@ from h3lab.config import RunConfig
 from h3lab.train import Callbacks, TrainResult, resolve_device, train_rank
 
 RENDEZVOUS_ADDR = "127.0.0.1"
+_DEATH_GRACE_S = 1.0  # how long a rank's error waits for news of a dead rank
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,12 @@ def launch(
                 callbacks.on_checkpoint(*payload)
             elif kind == "error":
                 rank, exc, tb = payload
+                # A rank's error may follow another's death (a collective lost its peer):
+                # the death is the cause, so it is reported first.
+                grace = time.monotonic() + _DEATH_GRACE_S
+                for p in ranks:
+                    p.join(max(0.0, grace - time.monotonic()))
+                _check_alive(ranks)
                 if isinstance(exc, BaseException):
                     exc.add_note(f"in rank {rank} of {n}:\n{tb}")
                     raise exc

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -219,6 +222,20 @@ def test_the_scaling_benchmark_runs_one_and_two_gloo_ranks(
     assert all(r["tokens_per_s"] > 0 and r["device"] == "cpu" for r in rows)
     assert rows[0]["efficiency"] == 1.0
     assert "| 2 | cpu | 8 |" in capsys.readouterr().out
+
+
+@pytest.mark.distributed
+@pytest.mark.timeout(120)
+def test_a_rank_killed_by_sigkill_ends_the_run_as_out_of_memory(tmp_path: Path) -> None:
+    def kill_rank_1(progress: Progress) -> None:
+        for child in multiprocessing.active_children():
+            if child.name == "h3lab-rank1" and child.pid is not None:
+                os.kill(child.pid, signal.SIGKILL)
+
+    cfg = tiny(processes=2, steps=100_000, eval_every=100_000, checkpoint_every=100_000)
+    with pytest.raises(MemoryError, match="rank 1 of 2 was killed by SIGKILL"):
+        train(cfg, tmp_path, Callbacks(on_progress=kill_rank_1))
+    assert not [c for c in multiprocessing.active_children() if c.name.startswith("h3lab-rank")]
 
 
 def test_compose_has_a_multi_gpu_worker_on_the_gpu_queue_reserving_every_gpu() -> None:
