@@ -34,7 +34,9 @@ class TrainConfig:
     ``early_stop_patience`` consecutive evaluations. The learning rate warms up linearly
     for ``warmup_steps`` then follows a cosine down to ``min_lr_ratio`` × peak.
     ``log_every``: steps averaged into one training-loss row of the run's history. ``amp``:
-    bf16 autocast on CUDA (CPU always runs in float32)."""
+    bf16 autocast on CUDA (CPU always runs in float32). ``processes``: data-parallel ranks
+    (torch.distributed, one per GPU on CUDA, gloo on CPU); ``batch_size`` is the *global*
+    batch, split evenly across them, so a run's trajectory does not depend on it."""
 
     steps: int = 1000
     batch_size: int = 32
@@ -52,6 +54,7 @@ class TrainConfig:
     log_every: int = 10
     min_lr_ratio: float = 0.1
     amp: bool = True
+    processes: int = 1
 
     def errors(self) -> dict[str, str]:
         e: dict[str, str] = {}
@@ -83,6 +86,12 @@ class TrainConfig:
             e["log_every"] = "must be positive"
         if not 0 <= self.min_lr_ratio <= 1:
             e["min_lr_ratio"] = "must be in [0, 1]"
+        if not 1 <= self.processes <= 64:
+            e["processes"] = "must be between 1 and 64"
+        elif self.batch_size % self.processes:
+            e["processes"] = "must divide batch_size (the global batch is split evenly)"
+        elif self.processes > 1 and self.device.startswith("cuda:"):
+            e["processes"] = "needs device auto, cpu or cuda (rank r takes cuda:r)"
         return e
 
 

@@ -111,7 +111,9 @@ def train_isolated(
     receiver, sender = ctx.Pipe(duplex=False)
     stop = ctx.Event()
     job = _Job(train, cfg.to_dict(), Path(out_dir), resume, memory_limit_mb, os.getpid())
-    child = ctx.Process(target=_child, args=(sender, stop, job), name="h3lab-train", daemon=True)
+    # Not a daemon: a data-parallel run's child spawns its ranks (h3lab.distributed), which
+    # a daemonic process may not; the ``finally`` below kills it on every way out instead.
+    child = ctx.Process(target=_child, args=(sender, stop, job), name="h3lab-train")
     child.start()
     sender.close()  # the child holds the only write end: EOF once it exits
     stop_deadline = math.inf

@@ -19,6 +19,12 @@ validation split existed have ``num_val = 0`` and select on test, as they did.
 Determinism: the batch at step ``s`` is a pure function of ``(seed, s)`` — epoch ``e`` is a
 permutation seeded by ``(seed, e)`` — and the global RNG (dropout) is saved in checkpoints, so
 on CPU a resumed run reproduces an uninterrupted one bit for bit.
+
+Data parallel (``TrainConfig.processes`` > 1, see :mod:`h3lab.distributed`): every rank
+draws the same global batch for step ``s`` and trains on its contiguous slice; the loss is
+normalised by the global count of target tokens, so the gradient equals the single-process
+one. Rank 0 alone evaluates, checkpoints (the unwrapped model), writes the files above and
+calls the callbacks; a stop request on any rank reaches all of them each step.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ from h3lab.curves import json_safe, plot_curves, write_metrics
 from h3lab.data.datasets import TokenDataset, make_splits
 
 if TYPE_CHECKING:
+    from h3lab.distributed import Group
     from h3lab.nn.lm import LanguageModel
 
 PROGRESS_INTERVAL_S = 0.25  # on_progress at most ~4 times a second
@@ -275,12 +282,21 @@ def position_accuracy(
 class _RunLog:
     """Log lines to ``train.log`` and ``on_log``."""
 
-    def __init__(self, path: Path, on_log: Callable[[str], None] | None, *, append: bool) -> None:
-        self.path, self.on_log = path, on_log
-        if not append:
+    def __init__(
+        self,
+        path: Path,
+        on_log: Callable[[str], None] | None,
+        *,
+        append: bool,
+        quiet: bool = False,
+    ) -> None:
+        self.path, self.on_log, self.quiet = path, on_log, quiet
+        if not append and not quiet:
             path.write_text("", encoding="utf-8")
 
     def __call__(self, message: str) -> None:
+        if self.quiet:  # ranks other than 0 of a data-parallel run
+            return
         line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
         with self.path.open("a", encoding="utf-8") as f:
             f.write(line + "\n")
@@ -330,20 +346,51 @@ def train(
     ``resume=True`` continues from ``out_dir/checkpoint`` when present (a finished run is
     returned as is); ``resume=False`` starts over. Raises ValueError if the checkpoint there
     belongs to a different model or task.
+
+    With ``cfg.train.processes`` > 1 this process launches that many ranks
+    (:func:`h3lab.distributed.launch`) and relays rank 0's callbacks; the checkpoint it
+    resumes from may have been written by any number of processes.
     """
+    if cfg.train.processes > 1:
+        from h3lab.distributed import launch
+
+        return launch(cfg, Path(out_dir), callbacks or Callbacks(), resume=resume)
+    return train_rank(cfg, out_dir, callbacks, resume=resume)
+
+
+def train_rank(
+    cfg: RunConfig,
+    out_dir: Path,
+    callbacks: Callbacks | None = None,
+    *,
+    resume: bool = True,
+    group: Group | None = None,
+) -> TrainResult:
+    """:func:`train` in this process: alone (``group=None``) or as one rank of ``group``."""
     cb = callbacks or Callbacks()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out_dir / "checkpoint"
     existing = find_checkpoint(ckpt_dir) if resume else None
-    log = _RunLog(out_dir / "train.log", cb.on_log, append=existing is not None)
-    device = resolve_device(cfg.train.device)
+    quiet = group is not None and group.rank != 0
+    log = _RunLog(out_dir / "train.log", cb.on_log, append=existing is not None, quiet=quiet)
+    device = group.device if group is not None else resolve_device(cfg.train.device)
     splits = make_splits(cfg.task)
     # The global RNG drives dropout; fork it so a worker process's state is left untouched.
     fork_devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=fork_devices):
         return _train(
-            cfg, out_dir, ckpt_dir, existing, cb, log, device, splits.train, splits.val, splits.test
+            cfg,
+            out_dir,
+            ckpt_dir,
+            existing,
+            cb,
+            log,
+            device,
+            splits.train,
+            splits.val,
+            splits.test,
+            group,
         )
 
 
@@ -358,8 +405,12 @@ def _train(
     train_ds: TokenDataset,
     val_ds: TokenDataset,
     test_ds: TokenDataset,
+    group: Group | None = None,
 ) -> TrainResult:
     from h3lab.nn.lm import LanguageModel
+
+    rank0 = group is None or group.rank == 0
+    world = 1 if group is None else group.world_size
 
     tc = cfg.train
     torch.manual_seed(tc.seed)
@@ -376,14 +427,19 @@ def _train(
         state, rng = restore_training(existing, model=model, optimizer=optimizer)
         loop = _Loop.from_state(state)
         set_rng_states(rng, device)
-        log(f"resumed from {existing} at step {loop.step}")
+        ranks = f" with {world} processes" if world > 1 else ""
+        log(f"resumed from {existing} at step {loop.step}{ranks}")
     else:
         n_params = sum(p.numel() for p in model.parameters())
         log(
             f"start {cfg.preset} {'/'.join(cfg.model.mixers)} d_model={cfg.model.d_model} "
             f"({n_params:,} parameters) on {cfg.task.name} [{len(train_ds)} train / "
             f"{len(val_ds)} val / {len(test_ds)} test, L={train_ds.seq_len}] device={device}"
+            + (f" × {world} processes" if world > 1 else "")
         )
+    # Forward and backward through the DDP wrapper (gradients all-reduced); evaluation and
+    # checkpoints use the unwrapped model, so checkpoints do not depend on the process count.
+    net = model if group is None else group.wrap(model)
 
     finished = loop.status == "early_stopped" or (
         loop.status == "completed" and loop.step >= tc.steps
@@ -399,6 +455,8 @@ def _train(
 
     def checkpoint() -> None:
         nonlocal saved_step
+        if not rank0:
+            return
         loop.elapsed_s = elapsed0 + time.monotonic() - t0
         save_checkpoint(
             ckpt_dir,
@@ -460,18 +518,33 @@ def _train(
 
     model.train()
     while not finished and loop.step < tc.steps:
-        if cb.should_stop and cb.should_stop():
+        stop = bool(cb.should_stop and cb.should_stop())
+        if group is not None:
+            stop = group.any(stop)  # a stop request on any rank stops every rank here
+        if stop:
             status = "stopped"
             log(f"stop requested at step {loop.step}")
             break
         idx = order.indices(loop.step)  # (B,)
-        x, y = (t.to(device) for t in train_ds.batch(idx))  # (B, L) each
+        if group is not None:
+            idx = group.shard(idx)  # (B / world,): this rank's contiguous slice
+        x, y = (t.to(device) for t in train_ds.batch(idx))  # (b, L) each
         mult = lr_multiplier(loop.step, tc)
-        for group in optimizer.param_groups:
-            group["lr"] = group["initial_lr"] * mult
+        for param_group in optimizer.param_groups:
+            param_group["lr"] = param_group["initial_lr"] * mult
         with autocast(device, tc.amp):
-            logits = model(x)  # (B, L, V)
-        loss = _loss(logits, y)
+            logits = net(x)  # (b, L, V)
+        if group is None:
+            loss = _loss(logits, y)
+            global_loss: torch.Tensor | None = None
+        else:
+            # Sum over this rank's tokens / global token count; DDP averages gradients over
+            # ranks, hence × world: the gradient is the global batch's mean-loss gradient.
+            local_sum = _loss(logits, y, "sum")
+            count = (y != IGNORE_INDEX).sum().to(local_sum.dtype)
+            totals = group.sum(torch.stack([local_sum.detach(), count]))  # (2,)
+            loss = local_sum * world / totals[1]
+            global_loss = totals[0] / totals[1]
         optimizer.zero_grad(set_to_none=True)
         torch.autograd.backward(loss)
         if tc.grad_clip > 0:
@@ -479,7 +552,7 @@ def _train(
         optimizer.step()
         loop.step += 1
         steps_this_session += 1
-        loss_value = loss.item()
+        loss_value = (loss if global_loss is None else global_loss).item()
         loop.loss_sum += loss_value
         loop.loss_count += 1
         last_step = loop.step == tc.steps
@@ -495,7 +568,7 @@ def _train(
             loop.loss_sum, loop.loss_count = 0.0, 0
 
         now = time.monotonic()
-        if cb.on_progress and (last_step or now - last_progress >= PROGRESS_INTERVAL_S):
+        if rank0 and cb.on_progress and (last_step or now - last_progress >= PROGRESS_INTERVAL_S):
             last_progress = now
             session_s = now - t0
             rate = steps_this_session / session_s if session_s > 0 else 0.0
@@ -506,7 +579,7 @@ def _train(
                     total_steps=tc.steps,
                     loss=loss_value,
                     accuracy=acc,
-                    tokens_per_s=rate * x.numel(),
+                    tokens_per_s=rate * x.numel() * world,
                     eta_s=(tc.steps - loop.step) / rate if rate > 0 else None,
                     lr=tc.lr * mult,
                     elapsed_s=elapsed0 + session_s,
@@ -514,21 +587,29 @@ def _train(
             )
 
         if loop.step % tc.eval_every == 0 or last_step:
-            ev = run_eval()
-            if tc.early_stop_acc is not None:
-                loop.good_evals = loop.good_evals + 1 if ev.accuracy >= tc.early_stop_acc else 0
-                if loop.good_evals >= tc.early_stop_patience:
-                    status = "early_stopped"
-                    log(
-                        f"early stop at step {loop.step}: {selected_on} accuracy ≥ "
-                        f"{tc.early_stop_acc} for {loop.good_evals} evaluations"
-                    )
-                    break
+            early = False
+            if rank0:  # the other ranks wait for its decision
+                ev = run_eval()
+                if tc.early_stop_acc is not None:
+                    good = ev.accuracy >= tc.early_stop_acc
+                    loop.good_evals = loop.good_evals + 1 if good else 0
+                    early = loop.good_evals >= tc.early_stop_patience
+            if group is not None:
+                early = group.broadcast(early)
+            if early:
+                status = "early_stopped"
+                log(
+                    f"early stop at step {loop.step}: {selected_on} accuracy ≥ "
+                    f"{tc.early_stop_acc} for {loop.good_evals} evaluations"
+                )
+                break
         if loop.step % tc.checkpoint_every == 0 and not last_step:
             checkpoint()
 
-    if status == "completed" and not any(
-        r["kind"] == "eval" and r["step"] == loop.step for r in loop.history
+    if (
+        rank0
+        and status == "completed"
+        and not any(r["kind"] == "eval" and r["step"] == loop.step for r in loop.history)
     ):
         run_eval()  # e.g. resuming a run whose checkpoint came after its last evaluation
     prev_status, loop.status = loop.status, "running" if status == "stopped" else status
@@ -553,6 +634,8 @@ def _train(
         selected_test_accuracy=float(loop.selected.get("test_accuracy", math.nan)),
         selected_on=selected_on,
     )
+    if not rank0:
+        return result
     final = {k: v for k, v in result.__dict__.items() if k != "history"}
     final["checkpoint_dir"] = str(ckpt_dir)
     final["config"] = cfg.to_dict()
@@ -574,4 +657,5 @@ __all__ = [
     "load_checkpoint",
     "position_accuracy",
     "train",
+    "train_rank",
 ]

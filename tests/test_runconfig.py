@@ -88,6 +88,22 @@ def test_a_model_section_given_through_the_api_is_held_to_the_forms_limits(lab: 
     assert vocab_error.value.errors == {"model.vocab_size": "must be between 2 and 1,000,000"}
 
 
+def test_the_api_sets_the_process_count_and_refuses_one_that_cannot_split_the_batch(
+    lab: Lab,
+) -> None:
+    """The form leaves ``train.processes`` at 1; the API's train overrides reach it."""
+    two = {**AS_CONFIG, "train": {**AS_CONFIG["train"], "processes": 2}}
+    three = {**AS_CONFIG, "train": {**AS_CONFIG["train"], "processes": 3}}
+    assert build_run_config(lab.project, two).train.processes == 2
+    assert build_run_config(lab.project, AS_CONFIG).train.processes == 1
+    response = submit_through_the_api(lab, three)
+    assert response.status_code == 400
+    assert error(response)["fields"]["config.train.processes"] == [
+        "must divide batch_size (the global batch is split evenly)"
+    ]
+    assert Run.objects.exists() is False
+
+
 def test_repeating_a_run_whose_file_is_not_in_the_project_is_refused_on_both_paths(
     as_alice: Client, lab: Lab
 ) -> None:
