@@ -125,6 +125,15 @@ def resource_errors(cfg: RunConfig, queue: str) -> dict[str, str]:
             f"training would need ≈ {est.memory_bytes / 2**30:,.1f} GiB (estimated peak); the "
             f"{queue} queue allows {limits['max_memory_mb'] / 1024:,.1f} GiB",
         )
+    processes = int(getattr(cfg.train, "processes", 1) or 1)
+    if processes > 1 and queue != "gpu":
+        # Each training process has the queue's memory cap: N processes on a CPU worker would
+        # take N times what the queue allows. Data-parallel runs belong on the GPU workers.
+        refuse(
+            ("train.processes",),
+            f"a run of {processes} processes runs on the gpu queue only (the {queue} queue's "
+            "workers train one process per run)",
+        )
     if est.flops > limits["max_gflop"] * 10**9:
         refuse(
             ("train.steps",),

@@ -147,3 +147,15 @@ def test_a_refused_backlog_is_a_non_field_error_on_the_page(
     assert page.status_code == 200
     (message,) = page.context["form"].non_field_errors()
     assert "queued runs, the most a project may have" in message
+
+
+def test_a_data_parallel_run_goes_to_the_gpu_queue_only(lab: Lab) -> None:
+    """Each training process has the queue's memory cap, so N processes on a CPU worker would
+    take N times what the queue allows."""
+    two = {**AS_CONFIG, "train": {**AS_CONFIG["train"], "processes": 2}}
+    refused = submit_through_the_api(lab, two, queue="cpu")
+    assert refused.status_code == 400
+    (message,) = error(refused)["fields"]["config.train.processes"]
+    assert "runs on the gpu queue only" in message
+    assert submit_through_the_api(lab, two, queue="gpu").status_code == 201
+    assert list(Run.objects.values_list("queue", flat=True)) == ["gpu"]
