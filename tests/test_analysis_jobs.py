@@ -4,6 +4,7 @@ analysis run of a tiny real training. ``transactional_db`` as in tests/test_jobs
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,24 +20,39 @@ from experiments.models import Artifact, MetricPoint, Run, RunKind, RunStatus
 from experiments.storage import open_artifact, run_workdir
 from h3lab import jobs
 from tests import factories
+from tests.analyses import make_trained_run, train_checkpoint
 from tests.conftest import Lab
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_checkpoint(tmp_path_factory.mktemp("source"))
+
+
 @pytest.fixture
-def trained(lab: Lab) -> Run:
-    """A tiny training run (induction head, a copy task) trained to success."""
-    run = do_submit_run(
+def trained(lab: Lab, checkpoint: Path) -> Run:
+    """A succeeded tiny training run (induction head, a copy task) with its checkpoint."""
+    return make_trained_run(lab.project, checkpoint)
+
+
+def test_a_run_trained_by_a_worker_can_be_analysed(lab: Lab) -> None:
+    """The whole path once: train through execute_run, then evaluate what it stored."""
+    source = do_submit_run(
         project=lab.project,
         cfg=factories.tiny_config(device="cpu"),
         experiment_name="analyses",
         enqueue=False,
         acting_user=lab.alice,
     )
+    assert jobs.execute_run(source.pk) == "succeeded"
+    source.refresh_from_db()
+    run = analyse(source, lab, "evaluate")
     assert jobs.execute_run(run.pk) == "succeeded"
     run.refresh_from_db()
-    return run
+    # The same weights on the same test split: what training measured at its last step.
+    assert run.test_accuracy == pytest.approx(source.result["test_accuracy"])
 
 
 def analyse(source: Run, lab: Lab, kind: str, **spec: Any) -> Run:
@@ -89,8 +105,7 @@ def test_an_evaluation_reports_the_test_accuracy_of_the_source(lab: Lab, trained
     evaluation = read_json(run, "evaluation.json")
     assert evaluation["examples"] == 16
     assert run.test_accuracy == pytest.approx(evaluation["accuracy"])
-    # The same weights on the same test split: what training measured at its last step.
-    assert evaluation["accuracy"] == pytest.approx(trained.result["test_accuracy"])
+    assert run.result["summary"]["accuracy"] == pytest.approx(evaluation["accuracy"])
 
 
 def test_an_analysis_cancelled_before_it_starts_is_skipped(lab: Lab, trained: Run) -> None:
