@@ -491,12 +491,17 @@ class AnalysisForm(forms.Form):
     probe = forms.ChoiceField(
         choices=[(k, k) for k in ("induction", "attention", "kernels", "recall")],
         initial="kernels",
+        required=False,
         help_text="probe only",
     )
     examples = forms.IntegerField(
-        min_value=2, max_value=4096, initial=64, help_text="ablation, patching, steering"
+        min_value=2,
+        max_value=4096,
+        initial=64,
+        required=False,
+        help_text="ablation, patching, steering",
     )
-    seed = forms.IntegerField(min_value=0, max_value=2**31 - 1, initial=0)
+    seed = forms.IntegerField(min_value=0, max_value=2**31 - 1, initial=0, required=False)
     modes = forms.MultipleChoiceField(
         choices=[(m, m) for m in ("zero", "mean", "resample")],
         initial=["zero", "mean", "resample"],
@@ -520,13 +525,9 @@ class AnalysisForm(forms.Form):
 
     def spec(self) -> dict[str, Any]:
         """The options for :func:`experiments.actions.runs.check_submit_analysis`."""
-        d = dict(self.cleaned_data)
-        d.pop("kind")
-        if not d.get("modes"):
-            d.pop("modes", None)
-        if not d.get("coefficients"):
-            d.pop("coefficients", None)
-        return d
+        return {
+            k: v for k, v in self.cleaned_data.items() if k != "kind" and v not in (None, "", [])
+        }
 
 
 class CancelRunForm(forms.Form):
