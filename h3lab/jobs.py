@@ -247,8 +247,23 @@ def execute_run(run_id: int, *, task_id: str = "") -> str:
     except TransientError:
         return "interrupted"
     if claim.kind != "train":
-        return _analyse_claimed(claim)
+        outcome = _analyse_claimed(claim)
+        if outcome == "stopped":
+            _drop_cancelled_workdir(run_id)
+        return outcome
     return _train_claimed(claim, cfg)
+
+
+def _drop_cancelled_workdir(run_id: int) -> None:
+    """An analysis cancelled while it finished (its results refused) leaves the decrypted
+    source checkpoint in its folder: remove it now rather than at the reaper's next sweep."""
+    from experiments.actions.worker import do_archive_workdir, is_cancelled
+    from experiments.storage import run_workdir
+
+    # SECURITY: plaintext weights of a restricted run are not left on disk.
+    with contextlib.suppress(Exception):  # the database away: the reaper's sweep does it
+        if is_cancelled(run_id):
+            do_archive_workdir(run_id, run_workdir(run_id))
 
 
 def _analyse_claimed(claim: Claim) -> str:
