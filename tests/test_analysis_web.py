@@ -203,3 +203,17 @@ def test_recording_a_finding_from_an_analysis_prefills_its_evidence_and_reveals(
 
     training_form = client.get(reverse("finding-new", args=[source.pk])).context["form"]
     assert training_form.initial == {"runs": [source.pk]}
+
+
+@pytest.mark.django_db
+def test_the_api_records_what_a_finding_reveals(lab: Lab, source: Run, settings: Any) -> None:
+    settings.H3LAB_API_RATES = {"token": None, "anon": None}
+    body = {"title": "Steering works", "body": "It does.", "runs": [source.pk]}
+    response = api(lab.alice).post(
+        "/api/v1/findings/", {**body, "reveals": "intervention"}, format="json"
+    )
+    assert response.status_code == 201, response.content
+    assert response.json()["reveals"] == "intervention"
+    assert Finding.objects.get(pk=response.json()["id"]).reveals == Reveals.INTERVENTION
+    bad = api(lab.alice).post("/api/v1/findings/", {**body, "reveals": "magic"}, format="json")
+    assert bad.status_code == 400

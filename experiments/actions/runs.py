@@ -51,8 +51,10 @@ def check_submit_run(
         raise ConfigError(errors)
     with transaction.atomic():
         # Lock the project so concurrent submissions count each other (PostgreSQL; SQLite
-        # serialises writers anyway).
-        Project.objects.select_for_update().filter(pk=project.pk).exists()
+        # serialises writers anyway). NO KEY UPDATE: it excludes other submitters but not a
+        # worker's audit row referencing the project (FOR KEY SHARE), which a plain FOR UPDATE
+        # would, deadlocking with that worker over the audit head.
+        Project.objects.select_for_update(no_key=True).filter(pk=project.pk).exists()
         backlog_error = _backlog_error(project)
         if backlog_error:
             raise ConfigError({"project": backlog_error})
@@ -209,7 +211,7 @@ def check_submit_analysis(
     if errors or parsed is None:
         raise ValidationError(errors)
     with transaction.atomic():
-        Project.objects.select_for_update().filter(pk=source.project_id).exists()
+        Project.objects.select_for_update(no_key=True).filter(pk=source.project_id).exists()
         backlog_error = _backlog_error(source.project)
         if backlog_error:
             raise ValidationError({"project": backlog_error})
