@@ -80,6 +80,8 @@ def test_submitting_the_card_queues_an_analysis_shown_with_its_source(
     assert b"data-analysis-source" in page.content
     assert f'href="{source.get_absolute_url()}"'.encode() in page.content
     assert b"data-analysis-card" not in page.content, "an analysis is not analysed again"
+    rerun = reverse("run-rerun", args=[run.pk]).encode()
+    assert rerun not in page.content, "an analysis is not a training config to run again"
     listing = client.get(reverse("runs"))
     assert b"data-run-kind" in listing.content and b"ablation" in listing.content
 
