@@ -19,7 +19,7 @@ from django.db.models import F, QuerySet
 from django.utils.text import slugify
 
 from experiments.inputs import MAX_BODY_CHARS, MAX_ID, MAX_SEED, MAX_TITLE_CHARS, parse_id
-from experiments.models import Artifact, Project, Queue, Run, RunStatus
+from experiments.models import Artifact, Project, Queue, Reveals, Run, RunKind, RunStatus
 from experiments.runconfig import (
     MAX_D_MODEL,
     MAX_LAYERS,
@@ -449,6 +449,12 @@ class FindingForm(forms.Form):
         label="Metric snapshots",
         help_text="Freezes the latest value of each chosen series of every cited run.",
     )
+    reveals = forms.ChoiceField(
+        choices=Reveals.choices,
+        required=False,
+        label="What it reveals",
+        help_text="Reviewers weigh dual-use risk by it.",
+    )
 
     def __init__(
         self,
@@ -464,6 +470,64 @@ class FindingForm(forms.Form):
             "forms.ModelMultipleChoiceField[Artifact]", self.fields["artifacts"]
         ).queryset = artifacts
         cast(forms.ChoiceField, self.fields["metrics"]).choices = [(n, n) for n in metric_names]
+
+
+# What a finding recorded from an analysis of each kind reveals, until its author says otherwise.
+REVEALS_BY_KIND: dict[str, str] = {
+    RunKind.EVALUATE: Reveals.EVALUATION,
+    RunKind.PROBE: Reveals.MECHANISM,
+    RunKind.ABLATION: Reveals.MECHANISM,
+    RunKind.PATCHING: Reveals.MECHANISM,
+    RunKind.STEERING: Reveals.INTERVENTION,
+}
+
+
+class AnalysisForm(forms.Form):
+    """Analyse a finished training run: the kind and its few options
+    (:class:`h3lab.analysis.AnalysisSpec` validates them; the options a kind does not use are
+    ignored)."""
+
+    kind = forms.ChoiceField(choices=[(k.value, k.label) for k in RunKind if k != RunKind.TRAIN])
+    probe = forms.ChoiceField(
+        choices=[(k, k) for k in ("induction", "attention", "kernels", "recall")],
+        initial="kernels",
+        required=False,
+        help_text="probe only",
+    )
+    examples = forms.IntegerField(
+        min_value=2,
+        max_value=4096,
+        initial=64,
+        required=False,
+        help_text="ablation, patching, steering",
+    )
+    seed = forms.IntegerField(min_value=0, max_value=2**31 - 1, initial=0, required=False)
+    modes = forms.MultipleChoiceField(
+        choices=[(m, m) for m in ("zero", "mean", "resample")],
+        initial=["zero", "mean", "resample"],
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="ablation only",
+    )
+    hook = forms.CharField(
+        max_length=100, required=False, help_text="steering only; default: the middle layer"
+    )
+    coefficients = forms.CharField(
+        max_length=200, required=False, initial="0 1 2 4 8", help_text="steering only"
+    )
+
+    def clean_coefficients(self) -> list[float]:
+        raw = self.cleaned_data.get("coefficients") or ""
+        try:
+            return [float(c) for c in raw.replace(",", " ").split()]
+        except ValueError:
+            raise forms.ValidationError("Give numbers separated by spaces.") from None
+
+    def spec(self) -> dict[str, Any]:
+        """The options for :func:`experiments.actions.runs.check_submit_analysis`."""
+        return {
+            k: v for k, v in self.cleaned_data.items() if k != "kind" and v not in (None, "", [])
+        }
 
 
 class CancelRunForm(forms.Form):

@@ -85,6 +85,30 @@ class Queue(models.TextChoices):
     GPU = "gpu", "GPU"
 
 
+class RunKind(models.TextChoices):
+    """What a run does: train a model, or analyse a finished training run's checkpoint."""
+
+    TRAIN = "train", "training"
+    EVALUATE = "evaluate", "evaluation"
+    PROBE = "probe", "probe"
+    ABLATION = "ablation", "ablation"
+    PATCHING = "patching", "activation patching"
+    STEERING = "steering", "steering"
+
+
+ANALYSIS_KINDS: tuple[str, ...] = tuple(k.value for k in RunKind if k != RunKind.TRAIN)
+
+
+class Reveals(models.TextChoices):
+    """What a finding reveals, for the reviewers weighing its dual-use risk."""
+
+    UNSPECIFIED = "", "not said"
+    MECHANISM = "mechanism", "a mechanism (how the model computes something)"
+    INTERVENTION = "intervention", "an intervention (a way to change the model's behaviour)"
+    CAPABILITY = "capability", "a capability (what the model can do)"
+    EVALUATION = "evaluation", "an evaluation result"
+
+
 class RunQuerySet(models.QuerySet["Run"]):
     def active(self) -> RunQuerySet:
         return self.filter(status__in=ACTIVE_STATUSES)
@@ -112,6 +136,14 @@ class Run(models.Model):
     queue = models.CharField(max_length=8, choices=Queue.choices, default=Queue.CPU)
     rerun_of = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="reruns"
+    )
+    # An analysis (evaluation, probe, intervention) is a run too, of the finished training run
+    # ``source`` whose checkpoint it reads; its spec is ``config["analysis"]``.
+    kind = models.CharField(
+        max_length=16, choices=RunKind.choices, default=RunKind.TRAIN, db_index=True
+    )
+    source = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="analyses"
     )
 
     status = models.CharField(
@@ -160,6 +192,10 @@ class Run(models.Model):
 
     def get_absolute_url(self) -> str:
         return reverse("run", args=[self.pk])
+
+    @property
+    def is_analysis(self) -> bool:
+        return self.kind != RunKind.TRAIN
 
     @property
     def is_active(self) -> bool:
@@ -303,6 +339,9 @@ class Finding(models.Model):
         "self", blank=True, symmetrical=False, related_name="dependents"
     )
     public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    reveals = models.CharField(
+        max_length=16, choices=Reveals.choices, default=Reveals.UNSPECIFIED, blank=True
+    )
 
     objects = FindingQuerySet.as_manager()
 

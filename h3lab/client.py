@@ -74,6 +74,7 @@ EPILOG = (
   python -m h3lab.client logs 42 --follow
   python -m h3lab.client cancel 42
   python -m h3lab.client rerun 42 --set train.lr=3e-4 --watch
+  python -m h3lab.client analyse 42 --kind ablation --examples 64 --modes zero mean --watch
   python -m h3lab.client metrics 42 --csv > run42.csv
   python -m h3lab.client artifacts 42
   python -m h3lab.client download 317 -o model.safetensors
@@ -517,6 +518,19 @@ def cmd_rerun(api: Api, args: argparse.Namespace) -> int:
             body[key] = getattr(args, key)
     run = api.post(f"runs/{args.run}/rerun/", body)
     return _submitted(api, run, args, f"queued (a rerun of #{args.run})")
+
+
+ANALYSIS_KINDS = ("evaluate", "probe", "ablation", "patching", "steering")
+
+
+def cmd_analyse(api: Api, args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"kind": args.kind}
+    for key in ("name", "queue", "probe", "examples", "seed", "modes", "hook", "coefficients"):
+        value = getattr(args, key)
+        if value is not None:
+            body[key] = value
+    run = api.post(f"runs/{args.run}/analyses/", body)
+    return _submitted(api, run, args, f"queued ({args.kind} of #{args.run})")
 
 
 def cmd_cancel(api: Api, args: argparse.Namespace) -> int:
@@ -1279,6 +1293,24 @@ def parser() -> argparse.ArgumentParser:
     rr.add_argument("--queue", choices=["cpu", "gpu"])
     rr.add_argument("--watch", action="store_true", help="follow the new run until it ends")
     rr.set_defaults(func=cmd_rerun)
+
+    an = command(
+        "analyse",
+        "evaluate, probe, ablate, patch or steer a succeeded run's checkpoint (a run of its own)",
+        parents=[polling],
+    )
+    an.add_argument("run", type=int, metavar="RUN", help="the succeeded training run")
+    an.add_argument("--kind", choices=ANALYSIS_KINDS, required=True)
+    an.add_argument("--probe", choices=["induction", "attention", "kernels", "recall"])
+    an.add_argument("--examples", type=int, help="ablation/patching/steering: test examples")
+    an.add_argument("--seed", type=int)
+    an.add_argument("--modes", nargs="+", choices=["zero", "mean", "resample"], help="ablation")
+    an.add_argument("--hook", help="steering: hook name (default: the middle layer's residual)")
+    an.add_argument("--coefficients", nargs="+", type=float, help="steering coefficients")
+    an.add_argument("--name")
+    an.add_argument("--queue", choices=["cpu", "gpu"])
+    an.add_argument("--watch", action="store_true", help="follow the analysis until it ends")
+    an.set_defaults(func=cmd_analyse)
 
     c = command("cancel", "cancel a queued or running run")
     c.add_argument("run", type=int, metavar="RUN")

@@ -156,6 +156,35 @@ def train_isolated(
             child.join()
 
 
+def analyse_isolated(
+    spec: dict[str, Any],
+    source: Path,
+    out_dir: Path,
+    callbacks: Callbacks | None = None,
+    *,
+    memory_limit_mb: int = 0,
+    stop_grace_s: float = 5.0,
+) -> TrainResult:
+    """An analysis (:func:`h3lab.analysis.analysis_job`) of the checkpoint in ``source`` in the
+    same capped child as training, with the same errors. An analysis keeps no checkpoint to
+    resume from, so a stop request kills it after ``stop_grace_s`` rather than waiting."""
+    import functools
+
+    from h3lab.analysis import analysis_job
+    from h3lab.checkpoint import read_config
+
+    cfg = read_config(Path(source))
+    return train_isolated(
+        cfg,
+        out_dir,
+        callbacks,
+        resume=False,
+        memory_limit_mb=memory_limit_mb,
+        train=functools.partial(analysis_job, spec, str(source)),
+        stop_grace_s=stop_grace_s,
+    )
+
+
 def _stopped(cfg: RunConfig, out_dir: Path) -> TrainResult:
     """The result of a child killed after ignoring ``stop``: stopped where its last checkpoint
     is."""

@@ -125,8 +125,13 @@ class ProgressRecorder:
         self.log_lines: list[str] = []
         self.lost = False
         self.unreachable = False
+        self.analysis = False  # an analysis reports phases as steps: no training metrics
 
     def progress(self, p: Any) -> None:
+        if self.analysis:
+            self._fields.update(step=p.step, total_steps=p.total_steps)
+            self.flush(force=True)
+            return
         self._fields.update(
             step=p.step,
             total_steps=p.total_steps,
@@ -231,7 +236,8 @@ def execute_run(run_id: int, *, task_id: str = "") -> str:
         return "skipped"
     from h3lab.config import RunConfig
 
-    cfg = RunConfig.from_dict(claim.config)
+    # An analysis run's config is its source's training config plus its spec ("analysis").
+    cfg = RunConfig.from_dict({k: v for k, v in claim.config.items() if k != "analysis"})
     try:
         retry_transient(
             lambda: do_record_heartbeat(run_id, claim.token, device=_device_name(cfg.train.device)),
@@ -240,7 +246,103 @@ def execute_run(run_id: int, *, task_id: str = "") -> str:
         )
     except TransientError:
         return "interrupted"
+    if claim.kind != "train":
+        outcome = _analyse_claimed(claim)
+        if outcome == "stopped":
+            _drop_cancelled_workdir(run_id)
+        return outcome
     return _train_claimed(claim, cfg)
+
+
+def _drop_cancelled_workdir(run_id: int) -> None:
+    """An analysis cancelled while it finished (its results refused) leaves the decrypted
+    source checkpoint in its folder: remove it now rather than at the reaper's next sweep."""
+    from experiments.actions.worker import do_archive_workdir, is_cancelled
+    from experiments.storage import run_workdir
+
+    # SECURITY: plaintext weights of a restricted run are not left on disk.
+    with contextlib.suppress(Exception):  # the database away: the reaper's sweep does it
+        if is_cancelled(run_id):
+            do_archive_workdir(run_id, run_workdir(run_id))
+
+
+def _analyse_claimed(claim: Claim) -> str:
+    """Run a claimed analysis: decrypt its source run's checkpoint into the working folder,
+    analyse it in the isolated child, and record the outcome as a training run's would be
+    (see :func:`execute_run`); cancellation, the reaper and retries are the same."""
+    from django.conf import settings
+
+    from experiments.actions.runs import fetch_source_checkpoint
+    from experiments.actions.worker import do_record_heartbeat
+    from experiments.storage import run_workdir
+    from h3lab.isolation import (
+        MemoryLimitExceeded,
+        TrainingFailed,
+        TrainingInterrupted,
+        analyse_isolated,
+    )
+    from h3lab.train import Callbacks
+
+    run_id, token = claim.run_id, claim.token
+    workdir = run_workdir(run_id)
+    workdir.mkdir(parents=True, exist_ok=True)
+    source_dir = workdir / "source"  # not under checkpoint/: never stored again as an output
+    recorder = ProgressRecorder(run_id, token, retry_budget_s=settings.H3LAB_TRANSIENT_RETRY_S)
+    recorder.analysis = True
+    try:
+        retry_transient(
+            lambda: fetch_source_checkpoint(claim.source_id, source_dir),
+            budget_s=settings.H3LAB_TRANSIENT_RETRY_S,
+            what=f"run {run_id}: fetch the source checkpoint",
+        )
+    except TransientError:
+        return "interrupted"
+    except Exception as exc:  # missing, shredded or undecryptable: this analysis cannot run
+        return _fail(recorder, workdir, error=f"{type(exc).__name__}: {exc}", trace="")
+    liveness = Liveness(lambda: do_record_heartbeat(run_id, token), settings.H3LAB_HEARTBEAT_S)
+    with liveness:
+        callbacks = Callbacks(
+            on_progress=recorder.progress,
+            should_stop=lambda: (
+                liveness.stop.is_set()
+                or recorder.lost
+                or recorder.unreachable
+                or SHUTTING_DOWN.is_set()
+            ),
+        )
+        try:
+            result = analyse_isolated(
+                claim.config.get("analysis", {}),
+                source_dir,
+                workdir,
+                callbacks,
+                memory_limit_mb=settings.H3LAB_RUN_MEMORY_LIMIT_MB.get(claim.queue, 0),
+            )
+        except MemoryLimitExceeded as exc:
+            return _fail(recorder, workdir, error=str(exc), trace="")
+        except TrainingFailed as exc:
+            return _fail(recorder, workdir, error=exc.error, trace=exc.child_traceback)
+        except TrainingInterrupted as exc:
+            return _requeue(recorder, f"the worker was shutting down ({exc})")
+        except Exception as exc:
+            if is_transient(exc) or recorder.unreachable:
+                log.warning("run %s interrupted by %r; left for the reaper", run_id, exc)
+                return "interrupted"
+            error = f"{type(exc).__name__}: {exc}"
+            return _fail(recorder, workdir, error=error, trace=traceback.format_exc())
+    if result.status == "stopped":
+        return _stopped(recorder, liveness, workdir)
+    if not recorder.flush_retrying():
+        return "interrupted"
+    summary = result.history[0] if result.history else {}
+    accuracy = summary.get("accuracy")
+    return _complete(
+        recorder,
+        workdir,
+        result,
+        extra={"kind": claim.kind, "summary": summary},
+        fields={"step": result.step, "test_accuracy": accuracy},
+    )
 
 
 def _train_claimed(claim: Claim, cfg: RunConfig) -> str:
@@ -374,28 +476,47 @@ def _stopped(recorder: ProgressRecorder, liveness: Liveness, workdir: Path) -> s
     return _requeue(recorder, "the worker was shutting down (warm shutdown or redeploy)")
 
 
-def _complete(recorder: ProgressRecorder, workdir: Path, result: TrainResult) -> str:
+def _complete(
+    recorder: ProgressRecorder,
+    workdir: Path,
+    result: TrainResult,
+    *,
+    extra: dict[str, Any] | None = None,
+    fields: dict[str, Any] | None = None,
+) -> str:
+    """Record a finished run with its output files and drop its folder. An analysis gives its
+    result (``extra``, instead of training's metrics) and row ``fields``."""
     from django.conf import settings
 
     from experiments.actions.worker import do_complete_run
 
+    if extra is None:
+        recorded = {
+            "status": result.status,
+            "step": result.step,
+            "train_loss": result.train_loss,
+            "test_loss": result.test_loss,
+            "test_accuracy": result.test_accuracy,
+            "best_test_accuracy": result.best_test_accuracy,
+            "elapsed_s": result.elapsed_s,
+            "device": result.device,
+        }
+    else:  # an analysis: its own summary, not training's (NaN) metrics
+        recorded = {
+            "status": result.status,
+            "step": result.step,
+            "elapsed_s": result.elapsed_s,
+            "device": result.device,
+            **extra,
+        }
     try:
         done = retry_transient(
             lambda: do_complete_run(
                 recorder.run_id,
                 recorder.token,
-                result={
-                    "status": result.status,
-                    "step": result.step,
-                    "train_loss": result.train_loss,
-                    "test_loss": result.test_loss,
-                    "test_accuracy": result.test_accuracy,
-                    "best_test_accuracy": result.best_test_accuracy,
-                    "elapsed_s": result.elapsed_s,
-                    "device": result.device,
-                },
+                result=recorded,
                 files=_output_files(workdir),
-                fields={"step": result.step, "test_accuracy": result.test_accuracy},
+                fields=fields or {"step": result.step, "test_accuracy": result.test_accuracy},
             ),
             budget_s=settings.H3LAB_TRANSIENT_RETRY_S,
             what=f"run {recorder.run_id}: complete",

@@ -10,6 +10,7 @@ prober the object exists.
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -111,8 +112,21 @@ def _schedule(w: World) -> dict[str, Any]:
     return {"embargo_until": (timezone.now() + timedelta(days=60)).isoformat()}
 
 
+def _analysis(w: World) -> dict[str, Any]:
+    """The world's run gets a stored checkpoint (stand-in bytes: submitting only checks that
+    it is there), so that an allowed call can queue an evaluation of it."""
+    from experiments.storage import store_file
+
+    src = Path(tempfile.mkdtemp()) / "ckpt"
+    src.write_bytes(b"weights")
+    for name in ("model.safetensors", "config.json"):
+        store_file(w.run, src, name).save()
+    return {"kind": "evaluate"}
+
+
 # Bodies for the matrix's POST entries, so that an allowed call can succeed.
 BODIES: dict[str, Callable[[World], Any]] = {
+    "api-run-analyses": _analysis,
     "api-finding-recuse": lambda w: {"reason": "I co-authored the probe"},
     "api-finding-schedule": _schedule,
     "api-finding-retract": lambda w: {"reason": "a data leak", "confirm": True},

@@ -181,6 +181,7 @@ REGISTRY: dict[str, Entry] = {
     "run-progress": Entry(run_kw, member_only),
     "run-cancel": Entry(run_kw, member_only, method="post"),
     "run-rerun": Entry(run_kw, member_only),
+    "run-analyse": Entry(run_kw, member_only, method="post"),
     "finding-new": Entry(run_kw, member_only),
     # evidence cited by the world's finding follows the finding's visibility
     "artifact-download": Entry(lambda w: {"pk": w.artifact.pk}, sees),
@@ -246,6 +247,7 @@ REGISTRY: dict[str, Entry] = {
     "api-run-logs": Entry(run_kw, member_only),
     "api-run-cancel": Entry(run_kw, member_only, method="post"),
     "api-run-rerun": Entry(run_kw, member_only, method="post"),
+    "api-run-analyses": Entry(run_kw, member_only, method="post"),
     "api-artifact-list": Entry(),
     "api-artifact-detail": Entry(lambda w: {"pk": w.artifact.pk}, sees),
     "api-artifact-download": Entry(lambda w: {"pk": w.artifact.pk}, sees),

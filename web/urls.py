@@ -14,6 +14,7 @@ urlpatterns = [
     path("runs/<int:pk>/progress.json", views.run_progress, name="run-progress"),
     path("runs/<int:pk>/cancel/", views.run_cancel, name="run-cancel"),
     path("runs/<int:pk>/rerun/", views.run_rerun, name="run-rerun"),
+    path("runs/<int:pk>/analyses/", views.run_analyse, name="run-analyse"),
     path("runs/<int:pk>/findings/new/", views.finding_new, name="finding-new"),
     path("artifacts/<int:pk>/download/", views.artifact_download, name="artifact-download"),
 ]

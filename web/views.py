@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
@@ -26,18 +27,20 @@ from disclosure import policy
 from experiments import presenters
 from experiments.actions.artifacts import do_record_artifact_download
 from experiments.actions.findings import check_record_finding
-from experiments.actions.runs import check_submit_run, do_cancel_run
+from experiments.actions.runs import check_submit_analysis, check_submit_run, do_cancel_run
 from experiments.dispatch import QUEUE_UNREACHABLE
 from experiments.downloads import INLINE_TYPES, stream_artifact
 from experiments.forms import (
+    REVEALS_BY_KIND,
     TASK_DEFAULTS,
+    AnalysisForm,
     CancelRunForm,
     CompareForm,
     FindingForm,
     RunFilterForm,
     RunForm,
 )
-from experiments.models import ACTIVE_STATUSES, MetricPoint, Project, Run
+from experiments.models import ACTIVE_STATUSES, MetricPoint, Project, Run, RunKind, RunStatus
 from experiments.storage import ArtifactUnavailable, open_artifact
 from h3lab.config import ConfigError
 
@@ -229,8 +232,51 @@ def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "plots": [a for a in artifacts if a.content_type in INLINE_TYPES],
         "log_lines": presenters.log_tail(log) if log else None,
         "can_manage": policy.can_manage_run(request.user, run),
+        **_analysis_context(request, run),
     }
     return render(request, "experiments/run_detail.html", context)
+
+
+def _analysis_context(request: HttpRequest, run: Run) -> dict[str, Any]:
+    """The run page's "Analyse this run" card (a succeeded training run, for those who may
+    submit runs in its project) and, on an analysis, its source."""
+    can_analyse = (
+        run.kind == RunKind.TRAIN
+        and run.status == RunStatus.SUCCEEDED
+        and policy.can_submit_run(request.user, run.project)
+    )
+    return {"analysis_form": AnalysisForm() if can_analyse else None}
+
+
+@login_required
+@require_POST
+def run_analyse(request: HttpRequest, pk: int) -> HttpResponse:
+    """Submit an analysis (evaluation, probe, intervention) of a succeeded training run."""
+    source = policy.get_run_or_404(request.user, pk)
+    if not policy.can_submit_run(request.user, source.project):
+        raise Http404("Not found.")
+    form = AnalysisForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, f"Analysis not submitted: {_form_errors(form)}")
+        return redirect(source)
+    try:
+        run = check_submit_analysis(
+            source=source,
+            kind=form.cleaned_data["kind"],
+            spec=form.spec(),
+            acting_user=request.user,
+        )
+    except ValidationError as exc:
+        messages.error(request, f"Analysis not submitted: {'; '.join(exc.messages)}")
+        return redirect(source)
+    messages.success(request, f"{run.get_kind_display().capitalize()} of run #{source.pk} queued.")
+    return redirect(run)
+
+
+def _form_errors(form: forms.Form) -> str:
+    return "; ".join(
+        f"{name}: {' '.join(str(e) for e in errs)}" for name, errs in form.errors.items()
+    )
 
 
 # What the progress JSON reads of a run: the live numbers, not the config or the result.
@@ -358,7 +404,7 @@ def finding_new(request: HttpRequest, pk: int) -> HttpResponse:
             .values_list("name", flat=True)
             .distinct()
         ),
-        initial={"runs": [run.pk]},
+        initial=_finding_initial(run),
     )
     if form.is_bound and form.is_valid():
         try:
@@ -369,3 +415,15 @@ def finding_new(request: HttpRequest, pk: int) -> HttpResponse:
             messages.success(request, "Finding recorded as a private team draft.")
             return redirect(reverse("finding", args=[finding.pk]))
     return render(request, "experiments/finding_form.html", {"form": form, "run": run})
+
+
+def _finding_initial(run: Run) -> dict[str, Any]:
+    """A finding recorded from an analysis cites it, its source and all its outputs, and says
+    what such an analysis reveals; from a training run, the run alone."""
+    if run.kind == RunKind.TRAIN:
+        return {"runs": [run.pk]}
+    return {
+        "runs": [run.pk, *([run.source_id] if run.source_id else [])],
+        "artifacts": [a.pk for a in run.artifacts.all() if not a.is_shredded],
+        "reveals": REVEALS_BY_KIND.get(run.kind, ""),
+    }

@@ -29,6 +29,7 @@ from experiments.models import (
     FindingStatus,
     MetricSnapshot,
     Project,
+    Reveals,
     Run,
     Tier,
 )
@@ -69,6 +70,7 @@ class FindingSerializer(serializers.ModelSerializer[Finding]):
             "tier",
             "tier_label",
             "status",
+            "reveals",
             "created_by",
             "created_at",
             "updated_at",
@@ -102,6 +104,9 @@ class FindingCreateSerializer(serializers.Serializer[Any]):
     )
     metrics = serializers.ListField(
         child=serializers.CharField(max_length=64), required=False, max_length=50
+    )
+    reveals = serializers.ChoiceField(
+        choices=Reveals.choices, required=False, help_text="what the finding reveals"
     )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

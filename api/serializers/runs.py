@@ -20,6 +20,7 @@ from experiments.models import (
     Project,
     Queue,
     Run,
+    RunKind,
     RunStatus,
 )
 from experiments.runconfig import MAX_D_MODEL, MAX_LAYERS, run_estimate
@@ -75,6 +76,8 @@ class RunSerializer(serializers.ModelSerializer[Run]):
             "queue",
             "config",
             "rerun_of",
+            "kind",
+            "source",
             "created_by",
             "created_at",
             "started_at",
@@ -173,6 +176,29 @@ class RerunSerializer(serializers.Serializer[Any]):
     queue = serializers.ChoiceField(choices=Queue.choices, required=False)
     config = ConfigField(
         required=False, help_text="overrides, merged key by key into the source run's config"
+    )
+
+
+class AnalysisSubmitSerializer(serializers.Serializer[Any]):
+    """An analysis of a finished training run's checkpoint; the options a kind does not use
+    are ignored (see h3lab.analysis.AnalysisSpec)."""
+
+    kind = serializers.ChoiceField(choices=[k for k in RunKind.values if k != RunKind.TRAIN])
+    name = serializers.CharField(max_length=200, default="", allow_blank=True)
+    queue = serializers.ChoiceField(choices=Queue.choices, required=False)
+    probe = serializers.CharField(max_length=32, required=False, help_text="probe: which one")
+    examples = serializers.IntegerField(
+        required=False, help_text="ablation/patching/steering: test examples used"
+    )
+    seed = serializers.IntegerField(required=False)
+    modes = serializers.ListField(
+        child=serializers.CharField(max_length=16), required=False, help_text="ablation modes"
+    )
+    hook = serializers.CharField(
+        max_length=100, required=False, allow_blank=True, help_text="steering: hook name"
+    )
+    coefficients = serializers.ListField(
+        child=serializers.FloatField(), required=False, help_text="steering coefficients"
     )
 
 

@@ -14,6 +14,7 @@ from rest_framework.response import Response
 
 from api.models import TokenScope
 from api.serializers.runs import (
+    AnalysisSubmitSerializer,
     CancelResultSerializer,
     LogsQuerySerializer,
     LogsSerializer,
@@ -34,7 +35,7 @@ from api.views.common import (
 )
 from disclosure import policy
 from experiments import presenters
-from experiments.actions.runs import check_submit_run, do_cancel_run
+from experiments.actions.runs import check_submit_analysis, check_submit_run, do_cancel_run
 from experiments.models import MetricPoint, Run
 from experiments.runconfig import build_run_config
 
@@ -47,7 +48,12 @@ class RunViewSet(ApiViewMixin, viewsets.GenericViewSet[Run]):
     queryset = Run.objects.none()
     serializer_class = RunSerializer
     lookup_value_regex = r"\d+"
-    scopes = {"create": TokenScope.SUBMIT, "cancel": TokenScope.SUBMIT, "rerun": TokenScope.SUBMIT}
+    scopes = {
+        "create": TokenScope.SUBMIT,
+        "cancel": TokenScope.SUBMIT,
+        "rerun": TokenScope.SUBMIT,
+        "analyses": TokenScope.SUBMIT,
+    }
 
     def _run(self, pk: Any) -> Run:
         return policy.get_run_or_404(self.request.user, parse_id(pk))
@@ -211,6 +217,34 @@ class RunViewSet(ApiViewMixin, viewsets.GenericViewSet[Run]):
             queue=data.get("queue", source.queue),
             rerun_of=source,
             acting_user=request.user,
+        )
+        location = reverse("api-run-detail", args=[run.pk])
+        body = RunSerializer(run).data
+        return Response(body, status=status.HTTP_201_CREATED, headers={"Location": location})
+
+    @extend_schema(
+        request=AnalysisSubmitSerializer,
+        responses={201: RunSerializer},
+        examples=[
+            OpenApiExample(
+                "Zero-ablate each component on 32 test examples",
+                value={"kind": "ablation", "examples": 32, "modes": ["zero"]},
+                request_only=True,
+            )
+        ],
+    )
+    @action(detail=True, methods=["post"])
+    def analyses(self, request: Request, pk: str) -> Response:
+        """Analyse a succeeded training run's checkpoint: ``evaluate``, ``probe``,
+        ``ablation``, ``patching`` or ``steering``. The analysis is a run of its own (``kind``,
+        ``source``) in the same project: follow, cancel and cite it like any run."""
+        source = self._run(pk)
+        if not policy.can_submit_run(request.user, source.project):
+            raise deny()
+        data = parse_body(AnalysisSubmitSerializer, request)
+        kind, name, queue = data.pop("kind"), data.pop("name"), data.pop("queue", None)
+        run = check_submit_analysis(
+            source=source, kind=kind, spec=data, queue=queue, name=name, acting_user=request.user
         )
         location = reverse("api-run-detail", args=[run.pk])
         body = RunSerializer(run).data

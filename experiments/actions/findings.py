@@ -17,6 +17,7 @@ from experiments.models import (
     MetricPoint,
     MetricSnapshot,
     Project,
+    Reveals,
     RevisionState,
     Run,
     Tier,
@@ -34,6 +35,7 @@ def check_record_finding(
     runs: Iterable[Run],
     artifacts: Iterable[Artifact] = (),
     metrics: Iterable[str] = (),
+    reveals: str = "",
     acting_user: ActingUser,
 ) -> Finding:
     """Check the evidence, then record the finding in the runs' project. The one rule of the
@@ -58,6 +60,7 @@ def check_record_finding(
         runs=runs,
         artifacts=artifacts,
         snapshot_metrics=[(run, name) for run in runs for name in dict.fromkeys(metrics)],
+        reveals=reveals,
         acting_user=acting_user,
     )
 
@@ -70,10 +73,14 @@ def do_record_finding(
     runs: Iterable[Run] = (),
     artifacts: Iterable[Artifact] = (),
     snapshot_metrics: Iterable[tuple[Run, str]] = (),
+    reveals: str = "",
     acting_user: ActingUser,
 ) -> Finding:
     """Record a finding (team tier, draft) with its evidence. Metric snapshots freeze the
-    latest value of each named series at the time of recording."""
+    latest value of each named series at the time of recording. ``reveals`` (a
+    :class:`~experiments.models.Reveals`) tells reviewers what kind of result it is."""
+    if reveals not in Reveals.values:
+        raise ValueError(f"unknown reveals {reveals!r}")
     acting_user = user_or_system(acting_user)
     runs = list(runs)
     artifacts = list(artifacts)
@@ -83,7 +90,7 @@ def do_record_finding(
         raise ValueError("evidence must come from the finding's project")
     with transaction.atomic():
         finding = Finding.objects.create(
-            project=project, title=title, body=body, created_by=acting_user
+            project=project, title=title, body=body, created_by=acting_user, reveals=reveals
         )
         finding.runs.set(runs)
         finding.artifacts.set(artifacts)
@@ -97,7 +104,8 @@ def do_record_finding(
                     )
                 )
         MetricSnapshot.objects.bulk_create(snaps)
-        announce(acting_user, "finding.create", finding, new={"title": title})
+        new = {"title": title, **({"reveals": reveals} if reveals else {})}
+        announce(acting_user, "finding.create", finding, new=new)
     return finding
 
 

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
 from experiments.dispatch import send_job
 from experiments.models import (
+    Artifact,
     Experiment,
     Project,
     Run,
+    RunKind,
     RunStatus,
 )
 from experiments.runconfig import resource_errors
@@ -47,8 +51,10 @@ def check_submit_run(
         raise ConfigError(errors)
     with transaction.atomic():
         # Lock the project so concurrent submissions count each other (PostgreSQL; SQLite
-        # serialises writers anyway).
-        Project.objects.select_for_update().filter(pk=project.pk).exists()
+        # serialises writers anyway). NO KEY UPDATE: it excludes other submitters but not a
+        # worker's audit row referencing the project (FOR KEY SHARE), which a plain FOR UPDATE
+        # would, deadlocking with that worker over the audit head.
+        Project.objects.select_for_update(no_key=True).filter(pk=project.pk).exists()
         backlog_error = _backlog_error(project)
         if backlog_error:
             raise ConfigError({"project": backlog_error})
@@ -155,3 +161,122 @@ def do_cancel_run(run: Run, *, reason: str = "", acting_user: ActingUser) -> boo
             announce(acting_user, "run.cancel", run, old=old, new=new)
     run.refresh_from_db()
     return bool(n)
+
+
+# --- analyses: evaluation, probes, interventions on a finished run's checkpoint ---------------
+
+CHECKPOINT_ARTIFACTS: tuple[str, ...] = ("model.safetensors", "config.json")
+
+
+def analysis_source_errors(source: Run) -> dict[str, str]:
+    """Why ``source`` cannot be analysed ('' when it can): it must be a succeeded training run
+    whose checkpoint (weights and config) is still stored and readable."""
+    if source.kind != RunKind.TRAIN:
+        return {"source": "only a training run can be analysed; this run is itself an analysis"}
+    if source.status != RunStatus.SUCCEEDED:
+        return {"source": f"only a succeeded run can be analysed; this run is {source.status}"}
+    stored = set(
+        Artifact.objects.filter(
+            run=source, name__in=CHECKPOINT_ARTIFACTS, shredded_at__isnull=True
+        ).values_list("name", flat=True)
+    )
+    missing = [name for name in CHECKPOINT_ARTIFACTS if name not in stored]
+    if missing:
+        return {"source": f"this run's checkpoint is not stored (missing {', '.join(missing)})"}
+    return {}
+
+
+def check_submit_analysis(
+    *,
+    source: Run,
+    kind: str,
+    spec: dict[str, Any],
+    queue: str | None = None,
+    name: str = "",
+    acting_user: ActingUser,
+) -> Run:
+    """Validate an analysis of ``source`` (``kind`` and its options ``spec``, see
+    :class:`h3lab.analysis.AnalysisSpec`) and submit it as a run in the source's project and
+    experiment, so it is visible to exactly those who see the source. The caller has checked
+    that ``acting_user`` may submit runs there (:func:`disclosure.policy.can_submit_run`).
+    Raises ValidationError naming every bad field."""
+    from h3lab.analysis import AnalysisSpec
+
+    errors = analysis_source_errors(source)
+    try:
+        parsed = AnalysisSpec.from_dict({**spec, "kind": kind})
+    except ConfigError as exc:
+        errors.update(exc.errors)
+        parsed = None
+    if errors or parsed is None:
+        raise ValidationError(errors)
+    with transaction.atomic():
+        Project.objects.select_for_update(no_key=True).filter(pk=source.project_id).exists()
+        backlog_error = _backlog_error(source.project)
+        if backlog_error:
+            raise ValidationError({"project": backlog_error})
+        return do_submit_analysis(
+            source=source,
+            spec=parsed.to_dict(),
+            queue=queue or source.queue,
+            name=name,
+            acting_user=acting_user,
+        )
+
+
+def do_submit_analysis(
+    *,
+    source: Run,
+    spec: dict[str, Any],
+    queue: str,
+    name: str = "",
+    enqueue: bool = True,
+    acting_user: ActingUser,
+) -> Run:
+    """Create the analysis run (queued) of ``source`` and send its job after commit. Its
+    config is the source's training config with the spec as ``config["analysis"]``."""
+    training_config = {k: v for k, v in source.config.items() if k != "analysis"}
+    with transaction.atomic():
+        run = Run.objects.create(
+            experiment_id=source.experiment_id,
+            project_id=source.project_id,
+            name=name or f"{spec['kind']} of run {source.pk}",
+            created_by=acting_user if is_user(acting_user) else None,
+            config={**training_config, "analysis": spec},
+            preset=source.preset,
+            task=source.task,
+            queue=queue,
+            total_steps=2,
+            kind=spec["kind"],
+            source=source,
+        )
+        announce(
+            acting_user,
+            "run.submit",
+            run,
+            new={"kind": run.kind, "source": source.pk, "analysis": spec, "queue": queue},
+        )
+        if enqueue:
+            enqueue_run(run)
+    return run
+
+
+def fetch_source_checkpoint(source_id: int | None, dest: Path) -> None:
+    """Decrypt the checkpoint of training run ``source_id`` into ``dest`` (for the worker
+    analysing it). Raises ArtifactUnavailable / FileNotFoundError / Artifact.DoesNotExist when
+    it cannot be read.
+
+    SECURITY: the plaintext lands only in the analysis run's working folder, which is removed
+    when the run ends (as a training run's checkpoints are)."""
+    from experiments.storage import open_artifact
+
+    if source_id is None:
+        raise ValueError("this analysis has no source run")
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in CHECKPOINT_ARTIFACTS:
+        artifact = Artifact.objects.get(run_id=source_id, name=name)
+        partial = dest / f"{name}.part"
+        with partial.open("wb") as out:
+            for chunk in open_artifact(artifact):
+                out.write(chunk)
+        partial.replace(dest / name)

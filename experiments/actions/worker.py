@@ -37,6 +37,8 @@ class Claim:
     config: dict[str, Any]
     attempt: int
     queue: str = "cpu"
+    kind: str = "train"  # or an analysis of the training run ``source_id`` (RunKind)
+    source_id: int | None = None
 
 
 def do_claim_run(run_id: int, *, host: str, device: str = "", task_id: str = "") -> Claim | None:
@@ -62,7 +64,13 @@ def do_claim_run(run_id: int, *, host: str, device: str = "", task_id: str = "")
         run = Run.objects.get(pk=run_id)
         announce(None, "run.start", run, new={"attempt": run.attempt, "host": host})
     return Claim(
-        run_id=run_id, token=token, config=run.config, attempt=run.attempt, queue=run.queue
+        run_id=run_id,
+        token=token,
+        config=run.config,
+        attempt=run.attempt,
+        queue=run.queue,
+        kind=run.kind,
+        source_id=run.source_id,
     )
 
 
