@@ -179,6 +179,8 @@ REGISTRY: dict[str, Entry] = {
     "runs-compare": Entry(allowed=member_only, query=lambda w: {"ids": str(w.run.pk)}),
     "run": Entry(run_kw, member_only),
     "run-progress": Entry(run_kw, member_only),
+    "run-series": Entry(run_kw, member_only),
+    "run-log": Entry(run_kw, member_only),
     "run-cancel": Entry(run_kw, member_only, method="post"),
     "run-rerun": Entry(run_kw, member_only),
     "finding-new": Entry(run_kw, member_only),
