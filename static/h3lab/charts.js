@@ -203,13 +203,14 @@
       var box = svg.getBoundingClientRect();
       return (evt.clientX - box.left) / box.width * W;
     }
-    var dragFrom = null;
-
+    // The pointer and a drag in progress live on the container's state: a live run redraws
+    // every second, and the tooltip and the selection must survive that.
     function hover(evt) {
+      state.pointer = evt.clientX;
       var px = Math.max(M.left, Math.min(W - M.right, toSvgX(evt)));
-      if (dragFrom !== null) {
-        band.setAttribute("x", Math.min(dragFrom, px));
-        band.setAttribute("width", Math.abs(px - dragFrom));
+      if (state.dragFrom !== null && state.dragFrom !== undefined) {
+        band.setAttribute("x", Math.min(state.dragFrom, px));
+        band.setAttribute("width", Math.abs(px - state.dragFrom));
         band.setAttribute("visibility", "visible");
       }
       var x = invX(px), best = null;
@@ -250,17 +251,18 @@
       tip.hidden = true;
       cursor.setAttribute("visibility", "hidden");
       band.setAttribute("visibility", "hidden");
-      dragFrom = null;
+      state.dragFrom = null;
+      state.pointer = null;
     });
     overlay.addEventListener("mousedown", function (evt) {
       evt.preventDefault();
-      dragFrom = Math.max(M.left, Math.min(W - M.right, toSvgX(evt)));
+      state.dragFrom = Math.max(M.left, Math.min(W - M.right, toSvgX(evt)));
     });
     overlay.addEventListener("mouseup", function (evt) {
-      if (dragFrom === null) return;
+      if (state.dragFrom === null || state.dragFrom === undefined) return;
       var to = Math.max(M.left, Math.min(W - M.right, toSvgX(evt)));
-      var a = Math.min(dragFrom, to), b = Math.max(dragFrom, to);
-      dragFrom = null;
+      var a = Math.min(state.dragFrom, to), b = Math.max(state.dragFrom, to);
+      state.dragFrom = null;
       band.setAttribute("visibility", "hidden");
       if (b - a < 6) return; // a click, not a drag
       state.domain = [invX(a), invX(b)];
@@ -272,6 +274,7 @@
       redraw();
     });
     container.dataset.zoomed = state.domain ? "1" : "0";
+    if (state.pointer !== null && state.pointer !== undefined) hover({ clientX: state.pointer });
   }
 
   // Group metric names into chart choices: "train_loss" and "test_loss" are one choice,
