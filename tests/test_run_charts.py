@@ -236,6 +236,26 @@ def test_compare_shows_best_and_final_metrics_and_embeds_every_series(
     assert summary[b.pk]["best_test_accuracy"] is None
     chart = response.context["chart_data"]
     assert chart["names"] == ["grad_norm", "test_accuracy", "test_loss", "train_loss"]
-    assert chart["series"][b.pk]["grad_norm"] == [[0, 3.0]]
+    assert "grad_norm" not in chart["series"][b.pk], "fetched when picked, not embedded"
+    assert chart["series"][a.pk]["test_loss"] == [[0, 2.0], [10, 0.4], [20, 0.9]]
+    picked = as_alice.get(chart["series_url"], {"ids": [str(a.pk), str(b.pk)], "name": "grad_norm"})
+    assert picked.json() == {"series": {str(b.pk): {"grad_norm": [[0, 3.0]]}}}
     page = response.content.decode()
     assert 'id="compare-summary"' in page and "80.0%" in page
+
+
+def test_compare_series_is_404_when_any_run_is_not_visible(
+    as_alice: Client, lab: Lab, django_assert_num_queries: Any
+) -> None:
+    mine = factories.make_run(lab.project)
+    theirs = factories.make_run(lab.other_project)
+    factories.add_metrics(theirs, "grad_norm", [1.0])
+    url = reverse("runs-compare-series")
+    assert (
+        as_alice.get(url, {"ids": [str(mine.pk), str(theirs.pk)], "name": "grad_norm"}).status_code
+        == 404
+    )
+    assert as_alice.get(url, {"ids": "nonsense"}).status_code == 404
+    # 1 session, 2 user, 3 the runs (policy), 4 their points; plus the second-factor gate's.
+    with django_assert_num_queries(4 + SECOND_FACTOR_QUERIES):
+        as_alice.get(url, {"ids": [str(mine.pk)], "name": ["grad_norm", "lr"]})

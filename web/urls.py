@@ -10,6 +10,7 @@ urlpatterns = [
     path("projects/<slug:slug>/runs/new/", views.run_new, name="run-new"),
     path("runs/", views.run_list, name="runs"),
     path("runs/compare/", views.run_compare, name="runs-compare"),
+    path("runs/compare/series.json", views.run_compare_series, name="runs-compare-series"),
     path("runs/<int:pk>/", views.run_detail, name="run"),
     path("runs/<int:pk>/progress.json", views.run_progress, name="run-progress"),
     path("runs/<int:pk>/series.json", views.run_series, name="run-series"),

@@ -372,6 +372,14 @@ def _unavailable(request: HttpRequest, artifact: Any, exc: ArtifactUnavailable) 
     return render(request, "experiments/artifact_unavailable.html", context, status=status)
 
 
+def _compared_runs_or_404(request: HttpRequest, ids: list[int]) -> list[Run]:
+    found = policy.visible_runs(request.user).filter(pk__in=ids).select_related("project")
+    runs = sorted(found, key=lambda r: ids.index(r.pk))
+    if len(runs) != len(ids):
+        raise Http404("Not found.")  # SECURITY: one invisible id and the whole page is 404
+    return runs
+
+
 @login_required
 @require_GET
 def run_compare(request: HttpRequest) -> HttpResponse:
@@ -380,21 +388,41 @@ def run_compare(request: HttpRequest) -> HttpResponse:
         messages.info(request, "Select one or more runs to compare.")
         return redirect("runs")
     ids = form.cleaned_data["ids"]
-    found = policy.visible_runs(request.user).filter(pk__in=ids).select_related("project")
-    runs = sorted(found, key=lambda r: ids.index(r.pk))
-    if len(runs) != len(ids):
-        raise Http404("Not found.")  # SECURITY: one invisible id and the whole page is 404
-    # Every recorded metric of these runs, each series cut to what a chart can show.
-    names = presenters.metric_names(ids)
-    series, _ = presenters.named_series(ids, names, max_points=presenters.COMPARE_MAX_POINTS)
+    runs = _compared_runs_or_404(request, ids)
+    # The four train/test curves are embedded; the picker fetches any other metric from
+    # runs-compare-series, so a page of 12 long runs does not read every series they logged.
+    series, _ = presenters.named_series(
+        ids, presenters.CHART_SERIES, max_points=presenters.COMPARE_MAX_POINTS
+    )
     chart_runs = [{"id": r.pk, "label": f"#{r.pk} {r.name}".strip()} for r in runs]
     context = {
         "runs": runs,
         "rows": presenters.config_diff(runs),
         "summary": presenters.compare_summary(runs),
-        "chart_data": {"runs": chart_runs, "series": series, "names": names},
+        "chart_data": {
+            "runs": chart_runs,
+            "series": series,
+            "names": presenters.metric_names(ids),
+            "series_url": reverse("runs-compare-series"),
+        },
     }
     return render(request, "experiments/run_compare.html", context)
+
+
+# The compare page's picker: ``?ids=`` (as the page) and ``?name=`` repeated, every run's
+# series of those names cut to the compare page's points. 404 when any run is not visible.
+@never_cache
+@login_required
+@require_GET
+def run_compare_series(request: HttpRequest) -> JsonResponse:
+    form = CompareForm(request.GET)
+    if not form.is_valid():
+        raise Http404("Not found.")
+    ids = form.cleaned_data["ids"]
+    _compared_runs_or_404(request, ids)
+    names = request.GET.getlist("name")[:20]
+    series, _ = presenters.named_series(ids, names, max_points=presenters.COMPARE_MAX_POINTS)
+    return JsonResponse({"series": {str(k): v for k, v in series.items()}})
 
 
 @login_required

@@ -52,7 +52,10 @@
         if (l >= lmin - 1e-9 && l <= lmax + 1e-9) out.push(l);
       });
     }
-    return out.length ? out : [lmin];
+    if (out.length >= 3) return out;
+    // Less than a decade shown (a zoom): plain ticks in value space, placed on the log axis.
+    var plain = ticks(Math.pow(10, lmin), Math.pow(10, lmax), 4).filter(function (v) { return v > 0; });
+    return plain.length ? plain.map(function (v) { return Math.log10(v); }) : [lmin];
   }
 
   function fmt(v) {

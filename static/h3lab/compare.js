@@ -23,6 +23,25 @@
     return g ? g.names : [];
   }
 
+  // The page embeds the train/test loss and accuracy curves; other metrics are fetched once.
+  var fetched = {};
+  ["train_loss", "test_loss", "train_accuracy", "test_accuracy"].forEach(function (n) { fetched[n] = true; });
+  function load(names) {
+    var want = names.filter(function (n) { return !fetched[n]; });
+    if (!want.length || !data.series_url) return Promise.resolve();
+    var q = data.runs.map(function (r) { return "ids=" + r.id; })
+      .concat(want.map(function (n) { return "name=" + encodeURIComponent(n); })).join("&");
+    return fetch(data.series_url + "?" + q, { credentials: "same-origin", headers: { Accept: "application/json" } })
+      .then(function (r) { if (!r.ok) throw new Error(r.status); return r.json(); })
+      .then(function (d) {
+        want.forEach(function (n) { fetched[n] = true; });
+        Object.keys(d.series).forEach(function (id) {
+          var runSeries = data.series[id] || (data.series[id] = {});
+          Object.keys(d.series[id]).forEach(function (n) { runSeries[n] = d.series[id][n]; });
+        });
+      });
+  }
+
   function draw() {
     charts.forEach(function (chart) {
       var key = chart.dataset.metric, accuracy = /accuracy$/.test(key), series = [];
@@ -60,7 +79,7 @@
     select.addEventListener("change", function () {
       chart.dataset.metric = select.value;
       if (chart.h3Chart) chart.h3Chart.domain = null;
-      draw();
+      load(groupNames(select.value)).then(draw, draw);
     });
   });
   if (logScale) logScale.addEventListener("change", draw);
