@@ -96,3 +96,33 @@ def test_a_researcher_explores_a_running_runs_charts_and_reads_its_live_log(
     assert log_view.inner_text().count("step 4 loss 1.0") == 1, "appended, not repeated"
 
     assert refused == []
+
+
+def test_compare_draws_train_and_test_per_run_for_a_picked_metric(
+    lab: Lab, live_server: Any, page: Any
+) -> None:
+    runs = [factories.make_run(lab.project, name=n, test_accuracy=0.5) for n in ("a", "b")]
+    for i, run in enumerate(runs):
+        factories.add_metrics(run, "train_loss", [2.0 / (j + 1 + i) for j in range(30)])
+        factories.add_metrics(run, "test_loss", [2.2 / (j + 1 + i) for j in range(0, 30, 5)])
+        factories.add_metrics(run, "grad_norm", [1.0 + i + (j % 3) for j in range(30)])
+    refused: list[str] = []
+    page.on(
+        "console",
+        lambda msg: refused.append(msg.text) if "Content Security Policy" in msg.text else None,
+    )
+    sign_in(page, live_server.url, lab.alice)
+    page.goto(f"{live_server.url}/runs/compare/?ids={runs[0].pk}&ids={runs[1].pk}")
+
+    chart = page.locator("#chart-0")
+    chart.locator("path.series").first.wait_for()
+    assert chart.locator("path.series").count() == 4, "train and test for each of two runs"
+    assert chart.locator("path.series[stroke-dasharray]").count() == 2, "train dashed"
+    page.locator('select[data-metric-picker="chart-0"]').select_option("grad_norm")
+    page.wait_for_function(
+        "() => document.getElementById('chart-0-title').textContent === 'Grad norm'"
+    )
+    chart.locator("svg[aria-label^='grad norm']").wait_for()
+    assert chart.locator("path.series").count() == 2, "one grad_norm line per run"
+    assert page.locator("#compare-summary tbody tr").count() == 2
+    assert refused == []
