@@ -191,6 +191,35 @@ def test_a_cancelled_run_keeps_its_log_on_the_page_and_in_log_json(
     assert "step 9 loss 0.100" in page and "kept no train.log" not in page
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_run_cancelled_while_training_keeps_its_log_for_the_run_page(
+    lab: Lab, as_alice: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from h3lab import jobs
+    from tests.test_faults import submit
+
+    run = submit(lab, steps=40, checkpoint_every=5, eval_every=40)
+    real_progress = jobs.ProgressRecorder.progress
+
+    def progress(self: jobs.ProgressRecorder, p: Any) -> None:
+        if p.step == 10:  # the researcher presses "Cancel run" while it trains
+            do_cancel_run(Run.objects.get(pk=run.pk), reason="enough", acting_user=lab.alice)
+        real_progress(self, p)
+
+    monkeypatch.setattr(jobs.ProgressRecorder, "progress", progress)
+    assert jobs.execute_run(run.pk) == "stopped"
+
+    run.refresh_from_db()
+    assert run.status == RunStatus.CANCELLED
+    assert not run_workdir(run.pk).exists(), "the worker removed the plaintext folder"
+    assert Artifact.objects.get(run=run, name="train.log").encrypted is True
+    data = as_alice.get(reverse("run-log", args=[run.pk])).json()
+    assert (data["active"], data["source"]) == (False, "artifact")
+    assert any("step" in line for line in data["lines"])
+    page = as_alice.get(reverse("run", args=[run.pk]))
+    assert page.context["log_lines"] == data["lines"][-50:]
+
+
 def test_file_tail_reads_only_the_end_of_a_long_log(tmp_path: Path) -> None:
     path = tmp_path / "train.log"
     path.write_text("".join(f"line {i} " + "x" * 90 + "\n" for i in range(5000)))  # ~500 KB
