@@ -5,6 +5,7 @@ log after), the compare page's metrics table, and a cancelled run keeping its lo
 from __future__ import annotations
 
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -198,16 +199,21 @@ def test_a_run_cancelled_while_training_keeps_its_log_for_the_run_page(
     from h3lab import jobs
     from tests.test_faults import submit
 
-    run = submit(lab, steps=40, checkpoint_every=5, eval_every=40)
+    run = submit(lab, steps=1000, checkpoint_every=5, eval_every=1000)
     real_progress = jobs.ProgressRecorder.progress
 
+    cancelled: list[int] = []
+
     def progress(self: jobs.ProgressRecorder, p: Any) -> None:
-        if p.step == 10:  # the researcher presses "Cancel run" while it trains
+        if p.step >= 10 and not cancelled:  # "Cancel run" pressed while it trains
             do_cancel_run(Run.objects.get(pk=run.pk), reason="enough", acting_user=lab.alice)
+            cancelled.append(p.step)
+        elif cancelled:
+            time.sleep(0.02)  # a tiny run would finish before the worker's next write notices
         real_progress(self, p)
 
     monkeypatch.setattr(jobs.ProgressRecorder, "progress", progress)
-    assert jobs.execute_run(run.pk) == "stopped"
+    assert jobs.execute_run(run.pk) == "stopped", f"cancelled at step {cancelled}"
 
     run.refresh_from_db()
     assert run.status == RunStatus.CANCELLED
