@@ -177,8 +177,13 @@ REGISTRY: dict[str, Entry] = {
     "run-new": Entry(project_kw, member_only),
     "runs": Entry(allowed=signed_in),
     "runs-compare": Entry(allowed=member_only, query=lambda w: {"ids": str(w.run.pk)}),
+    "runs-compare-series": Entry(
+        allowed=member_only, query=lambda w: {"ids": str(w.run.pk), "name": "train_loss"}
+    ),
     "run": Entry(run_kw, member_only),
     "run-progress": Entry(run_kw, member_only),
+    "run-series": Entry(run_kw, member_only),
+    "run-log": Entry(run_kw, member_only),
     "run-cancel": Entry(run_kw, member_only, method="post"),
     "run-rerun": Entry(run_kw, member_only),
     "run-analyse": Entry(run_kw, member_only, method="post"),

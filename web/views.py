@@ -224,13 +224,14 @@ def _sort_columns(request: HttpRequest, current: str) -> list[dict[str, str]]:
 def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
     run = policy.get_run_or_404(request.user, pk)
     artifacts = list(run.artifacts.all())
-    log = presenters.find_log(artifacts) if not run.is_active else None
+    log_lines, log_source = presenters.run_log_tail(run, artifacts)
     context = {
         "run": run,
         "sections": presenters.config_sections(run.config),
         "artifacts": artifacts,
         "plots": [a for a in artifacts if a.content_type in INLINE_TYPES],
-        "log_lines": presenters.log_tail(log) if log else None,
+        "log_lines": log_lines,
+        "log_source": log_source,
         "can_manage": policy.can_manage_run(request.user, run),
         **_analysis_context(request, run),
     }
@@ -277,6 +278,56 @@ def _form_errors(form: forms.Form) -> str:
     return "; ".join(
         f"{name}: {' '.join(str(e) for e in errs)}" for name, errs in form.errors.items()
     )
+
+
+def _int_param(request: HttpRequest, name: str, default: int, low: int, high: int) -> int:
+    try:
+        value = int(request.GET.get(name, default))
+    except ValueError:
+        value = default
+    return min(high, max(low, value))
+
+
+# The run page's charts: any recorded metric (``?name=`` repeated), each series cut to
+# ``?max_points=`` by min/max-preserving downsampling, plus every metric name for the picker
+# and the cursor for progress.json. Same policy lookup as the run page (404 for non-members).
+@never_cache
+@login_required
+@require_GET
+def run_series(request: HttpRequest, pk: int) -> JsonResponse:
+    runs = policy.visible_runs(request.user).only("id", "project_id")
+    run = policy.get_visible_or_404(runs, pk=pk)
+    names = request.GET.getlist("name")[:20] or list(presenters.CHART_SERIES)
+    max_points = _int_param(
+        request,
+        "max_points",
+        presenters.SERIES_MAX_POINTS,
+        presenters.SERIES_MIN_POINTS,
+        presenters.SERIES_MAX_POINTS_CAP,
+    )
+    series, cursor = presenters.named_series([run.pk], names, max_points=max_points)
+    payload = {
+        "names": presenters.metric_names([run.pk]),
+        "series": series.get(run.pk, {}),
+        "cursor": cursor,
+        "max_points": max_points,
+    }
+    return JsonResponse(payload)
+
+
+# The log tail the run page polls while the run is active: the worker's live train.log, then
+# the stored encrypted log once the run is final. SECURITY: the file read is the run's own
+# folder, named by the primary key of a run the policy returned; nothing from the request
+# reaches the path.
+@never_cache
+@login_required
+@require_GET
+def run_log(request: HttpRequest, pk: int) -> JsonResponse:
+    runs = policy.visible_runs(request.user).only("id", "project_id", "status")
+    run = policy.get_visible_or_404(runs, pk=pk)
+    lines = _int_param(request, "lines", presenters.LOG_TAIL_LINES, 1, presenters.LIVE_LOG_LINES)
+    tail, source = presenters.run_log_tail(run, run.artifacts.all(), lines)
+    return JsonResponse({"active": run.is_active, "source": source, "lines": tail or []})
 
 
 # What the progress JSON reads of a run: the live numbers, not the config or the result.
@@ -367,6 +418,14 @@ def _unavailable(request: HttpRequest, artifact: Any, exc: ArtifactUnavailable) 
     return render(request, "experiments/artifact_unavailable.html", context, status=status)
 
 
+def _compared_runs_or_404(request: HttpRequest, ids: list[int]) -> list[Run]:
+    found = policy.visible_runs(request.user).filter(pk__in=ids).select_related("project")
+    runs = sorted(found, key=lambda r: ids.index(r.pk))
+    if len(runs) != len(ids):
+        raise Http404("Not found.")  # SECURITY: one invisible id and the whole page is 404
+    return runs
+
+
 @login_required
 @require_GET
 def run_compare(request: HttpRequest) -> HttpResponse:
@@ -375,18 +434,41 @@ def run_compare(request: HttpRequest) -> HttpResponse:
         messages.info(request, "Select one or more runs to compare.")
         return redirect("runs")
     ids = form.cleaned_data["ids"]
-    found = policy.visible_runs(request.user).filter(pk__in=ids).select_related("project")
-    runs = sorted(found, key=lambda r: ids.index(r.pk))
-    if len(runs) != len(ids):
-        raise Http404("Not found.")  # SECURITY: one invisible id and the whole page is 404
-    series, _ = presenters.metric_series(ids)
+    runs = _compared_runs_or_404(request, ids)
+    # The four train/test curves are embedded; the picker fetches any other metric from
+    # runs-compare-series, so a page of 12 long runs does not read every series they logged.
+    series, _ = presenters.named_series(
+        ids, presenters.CHART_SERIES, max_points=presenters.COMPARE_MAX_POINTS
+    )
     chart_runs = [{"id": r.pk, "label": f"#{r.pk} {r.name}".strip()} for r in runs]
     context = {
         "runs": runs,
         "rows": presenters.config_diff(runs),
-        "chart_data": {"runs": chart_runs, "series": series},
+        "summary": presenters.compare_summary(runs),
+        "chart_data": {
+            "runs": chart_runs,
+            "series": series,
+            "names": presenters.metric_names(ids),
+            "series_url": reverse("runs-compare-series"),
+        },
     }
     return render(request, "experiments/run_compare.html", context)
+
+
+# The compare page's picker: ``?ids=`` (as the page) and ``?name=`` repeated, every run's
+# series of those names cut to the compare page's points. 404 when any run is not visible.
+@never_cache
+@login_required
+@require_GET
+def run_compare_series(request: HttpRequest) -> JsonResponse:
+    form = CompareForm(request.GET)
+    if not form.is_valid():
+        raise Http404("Not found.")
+    ids = form.cleaned_data["ids"]
+    _compared_runs_or_404(request, ids)
+    names = request.GET.getlist("name")[:20]
+    series, _ = presenters.named_series(ids, names, max_points=presenters.COMPARE_MAX_POINTS)
+    return JsonResponse({"series": {str(k): v for k, v in series.items()}})
 
 
 @login_required
