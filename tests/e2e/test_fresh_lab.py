@@ -14,6 +14,7 @@ from django_otp.oath import totp
 
 from disclosure.models import AuditEntry
 from experiments.models import Finding, Project, Run, RunStatus, Tier
+from tests.e2e.conftest import wait_for
 
 pytestmark = [
     pytest.mark.e2e,
@@ -96,10 +97,15 @@ def test_a_fresh_lab_is_set_up_and_used_without_a_shell(
     alice.fill("textarea[name=body]", "The run recalls keys after 30 steps.")
     alice.get_by_text("Record finding").click()
     alice.wait_for_url(lambda url: "/findings/" in url)
-    alice.get_by_text("Send to the review board").click()
-    alice.get_by_text("Shared with reviewers").first.wait_for()
-    finding = Finding.objects.get(title="Recall forms in one layer")
-    assert finding.tier == Tier.REVIEW and list(finding.runs.all()) == [run]
+    with alice.expect_navigation():
+        alice.get_by_text("Send to the review board").click()
+    finding = wait_for(
+        lambda: Finding.objects.filter(title="Recall forms in one layer", tier=Tier.REVIEW).first(),
+        timeout=30,
+        what="the finding to reach the review tier",
+    )
+    assert "Shared with reviewers" in alice.locator(".page-head").inner_text()
+    assert list(finding.runs.all()) == [run]
 
     # Back to the admin: the finding is listed, shared with reviewers; every step was audited.
     page.goto(f"{base}/findings/")
