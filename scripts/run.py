@@ -121,7 +121,13 @@ def lab_facts() -> tuple[list[tuple[str, str, str]], str]:
     # The disclosure demo adds a second reviewer, after the first.
     after = next((i + 1 for i, u in enumerate(users) if "reviewer" in u[2]), len(users))
     users.insert(after, (*SECOND_REVIEWER, "second reviewer (review board)"))
-    return users, mail_destination(settings.EMAIL_BACKEND, settings.EMAIL_FILE_PATH)
+    return users, mail_destination(settings.EMAIL_BACKEND, _short(settings.EMAIL_FILE_PATH))
+
+
+def _short(path: str) -> str:
+    """``path`` relative to the checkout when it lies inside it (var/mail.log)."""
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else path
 
 
 def mail_destination(backend: str, file_path: str) -> str:

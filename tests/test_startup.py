@@ -46,6 +46,8 @@ def test_the_lab_facts_come_from_the_demo_and_the_mail_settings() -> None:
         "django.core.mail.backends.console.EmailBackend", ""
     )
     assert mail_line  # the test settings' backend, described
+    assert run_script._short(str(run_script.ROOT / "var" / "mail.log")) == "var/mail.log"
+    assert run_script._short("/srv/h3lab/mail.log") == "/srv/h3lab/mail.log"
 
 
 def test_the_mail_log_backend_appends_every_message(tmp_path: Path) -> None:
