@@ -117,3 +117,17 @@ def test_the_associative_recall_quick_start_learns_within_its_first_steps(
     accuracy = {ev.step: ev.accuracy for ev in evals}
     assert max(accuracy) == PREFIX_STEPS
     assert accuracy[PREFIX_STEPS] >= PREFIX_ACCURACY > 3 / quick.vocab_size  # chance: 1 / V
+
+
+def test_the_demos_recall_run_is_the_quick_start_preset_with_early_stopping() -> None:
+    from dataclasses import replace
+
+    from experiments.demo import DEMO_EARLY_STOP, learning
+
+    quick = preset_for("associative_recall", "h3")
+    assert quick is not None
+    cfg, measured = learning("h3", "associative_recall"), quick.config(seed=0)
+    assert (cfg.preset, cfg.model, cfg.task) == (measured.preset, measured.model, measured.task)
+    undone = replace(cfg.train, early_stop_acc=None, eval_every=100, checkpoint_every=200)
+    assert undone == measured.train
+    assert cfg.train.early_stop_acc == DEMO_EARLY_STOP >= 0.9
