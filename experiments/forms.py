@@ -172,6 +172,9 @@ class RunForm(forms.Form):
             ("", "—"),
             *((n, n) for n in corpora),
         ]
+        if self.base:
+            # A repeated run keeps its own settings: no quick-start claim about them.
+            self.fields["task"].help_text = ""
         base_task = self.base.get("task", {}).get("name")
         if base_task and base_task not in dict(TASK_CHOICES):
             # A run submitted through the API with a task the form doesn't offer (jsonl):

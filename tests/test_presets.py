@@ -56,6 +56,8 @@ def test_a_fresh_form_starts_from_the_default_tasks_h3_preset(lab: Lab) -> None:
     assert (initial["task"], initial["preset"]) == (DEFAULT_TASK, "h3")
     assert {name: initial[name] for name in DEFAULT_PRESET.fields()} == DEFAULT_PRESET.fields()
     assert form.fields["task"].help_text == DEFAULT_PRESET.label
+    repeat = RunForm(project=lab.project, base=DEFAULT_PRESET.config().to_dict())
+    assert repeat.fields["task"].help_text == ""
 
 
 def test_models_without_a_preset_start_from_h3s_values_and_say_so() -> None:
