@@ -20,6 +20,7 @@ from django.utils.text import slugify
 
 from experiments.inputs import MAX_BODY_CHARS, MAX_ID, MAX_SEED, MAX_TITLE_CHARS, parse_id
 from experiments.models import Artifact, Project, Queue, Reveals, Run, RunKind, RunStatus
+from experiments.presets import PRESETS, preset_for
 from experiments.runconfig import (
     MAX_D_MODEL,
     MAX_LAYERS,
@@ -48,15 +49,28 @@ TASK_CHOICES = [
     ("text", "Language modeling on a text file"),
 ]
 FILE_TASKS = ("text", "jsonl")
-# The H3 paper's synthetic settings; the form's JavaScript switches to these when the task
-# changes (and the submitted values are what count).
-TASK_DEFAULTS: dict[str, dict[str, int]] = {
-    "induction_head": {"vocab_size": 20, "seq_len": 30},
-    "associative_recall": {"vocab_size": 20, "seq_len": 40},
-    "induction_head_safari": {"vocab_size": 20, "seq_len": 30},
-    "associative_recall_safari": {"vocab_size": 10, "seq_len": 20},
-    "text": {"vocab_size": 256, "seq_len": 128},
+# What the form's JavaScript sets when the task or model changes (fields the researcher has
+# edited stay as they are; the submitted values are what count): task → model → field values,
+# with "" for every model without a preset of its own. Tasks with a quick-start preset
+# (experiments/presets.py, measured to learn within a minute or two on a 2-core CPU) get all its
+# fields and its label; the others the H3 paper's synthetic sizes.
+FieldValues = dict[str, int | float | str]
+TASK_DEFAULTS: dict[str, dict[str, FieldValues]] = {
+    "induction_head": {"": {"vocab_size": 20, "seq_len": 30}},
+    "associative_recall": {"": {"vocab_size": 20, "seq_len": 40}},
+    "induction_head_safari": {"": {"vocab_size": 20, "seq_len": 30}},
+    "associative_recall_safari": {"": {"vocab_size": 10, "seq_len": 20}},
+    "text": {"": {"vocab_size": 256, "seq_len": 128}},
 }
+for _preset in PRESETS:
+    _by_model = TASK_DEFAULTS.setdefault(_preset.task, {})
+    _values: FieldValues = {**_preset.fields(), "label": _preset.label}
+    _by_model[_preset.model] = _values
+    if _preset.model == "h3":  # other models start from H3's values, labelled as such
+        _by_model[""] = {**_values, "label": f"{_preset.label} (measured with H3)"}
+DEFAULT_TASK = "associative_recall"
+# The fresh form's values: the default task's H3 quick-start preset.
+DEFAULT_PRESET = next(p for p in PRESETS if (p.task, p.model) == (DEFAULT_TASK, "h3"))
 MAX_CORPUS_BYTES = 200 * 1024 * 1024
 
 # Dotted ConfigError keys → the form field that holds the bad value.
@@ -108,14 +122,17 @@ def _bounded(low: int, high: int | None) -> forms.NumberInput:
 
 class RunForm(forms.Form):
     """Submit a training job. ``base`` is the config of the run being repeated: fields the
-    form does not show (state size, eval cadence, dataset sizes …) are kept from it."""
+    form does not show (state size, eval cadence, dataset sizes …) are kept from it; a fresh
+    form takes them from the chosen task's quick-start preset (experiments/presets.py)."""
 
     experiment = forms.CharField(
         max_length=200, initial="default", help_text="Runs are grouped by experiment."
     )
     name = forms.CharField(max_length=200, required=False, label="Run name")
     preset = forms.ChoiceField(choices=PRESET_CHOICES, initial="h3", label="Model")
-    task = forms.ChoiceField(choices=TASK_CHOICES, initial="induction_head")
+    task = forms.ChoiceField(
+        choices=TASK_CHOICES, initial=DEFAULT_TASK, help_text=DEFAULT_PRESET.label
+    )
     corpus_upload = forms.FileField(
         required=False, label="Upload a text file", help_text="UTF-8 text; bytes are the tokens."
     )
@@ -123,18 +140,20 @@ class RunForm(forms.Form):
     # The bounds are build_run_config's (the API's too); the widgets only show them, so that an
     # out-of-range value gets the same message here as through the API.
     vocab_size = forms.IntegerField(
-        initial=20,
+        initial=DEFAULT_PRESET.vocab_size,
         widget=_bounded(1, MAX_VOCAB),
         help_text="Ignored for text (bytes: 256).",
     )
-    seq_len = forms.IntegerField(initial=30, label="Sequence length")
+    seq_len = forms.IntegerField(initial=DEFAULT_PRESET.seq_len, label="Sequence length")
     d_model = forms.IntegerField(
-        initial=64, widget=_bounded(1, MAX_D_MODEL), label="Width (d_model)"
+        initial=DEFAULT_PRESET.d_model, widget=_bounded(1, MAX_D_MODEL), label="Width (d_model)"
     )
-    n_layer = forms.IntegerField(initial=2, widget=_bounded(1, MAX_LAYERS), label="Depth (layers)")
-    steps = forms.IntegerField(initial=1000)
-    lr = forms.FloatField(initial=5e-4, label="Learning rate")
-    batch_size = forms.IntegerField(initial=32)
+    n_layer = forms.IntegerField(
+        initial=DEFAULT_PRESET.n_layer, widget=_bounded(1, MAX_LAYERS), label="Depth (layers)"
+    )
+    steps = forms.IntegerField(initial=DEFAULT_PRESET.steps)
+    lr = forms.FloatField(initial=DEFAULT_PRESET.lr, label="Learning rate")
+    batch_size = forms.IntegerField(initial=DEFAULT_PRESET.batch_size)
     seed = forms.IntegerField(
         initial=0,
         widget=_bounded(0, MAX_SEED),
@@ -153,6 +172,9 @@ class RunForm(forms.Form):
             ("", "—"),
             *((n, n) for n in corpora),
         ]
+        if self.base:
+            # A repeated run keeps its own settings: no quick-start claim about them.
+            self.fields["task"].help_text = ""
         base_task = self.base.get("task", {}).get("name")
         if base_task and base_task not in dict(TASK_CHOICES):
             # A run submitted through the API with a task the form doesn't offer (jsonl):
@@ -221,7 +243,7 @@ class RunForm(forms.Form):
         cfg = build_run_config(
             self.project,
             self._overrides(data, path=path),
-            base=self.base,
+            base=self._base_for(data),
             n_layer=data["n_layer"],
             d_model=data["d_model"],
             pending_corpus=target,
@@ -253,7 +275,7 @@ class RunForm(forms.Form):
             cfg = build_run_config(
                 self.project,
                 self._overrides(data, path=str(stand_in)),
-                base=self.base,
+                base=self._base_for(data),
                 n_layer=data["n_layer"],
                 d_model=data["d_model"],
                 pending_corpus=stand_in,
@@ -261,6 +283,15 @@ class RunForm(forms.Form):
         except (forms.ValidationError, ConfigError, KeyError):
             return None
         return estimate(cfg)
+
+    def _base_for(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Where the settings the form does not show come from: the repeated run's config, or
+        on a fresh form the quick-start preset of the chosen task and model (its weight decay,
+        warmup and SSM learning rate, measured together with the fields it fills)."""
+        if self.base:
+            return self.base
+        quick = preset_for(data["task"], data["preset"])
+        return quick.hidden() if quick else {}
 
     @staticmethod
     def _overrides(data: dict[str, Any], *, path: str) -> dict[str, Any]:

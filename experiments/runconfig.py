@@ -68,6 +68,13 @@ def build_run_config(
     (the web form saves an upload only once the config validates); it counts as uploaded.
     """
     config = _merge(base or {}, overrides)
+    if not (base and "preset" in base):  # not a rerun of a stored run's config
+        # A new run gets the validation split (selection and early stop on it, never on
+        # test). A config stored without ``num_val`` reads as one from before the split
+        # existed (h3lab.config), so only a rerun of such a run keeps selecting on test.
+        task = config.get("task", {})
+        if isinstance(task, dict):
+            config["task"] = {"num_val": TaskConfig.num_val, **task}
     mixers = _section(overrides, "model").get("mixers")
     if n_layer is not None and isinstance(mixers, list | tuple) and len(mixers) != n_layer:
         # Without this the given depth would be silently ignored for the model section's.

@@ -233,7 +233,9 @@ ARTIFACTS_DIR = MEDIA_ROOT / "artifacts"
 # Mail: EMAIL_URL (smtp://user:password@host:587 with STARTTLS, smtps://…:465 with implicit
 # TLS, smtp+plain://… without TLS, console:// to print mail) or EMAIL_HOST, EMAIL_PORT,
 # EMAIL_HOST_USER, EMAIL_HOST_PASSWORD, EMAIL_USE_TLS / EMAIL_USE_SSL. With neither, mail is
-# printed to the log (the development default).
+# appended to EMAIL_FILE_PATH (var/mail.log; the embedded default, so it never floods the
+# terminal of `make run`).
+MAIL_LOG_BACKEND = "h3lab.maillog.MailLogBackend"
 
 
 def email_settings(environ: dict[str, str]) -> dict[str, Any]:
@@ -273,11 +275,7 @@ def email_settings(environ: dict[str, str]) -> dict[str, Any]:
             "EMAIL_USE_SSL": use_ssl,
             "EMAIL_USE_TLS": use_tls,
         }
-    return {
-        "EMAIL_BACKEND": environ.get(
-            "EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend"
-        )
-    }
+    return {"EMAIL_BACKEND": environ.get("EMAIL_BACKEND", MAIL_LOG_BACKEND)}
 
 
 _email = email_settings(dict(os.environ))
@@ -288,6 +286,7 @@ EMAIL_HOST_USER: str = _email.get("EMAIL_HOST_USER", "")
 EMAIL_HOST_PASSWORD: str = _email.get("EMAIL_HOST_PASSWORD", "")
 EMAIL_USE_TLS: bool = _email.get("EMAIL_USE_TLS", False)
 EMAIL_USE_SSL: bool = _email.get("EMAIL_USE_SSL", False)
+EMAIL_FILE_PATH = env_str("EMAIL_FILE_PATH", str(VAR_DIR / "mail.log"))
 EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 10)  # seconds; a dead mail server must not hang a page
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "h3lab <noreply@h3lab.localhost>")
 SERVER_EMAIL = env_str("SERVER_EMAIL", DEFAULT_FROM_EMAIL)

@@ -8,6 +8,9 @@ child dies, the others are stopped and the exit status says which one it was. An
 training run is left "running" and the reaper requeues it (from its checkpoint) once its
 heartbeat is stale.
 
+Once everything is started it prints a short summary: the URL (with the port the web server
+really listens on), every demo user with role and password, and where mail goes.
+
 Environment: HOST (127.0.0.1), PORT (8000), plus everything h3lab.settings reads.
 """
 
@@ -20,6 +23,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -68,6 +72,73 @@ def commands(python: str, host: str, port: str) -> list[Child]:
     ]
 
 
+def browse_url(host: str, port: str) -> str:
+    """The address to open in a browser: a wildcard bind is reached through localhost."""
+    wildcards = {"0.0.0.0": "127.0.0.1", "::": "localhost", "": "127.0.0.1"}  # noqa: S104 (read, not bound)
+    shown = wildcards.get(host, host)
+    if ":" in shown:  # an IPv6 literal
+        shown = f"[{shown}]"
+    return f"http://{shown}:{port}/"
+
+
+def startup_summary(
+    url: str, users: Sequence[tuple[str, str, str]], mail: str, *, width: int = 79
+) -> str:
+    """The lines ``make run`` prints once the lab is up: ``users`` are (username, password,
+    role) rows, ``mail`` says where mail goes."""
+    rule = "-" * width
+    lines = [rule, f"h3lab is up: {url}", ""]
+    if users:
+        name_w = max(len(u[0]) for u in users)
+        pass_w = max(len(u[1]) for u in users)
+        lines.append("Sign in as (demo users; never load the demo on a public server):")
+        lines += [
+            f"  {name:<{name_w}}  {password:<{pass_w}}  {role}" for name, password, role in users
+        ]
+        lines.append("")
+    lines += [
+        f"Mail: {mail}",
+        "Web, worker, control worker and beat are running; Ctrl-C stops them.",
+        rule,
+    ]
+    return "\n".join(lines)
+
+
+def lab_facts() -> tuple[list[tuple[str, str, str]], str]:
+    """The demo users and where mail goes, from the lab's own settings (Django is set up for
+    this; the children are separate processes)."""
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "h3lab.settings")
+    sys.path.insert(0, str(ROOT))
+    import django
+
+    django.setup()
+    from django.conf import settings
+
+    from disclosure.demo import SECOND_REVIEWER
+    from experiments.demo import PERSONAS
+
+    users = [(p.username, p.password, p.role) for p in PERSONAS]
+    # The disclosure demo adds a second reviewer, after the first.
+    after = next((i + 1 for i, u in enumerate(users) if "reviewer" in u[2]), len(users))
+    users.insert(after, (*SECOND_REVIEWER, "second reviewer (review board)"))
+    return users, mail_destination(settings.EMAIL_BACKEND, _short(settings.EMAIL_FILE_PATH))
+
+
+def _short(path: str) -> str:
+    """``path`` relative to the checkout when it lies inside it (var/mail.log)."""
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else path
+
+
+def mail_destination(backend: str, file_path: str) -> str:
+    if backend.endswith("MailLogBackend"):
+        return f"appended to {file_path} (tail -f it); notifications are also in each inbox"
+    if backend.endswith("console.EmailBackend"):
+        return "printed here, among the workers' output; notifications are also in each inbox"
+    via = backend.rsplit(".", 2)[-2]
+    return f"sent through the {via} backend (EMAIL_URL); notifications are also in each inbox"
+
+
 def stop_all(children: list[Child], grace: float) -> None:
     """SIGTERM every live child (Celery then stops its own pool), wait up to ``grace`` s, then
     SIGKILL the child's whole process group."""
@@ -99,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    users, mail = lab_facts()
     children = commands(sys.executable, args.host, args.port)
     stopping: list[str] = []
 
@@ -115,11 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     for child in children:
         # start_new_session: the terminal's Ctrl-C goes to us only; we decide how to stop.
         child.proc = subprocess.Popen(child.argv, cwd=ROOT, env=env, start_new_session=True)
-    print(
-        f"\n[run] h3lab is up: http://{args.host}:{args.port}/  "
-        f"(web, worker, control worker, beat; Ctrl-C stops everything)\n",
-        flush=True,
-    )
+    print("\n" + startup_summary(browse_url(args.host, args.port), users, mail) + "\n", flush=True)
 
     dead: Child | None = None
     while not stopping and dead is None:

@@ -46,15 +46,6 @@ def config_or_errors(form: RunForm) -> dict[str, Any]:
         return {}
 
 
-def test_unbound_form_starts_from_the_papers_induction_head_settings(lab: Lab) -> None:
-    form = RunForm(project=lab.project)
-    initial = {name: field.initial for name, field in form.fields.items()}
-    assert initial["task"] == "induction_head"
-    assert (initial["vocab_size"], initial["seq_len"]) == (20, 30)
-    assert (initial["d_model"], initial["n_layer"], initial["batch_size"]) == (64, 2, 32)
-    assert initial["lr"] == 5e-4
-
-
 def test_valid_input_builds_a_config_that_round_trips(lab: Lab) -> None:
     cfg = config_or_errors(bound(lab.project))
     parsed = RunConfig.from_dict(cfg)

@@ -89,8 +89,9 @@ def test_the_run_form_shows_the_estimate_of_its_values(as_alice: Client, lab: La
     page = as_alice.get(reverse("run-new", args=[lab.project.slug]))
 
     assert page.status_code == 200
-    # The form's initial values: H3, 2 × 64, vocabulary 20, 30 tokens, batch 32, 1000 steps.
-    assert "Estimated cost: ≈ 134.5 k params, ≈ " in page.content.decode()
+    # The form's initial values, associative recall's quick-start preset: H3, 2 × 64,
+    # vocabulary 8, 16 tokens, batch 128, 600 steps.
+    assert "Estimated cost: ≈ 133.8 k params, ≈ " in page.content.decode()
 
 
 def test_the_api_answers_with_the_runs_estimate(lab: Lab) -> None:

@@ -12,7 +12,7 @@ from django.urls import reverse
 from experiments.forms import RunForm
 from experiments.models import Run
 from experiments.runconfig import build_run_config, corpus_dir
-from h3lab.config import ConfigError
+from h3lab.config import ConfigError, TaskConfig
 from tests import factories
 from tests.conftest import Lab
 from tests.test_api import api, error, post
@@ -124,3 +124,14 @@ def test_repeating_a_run_whose_file_is_not_in_the_project_is_refused_on_both_pat
     message = error(response)["fields"]["config.task.path"]
     assert page_errors(page)["corpus_upload"] == message
     assert message == ["name a file uploaded to this project (ok.txt)"]
+
+
+def test_a_new_run_gets_a_validation_split_and_a_rerun_keeps_its_own(lab: Lab) -> None:
+    """Selection and early stopping read validation only; a config without ``num_val`` is one
+    stored before the split existed, so only reruns of those keep selecting on test."""
+    fresh = build_run_config(lab.project, {"task": {"name": "induction_head_safari"}})
+    assert fresh.task.num_val == TaskConfig.num_val > 0
+    legacy = fresh.to_dict()
+    del legacy["task"]["num_val"]
+    assert build_run_config(lab.project, {}, base=legacy).task.num_val == 0
+    assert build_run_config(lab.project, {"task": {"num_val": 0}}).task.num_val == 0

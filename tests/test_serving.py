@@ -126,7 +126,7 @@ def test_mail_from_separate_variables() -> None:
 
 
 def test_without_mail_settings_mail_goes_to_the_log() -> None:
-    assert email_settings({}) == {"EMAIL_BACKEND": "django.core.mail.backends.console.EmailBackend"}
+    assert email_settings({}) == {"EMAIL_BACKEND": "h3lab.maillog.MailLogBackend"}
     with pytest.raises(ImproperlyConfigured, match="EMAIL_URL"):
         email_settings({"EMAIL_URL": "http://mail.example.org"})
 

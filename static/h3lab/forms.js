@@ -1,14 +1,18 @@
 /* Progressive enhancement for forms: the run form shows the corpus fields only for file
- * tasks and switches vocab/length to the task's defaults until the researcher edits them;
- * the runs list enables "Compare selected" once runs are ticked. */
+ * tasks and, when the task or model changes, switches every field of the task's quick-start
+ * preset for that model (or the task's paper sizes) until the researcher edits that field, and
+ * shows the preset's label under the task; the runs list enables "Compare selected" once runs
+ * are ticked. */
 (function () {
   "use strict";
   var task = document.getElementById("id_task");
   if (task) {
     var defaults = JSON.parse((document.getElementById("task-defaults") || {}).textContent || "{}");
+    var model = document.getElementById("id_preset");
     var corpus = document.querySelector("[data-show-for]");
+    var note = document.querySelector("#field-task .help");
     var touched = {};
-    ["vocab_size", "seq_len"].forEach(function (name) {
+    ["vocab_size", "seq_len", "d_model", "n_layer", "steps", "lr", "batch_size"].forEach(function (name) {
       var input = document.getElementById("id_" + name);
       if (input) input.addEventListener("input", function () { touched[name] = true; });
     });
@@ -17,13 +21,16 @@
       var vocab = document.getElementById("id_vocab_size");
       if (vocab) vocab.disabled = task.value === "text";
       if (!applyDefaults) return;
-      var d = defaults[task.value] || {};
+      var byModel = defaults[task.value] || {};
+      var d = byModel[model ? model.value : ""] || byModel[""] || {};
+      if (note) note.textContent = d.label || "";
       Object.keys(d).forEach(function (name) {
         var input = document.getElementById("id_" + name);
         if (input && !touched[name]) input.value = d[name];
       });
     };
     task.addEventListener("change", function () { sync(true); });
+    if (model) model.addEventListener("change", function () { sync(true); });
     sync(false);
     // Disabled inputs are not submitted; re-enable before sending so the form stays valid.
     task.form.addEventListener("submit", function () {
