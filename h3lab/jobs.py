@@ -36,7 +36,7 @@ import traceback
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from celery import Task
 from celery.exceptions import Reject
@@ -276,9 +276,6 @@ def _analyse_claimed(claim: Claim) -> str:
     from experiments.actions.worker import do_record_heartbeat
     from experiments.storage import run_workdir
     from h3lab.isolation import (
-        MemoryLimitExceeded,
-        TrainingFailed,
-        TrainingInterrupted,
         analyse_isolated,
     )
     from h3lab.train import Callbacks
@@ -310,26 +307,20 @@ def _analyse_claimed(claim: Claim) -> str:
                 or SHUTTING_DOWN.is_set()
             ),
         )
-        try:
-            result = analyse_isolated(
+        result, outcome = _in_child(
+            run_id,
+            recorder,
+            workdir,
+            lambda: analyse_isolated(
                 claim.config.get("analysis", {}),
                 source_dir,
                 workdir,
                 callbacks,
                 memory_limit_mb=settings.H3LAB_RUN_MEMORY_LIMIT_MB.get(claim.queue, 0),
-            )
-        except MemoryLimitExceeded as exc:
-            return _fail(recorder, workdir, error=str(exc), trace="")
-        except TrainingFailed as exc:
-            return _fail(recorder, workdir, error=exc.error, trace=exc.child_traceback)
-        except TrainingInterrupted as exc:
-            return _requeue(recorder, f"the worker was shutting down ({exc})")
-        except Exception as exc:
-            if is_transient(exc) or recorder.unreachable:
-                log.warning("run %s interrupted by %r; left for the reaper", run_id, exc)
-                return "interrupted"
-            error = f"{type(exc).__name__}: {exc}"
-            return _fail(recorder, workdir, error=error, trace=traceback.format_exc())
+            ),
+        )
+        if outcome is not None or result is None:
+            return outcome or "interrupted"
     if result.status == "stopped":
         return _stopped(recorder, liveness, workdir)
     if not recorder.flush_retrying():
@@ -352,9 +343,6 @@ def _train_claimed(claim: Claim, cfg: RunConfig) -> str:
     from experiments.actions.worker import do_record_heartbeat
     from experiments.storage import run_workdir
     from h3lab.isolation import (
-        MemoryLimitExceeded,
-        TrainingFailed,
-        TrainingInterrupted,
         train_isolated,
     )
     from h3lab.train import Callbacks
@@ -375,32 +363,53 @@ def _train_claimed(claim: Claim, cfg: RunConfig) -> str:
                 or SHUTTING_DOWN.is_set()
             ),
         )
-        try:
-            result = train_isolated(
+        result, outcome = _in_child(
+            run_id,
+            recorder,
+            workdir,
+            lambda: train_isolated(
                 cfg,
                 workdir,
                 callbacks,
                 resume=True,
                 memory_limit_mb=settings.H3LAB_RUN_MEMORY_LIMIT_MB.get(claim.queue, 0),
-            )
-        except MemoryLimitExceeded as exc:
-            return _fail(recorder, workdir, error=str(exc), trace="")
-        except TrainingFailed as exc:
-            return _fail(recorder, workdir, error=exc.error, trace=exc.child_traceback)
-        except TrainingInterrupted as exc:
-            return _requeue(recorder, f"the worker was shutting down ({exc})")
-        except Exception as exc:
-            if is_transient(exc) or recorder.unreachable:
-                log.warning("run %s interrupted by %r; left for the reaper", run_id, exc)
-                return "interrupted"
-            # A fault of the platform, not of the run: say so on the run rather than loop.
-            error = f"{type(exc).__name__}: {exc}"
-            return _fail(recorder, workdir, error=error, trace=traceback.format_exc())
+            ),
+        )
+        if outcome is not None or result is None:
+            return outcome or "interrupted"
     if result.status == "stopped":
         return _stopped(recorder, liveness, workdir)
     if not recorder.flush_retrying():
         return "interrupted"
     return _complete(recorder, workdir, result)
+
+
+T = TypeVar("T")
+
+
+def _in_child(
+    run_id: int, recorder: ProgressRecorder, workdir: Path, call: Callable[[], T]
+) -> tuple[T | None, str | None]:
+    """Run ``call`` (training or an analysis in the isolated child) and map how it ended:
+    ``(result, None)``, or ``(None, outcome)`` once the run has been failed, requeued or left
+    for the reaper. The run fails only for reasons of its own (its code, its data, its memory
+    cap, or a non-transient fault of the platform, said on the run rather than looped)."""
+    from h3lab.isolation import MemoryLimitExceeded, TrainingFailed, TrainingInterrupted
+
+    try:
+        return call(), None
+    except MemoryLimitExceeded as exc:
+        return None, _fail(recorder, workdir, error=str(exc), trace="")
+    except TrainingFailed as exc:
+        return None, _fail(recorder, workdir, error=exc.error, trace=exc.child_traceback)
+    except TrainingInterrupted as exc:
+        return None, _requeue(recorder, f"the worker was shutting down ({exc})")
+    except Exception as exc:
+        if is_transient(exc) or recorder.unreachable:
+            log.warning("run %s interrupted by %r; left for the reaper", run_id, exc)
+            return None, "interrupted"
+        error = f"{type(exc).__name__}: {exc}"
+        return None, _fail(recorder, workdir, error=error, trace=traceback.format_exc())
 
 
 def _fail(recorder: ProgressRecorder, workdir: Path, *, error: str, trace: str) -> str:
