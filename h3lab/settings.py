@@ -528,6 +528,8 @@ SPECTACULAR_SETTINGS = {
         "ArtifactKindEnum": "experiments.models.ArtifactKind",
         "VoteKindEnum": "disclosure.models.VoteKind",
         "ExportKindEnum": "disclosure.models.ExportKind",
+        "RunKindEnum": "experiments.models.RunKind",
+        "AnalysisKindEnum": "experiments.models.ANALYSIS_KINDS",
     },
 }
 

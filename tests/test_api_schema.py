@@ -185,3 +185,16 @@ def test_every_json_request_body_has_an_example() -> None:
         and not op["requestBody"]["content"]["application/json"].get("examples")
     ]
     assert not missing, f"request bodies without an example: {missing}"
+
+
+def test_the_schema_generates_without_warnings(tmp_path: Path) -> None:
+    """drf-spectacular's warnings (an enum name collision, an unresolvable serializer) are
+    failures of `check --deploy --fail-level WARNING` in CI: catch them here first."""
+    from django.core.management import call_command
+
+    out = tmp_path / "schema.yml"
+    try:
+        call_command("spectacular", "--file", str(out), "--fail-on-warn", "--validate")
+    except (SystemExit, Exception) as exc:  # the command exits on a warning
+        raise AssertionError(f"the OpenAPI schema has warnings: {exc!r}") from exc
+    assert out.stat().st_size > 0
