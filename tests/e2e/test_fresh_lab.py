@@ -6,6 +6,7 @@ it and sends it to review; the admin sees it shared with reviewers."""
 from __future__ import annotations
 
 import base64
+import re
 from typing import Any
 
 import pytest
@@ -96,12 +97,14 @@ def test_a_fresh_lab_is_set_up_and_used_without_a_shell(
     alice.fill("input[name=title]", "Recall forms in one layer")
     alice.fill("textarea[name=body]", "The run recalls keys after 30 steps.")
     alice.get_by_text("Record finding").click()
-    alice.wait_for_url(lambda url: "/findings/" in url)
+    # The finding's own page (/findings/<id>/), not the form's URL (/runs/<id>/findings/new/).
+    alice.wait_for_url(re.compile(r"/findings/\d+/$"))
+    alice.get_by_text("Send to the review board").wait_for()
     with alice.expect_navigation():
         alice.get_by_text("Send to the review board").click()
     finding = wait_for(
         lambda: Finding.objects.filter(title="Recall forms in one layer", tier=Tier.REVIEW).first(),
-        timeout=30,
+        timeout=60,
         what="the finding to reach the review tier",
     )
     assert "Shared with reviewers" in alice.locator(".page-head").inner_text()
