@@ -300,12 +300,7 @@ def _analyse_claimed(claim: Claim) -> str:
     with liveness:
         callbacks = Callbacks(
             on_progress=recorder.progress,
-            should_stop=lambda: (
-                liveness.stop.is_set()
-                or recorder.lost
-                or recorder.unreachable
-                or SHUTTING_DOWN.is_set()
-            ),
+            should_stop=lambda: _should_stop(liveness, recorder),
         )
         result, outcome = _in_child(
             run_id,
@@ -356,12 +351,7 @@ def _train_claimed(claim: Claim, cfg: RunConfig) -> str:
         callbacks = Callbacks(
             on_progress=recorder.progress,
             on_eval=recorder.evaluation,
-            should_stop=lambda: (
-                liveness.stop.is_set()
-                or recorder.lost
-                or recorder.unreachable
-                or SHUTTING_DOWN.is_set()
-            ),
+            should_stop=lambda: _should_stop(liveness, recorder),
         )
         result, outcome = _in_child(
             run_id,
@@ -382,6 +372,12 @@ def _train_claimed(claim: Claim, cfg: RunConfig) -> str:
     if not recorder.flush_retrying():
         return "interrupted"
     return _complete(recorder, workdir, result)
+
+
+def _should_stop(liveness: Liveness, recorder: ProgressRecorder) -> bool:
+    """Whether the job in the child should checkpoint and stop: the claim is gone (cancelled,
+    reaped), progress cannot be recorded, or the worker is shutting down."""
+    return liveness.stop.is_set() or recorder.lost or recorder.unreachable or SHUTTING_DOWN.is_set()
 
 
 T = TypeVar("T")
