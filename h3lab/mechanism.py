@@ -205,7 +205,11 @@ def analyse(model: LanguageModel, cfg: RunConfig, *, examples: int, seed: int) -
     model.eval()
     inputs, answers = iv.task_examples(cfg, 2 * examples, seed)
     inputs, answers = inputs.to(iv.model_device(model)), answers.to(iv.model_device(model))
-    reference, inputs, answers = inputs[:examples], inputs[examples:], answers[examples:]
+    # The mean-ablation reference and the analysed examples are disjoint halves of what the
+    # test split holds: with fewer than 2 × ``examples`` test examples, each gets half.
+    half = min(examples, inputs.shape[0] // 2)
+    reference = inputs[:half]
+    inputs, answers = inputs[half : 2 * half], answers[half : 2 * half]
     corrupted, wrong = iv.corrupt_copy_task(
         inputs.cpu(), answers.cpu(), torch.Generator().manual_seed(seed + 1)
     )

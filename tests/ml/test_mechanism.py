@@ -89,6 +89,16 @@ def test_analyse_tests_the_designed_components(model_name: str) -> None:
     assert cell["examples"] == 24 and len(cell["inputs_sha256"]) == 64
 
 
+def test_analyse_splits_a_small_test_split_in_half() -> None:
+    # More examples asked for than half the test split holds: the reference and the analysed
+    # examples share what there is, disjointly, instead of leaving nothing to analyse.
+    cfg = TINY.run_config("associative_recall", "h3")
+    held = cfg.task.num_test
+    model = LanguageModel(cfg.model, generator=torch.Generator().manual_seed(0))
+    cell = analyse(model, cfg, examples=held, seed=0)
+    assert cell["examples"] == held // 2
+
+
 def test_the_study_command_writes_the_report_json_and_plots(tmp_path: Path) -> None:
     out = tmp_path / "m"
     args = ["study", "mechanism", "--out", str(out), "--steps", "3", "--d-model", "16"]
