@@ -301,7 +301,8 @@ def report(cells: dict[str, dict[str, Any]], study: StudyConfig) -> str:
         f"2-layer models, d_model {study.d_model}, trained with seed {study.seed} "
         f"(≤ {study.steps} steps, batch {study.batch_size}, lr {study.lr}, weight decay "
         f"{study.weight_decay}; attention at half the lr, one head per layer). Measured on "
-        f"{study.examples} held-out test examples per cell. *Collapse*: the share of accuracy "
+        f"up to {study.examples} held-out test examples per cell (half of the test split at most; "
+        "the other half is the mean-ablation reference). *Collapse*: the share of accuracy "
         "above chance removed by the worse of zero and mean ablation; *restored*: the share of "
         "the clean-vs-corrupted logit difference restored by patching the component. A claim is "
         f"**found** when collapse ≥ {FOUND_COLLAPSE} and restored ≥ {FOUND_RESTORED}.",
@@ -311,7 +312,8 @@ def report(cells: dict[str, dict[str, Any]], study: StudyConfig) -> str:
         lines += [
             f"## {name}",
             "",
-            f"Accuracy {cell['accuracy']:.1%} (chance {cell['chance']:.1%}).",
+            f"Accuracy {cell['accuracy']:.1%} (chance {cell['chance']:.1%}) on "
+            f"{cell['examples']} test examples.",
             "",
             "| component | role | signature | zero abl. | mean abl. | collapse | restored "
             "| found |",
