@@ -12,11 +12,13 @@ are created once. Three kinds of run:
   their provenance.
 - **A live run** (:func:`train_runs`): H3 on associative recall with the run form's
   quick-start preset (:mod:`experiments.presets`), stopping once it holds ≥ 92 % validation
-  accuracy, trained through :func:`h3lab.jobs.execute_run` (the worker's code path), plus a
-  run that fails and one that is cancelled.
+  accuracy, queued for the lab's worker, which trains it when ``make run`` starts it (so the
+  lab's first minutes show a run training); plus a run that fails on the worker and one that
+  is cancelled.
 - **Analyses** (:func:`analyse_bundled`): an ablation and an activation-patching run of the
-  bundled H3 induction model, through the same code path, which the mechanism finding cites
-  with the numbers they measured (:func:`record_findings`).
+  bundled H3 induction model, run here through the worker's code path
+  (:func:`h3lab.jobs.execute_run`), which the mechanism finding cites with the numbers they
+  measured (:func:`record_findings`).
 
 Each step is a small function of a :class:`Demo`, so the apps above this one add theirs
 (reviews, grants, …) after :data:`STEPS` without touching the rest.
@@ -138,7 +140,7 @@ def learning(preset: str, task: str, *, seed: int = 0) -> RunConfig:
 
 @contextmanager
 def _one_thread() -> Iterator[None]:
-    """Train the demo's runs on one thread (the spawned training process reads
+    """Run the demo's analyses on one thread (the spawned child process reads
     OMP_NUM_THREADS when it imports torch) unless the operator chose a number. Measured on the
     2-core CPU under load 7–10: one thread ran the associative-recall preset at ~4 steps/s, two
     at under 1 (docs/quickstart.md); on a quiet machine one thread costs at most 2×."""
@@ -181,13 +183,16 @@ def make_projects(demo: Demo) -> None:
                 do_add_project_member(project, demo.users[persona.username], acting_user=admin)
 
 
-def _submit(demo: Demo, slug: str, author: str, name: str, cfg: RunConfig, exp: str) -> Run:
+def _submit(
+    demo: Demo, slug: str, author: str, name: str, cfg: RunConfig, exp: str, *, enqueue: bool = True
+) -> Run:
+    """Submit a run as its author would (its job goes to the queue after commit)."""
     return do_submit_run(
         project=demo.projects[slug],
         cfg=cfg,
         experiment_name=exp,
         name=name,
-        enqueue=False,  # trained right here, synchronously
+        enqueue=enqueue,
         acting_user=demo.users[author],
     )
 
@@ -205,12 +210,26 @@ BUNDLE_PROJECTS: dict[str, tuple[str, str]] = {
 # The model the analyses and the mechanism finding are about: H3 on induction head.
 ANALYSED = ("induction-heads", "h3")
 ANALYSES: tuple[tuple[str, dict[str, Any]], ...] = (
-    ("ablation", {"examples": 512, "modes": ["zero", "mean"], "seed": 0}),
-    ("patching", {"examples": 512, "seed": 0}),
+    # Sized for the first start: the patching scan runs the model once per hook and position.
+    ("ablation", {"examples": 256, "modes": ["zero", "mean"], "seed": 0}),
+    ("patching", {"examples": 128, "seed": 0}),
 )
 MECHANISM_FINDING = "Which parts of H3 carry induction: ablation and patching of a trained model"
-BASELINES_FINDING = "H3 and attention on the induction-head task: trained baselines"
-RECALL_FINDING = "A first H3 baseline on associative recall"
+# The baselines finding of each project: (project, author, title, task in words).
+BASELINE_FINDINGS: tuple[tuple[str, str, str, str], ...] = (
+    (
+        "induction-heads",
+        "ada",
+        "H3 and attention on the induction-head task: trained baselines",
+        "induction head",
+    ),
+    (
+        "associative-recall",
+        "grace",
+        "H3 and attention on associative recall: trained baselines",
+        "associative recall",
+    ),
+)
 
 _MODEL_LABEL = {"h3": "H3", "attention": "attention"}
 
@@ -274,37 +293,39 @@ def _analysed_run(demo: Demo) -> Run | None:
 
 
 def train_runs(demo: Demo) -> None:
-    """The quick-start run trained live, one failed and one cancelled — unless they exist."""
-    from h3lab.jobs import execute_run
-
-    live = "demo: H3 on associative recall"
+    """The live runs, queued for the lab's worker — unless they exist: the quick-start run,
+    which the worker trains while the lab is first looked at (its page shows the progress,
+    curves and log live), a run that fails and one the researcher cancelled. Training them
+    here would take the first start past its time budget on a busy machine
+    (docs/quickstart.md, The demo lab)."""
     existing = Run.objects.filter(
         project__in=demo.projects.values(), name__startswith="demo", kind=RunKind.TRAIN
     ).exclude(name__endswith="(bundled)")
     if existing.exists():
-        demo.log("runs: the demo projects already have their live runs; not training more")
+        demo.log("runs: the demo projects already have their live runs; not queueing more")
         for run in existing:
             demo.runs[run.name] = run
         return
-    cfg = learning("h3", "associative_recall")
-    run = _submit(demo, "associative-recall", "grace", live, cfg, "recall")
-    demo.log(f"runs: training {live!r} (up to {cfg.train.steps} steps)…")
-    with _one_thread():
-        execute_run(run.pk)
-    run.refresh_from_db()
-    demo.runs[live] = run
-    demo.log(f"runs:   {run.status}, test accuracy {run.test_accuracy}")
-
-    # A realistic failure: a JSONL task whose file does not exist on the worker.
+    # A realistic failure, queued first so that the worker fails it within seconds: a JSONL
+    # task whose file does not exist on the worker.
     broken = _tiny("h3", "jsonl", steps=20, path="/data/missing/corpus.jsonl")
     run = _submit(
         demo, "induction-heads", "ada", "demo: missing dataset", broken, "h3-vs-attention"
     )
-    execute_run(run.pk)
     demo.runs[run.name] = run
+    live = "demo: H3 on associative recall"
+    cfg = learning("h3", "associative_recall")
+    demo.runs[live] = _submit(demo, "associative-recall", "grace", live, cfg, "recall")
+    demo.log(
+        f"runs: queued {live!r} (quick-start preset, up to {cfg.train.steps} steps) and a run "
+        "that fails; the lab's worker trains them once `make run` has started it"
+    )
     # And one the researcher cancelled before a worker picked it up.
     sweep = _tiny("hybrid", "induction_head", steps=400)
-    run = _submit(demo, "induction-heads", "ada", "demo: cancelled sweep", sweep, "h3-vs-attention")
+    run = _submit(
+        demo, "induction-heads", "ada", "demo: cancelled sweep", sweep, "h3-vs-attention",
+        enqueue=False,
+    )  # fmt: skip
     do_cancel_run(run, acting_user=demo.users["ada"])
     demo.runs[run.name] = run
 
@@ -378,7 +399,8 @@ def mechanism_text(source: Run, ablation: Run, patching: Run) -> str:
         f"ablation run scored (vocabulary {task['vocab_size']}, {task['seq_len']} tokens).",
         "",
         f"**Ablation** (run #{ablation.pk}): each component alone, "
-        f"{' and '.join(ablation.config['analysis']['modes'])} ablation; the lower accuracy:",
+        f"{' and '.join(ablation.config['analysis']['modes'])} ablation, the lower of the "
+        "accuracies:",
         "",
         "| component | accuracy when ablated | drop |",
         "|---|---|---|",
@@ -401,13 +423,20 @@ def mechanism_text(source: Run, ablation: Run, patching: Run) -> str:
         key=lambda r: r["restored"],
         reverse=True,
     )
+    gap = pat["clean_logit_diff"] - pat["corrupted_logit_diff"]
     lines += [
         f"**Activation patching** (run #{patching.pk}, {pat['n_examples']} examples): the "
-        "corrupted inputs replace the token after each earlier occurrence of the query, which "
-        f"lowers accuracy on the clean answers from {_pct(pat['clean_accuracy'])} to "
-        f"{_pct(pat['corrupted_accuracy'])} (logit difference {pat['clean_logit_diff']:.2f} → "
-        f"{pat['corrupted_logit_diff']:.2f}). Patching one clean activation back at a time, "
-        "the sites that restore the most of the clean logit difference:",
+        "corrupted inputs replace the token after each earlier occurrence of the query. On the "
+        f"clean answers the model scores {_pct(pat['clean_accuracy'])} on clean inputs and "
+        f"{_pct(pat['corrupted_accuracy'])} on corrupted ones (logit difference clean − "
+        f"corrupted answer {pat['clean_logit_diff']:.2f} vs {pat['corrupted_logit_diff']:.2f})."
+        + (
+            " That gap is too small for the restored fractions below to mean much."
+            if abs(gap) < 0.5
+            else ""
+        )
+        + " Patching one clean activation back at a time, the sites that restore the most of "
+        "the clean logit difference:",
         "",
         "| hook | position | restored |",
         "|---|---|---|",
@@ -453,54 +482,30 @@ def _record_mechanism_finding(demo: Demo) -> None:
 
 
 def record_findings(demo: Demo) -> None:
+    """The mechanism finding, and per project a finding of the bundled models' accuracies."""
     _record_mechanism_finding(demo)
-    ih = demo.projects["induction-heads"].pk
-    baselines = sorted(
-        (r for r in demo.bundled.values() if r.project_id == ih), key=lambda r: r.preset
-    )
-    recall = demo.runs.get("demo: H3 on associative recall")
-    wanted: list[tuple[str, str, str, str, list[Run]]] = []
-    if baselines:
+    for slug, author, title, task_words in BASELINE_FINDINGS:
+        project = demo.projects[slug]
+        runs = sorted(
+            (r for r in demo.bundled.values() if r.project_id == project.pk),
+            key=lambda r: r.preset,
+        )
+        if not runs or Finding.objects.filter(project=project, title=title).exists():
+            continue
         accuracies = ", ".join(
             f"{_MODEL_LABEL.get(r.preset, r.preset)} {_pct(r.test_accuracy or 0)} after "
             f"{r.step:,} steps"
-            for r in baselines
+            for r in runs
         )
-        task = baselines[0].config["task"]
-        wanted.append(
-            (
-                "induction-heads",
-                "ada",
-                BASELINES_FINDING,
-                "2-layer models (d_model 64) trained on the paper's synthetic **induction "
-                f"head** task (vocabulary {task['vocab_size']}, {task['seq_len']} tokens) reach "
-                f"these test accuracies: {accuracies} (see the frozen snapshots). The models "
-                "were trained outside this lab and imported from the demo bundle; each run page "
-                "gives the command, commit and seed that trained them.",
-                baselines,
-            )
-        )
-    if recall is not None and recall.status == RunStatus.SUCCEEDED:
-        wanted.append(
-            (
-                "associative-recall",
-                "grace",
-                RECALL_FINDING,
-                "A 2-layer H3 model trained on key-value **associative recall** with the "
-                "quick-start settings (vocabulary 8, sequences of 16 tokens) reached "
-                f"{_pct(recall.test_accuracy or 0)} test accuracy after {recall.step:,} steps; "
-                "the baseline the gate ablations will be compared against.",
-                [recall],
-            )
-        )
-    for slug, author, title, body, runs in wanted:
-        project = demo.projects[slug]
-        if Finding.objects.filter(project=project, title=title).exists():
-            continue
+        task = runs[0].config["task"]
         do_record_finding(
             project=project,
             title=title,
-            body=body,
+            body=f"2-layer models (d_model {runs[0].config['model']['d_model']}) trained on the "
+            f"paper's synthetic **{task_words}** task (vocabulary {task['vocab_size']}, "
+            f"{task['seq_len']} tokens) reach these test accuracies: {accuracies} (see the "
+            "frozen snapshots). They were trained outside this lab and imported from the demo "
+            "bundle; each run page gives the command, commit and seed that trained them.",
             runs=runs,
             snapshot_metrics=[(r, "test_accuracy") for r in runs],
             acting_user=demo.users[author],
@@ -515,8 +520,9 @@ STEPS: list[Callable[[Demo], None]] = [
     analyse_bundled,
     record_findings,
 ]
-# Steps that commit as they go (a run's worker writes from other threads and a child
-# process), so the command does not wrap them in one transaction.
+# Steps that commit as they go (an analysis's worker code writes from other threads and a
+# child process; queued jobs are sent once their run is committed), so the command does not
+# wrap them in one transaction.
 COMMITTING_STEPS: frozenset[Callable[[Demo], None]] = frozenset({train_runs, analyse_bundled})
 
 

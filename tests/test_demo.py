@@ -82,7 +82,10 @@ def test_load_demo_imports_the_bundle_analyses_the_h3_model_and_sends_the_findin
     abl, pat = stored_json(ablation, "ablation.json"), stored_json(patching, "patching.json")
     baseline = abl["baseline"]["accuracy"]
     assert f"answers {baseline:.1%} of the" in finding.body
-    assert f"from {pat['clean_accuracy']:.1%} to {pat['corrupted_accuracy']:.1%}" in finding.body
+    assert (
+        f"scores {pat['clean_accuracy']:.1%} on clean inputs and "
+        f"{pat['corrupted_accuracy']:.1%} on corrupted ones"
+    ) in finding.body
     worst = min(abl["rows"], key=lambda r: r["accuracy"])
     assert f"Ablating **{worst['component']}** hurts most" in finding.body
 
@@ -137,3 +140,17 @@ def test_a_tampered_bundle_is_refused_and_nothing_is_imported(demo: Demo, tmp_pa
     with pytest.raises(BundleError, match=r"model\.safetensors does not match its SHA-256"):
         import_bundle(demo, bundle)
     assert not Run.objects.exists()
+
+
+def test_the_live_runs_are_queued_for_the_labs_worker(demo: Demo) -> None:
+    from experiments.demo import learning, train_runs
+
+    train_runs(demo)
+    live = Run.objects.get(name="demo: H3 on associative recall")
+    assert live.status == RunStatus.QUEUED and live.celery_task_id  # its job reached the queue
+    assert live.config == learning("h3", "associative_recall").to_dict()
+    failing = Run.objects.get(name="demo: missing dataset")
+    assert failing.status == RunStatus.QUEUED and failing.created_at <= live.created_at
+    assert Run.objects.get(name="demo: cancelled sweep").status == RunStatus.CANCELLED
+    train_runs(demo)  # again: nothing more
+    assert Run.objects.count() == 3
