@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from django.core.management import call_command
+from django.core.management.base import CommandError
 
 from experiments import demo as experiments_demo
 from experiments.demo import (
@@ -130,7 +131,9 @@ def test_an_imported_run_evaluates_to_the_accuracy_recorded_in_its_bundle(demo: 
     assert evaluation.result["summary"]["examples"] == h3.imported["evaluation"]["examples"]  # type: ignore[index]
 
 
-def test_a_tampered_bundle_is_refused_and_nothing_is_imported(demo: Demo, tmp_path: Path) -> None:
+def test_a_tampered_bundle_is_refused_and_nothing_is_imported(
+    demo: Demo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     bundle = tmp_path / "bundle"
     shutil.copytree(BUNDLE_DIR, bundle)
     weights = next(bundle.glob("*/model.safetensors"))
@@ -139,6 +142,11 @@ def test_a_tampered_bundle_is_refused_and_nothing_is_imported(demo: Demo, tmp_pa
     weights.write_bytes(bytes(data))
     with pytest.raises(BundleError, match=r"model\.safetensors does not match its SHA-256"):
         import_bundle(demo, bundle)
+    assert not Run.objects.exists()
+    # load_demo says so and stops, rather than showing a traceback.
+    monkeypatch.setattr(experiments_demo, "BUNDLE_DIR", bundle)
+    with pytest.raises(CommandError, match=r"refused.*Rebuild it with"):
+        call_command("load_demo", "--no-train", stdout=io.StringIO())
     assert not Run.objects.exists()
 
 

@@ -11,12 +11,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
 from disclosure.demo import load_disclosure_demo
 from experiments.demo import COMMITTING_STEPS, Demo, persona_table, train_runs
 from experiments.demo import STEPS as EXPERIMENTS_STEPS
+from h3lab.demobundle import BundleError
 
 STEPS: list[Callable[[Demo], None]] = [*EXPERIMENTS_STEPS, load_disclosure_demo]
 
@@ -37,14 +38,17 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         demo = Demo(log=lambda msg: self.stdout.write(msg))
         started = time.monotonic()
-        for step in STEPS:
-            if options["no_train"] and step is train_runs:
-                continue
-            if step in COMMITTING_STEPS:
-                step(demo)  # each run commits as it goes, as on a worker
-            else:
-                with transaction.atomic():
-                    step(demo)
+        try:
+            for step in STEPS:
+                if options["no_train"] and step is train_runs:
+                    continue
+                if step in COMMITTING_STEPS:
+                    step(demo)  # each run commits as it goes, as on a worker
+                else:
+                    with transaction.atomic():
+                        step(demo)
+        except BundleError as exc:  # a damaged or edited bundle: nothing of it was imported
+            raise CommandError(str(exc)) from exc
         elapsed = time.monotonic() - started
         self.stdout.write(self.style.SUCCESS(f"\nDemo lab ready ({elapsed:.0f} s). Sign in as:"))
         self.stdout.write(persona_table())
