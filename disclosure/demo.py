@@ -1,6 +1,7 @@
 """Disclosure demo data for ``manage.py load_demo``: an agreement, a collaborator grant, a
 second reviewer, a finding at each tier moved there through the real actions, an assessment,
-an open objection-free request and a scheduled public release that is still short of quorum.
+an open objection-free request, a scheduled public release that is still short of quorum,
+and the mechanism finding (recorded by :mod:`experiments.demo`) sent to review.
 Idempotent: findings are looked up by title."""
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from disclosure.actions.release import (
 from disclosure.actions.review import do_assess_finding, do_vote
 from disclosure.models import AgreementAcceptance, AgreementVersion, Grant, ReleaseRequest
 from experiments.actions.findings import do_record_finding
+from experiments.demo import MECHANISM_FINDING
 from experiments.models import Finding, Tier
 
 SECOND_REVIEWER = ("katalin", "katalin-h3lab-demo")
@@ -133,4 +135,21 @@ def load_disclosure_demo(demo: Any) -> None:
             check_schedule_release(
                 request, embargo_until=timezone.now() + timedelta(days=3), acting_user=mary
             )
-    demo.log("disclosure: agreement, chen's grant, findings at every tier, a scheduled release")
+    # The mechanism finding, citing the analyses of the bundled H3 model, goes to the review
+    # board for its dual-use assessment (its author asks; the reviewers have not answered yet).
+    mechanism = Finding.objects.filter(project=project, title=MECHANISM_FINDING).first()
+    if (
+        mechanism is not None
+        and mechanism.tier == Tier.TEAM
+        and not ReleaseRequest.objects.filter(finding=mechanism).exists()
+    ):
+        with transaction.atomic():
+            do_request_review(
+                mechanism,
+                rationale="Ablation and patching results on a trained model; please assess.",
+                acting_user=users["ada"],
+            )
+    demo.log(
+        "disclosure: agreement, chen's grant, findings at every tier, a scheduled release, "
+        "the mechanism finding in review"
+    )

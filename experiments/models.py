@@ -198,6 +198,13 @@ class Run(models.Model):
         return self.kind != RunKind.TRAIN
 
     @property
+    def imported(self) -> dict[str, Any] | None:
+        """The provenance of a run imported from a demo bundle (it did not train here), as
+        recorded by :func:`experiments.actions.imports.do_import_bundled_run`; else None."""
+        found = self.result.get("imported") if isinstance(self.result, dict) else None
+        return found if isinstance(found, dict) else None
+
+    @property
     def is_active(self) -> bool:
         return self.status in ACTIVE_STATUSES
 

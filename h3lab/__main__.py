@@ -1,5 +1,5 @@
 """Command line: ``python -m h3lab train|eval|generate|probe|intervene|study|bench|reproduce|
-export|import-h3``.
+export|import-h3|demo-bundle``.
 
 Pure PyTorch, like the rest of the ML core: the web platform runs the same functions through
 Celery; this is the way in for a researcher at a terminal. Progress bars go to stderr,
@@ -223,6 +223,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint", type=Path, required=True, help="run, checkpoint or export")
     p.add_argument("--out", type=Path, required=True)
+
+    p = _sub(
+        subs,
+        "demo-bundle",
+        "pack finished runs (weights, config, downsampled metrics, provenance) into the demo "
+        "bundle that `manage.py load_demo` imports; refuses runs below --min-accuracy",
+        "  python -m h3lab demo-bundle mech-runs/induction_head_safari-h3 "
+        "mech-runs/induction_head_safari-attention \\\n"
+        "      --out experiments/demo_bundle --command 'python -m h3lab study mechanism "
+        "--work-dir mech-runs --out mech'\n",
+    )
+    p.add_argument("runs", nargs="+", type=Path, help="finished run directories")
+    p.add_argument("--out", type=Path, required=True, help="bundle folder (replaced)")
+    p.add_argument(
+        "--command", dest="trained_by", required=True, help="the command that trained the runs"
+    )
+    p.add_argument("--min-accuracy", type=float, default=0.95, help="refuse weaker models")
+    p.add_argument("--commit", help="h3lab commit that trained them (default: this checkout)")
 
     p = _sub(
         subs,
@@ -496,6 +514,26 @@ def cmd_import_h3(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo_bundle(args: argparse.Namespace) -> int:
+    from h3lab.demobundle import BundleError, build_bundle
+
+    try:
+        manifest = build_bundle(
+            args.runs,
+            args.out,
+            command=args.trained_by,
+            min_accuracy=args.min_accuracy,
+            commit=args.commit,
+        )
+    except BundleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    size = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())
+    print(json.dumps({"bundle": str(args.out), "models": [m["name"] for m in manifest["models"]],
+                      "bytes": size}))  # fmt: skip
+    return 0
+
+
 COMMANDS = {
     "intervene": cmd_intervene,
     "study": cmd_study,
@@ -506,6 +544,7 @@ COMMANDS = {
     "reproduce": cmd_reproduce,
     "export": cmd_export,
     "import-h3": cmd_import_h3,
+    "demo-bundle": cmd_demo_bundle,
 }
 
 

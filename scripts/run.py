@@ -170,6 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # Training on one torch thread unless the operator chose: web, workers and beat share the
+    # machine, and on the 2-core CPU under load one thread trained the quick-start preset at
+    # ~4 steps/s, two at under 1 (docs/quickstart.md, Threads).
+    env.setdefault("OMP_NUM_THREADS", "1")
     users, mail = lab_facts()
     children = commands(sys.executable, args.host, args.port)
     stopping: list[str] = []

@@ -93,6 +93,13 @@ def test_the_wheel_carries_every_module_migration_template_and_static_file(
     assert "api/templates/api/tokens.html" in names
 
 
+def test_the_wheel_carries_the_demo_bundle(wheel: zipfile.ZipFile) -> None:
+    bundle = ROOT / "experiments" / "demo_bundle"
+    files = {str(p.relative_to(ROOT)) for p in bundle.rglob("*") if p.is_file()}
+    assert "experiments/demo_bundle/manifest.json" in files
+    assert sorted(files - set(wheel.namelist())) == []
+
+
 def test_the_wheel_leaves_out_tests_scripts_and_local_state(wheel: zipfile.ZipFile) -> None:
     tops = {n.split("/")[0] for n in wheel.namelist()}
     assert tops == {*TOP_PACKAGES, f"h3lab-{h3lab.__version__}.dist-info"}

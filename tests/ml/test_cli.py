@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
         "reproduce",
         "export",
         "import-h3",
+        "demo-bundle",
     ],
 )
 def test_every_subcommand_has_help_with_examples(
