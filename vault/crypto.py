@@ -255,10 +255,10 @@ def _ciphertext_chunks(src: BinaryIO, step: int) -> Iterator[tuple[memoryview, b
 def _mappable(src: BinaryIO) -> tuple[int, int, int] | None:
     """(descriptor, position, size) when ``src`` is a regular file that can be mapped.
 
-    SECURITY/robustness: a mapped file that is truncated while it is read raises SIGBUS.
-    Stored ciphertext is written once under a fresh name and never rewritten in place (a new
-    version is a new file), so only the readers' own files are mapped, never pipes or sockets.
-    """
+    Robustness: reading a mapped file that another process truncates meanwhile raises SIGBUS.
+    Stored ciphertext is written once under a fresh name and never truncated or rewritten in
+    place (a new version is a new file), so this cannot happen through the storage. Pipes,
+    sockets and object-storage bodies are never mapped."""
     try:
         fd = src.fileno()
         pos = src.tell()
