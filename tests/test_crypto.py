@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +20,42 @@ def _encrypt(data: bytes, key: bytes, chunk: int = 64) -> bytes:
 
 def _decrypt(blob: bytes, key: bytes) -> bytes:
     return b"".join(crypto.decrypt_stream(key, io.BytesIO(blob)))
+
+
+@pytest.fixture(autouse=True, params=["stream", "mapped file", "mapped file, reused buffer"])
+def reader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+    """Every test that decrypts runs three ways: a stream read into buffers (object storage),
+    and a regular file decrypted through its mapping, both into fresh ``bytes`` (downloads)
+    and into a reused buffer (``decrypt_file``). A tiny mapping window makes a test stream
+    span several windows, none aligned to a page."""
+    if request.param == "stream":
+        return str(request.param)
+    monkeypatch.setattr(crypto, "MAP_WINDOW", 200)
+    path = tmp_path / "blob"
+
+    def from_file(blob: bytes, key: bytes) -> bytes:
+        path.write_bytes(blob)
+        with path.open("rb") as f:  # buffered: the header read leaves the OS offset ahead
+            assert crypto._mappable(f) is not None
+            if request.param == "mapped file":
+                return b"".join(crypto.decrypt_stream(key, f))
+            out = io.BytesIO()
+            crypto.decrypt_file(key, f, out)
+            return out.getvalue()
+
+    monkeypatch.setitem(globals(), "_decrypt", from_file)
+    return str(request.param)
+
+
+def test_only_regular_files_are_mapped(tmp_path: Path) -> None:
+    assert crypto._mappable(io.BytesIO(b"x")) is None
+    r, w = os.pipe()
+    with open(r, "rb") as pipe, open(w, "wb"):
+        assert crypto._mappable(pipe) is None
+    (tmp_path / "f").write_bytes(b"abc")
+    with (tmp_path / "f").open("rb") as f:
+        f.read(1)
+        assert crypto._mappable(f) == (f.fileno(), 1, 3)
 
 
 @pytest.mark.parametrize("size", [0, 1, 63, 64, 65, 640, 1000])
