@@ -23,6 +23,7 @@ Pure Python + ``cryptography``: no Django import.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -31,7 +32,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -142,7 +143,12 @@ def write_bundle(
     }
     manifest_bytes = json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n"
     mtime = int(time.time())
-    with tarfile.open(fileobj=out, mode="w|gz", format=tarfile.PAX_FORMAT) as tar:
+    # gzip through GzipFile rather than tarfile's "w|gz" stream, which always compresses at
+    # level 9: level 6 (gzip's default) costs a third of the time for about the same size.
+    with (
+        gzip.GzipFile(fileobj=out, mode="wb", compresslevel=6, mtime=mtime) as gz,
+        tarfile.open(fileobj=gz, mode="w|", format=tarfile.PAX_FORMAT) as tar,
+    ):
         for f in files:
             info = tarfile.TarInfo(f"{name}/{f.path}")
             info.size, info.mtime, info.mode = sizes[f.path], mtime, 0o644
@@ -177,6 +183,38 @@ class VerifyReport:
         return "FAILED:\n" + "\n".join(f"  - {p}" for p in self.problems)
 
 
+class _Prefixed(io.RawIOBase):
+    """``head`` followed by the rest of ``src``: a stream whose first bytes were peeked at."""
+
+    def __init__(self, head: bytes, src: BinaryIO) -> None:
+        self._head, self._src = head, src
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        if self._head:
+            n = min(len(b), len(self._head))
+            b[:n], self._head = self._head[:n], self._head[n:]
+            return n
+        data = self._src.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+
+def _decompressed(src: BinaryIO) -> BinaryIO:
+    """A gzip-compressed ``src`` as the tar stream it holds (anything else unchanged, for
+    tarfile to recognise). Reading tarfile's own "r|gz" stream costs time quadratic in how
+    much one compressed block expands to (it copies what is left of the inflated block on
+    every 512-byte read): several seconds for a bundle of 6,000 small, similar files.
+    GzipFile inflates into a bounded buffer instead."""
+    head = src.read(2)
+    stream = io.BufferedReader(_Prefixed(head, src))
+    if head == b"\x1f\x8b":
+        return gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[return-value]
+    return stream
+
+
 def verify_bundle(src: BinaryIO, public_keys: Mapping[str, Ed25519PublicKey]) -> VerifyReport:
     """Check signatures and every file's hash and size. Reports exactly what fails: a bad
     signature, an unknown key, a file whose bytes changed, a missing or an extra file."""
@@ -185,7 +223,7 @@ def verify_bundle(src: BinaryIO, public_keys: Mapping[str, Ed25519PublicKey]) ->
     meta: dict[str, bytes] = {}
     top: str | None = None
     try:
-        with tarfile.open(fileobj=src, mode="r|*") as tar:
+        with tarfile.open(fileobj=_decompressed(src), mode="r|*") as tar:
             for member in tar:
                 if not member.isfile():
                     if member.isdir():

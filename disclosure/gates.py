@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.db.models import Exists, OuterRef, Subquery
 from django.utils import timezone
 
 from disclosure.models import (
@@ -18,6 +20,7 @@ from disclosure.models import (
     ReleaseRule,
     Vote,
     VoteKind,
+    choose_rule,
 )
 from experiments.models import Finding, Tier
 
@@ -56,12 +59,83 @@ def evaluate(request: ReleaseRequest) -> Gate:
     )
 
 
+@dataclass(frozen=True)
+class GateInputs:
+    """Everything :func:`gate_reasons` reads besides the request and its finding."""
+
+    gate: Gate
+    open_objections: int
+    dependencies: list[Finding]
+
+
+def read_gate_inputs(request: ReleaseRequest, finding: Finding) -> GateInputs:
+    """The gate's inputs read fresh from the database (what every decision uses)."""
+    objections = Vote.objects.filter(
+        request=request, kind=VoteKind.OBJECT, resolved_at__isnull=True
+    ).count()
+    return GateInputs(evaluate(request), objections, list(finding.depends_on.all()))
+
+
+def current_rules() -> list[ReleaseRule]:
+    """The current release policy's rules, each joined to the policy (one query); empty when
+    there is no policy or it has no rule."""
+    latest = ReleasePolicy.objects.order_by("-version").values("pk")[:1]
+    return list(ReleaseRule.objects.filter(policy=Subquery(latest)).select_related("policy"))
+
+
+def on_board() -> Exists:
+    """Annotation for a vote query: whether the voter is a board member now."""
+    memberships = User.groups.through.objects.filter(
+        user_id=OuterRef("reviewer_id"), group__name=settings.H3LAB_REVIEW_BOARD_GROUP
+    )
+    return Exists(memberships)
+
+
+def gate_inputs_from(
+    request: ReleaseRequest,
+    *,
+    rules: list[ReleaseRule],
+    assessments: Iterable[Assessment],
+    recusals: Iterable[Recusal],
+    votes: Iterable[Vote],
+    dependencies: list[Finding],
+) -> GateInputs:
+    """The same inputs as :func:`read_gate_inputs`, from rows a page has already read: the
+    current rules (:func:`current_rules`), the finding's assessments and recusals, and the
+    request's votes annotated with ``on_board`` (:func:`on_board`). Reaches the same answer
+    (``tests/test_disclosure_release.py`` compares them)."""
+    ratings = [a.capability_uplift for a in assessments]
+    uplift = max(ratings, default=0)
+    policy = rules[0].policy if rules else None
+    recused = {r.reviewer_id for r in recusals}
+    votes = list(votes)
+    approvals = sorted(
+        v.reviewer.username
+        for v in votes
+        if v.kind == VoteKind.APPROVE and v.on_board and v.reviewer_id not in recused  # type: ignore[attr-defined]
+    )
+    gate = Gate(
+        policy=policy,
+        rule=choose_rule(rules, request.target_tier, uplift),
+        uplift=uplift,
+        approvals=approvals,
+        assessed=bool(ratings),
+    )
+    objections = sum(v.kind == VoteKind.OBJECT and v.resolved_at is None for v in votes)
+    return GateInputs(gate, objections, dependencies)
+
+
 def gate_reasons(
-    request: ReleaseRequest, *, now: datetime | None = None, finding: Finding | None = None
+    request: ReleaseRequest,
+    *,
+    now: datetime | None = None,
+    finding: Finding | None = None,
+    inputs: GateInputs | None = None,
 ) -> list[str]:
     """Why ``request`` may not be promoted now; empty means every gate passes. A page that has
-    just read the request's finding passes it (``finding``) instead of having it read again;
-    decisions (the actions) let it be read here, fresh."""
+    just read the request's finding and the rows the gate needs passes them (``finding``,
+    ``inputs`` from :func:`gate_inputs_from`) instead of having them read again; decisions
+    (the actions) let them be read here, fresh."""
     now = now or timezone.now()
     if finding is None or finding.pk != request.finding_id:
         finding = Finding.objects.get(pk=request.finding_id)
@@ -70,7 +144,9 @@ def gate_reasons(
         return ["the finding was retracted"]
     if finding.tier != request.from_tier:
         return [f"the finding is no longer at the {Tier(request.from_tier).label} tier"]
-    gate = evaluate(request)
+    if inputs is None:
+        inputs = read_gate_inputs(request, finding)
+    gate = inputs.gate
     if gate.policy is None or gate.rule is None:
         return ["no release policy rule covers this step"]
     rule = gate.rule
@@ -88,12 +164,10 @@ def gate_reasons(
             f"({len(gate.approvals)} of {rule.approvals_required} required approvals, "
             f"policy v{gate.policy.version})"
         )
-    objections = Vote.objects.filter(
-        request=request, kind=VoteKind.OBJECT, resolved_at__isnull=True
-    ).count()
+    objections = inputs.open_objections
     if objections:
         reasons.append(f"{objections} unresolved objection{'s' if objections != 1 else ''}")
-    for dep in finding.depends_on.all():
+    for dep in inputs.dependencies:
         if dep.is_retracted:
             reasons.append(f"depends on retracted finding #{dep.pk}")
         elif dep.tier < request.target_tier:

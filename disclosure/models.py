@@ -6,6 +6,7 @@ change. Who may see what is decided only by :mod:`disclosure.policy`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 
 from django.conf import settings
@@ -362,9 +363,14 @@ class ReleasePolicy(models.Model):
     def rule_for(self, target_tier: int, uplift: int) -> ReleaseRule | None:
         """The rule for a step to ``target_tier`` given the highest assessed capability uplift:
         the matching rule with the highest ``min_uplift`` not above ``uplift``."""
-        rules = [r for r in self.rules.all() if r.target_tier == target_tier]
-        rules = [r for r in rules if r.min_uplift <= uplift]
-        return max(rules, key=lambda r: r.min_uplift, default=None)
+        return choose_rule(self.rules.all(), target_tier, uplift)
+
+
+def choose_rule(rules: Iterable[ReleaseRule], target_tier: int, uplift: int) -> ReleaseRule | None:
+    """Of one policy's ``rules``, the one for a step to ``target_tier``: the matching rule with
+    the highest ``min_uplift`` not above ``uplift``."""
+    matching = [r for r in rules if r.target_tier == target_tier and r.min_uplift <= uplift]
+    return max(matching, key=lambda r: r.min_uplift, default=None)
 
 
 class ReleaseRule(models.Model):

@@ -77,9 +77,12 @@ def release_managers() -> list[Any]:
 
 
 def unread_count(user: Viewer) -> int:
+    """Read with the user's roles (:func:`disclosure.policy.roles`, once per request)."""
     if not is_user(user):
         return 0
-    return Notification.objects.filter(user=user, read_at__isnull=True).count()
+    from disclosure.policy import roles
+
+    return roles(user).unread_notifications
 
 
 def notify_partner_copy(export: Any) -> list[Notification]:

@@ -48,6 +48,7 @@ from disclosure.models import (
     Grant,
     GrantApproval,
     GroupClearance,
+    Notification,
     ObjectionClearance,
     ProjectGroupObjectPermission,
     ProjectUserObjectPermission,
@@ -129,13 +130,15 @@ class Roles:
     ``groups``: (id, name) of the user's groups; ``member_projects``: the projects whose team
     group they are in; ``delegated_projects``: the projects on which they hold guardian's
     ``change_project`` (directly or through a group); ``recused_findings``: the findings they
-    recused themselves from.
+    recused themselves from. Beside them, in the same query, ``unread_notifications``: how
+    many of their notifications they have not read (the navigation shows it on every page).
     """
 
     groups: frozenset[tuple[int, str]]
     member_projects: frozenset[int]
     delegated_projects: frozenset[int]
     recused_findings: frozenset[int]
+    unread_notifications: int = 0
 
     @property
     def group_names(self) -> frozenset[str]:
@@ -194,14 +197,16 @@ def _roles_sql() -> str:
             f"SELECT 'd', content_object_id, NULL FROM {t(ProjectGroupObjectPermission)}"  # noqa: S608
             f" WHERE group_id IN ({groups}) AND permission_id IN ({change_project})",
             f"SELECT 'r', finding_id, NULL FROM {t(Recusal)} WHERE reviewer_id = %s",  # noqa: S608
+            f"SELECT 'n', COUNT(*), NULL FROM {t(Notification)}"  # noqa: S608
+            " WHERE user_id = %s AND read_at IS NULL",
         ]
     )
 
 
 def _load_roles(user: User) -> Roles:
-    rows: dict[str, set[Any]] = {"g": set(), "p": set(), "d": set(), "r": set()}
+    rows: dict[str, set[Any]] = {"g": set(), "p": set(), "d": set(), "r": set(), "n": set()}
     with connection.cursor() as cursor:
-        cursor.execute(_roles_sql(), [user.pk] * 5)
+        cursor.execute(_roles_sql(), [user.pk] * 6)
         for kind, pk, name in cursor.fetchall():
             rows[kind].add((pk, name) if kind == "g" else pk)
     return Roles(
@@ -209,6 +214,7 @@ def _load_roles(user: User) -> Roles:
         member_projects=frozenset(rows["p"]),
         delegated_projects=frozenset(rows["d"]),
         recused_findings=frozenset(rows["r"]),
+        unread_notifications=sum(rows["n"]),
     )
 
 

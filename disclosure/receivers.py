@@ -141,18 +141,24 @@ def connect() -> None:
 
 
 def _forget_roles(sender: Any, **kw: Any) -> None:
-    """A membership, object permission or recusal changed: the roles memoized for this request
-    (:func:`disclosure.policy.roles`) are stale."""
+    """A membership, object permission, recusal or notification changed: the roles memoized for
+    this request (:func:`disclosure.policy.roles`, with the unread count) are stale."""
     from disclosure.policy import forget_roles
 
     forget_roles()
 
 
 def _connect_roles_memo() -> None:
-    from disclosure.models import Recusal
+    from disclosure.models import Notification, Recusal
 
     m2m_changed.connect(_forget_roles, sender=User.groups.through, dispatch_uid="roles.groups")
-    for model in (ProjectUserObjectPermission, ProjectGroupObjectPermission, Recusal, Project):
+    for model in (
+        ProjectUserObjectPermission,
+        ProjectGroupObjectPermission,
+        Recusal,
+        Project,
+        Notification,
+    ):
         uid = f"roles.{model.__name__}"
         post_save.connect(_forget_roles, sender=model, dispatch_uid=uid + ".save")
         post_delete.connect(_forget_roles, sender=model, dispatch_uid=uid + ".delete")

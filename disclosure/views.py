@@ -33,7 +33,7 @@ from disclosure.actions.review import (
     do_vote,
     do_withdraw_objection,
 )
-from disclosure.gates import gate_reasons
+from disclosure.gates import current_rules, gate_inputs_from, gate_reasons, on_board
 from disclosure.models import (
     AgreementAcceptance,
     AgreementVersion,
@@ -157,16 +157,35 @@ def _review_context(
     if not policy.can_see_review(user, finding):
         return None
     # The clearances of every objection in one query (not one per vote): the template lists
-    # them and policy.can_clear_objection reads them.
+    # them and policy.can_clear_objection reads them. The release gate is decided from the
+    # rows read here (votes annotated with the voter's board membership, assessments,
+    # recusals) plus the current rules and the finding's dependencies: two queries, not six.
     clearances = Prefetch("clearances", ObjectionClearance.objects.select_related("reviewer"))
     votes = (
-        pending.votes.select_related("reviewer", "resolved_by").prefetch_related(clearances)
+        list(
+            pending.votes.select_related("reviewer", "resolved_by")
+            .annotate(on_board=on_board())
+            .prefetch_related(clearances)
+        )
         if pending
         else []
     )
+    assessments = list(finding.assessments.select_related("reviewer"))
+    recusals = list(finding.recusals.select_related("reviewer"))
+    gate: list[str] = []
+    if pending:
+        inputs = gate_inputs_from(
+            pending,
+            rules=current_rules(),
+            assessments=assessments,
+            recusals=recusals,
+            votes=votes,
+            dependencies=list(finding.depends_on.all()),
+        )
+        gate = gate_reasons(pending, finding=finding, inputs=inputs)
     return {
-        "assessments": finding.assessments.select_related("reviewer"),
-        "recusals": finding.recusals.select_related("reviewer"),
+        "assessments": assessments,
+        "recusals": recusals,
         "pending": pending,
         "votes": [
             {
@@ -177,7 +196,7 @@ def _review_context(
             }
             for v in votes
         ],
-        "gate": gate_reasons(pending, finding=finding) if pending else [],
+        "gate": gate,
         "timeline": AuditEntry.objects.filter(finding_id=finding.pk)
         .exclude(action="finding.view")
         .order_by("-id")[:50],

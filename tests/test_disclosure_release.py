@@ -229,3 +229,54 @@ def factories_client(user: User) -> Client:
     from tests.conftest import login
 
     return login(user)
+
+
+def test_the_finding_page_gate_reaches_the_same_answer_as_a_fresh_read(cast: Cast) -> None:
+    """The finding page decides the gate from rows it has already read (gate_inputs_from);
+    decisions read them fresh (read_gate_inputs). Both see the same approvals (current board
+    members only, recused ones left out), objections, rule and dependencies."""
+    from django.conf import settings
+    from django.db.models import Prefetch
+
+    from disclosure.gates import current_rules, gate_inputs_from, on_board, read_gate_inputs
+    from disclosure.models import ObjectionClearance, Recusal
+
+    f = at_review(cast)
+    assess(cast, f, uplift=2)
+    dep = factories.make_finding(cast.lab.project, title="Earlier result")
+    f.depends_on.add(dep)
+    req = do_request_release(f, acting_user=cast.lab.alice)
+    left, recused, objector = (factories.make_reviewer(n) for n in ("lena", "remo", "otto"))
+    for r in (cast.rita, left, recused):
+        do_vote(req, kind="approve", acting_user=r)
+    do_vote(req, kind="object", rationale="too early", acting_user=objector)
+    left.groups.remove(*left.groups.filter(name=settings.H3LAB_REVIEW_BOARD_GROUP))
+    Recusal.objects.create(finding=f, reviewer=recused, reason="co-author")
+
+    def page_inputs() -> Any:
+        votes = req.votes.select_related("reviewer").annotate(on_board=on_board())
+        clearances = Prefetch("clearances", ObjectionClearance.objects.all())
+        return gate_inputs_from(
+            req,
+            rules=current_rules(),
+            assessments=list(f.assessments.all()),
+            recusals=list(f.recusals.all()),
+            votes=list(votes.prefetch_related(clearances)),
+            dependencies=list(f.depends_on.all()),
+        )
+
+    later = timezone.now() + timedelta(days=10)
+
+    def same_gate() -> Any:
+        fresh, page = read_gate_inputs(req, f), page_inputs()
+        assert page.gate == fresh.gate
+        assert page.gate.approvals == ["rita"]
+        assert page.open_objections == fresh.open_objections
+        assert [d.pk for d in page.dependencies] == [d.pk for d in fresh.dependencies]
+        reasons = gate_reasons(req, now=later, finding=f, inputs=page)
+        assert reasons == gate_reasons(req, now=later, finding=f)
+        return reasons
+
+    assert "1 unresolved objection" in same_gate()
+    do_withdraw_objection(req.votes.get(reviewer=objector), acting_user=objector)
+    assert not any("objection" in r for r in same_gate())

@@ -51,12 +51,13 @@ def make_artifact(run: Run, tmp_path: Path, name: str, data: bytes) -> Artifact:
 
 
 # Every signed-in page renders the disclosure app's nav (templates/disclosure/_nav.html): how
-# many unread notifications? (whether the user is on the review board or a release manager
-# comes from the roles below).
-NAV_QUERIES = 1
+# many unread notifications, whether the user is on the review board or a release manager.
+# All of it comes from the roles below: no query of its own.
+NAV_QUERIES = 0
 # Every signed-in request passes the second-factor gate (web/accounts.py), which reads the
-# user's roles (disclosure.policy.roles: groups, team projects, delegations, recusals in one
-# query); the nav and the policy reuse them for the rest of the request.
+# user's roles (disclosure.policy.roles: groups, team projects, delegations, recusals and the
+# unread-notification count in one query); the nav and the policy reuse them for the rest of
+# the request.
 SECOND_FACTOR_QUERIES = 1
 
 

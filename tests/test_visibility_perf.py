@@ -16,9 +16,9 @@ from tests.conftest import Cast, login
 
 pytestmark = pytest.mark.django_db
 
-# Every signed-in page renders the disclosure nav: how many unread notifications? (see
-# tests/test_views_experiments.py).
-NAV_QUERIES = 1
+# Every signed-in page renders the disclosure nav: its unread-notification count is read with
+# the roles (see tests/test_views_experiments.py).
+NAV_QUERIES = 0
 # The user's roles, read once per request (disclosure.policy.roles) and shared by the
 # second-factor gate, the nav and the policy.
 ROLES_QUERIES = 1

@@ -54,7 +54,9 @@ def check_request_export(
     if kind == ExportKind.PARTNER and not findings:
         managed = policy.manageable_projects(acting_user).values("pk")
         findings = list(policy.partner_copy_findings(recipient).filter(project__in=managed))
-    not_allowed = {f.project for f in findings if not policy.can_export(acting_user, f.project)}
+    # Each project read and decided once (not once per finding: 1,000 queries for 1,000).
+    projects = Project.objects.in_bulk({f.project_id for f in findings})
+    not_allowed = {p for p in projects.values() if not policy.can_export(acting_user, p)}
     blockers: dict[str, list[str]] = {
         f"project {p.slug}": ["you do not manage releases of this project"] for p in not_allowed
     }
