@@ -100,6 +100,11 @@ PRESETS: tuple[Preset, ...] = (
     Preset(
         "associative_recall", "attention", vocab_size=8, seq_len=16, steps=1000, lr=3e-3, minutes=4
     ),
+    # The paper's induction-head task at the paper's sizes: the mechanism study's H3 setting
+    # (docs/interpretability.md) formed the induction mechanism at step ~1,100 of 4,000.
+    Preset(
+        "induction_head_safari", "h3", vocab_size=20, seq_len=30, steps=1500, lr=2e-3, minutes=4
+    ),
 )
 
 
