@@ -24,7 +24,9 @@ The tasks' answer is the last position's target, copied from the context (associ
 the value bound to the queried key; induction: the token after the trigger's earlier
 occurrence). :func:`corrupt_copy_task` makes the corrupted inputs for patching: every token that
 follows an earlier occurrence of the final query token is replaced by another answer token, so
-the corrupted run's answer differs.
+the corrupted run's answer differs; :func:`corrupt_copy_keys` instead swaps the query with
+another key before the end, leaving every answer token in place (what a previous-token
+mechanism reads changes, the values do not).
 
 Exactness (tests/ml/test_interventions.py): ablating nothing changes nothing; patching every
 position of a hook with clean activations restores the clean output exactly; steering with
@@ -313,6 +315,51 @@ def corrupt_copy_task(
         new = choices[torch.randint(choices.numel(), (1,), generator=generator)].item()
         inputs[b, before] = int(new)
         corrupted_answers[b] = int(new)
+    return inputs, corrupted_answers
+
+
+def corrupt_copy_keys(
+    inputs: Tensor, answers: Tensor, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """Corrupted copies of a copy task's inputs (B, L) that change the *keys* and keep every
+    value in place: before the final query ``q``, ``q`` and another token ``t`` swap identities,
+    where every occurrence of ``t`` is followed by the same answer token ``w`` other than the
+    clean answer, so the query now points at ``w`` (the corrupted answer). Only what precedes
+    the answer tokens changes, which is what a previous-token mechanism reads (the value
+    corruption of :func:`corrupt_copy_task` leaves it unchanged). Rows without such a ``t`` keep
+    their inputs."""
+    inputs, answers = inputs.clone(), answers.clone()
+    pool = torch.unique(answers)
+    if pool.numel() < 2:
+        raise ValueError("corruption needs at least two distinct answers in the batch")
+    corrupted_answers = answers.clone()
+    length = inputs.shape[1]
+    for b in range(inputs.shape[0]):
+        row, q = inputs[b], int(inputs[b, -1])
+        body = row[: length - 2]  # the context before the final query and what precedes it
+        if int(row[length - 2]) == q:
+            continue
+        at_q = (row[: length - 2] == q).nonzero().flatten()
+        if at_q.numel() == 0:
+            continue
+        candidates = []
+        for t in torch.unique(row[: length - 2]).tolist():
+            if t == q or t == int(answers[b]) or t == int(row[length - 2]):
+                continue
+            at_t = (row[: length - 2] == t).nonzero().flatten()
+            after = row[at_t + 1]
+            w = int(after[0])
+            if not (after == w).all() or w == int(answers[b]) or w not in pool:
+                continue
+            if torch.isin(at_t + 1, at_q).any():  # t right before q: the swap would move q's value
+                continue
+            candidates.append((t, w))
+        if not candidates:
+            continue
+        t, w = candidates[int(torch.randint(len(candidates), (1,), generator=generator))]
+        is_q, is_t = body == q, body == t
+        body[is_q], body[is_t] = t, q
+        corrupted_answers[b] = w
     return inputs, corrupted_answers
 
 

@@ -160,6 +160,7 @@ class Test:
     collapse: float
     restored: float
     signature: dict[str, float] = field(default_factory=dict)
+    corruption: str = "values"  # what the patching's corrupted inputs change: values or keys
 
     @property
     def found(self) -> bool:
@@ -183,8 +184,17 @@ def _test(
     mean = iv.ablate(
         model, data["inputs"], data["answers"], [comp], mode="mean", reference=data["reference"]
     )
+    # A previous-token component reads the token before each value: a value corruption leaves
+    # that unchanged, so it is patched on the key corruption; the others on the value one.
+    corruption = "keys" if role == "previous token" else "values"
+    suffix = "_keys" if corruption == "keys" else ""
     patch = iv.patch_scan(
-        model, data["inputs"], data["corrupted"], data["answers"], data["wrong"], [comp.site]
+        model,
+        data["inputs"],
+        data["corrupted" + suffix],
+        data["answers"],
+        data["wrong" + suffix],
+        [comp.site],
     )
     worst = min(zero.accuracy, mean.accuracy)
     return Test(
@@ -197,6 +207,7 @@ def _test(
         collapse=collapse(base, worst, floor),
         restored=float(patch["rows"][0]["restored"]),
         signature=signature or {},
+        corruption=corruption,
     )
 
 
@@ -213,7 +224,12 @@ def analyse(model: LanguageModel, cfg: RunConfig, *, examples: int, seed: int) -
     corrupted, wrong = iv.corrupt_copy_task(
         inputs.cpu(), answers.cpu(), torch.Generator().manual_seed(seed + 1)
     )
+    corrupted_keys, wrong_keys = iv.corrupt_copy_keys(
+        inputs.cpu(), answers.cpu(), torch.Generator().manual_seed(seed + 2)
+    )
     data = {
+        "corrupted_keys": corrupted_keys.to(inputs.device),
+        "wrong_keys": wrong_keys.to(inputs.device),
         "inputs": inputs,
         "answers": answers,
         "reference": reference,
@@ -304,7 +320,11 @@ def report(cells: dict[str, dict[str, Any]], study: StudyConfig) -> str:
         f"up to {study.examples} held-out test examples per cell (half of the test split at most; "
         "the other half is the mean-ablation reference). *Collapse*: the share of accuracy "
         "above chance removed by the worse of zero and mean ablation; *restored*: the share of "
-        "the clean-vs-corrupted logit difference restored by patching the component. A claim is "
+        "the clean-vs-corrupted logit difference restored by patching the component, on inputs "
+        "whose *values* were corrupted (the token after each earlier occurrence of the query "
+        "replaced) or, for previous-token components, whose *keys* were (the query swapped "
+        "with another key, every value in place; a value corruption leaves what they read "
+        "unchanged). A claim is "
         f"**found** when collapse ≥ {FOUND_COLLAPSE} and restored ≥ {FOUND_RESTORED}.",
         "",
     ]
@@ -323,7 +343,8 @@ def report(cells: dict[str, dict[str, Any]], study: StudyConfig) -> str:
             sig = ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in t["signature"].items())
             lines.append(
                 f"| {t['component']} | {t['role']} | {sig or '—'} | {t['zero_accuracy']:.1%} | "
-                f"{t['mean_accuracy']:.1%} | {t['collapse']:.2f} | {t['restored']:.2f} | "
+                f"{t['mean_accuracy']:.1%} | {t['collapse']:.2f} | {t['restored']:.2f} "
+                f"({t.get('corruption', 'values')}) | "
                 f"{'yes' if t['found'] else 'no'} |"
             )
         claims = [t for t in cell["tests"] if t["role"] != "control"]

@@ -12,7 +12,12 @@ import torch
 
 from h3lab import interventions as iv
 from h3lab.config import RunConfig, TaskConfig
-from h3lab.data.synthetic import associative_recall, induction_head
+from h3lab.data.synthetic import (
+    associative_recall,
+    associative_recall_safari,
+    induction_head,
+    induction_head_safari,
+)
 from h3lab.nn.lm import LanguageModel
 
 PRESETS = ["attention", "h3", "s4d", "hybrid"]
@@ -159,6 +164,36 @@ def test_corruptions_change_the_answer_of_both_copy_tasks() -> None:
         for b in torch.nonzero(changed).flatten().tolist():
             after = (corrupted[b, :-2] == corrupted[b, -1]).nonzero().flatten() + 1
             assert set(corrupted[b, after].tolist()) == {int(wrong[b])}
+
+
+def test_the_key_corruption_swaps_two_keys_and_keeps_every_value() -> None:
+    g = torch.Generator().manual_seed(3)
+    for make, vocab, length in (
+        (associative_recall, 12, 16),
+        (induction_head, 12, 16),
+        (associative_recall_safari, 10, 20),
+        (induction_head_safari, 20, 30),
+    ):
+        inputs, targets = make(128, vocab, length, torch.Generator().manual_seed(0))
+        answers = targets[:, -1]
+        corrupted, wrong = iv.corrupt_copy_keys(inputs, answers, g)
+        changed = wrong != answers
+        assert changed.float().mean() > 0.8, make.__name__
+        assert torch.equal(corrupted[:, -1], inputs[:, -1])  # the query is kept
+        for b in torch.nonzero(changed).flatten().tolist():
+            q = int(inputs[b, -1])
+            moved = (corrupted[b] != inputs[b]).nonzero().flatten()
+            # two tokens swapped identities: q and one other, nowhere else a change
+            swapped = set(inputs[b, moved].tolist()) | set(corrupted[b, moved].tolist())
+            assert len(swapped) == 2 and q in swapped
+            # every value stays: what followed the query's occurrences is still there
+            before = (inputs[b, :-2] == q).nonzero().flatten()
+            assert torch.equal(corrupted[b, before + 1], inputs[b, before + 1])
+            # and the query now points at the corrupted answer, wherever it occurs
+            now = (corrupted[b, :-2] == q).nonzero().flatten()
+            assert now.numel() > 0 and set(corrupted[b, now + 1].tolist()) == {int(wrong[b])}
+        unchanged = torch.nonzero(~changed).flatten()
+        assert torch.equal(corrupted[unchanged], inputs[unchanged])
 
 
 def test_reports_write_png_svg_and_json(tmp_path: Path) -> None:

@@ -86,6 +86,8 @@ def test_analyse_tests_the_designed_components(model_name: str) -> None:
         ]
     for t in cell["tests"]:
         assert 0.0 <= t["zero_accuracy"] <= 1.0 and 0.0 <= t["mean_accuracy"] <= 1.0
+        # previous-token components are patched on key-corrupted inputs, the rest on values
+        assert t["corruption"] == ("keys" if t["role"] == "previous token" else "values")
     assert cell["examples"] == 24 and len(cell["inputs_sha256"]) == 64
 
 
