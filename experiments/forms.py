@@ -530,7 +530,7 @@ class AnalysisForm(forms.Form):
         max_value=4096,
         initial=64,
         required=False,
-        help_text="ablation, patching, steering",
+        help_text="ablation, patching, steering, mechanism tests",
     )
     seed = forms.IntegerField(min_value=0, max_value=2**31 - 1, initial=0, required=False)
     modes = forms.MultipleChoiceField(
@@ -539,6 +539,15 @@ class AnalysisForm(forms.Form):
         required=False,
         widget=forms.CheckboxSelectMultiple,
         help_text="ablation only",
+    )
+    corruption = forms.ChoiceField(
+        choices=[
+            ("values", "values: replace the token after each earlier occurrence of the query"),
+            ("keys", "keys: swap the query with another key (tests previous-token components)"),
+        ],
+        initial="values",
+        required=False,
+        help_text="patching only",
     )
     hook = forms.CharField(
         max_length=100, required=False, help_text="steering only; default: the middle layer"

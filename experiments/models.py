@@ -94,6 +94,7 @@ class RunKind(models.TextChoices):
     ABLATION = "ablation", "ablation"
     PATCHING = "patching", "activation patching"
     STEERING = "steering", "steering"
+    MECHANISM = "mechanism", "mechanism tests"
 
 
 ANALYSIS_KINDS: tuple[str, ...] = tuple(k.value for k in RunKind if k != RunKind.TRAIN)

@@ -162,6 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=[0.0, 1.0, 2.0, 4.0, 8.0, 16.0],
         help="steering: the coefficients to sweep",
     )
+    p.add_argument(
+        "--corruption",
+        choices=("values", "keys"),
+        default="values",
+        help="patching: replace the token after each earlier occurrence of the query (values), "
+        "or swap the query with another key, every value in place (keys: tests previous-token "
+        "components)",
+    )
     p.add_argument("--device", default="cpu")
 
     p = _sub(
@@ -459,6 +467,7 @@ def cmd_intervene(args: argparse.Namespace) -> int:
         channels=args.channels,
         hook=args.hook,
         coefficients=tuple(args.coefficients),
+        corruption=args.corruption,
     )
     model, cfg = load_checkpoint(args.checkpoint)
     data = run_intervention(spec, model, cfg, args.out, device=args.device)

@@ -1,5 +1,5 @@
 """Analyses of a finished run's checkpoint as platform jobs: evaluation, probes, ablation,
-activation patching and steering. Pure: no Django.
+activation patching, steering and the mechanism study's tests of one model. Pure: no Django.
 
 The platform stores a finished training run's weights and config as two files
 (``model.safetensors`` and ``config.json``); :func:`run_analysis` reads them from a folder,
@@ -33,7 +33,10 @@ if TYPE_CHECKING:
 INTERVENTION_KINDS: tuple[str, ...] = ("ablation", "patching", "steering")
 ABLATION_MODES: tuple[AblationMode, ...] = ("zero", "mean", "resample")
 PROBE_KINDS: tuple[str, ...] = ("induction", "attention", "kernels", "recall")
-ANALYSIS_KINDS: tuple[str, ...] = ("evaluate", "probe", *INTERVENTION_KINDS)
+CORRUPTIONS: tuple[str, ...] = ("values", "keys")
+ANALYSIS_KINDS: tuple[str, ...] = ("evaluate", "probe", *INTERVENTION_KINDS, "mechanism")
+# Kinds that draw ``examples`` test examples.
+EXAMPLE_KINDS: tuple[str, ...] = (*INTERVENTION_KINDS, "mechanism")
 SUMMARY_FILE = "analysis.json"
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -44,7 +47,9 @@ MAX_COEFFICIENTS = 16
 @dataclass(frozen=True)
 class AnalysisSpec:
     """One analysis: ``kind`` (:data:`ANALYSIS_KINDS`); for probes the ``probe`` kind; for
-    interventions ``examples`` test examples drawn with ``seed``, ablation ``modes``, steering
+    interventions and the mechanism tests ``examples`` test examples drawn with ``seed``;
+    ablation ``modes``; patching's ``corruption`` (``values``: the token after each earlier
+    occurrence of the query replaced; ``keys``: the query swapped with another key); steering
     ``hook`` (default: residual after the middle layer) and ``coefficients``."""
 
     kind: str
@@ -54,6 +59,7 @@ class AnalysisSpec:
     modes: tuple[AblationMode, ...] = ABLATION_MODES
     hook: str = ""
     coefficients: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0, 8.0)
+    corruption: str = "values"
 
     @classmethod
     def from_dict(cls, d: Any) -> AnalysisSpec:
@@ -99,6 +105,9 @@ class AnalysisSpec:
             errors["coefficients"] = (
                 f"give 1 to {MAX_COEFFICIENTS} finite numbers of magnitude at most 10,000"
             )
+        corruption = d.get("corruption", cls.corruption)
+        if corruption not in CORRUPTIONS:
+            errors["corruption"] = f"choose one of {', '.join(CORRUPTIONS)}"
         if errors:
             raise ConfigError(errors)
         return cls(
@@ -109,6 +118,7 @@ class AnalysisSpec:
             modes=tuple(modes),
             hook=hook,
             coefficients=tuple(float(c) for c in coefficients),
+            corruption=str(corruption),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -116,10 +126,12 @@ class AnalysisSpec:
         d: dict[str, Any] = {"kind": self.kind, "seed": self.seed}
         if self.kind == "probe":
             d["probe"] = self.probe
-        if self.kind in INTERVENTION_KINDS:
+        if self.kind in EXAMPLE_KINDS:
             d["examples"] = self.examples
         if self.kind == "ablation":
             d["modes"] = list(self.modes)
+        if self.kind == "patching":
+            d["corruption"] = self.corruption
         if self.kind == "steering":
             d.update(hook=self.hook, coefficients=list(self.coefficients))
         return d
@@ -166,6 +178,8 @@ def run_analysis(
 
         data = run_probe(spec.probe, model, cfg, out_dir, seed=spec.seed, device=dev)
         summary["files"] = list(data["files"])
+    elif spec.kind == "mechanism":
+        summary.update(_mechanism(model, cfg, out_dir, spec, dev))
     else:
         from h3lab.interventions import InterventionSpec, run_intervention
 
@@ -176,6 +190,7 @@ def run_analysis(
             modes=spec.modes,
             hook=spec.hook or None,
             coefficients=spec.coefficients,
+            corruption=spec.corruption,
         )
         data = run_intervention(ispec, model, cfg, out_dir, device=dev)
         summary["files"] = list(data["files"])
@@ -186,6 +201,29 @@ def run_analysis(
     if on_phase is not None:
         on_phase(total, total)
     return summary
+
+
+def _mechanism(
+    model: LanguageModel, cfg: RunConfig, out_dir: Path, spec: AnalysisSpec, device: Any
+) -> dict[str, Any]:
+    """The mechanism study's tests of this one model (:func:`h3lab.mechanism.analyse`): each
+    layer's previous-token and match-and-copy (or shift and diagonal SSM) components ablated
+    and patched, written as ``mechanism.json`` and a plot (PNG, SVG)."""
+    from h3lab import mechanism
+    from h3lab.curves import json_safe
+
+    cell = mechanism.analyse(model.to(device), cfg, examples=spec.examples, seed=spec.seed)
+    name = f"{cfg.task.name}-{cfg.preset}"
+    fig = mechanism.plot_cell(name, cell)
+    fig.savefig(out_dir / "mechanism.png", dpi=110)
+    fig.savefig(out_dir / "mechanism.svg")
+    data = json_safe({"cells": {name: cell}})
+    (out_dir / "mechanism.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    return {
+        "accuracy": cell["accuracy"],
+        "found": [t["component"] for t in cell["tests"] if t["found"]],
+        "files": ["mechanism.json", "mechanism.png", "mechanism.svg"],
+    }
 
 
 def _evaluate(model: LanguageModel, cfg: RunConfig, out_dir: Path, device: Any) -> dict[str, Any]:

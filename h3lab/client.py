@@ -520,12 +520,22 @@ def cmd_rerun(api: Api, args: argparse.Namespace) -> int:
     return _submitted(api, run, args, f"queued (a rerun of #{args.run})")
 
 
-ANALYSIS_KINDS = ("evaluate", "probe", "ablation", "patching", "steering")
+ANALYSIS_KINDS = ("evaluate", "probe", "ablation", "patching", "steering", "mechanism")
 
 
 def cmd_analyse(api: Api, args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"kind": args.kind}
-    for key in ("name", "queue", "probe", "examples", "seed", "modes", "hook", "coefficients"):
+    for key in (
+        "name",
+        "queue",
+        "probe",
+        "examples",
+        "seed",
+        "modes",
+        "corruption",
+        "hook",
+        "coefficients",
+    ):
         value = getattr(args, key)
         if value is not None:
             body[key] = value
@@ -1302,9 +1312,14 @@ def parser() -> argparse.ArgumentParser:
     an.add_argument("run", type=int, metavar="RUN", help="the succeeded training run")
     an.add_argument("--kind", choices=ANALYSIS_KINDS, required=True)
     an.add_argument("--probe", choices=["induction", "attention", "kernels", "recall"])
-    an.add_argument("--examples", type=int, help="ablation/patching/steering: test examples")
+    an.add_argument(
+        "--examples", type=int, help="ablation/patching/steering/mechanism: test examples"
+    )
     an.add_argument("--seed", type=int)
     an.add_argument("--modes", nargs="+", choices=["zero", "mean", "resample"], help="ablation")
+    an.add_argument(
+        "--corruption", choices=("values", "keys"), help="patching: what to corrupt (values)"
+    )
     an.add_argument("--hook", help="steering: hook name (default: the middle layer's residual)")
     an.add_argument("--coefficients", nargs="+", type=float, help="steering coefficients")
     an.add_argument("--name")

@@ -318,6 +318,9 @@ def corrupt_copy_task(
     return inputs, corrupted_answers
 
 
+CORRUPTIONS: tuple[str, ...] = ("values", "keys")
+
+
 def corrupt_copy_keys(
     inputs: Tensor, answers: Tensor, generator: torch.Generator
 ) -> tuple[Tensor, Tensor]:
@@ -608,8 +611,11 @@ class InterventionSpec:
     channels: bool = False
     hook: str | None = None
     coefficients: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)
+    corruption: str = "values"  # patching: corrupt the values or the keys (see CORRUPTIONS)
 
     def __post_init__(self) -> None:
+        if self.corruption not in CORRUPTIONS:
+            raise ValueError(f"corruption must be one of {', '.join(CORRUPTIONS)}")
         if self.kind not in INTERVENTION_KINDS:
             raise ValueError(
                 f"unknown intervention {self.kind!r}; choose from {', '.join(INTERVENTION_KINDS)}"
@@ -670,7 +676,9 @@ def run_intervention(
         fig = plot_ablation(result, spec.modes[0])
     elif spec.kind == "patching":
         g = torch.Generator().manual_seed(spec.seed + 1)
-        corrupted, wrong = corrupt_copy_task(inputs.cpu(), answers.cpu(), g)
+        corrupt = corrupt_copy_keys if spec.corruption == "keys" else corrupt_copy_task
+        corrupted, wrong = corrupt(inputs.cpu(), answers.cpu(), g)
+        provenance["corruption"] = spec.corruption
         corrupted, wrong = corrupted.to(device), wrong.to(device)
         provenance["corrupted_sha256"] = tensor_hash(corrupted)
         result = patch_scan(

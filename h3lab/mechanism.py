@@ -213,6 +213,12 @@ def _test(
 
 def analyse(model: LanguageModel, cfg: RunConfig, *, examples: int, seed: int) -> dict[str, Any]:
     """Every measurement of one trained model (see the module docstring)."""
+    mixers = tuple(cfg.model.mixers)
+    if len(mixers) < 2 or len(set(mixers)) != 1 or mixers[0] not in ("attn", "h3"):
+        raise ValueError(
+            "the mechanism study needs an attention or an H3 model of two or more layers, every "
+            f"layer the same kind; this run's layers are {', '.join(mixers)}"
+        )
     model.eval()
     inputs, answers = iv.task_examples(cfg, 2 * examples, seed)
     inputs, answers = inputs.to(iv.model_device(model)), answers.to(iv.model_device(model))
@@ -310,6 +316,49 @@ def plot_cell(name: str, cell: dict[str, Any]) -> Any:
     return fig
 
 
+DEFINITIONS = (
+    "*Collapse*: the share of accuracy above chance removed by the worse of zero and mean "
+    "ablation; *restored*: the share of the clean-vs-corrupted logit difference restored by "
+    "patching the component, on inputs whose *values* were corrupted (the token after each "
+    "earlier occurrence of the query replaced) or, for previous-token components, whose *keys* "
+    "were (the query swapped with another key, every value in place; a value corruption leaves "
+    f"what they read unchanged). A claim is **found** when collapse ≥ {FOUND_COLLAPSE} and "
+    f"restored ≥ {FOUND_RESTORED}."
+)
+
+
+def cell_lines(
+    name: str, cell: dict[str, Any], *, heading: str = "##", image: str = ""
+) -> list[str]:
+    """One model's section: accuracy, the table of tests, what was and was not found."""
+    lines = [
+        f"{heading} {name}",
+        "",
+        f"Accuracy {cell['accuracy']:.1%} (chance {cell['chance']:.1%}) on "
+        f"{cell['examples']} test examples.",
+        "",
+        "| component | role | signature | zero abl. | mean abl. | collapse | restored | found |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for t in cell["tests"]:
+        sig = ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in t["signature"].items())
+        lines.append(
+            f"| {t['component']} | {t['role']} | {sig or '—'} | {t['zero_accuracy']:.1%} | "
+            f"{t['mean_accuracy']:.1%} | {t['collapse']:.2f} | {t['restored']:.2f} "
+            f"({t.get('corruption', 'values')}) | {'yes' if t['found'] else 'no'} |"
+        )
+    claims = [t for t in cell["tests"] if t["role"] != "control"]
+    found = [t["component"] for t in claims if t["found"]]
+    missed = [t["component"] for t in claims if not t["found"]]
+    lines += [
+        "",
+        f"Found: {', '.join(found) or 'none'}. Not found: {', '.join(missed) or 'none'}.",
+        f"![{name}]({image or name + '.png'})",
+        "",
+    ]
+    return lines
+
+
 def report(cells: dict[str, dict[str, Any]], study: StudyConfig) -> str:
     lines = [
         "# Mechanism study: previous-token and match-and-copy components",
@@ -318,44 +367,11 @@ def report(cells: dict[str, dict[str, Any]], study: StudyConfig) -> str:
         f"(≤ {study.steps} steps, batch {study.batch_size}, lr {study.lr}, weight decay "
         f"{study.weight_decay}; attention at half the lr, one head per layer). Measured on "
         f"up to {study.examples} held-out test examples per cell (half of the test split at most; "
-        "the other half is the mean-ablation reference). *Collapse*: the share of accuracy "
-        "above chance removed by the worse of zero and mean ablation; *restored*: the share of "
-        "the clean-vs-corrupted logit difference restored by patching the component, on inputs "
-        "whose *values* were corrupted (the token after each earlier occurrence of the query "
-        "replaced) or, for previous-token components, whose *keys* were (the query swapped "
-        "with another key, every value in place; a value corruption leaves what they read "
-        "unchanged). A claim is "
-        f"**found** when collapse ≥ {FOUND_COLLAPSE} and restored ≥ {FOUND_RESTORED}.",
+        "the other half is the mean-ablation reference). " + DEFINITIONS,
         "",
     ]
     for name, cell in cells.items():
-        lines += [
-            f"## {name}",
-            "",
-            f"Accuracy {cell['accuracy']:.1%} (chance {cell['chance']:.1%}) on "
-            f"{cell['examples']} test examples.",
-            "",
-            "| component | role | signature | zero abl. | mean abl. | collapse | restored "
-            "| found |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for t in cell["tests"]:
-            sig = ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in t["signature"].items())
-            lines.append(
-                f"| {t['component']} | {t['role']} | {sig or '—'} | {t['zero_accuracy']:.1%} | "
-                f"{t['mean_accuracy']:.1%} | {t['collapse']:.2f} | {t['restored']:.2f} "
-                f"({t.get('corruption', 'values')}) | "
-                f"{'yes' if t['found'] else 'no'} |"
-            )
-        claims = [t for t in cell["tests"] if t["role"] != "control"]
-        found = [t["component"] for t in claims if t["found"]]
-        missed = [t["component"] for t in claims if not t["found"]]
-        lines += [
-            "",
-            f"Found: {', '.join(found) or 'none'}. Not found: {', '.join(missed) or 'none'}.",
-            f"![{name}]({name}.png)",
-            "",
-        ]
+        lines += cell_lines(name, cell)
     return "\n".join(lines) + "\n"
 
 

@@ -34,12 +34,12 @@ def make_project(
     )
 
 
-def tiny_config(**train_kw: Any) -> RunConfig:
+def tiny_config(n_layer: int = 1, **train_kw: Any) -> RunConfig:
     """A run that trains in about a second on a CPU."""
     train = {"steps": 20, "batch_size": 8, "eval_every": 10, "checkpoint_every": 10, **train_kw}
     return RunConfig.build(
         preset="h3",
-        n_layer=1,
+        n_layer=n_layer,
         d_model=16,
         d_state=8,
         task=TaskConfig("induction_head", vocab_size=8, seq_len=12, num_train=64, num_test=16),

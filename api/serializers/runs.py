@@ -188,7 +188,12 @@ class AnalysisSubmitSerializer(serializers.Serializer[Any]):
     queue = serializers.ChoiceField(choices=Queue.choices, required=False)
     probe = serializers.CharField(max_length=32, required=False, help_text="probe: which one")
     examples = serializers.IntegerField(
-        required=False, help_text="ablation/patching/steering: test examples used"
+        required=False, help_text="ablation/patching/steering/mechanism: test examples used"
+    )
+    corruption = serializers.ChoiceField(
+        choices=["values", "keys"],
+        required=False,
+        help_text="patching: corrupt the values (default) or the keys",
     )
     seed = serializers.IntegerField(required=False)
     modes = serializers.ListField(

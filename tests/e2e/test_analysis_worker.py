@@ -28,6 +28,7 @@ KINDS: dict[str, dict[str, Any]] = {
     "ablation": {"examples": 16, "modes": ["zero", "mean"]},
     "patching": {"examples": 16},
     "steering": {"examples": 32, "coefficients": [0, 4]},
+    "mechanism": {"examples": 16},
 }
 
 
@@ -37,8 +38,9 @@ def finished(pk: int) -> Run | None:
 
 
 def trained_source(lab: Lab) -> Run:
-    """A tiny induction-head run (a copy task: interventions need one) trained by the worker."""
-    cfg = factories.tiny_config(device="cpu")
+    """A tiny 2-layer induction-head run (a copy task: interventions need one; the mechanism
+    tests need two layers) trained by the worker."""
+    cfg = factories.tiny_config(n_layer=2, device="cpu")
     run = check_submit_run(
         project=lab.project, config=cfg.to_dict(), experiment_name="e2e", acting_user=lab.alice
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -58,6 +59,7 @@ def test_a_bad_spec_names_every_bad_field() -> None:
                 "seed": -1,
                 "modes": [],
                 "coefficients": [float("nan")],
+                "corruption": "tokens",
                 "extra": 1,
             }
         )
@@ -69,6 +71,67 @@ def test_a_bad_spec_names_every_bad_field() -> None:
         "seed",
         "modes",
         "coefficients",
+        "corruption",
     }
     with pytest.raises(ConfigError):
         analysis.AnalysisSpec.from_dict({"kind": "ablation", "examples": True})
+
+
+def _saved_model(tmp_path: Path, preset: str, n_layer: int) -> Path:
+    """A fresh (untrained) model's two files, as a finished run keeps them."""
+    import torch
+    from safetensors.torch import save_model
+
+    from h3lab.config import RunConfig, TaskConfig, TrainConfig
+    from h3lab.nn.lm import LanguageModel
+
+    cfg = RunConfig.build(
+        preset=preset,
+        n_layer=n_layer,
+        d_model=16,
+        d_state=8,
+        task=TaskConfig("induction_head", vocab_size=8, seq_len=12, num_train=64, num_test=48),
+        train=TrainConfig(steps=1, batch_size=8),
+    )
+    folder = tmp_path / f"{preset}-{n_layer}"
+    folder.mkdir()
+    save_model(LanguageModel(cfg.model, generator=torch.Generator().manual_seed(0)),
+               str(folder / analysis.MODEL_FILE))  # fmt: skip
+    (folder / analysis.CONFIG_FILE).write_text(json.dumps(cfg.to_dict()), encoding="utf-8")
+    return folder
+
+
+@pytest.mark.parametrize("preset", ["attention", "h3"])
+def test_the_mechanism_analysis_writes_one_models_tests(tmp_path: Path, preset: str) -> None:
+    source = _saved_model(tmp_path, preset, 2)
+    spec = analysis.AnalysisSpec.from_dict({"kind": "mechanism", "examples": 16})
+    summary = analysis.run_analysis(spec, source, tmp_path / "out")
+    assert summary["analysis"] == {"kind": "mechanism", "seed": 0, "examples": 16}
+    files = set(summary["files"])
+    assert {"mechanism.json", "mechanism.png", "mechanism.svg", "analysis.json"} <= files
+    assert all((tmp_path / "out" / f).is_file() for f in files)
+    (cell,) = json.loads((tmp_path / "out" / "mechanism.json").read_text())["cells"].values()
+    roles = {t["role"] for t in cell["tests"]}
+    assert "previous token" in roles and cell["examples"] == 16
+    assert summary["found"] == [t["component"] for t in cell["tests"] if t["found"]]
+
+
+@pytest.mark.parametrize(("preset", "n_layer"), [("h3", 1), ("hybrid", 2)])
+def test_the_mechanism_analysis_refuses_models_it_cannot_test(
+    tmp_path: Path, preset: str, n_layer: int
+) -> None:
+    source = _saved_model(tmp_path, preset, n_layer)
+    spec = analysis.AnalysisSpec.from_dict({"kind": "mechanism", "examples": 16})
+    with pytest.raises(ValueError, match="two or more layers, every layer the same kind"):
+        analysis.run_analysis(spec, source, tmp_path / "out")
+
+
+def test_patching_on_the_key_corruption_says_so(tmp_path: Path) -> None:
+    source = _saved_model(tmp_path, "h3", 2)
+    spec = analysis.AnalysisSpec.from_dict(
+        {"kind": "patching", "examples": 16, "corruption": "keys"}
+    )
+    assert spec.to_dict()["corruption"] == "keys"
+    analysis.run_analysis(spec, source, tmp_path / "out")
+    data = json.loads((tmp_path / "out" / "patching.json").read_text())
+    assert data["corruption"] == "keys"
