@@ -133,17 +133,22 @@ def test_direct_reference_is_the_textbook_causal_sum() -> None:
     torch.testing.assert_close(direct_conv_ref(u, k), want)
 
 
-def test_next_fast_len_is_the_smallest_5_smooth_length_at_least_n() -> None:
-    def smooth(m: int) -> bool:
+def test_next_fast_len_is_the_smallest_2_rich_5_smooth_length_at_least_n() -> None:
+    def fast(m: int) -> bool:
+        exps = []
         for p in (2, 3, 5):
+            e = 0
             while m % p == 0:
-                m //= p
-        return m == 1
+                m, e = m // p, e + 1
+            exps.append(e)
+        return m == 1 and exps[0] >= exps[1] + exps[2]
 
-    for n in range(1, 600):
+    for n in [*range(1, 600), 1087, 4159, 16447, 32767]:
         got = next_fast_len(n)
-        assert got >= n and smooth(got)
-        assert not any(smooth(m) for m in range(n, got))
+        assert got >= n and fast(got)
+        assert not any(fast(m) for m in range(n, got))
+    # The lengths the H3 layer asks for at 1k, 4k and 16k tokens (shift kernel of 64 taps).
+    assert [next_fast_len(L + 63) for L in (1024, 4096, 16384)] == [1152, 4320, 17280]
 
 
 @pytest.mark.parametrize("discretization", ["zoh", "bilinear"])
