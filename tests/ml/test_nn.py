@@ -16,6 +16,7 @@ from h3lab.nn.attention import Attention
 from h3lab.nn.config import LMConfig, preset_mixers
 from h3lab.nn.fftconv import direct_conv_ref, fftconv, next_fast_len
 from h3lab.nn.h3 import H3
+from h3lab.nn.h3core import h3_mix
 from h3lab.nn.lm import LanguageModel, build_mixer
 from h3lab.nn.s4d import S4D
 from h3lab.nn.ssm import DiagonalSSM, ShiftSSM, vandermonde_kernel, vandermonde_kernel_ref
@@ -149,6 +150,56 @@ def test_next_fast_len_is_the_smallest_2_rich_5_smooth_length_at_least_n() -> No
         assert not any(fast(m) for m in range(n, got))
     # The lengths the H3 layer asks for at 1k, 4k and 16k tokens (shift kernel of 64 taps).
     assert [next_fast_len(L + 63) for L in (1024, 4096, 16384)] == [1152, 4320, 17280]
+
+
+@pytest.mark.parametrize("block_bytes", [1, 2000, 1 << 20], ids=["rows", "channels", "batch"])
+@pytest.mark.parametrize("L", [1, 37, 300])
+def test_fused_h3_equals_the_composed_layer_with_gradients(
+    monkeypatch: pytest.MonkeyPatch, block_bytes: int, L: int
+) -> None:
+    monkeypatch.setattr(fftconv_module, "BLOCK_BYTES", block_bytes)
+    layer = H3(cfg_for("h3")).double()
+    layer.reset_parameters(gen(1))
+    x = torch.randn(3, L, 16, generator=gen(2), dtype=torch.float64)
+    grad_out = torch.randn(3, L, 16, generator=gen(3), dtype=torch.float64)
+    results = []
+    for fuse in (True, False):
+        layer.fuse = fuse
+        layer.zero_grad()
+        xi = x.clone().requires_grad_()
+        y = layer(xi)
+        y.backward(grad_out)
+        grads = {n: p.grad.clone() for n, p in layer.named_parameters() if p.grad is not None}
+        results.append((y.detach(), xi.grad, grads))
+    (y_f, gx_f, gp_f), (y_c, gx_c, gp_c) = results
+    assert gx_f is not None and gx_c is not None
+    assert rel_err(y_f, y_c) < 1e-12 and rel_err(gx_f, gx_c) < 1e-12
+    assert set(gp_f) == set(gp_c) and len(gp_f) == len(list(layer.parameters()))
+    for name in gp_c:
+        assert rel_err(gp_f[name], gp_c[name]) < 1e-10, name
+
+
+def test_fused_h3_function_gradients_match_finite_differences(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(fftconv_module, "BLOCK_BYTES", 200)  # several blocks
+    g = gen(4)
+    qkv = torch.randn(2, 3 * 3, 11, generator=g, dtype=torch.float64, requires_grad=True)
+    ks = torch.randn(3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    kd = torch.randn(3, 11, generator=g, dtype=torch.float64, requires_grad=True)
+    d1 = torch.randn(3, generator=g, dtype=torch.float64, requires_grad=True)
+    d2 = torch.randn(3, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(h3_mix, (qkv, ks, d1, kd, d2))
+
+
+def test_an_active_inner_hook_takes_the_composed_path_and_sees_the_intermediate() -> None:
+    layer = H3(cfg_for("h3"))
+    seen: list[torch.Tensor] = []
+    layer.hook_kv.register_forward_hook(lambda m, i, o: seen.append(o))
+    qkv = torch.zeros(1, 48, 4)
+    assert layer._can_fuse(qkv) is False
+    layer(torch.randn(2, 5, 16, generator=gen(5)))
+    assert len(seen) == 1 and seen[0].shape == (2, 5, 16)
 
 
 @pytest.mark.parametrize("discretization", ["zoh", "bilinear"])
