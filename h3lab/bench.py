@@ -396,13 +396,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=",".join(DEFAULT_CONTENDERS),
         help=f"comma-separated subset of {', '.join(CONTENDERS)}",
     )
-    p.add_argument("--rounds", type=int, default=5, help="alternated timing rounds per length")
+    p.add_argument(
+        "--rounds", "--repeat", type=int, default=5, help="alternated timing rounds per length"
+    )
     p.add_argument(
         "--no-single-thread",
         action="store_true",
         help="skip the 1-thread pass after each timed pass (CPU time ratio, about 1.5× faster)",
     )
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument(
+        "--in-process",
+        action="store_true",
+        help="measure peak memory in this process, not in fresh subprocesses (exact on CUDA, "
+        "where the peak is reset per measurement; cumulative on CPU)",
+    )
     p.add_argument(
         "--contexts",
         type=_ints,
@@ -474,7 +482,11 @@ def main(argv: list[str] | None = None) -> int:
                 "device": device,
                 "threads": args.threads,
             }
-            row[k]["peak_mib"] = _peak_in_subprocess(payload)
+            row[k]["peak_mib"] = (
+                measure_peak(k, shape, row["L"], device, args.threads)
+                if args.in_process
+                else _peak_in_subprocess(payload)
+            )
     gen_kinds = [k for k in kinds if k in ("h3", "attn", "h3_hd8")]
     contexts = _contexts(args.contexts)
     generation = (
@@ -516,8 +528,10 @@ def _meta(args: argparse.Namespace, device: str) -> dict[str, Any]:
             str(L): [next_fast_len(L + args.d_state - 1), next_fast_len(2 * L - 1)]
             for L in args.lengths
         },
-        "memory": "cuda max_memory_allocated growth"
+        "memory": "cuda max_memory_allocated growth over one fwd+bwd"
         if device.startswith("cuda")
+        else "ru_maxrss growth over one fwd+bwd, cumulative (in-process)"
+        if args.in_process
         else "ru_maxrss growth over one fwd+bwd, fresh subprocess, default allocator "
         "(MALLOC_* unset)",
         "flops": "nominal: projections 24BLD^2; H3 FFTs 5 real FFTs of n=2L per row "
