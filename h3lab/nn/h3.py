@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from h3lab.nn.config import LMConfig
 from h3lab.nn.fftconv import fftconv
-from h3lab.nn.h3core import h3_mix
+from h3lab.nn.h3core import h3_mix, h3_mix_heads
 from h3lab.nn.hooks import HookPoint
 from h3lab.nn.layout import linear_from_channels_first, linear_to_channels_first
 from h3lab.nn.ssm import DiagonalSSM, DiagonalStepParams, ShiftSSM
@@ -93,8 +93,8 @@ class H3(nn.Module):
         self.hook_shift_kernel, self.hook_shift = HookPoint(), HookPoint()
         self.hook_kv, self.hook_kernel, self.hook_diag = HookPoint(), HookPoint(), HookPoint()
         self.hook_y, self.hook_out = HookPoint(), HookPoint()
-        # Use the fused head_dim-1 path (h3lab.nn.h3core) when it applies; False forces the
-        # composed ops, its slow reference.
+        # Use the fused path (h3lab.nn.h3core) when it applies; False forces the composed
+        # ops, its slow reference.
         self.fuse = True
 
     @torch.no_grad()
@@ -118,12 +118,11 @@ class H3(nn.Module):
         qkv = linear_to_channels_first(x, self.in_proj.weight, self.in_proj.bias)  # (B, 3D, L)
         if state is None and self._can_fuse(qkv):
             assert isinstance(self.kv_ssm, DiagonalSSM)
-            y = h3_mix(
-                qkv,
-                self.shift_ssm.kernel(L),
-                self.shift_ssm.D,
-                self.kv_ssm.kernel(L),
-                self.kv_ssm.D,
+            kernels = (self.shift_ssm.kernel(L), self.shift_ssm.D, self.kv_ssm.kernel(L))
+            y = (
+                h3_mix(qkv, *kernels, self.kv_ssm.D)
+                if self.head_dim == 1
+                else h3_mix_heads(qkv, *kernels, self.kv_ssm.D, self.head_dim)
             )  # (B, D, L)
             fused: Tensor = self.hook_out(
                 linear_from_channels_first(y, self.out_proj.weight, self.out_proj.bias)
@@ -159,10 +158,12 @@ class H3(nn.Module):
         return out
 
     def _can_fuse(self, qkv: Tensor) -> bool:
-        """Whether :func:`h3lab.nn.h3core.h3_mix` may replace the composed ops: head_dim 1
-        with the diagonal SSM, float32/64, and no hook inside the layer that would need to
-        see (or replace) an intermediate the fused function never materialises."""
-        if self.head_dim != 1 or not isinstance(self.kv_ssm, DiagonalSSM) or not self.fuse:
+        """Whether :mod:`h3lab.nn.h3core` may replace the composed ops: the diagonal SSM at
+        head_dim 1 or with one SSM per head, float32/64, and no hook inside the layer that
+        would need to see (or replace) an intermediate the fused function never forms."""
+        if not isinstance(self.kv_ssm, DiagonalSSM) or not self.fuse:
+            return False
+        if self.head_dim > 1 and not self.shared:
             return False
         if qkv.dtype not in (torch.float32, torch.float64):
             return False

@@ -16,7 +16,7 @@ from h3lab.nn.attention import Attention
 from h3lab.nn.config import LMConfig, preset_mixers
 from h3lab.nn.fftconv import direct_conv_ref, fftconv, next_fast_len
 from h3lab.nn.h3 import H3
-from h3lab.nn.h3core import h3_mix
+from h3lab.nn.h3core import h3_mix, h3_mix_heads
 from h3lab.nn.lm import LanguageModel, build_mixer
 from h3lab.nn.s4d import S4D
 from h3lab.nn.ssm import DiagonalSSM, ShiftSSM, vandermonde_kernel, vandermonde_kernel_ref
@@ -152,13 +152,15 @@ def test_next_fast_len_is_the_smallest_2_rich_5_smooth_length_at_least_n() -> No
     assert [next_fast_len(L + 63) for L in (1024, 4096, 16384)] == [1152, 4320, 17280]
 
 
-@pytest.mark.parametrize("block_bytes", [1, 2000, 1 << 20], ids=["rows", "channels", "batch"])
+@pytest.mark.parametrize("head_dim", [1, 4])
+@pytest.mark.parametrize("block_bytes", [1, 3000, 1 << 20], ids=["rows", "channels", "batch"])
 @pytest.mark.parametrize("L", [1, 37, 300])
 def test_fused_h3_equals_the_composed_layer_with_gradients(
-    monkeypatch: pytest.MonkeyPatch, block_bytes: int, L: int
+    monkeypatch: pytest.MonkeyPatch, block_bytes: int, L: int, head_dim: int
 ) -> None:
     monkeypatch.setattr(fftconv_module, "BLOCK_BYTES", block_bytes)
-    layer = H3(cfg_for("h3")).double()
+    layer = H3(cfg_for("h3", head_dim=head_dim)).double()
+    assert layer._can_fuse(torch.zeros(1, 48, 4)) is True
     layer.reset_parameters(gen(1))
     x = torch.randn(3, L, 16, generator=gen(2), dtype=torch.float64)
     grad_out = torch.randn(3, L, 16, generator=gen(3), dtype=torch.float64)
@@ -184,15 +186,27 @@ def test_fused_h3_function_gradients_match_finite_differences(
 ) -> None:
     monkeypatch.setattr(fftconv_module, "BLOCK_BYTES", 200)  # several blocks
     g = gen(4)
-    qkv = torch.randn(2, 3 * 3, 11, generator=g, dtype=torch.float64, requires_grad=True)
+    qkv = torch.randn(1, 3 * 3, 8, generator=g, dtype=torch.float64, requires_grad=True)
     ks = torch.randn(3, 4, generator=g, dtype=torch.float64, requires_grad=True)
     kd = torch.randn(3, 11, generator=g, dtype=torch.float64, requires_grad=True)
     d1 = torch.randn(3, generator=g, dtype=torch.float64, requires_grad=True)
     d2 = torch.randn(3, generator=g, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(h3_mix, (qkv, ks, d1, kd, d2))
+    # Multi-head, one SSM per head: 6 channels as 3 heads of 2.
+    qkv = torch.randn(1, 3 * 6, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    ks = torch.randn(6, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    d1 = torch.randn(6, generator=g, dtype=torch.float64, requires_grad=True)
+
+    def heads(
+        q: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, e: torch.Tensor
+    ) -> torch.Tensor:
+        return h3_mix_heads(q, a, b, c, e, 2)
+
+    assert torch.autograd.gradcheck(heads, (qkv, ks, d1, kd, d2))
 
 
 def test_an_active_inner_hook_takes_the_composed_path_and_sees_the_intermediate() -> None:
+    assert H3(cfg_for("h3ch", head_dim=2))._can_fuse(torch.zeros(1, 48, 4)) is False
     layer = H3(cfg_for("h3"))
     seen: list[torch.Tensor] = []
     layer.hook_kv.register_forward_hook(lambda m, i, o: seen.append(o))
