@@ -22,11 +22,11 @@ Reported per contender: median and min wall time, the median of the per-round ra
 a nominal FLOP count (below) and its share of the matmul's, and — in the same rounds — the
 process CPU time at 1 thread and at ``--threads`` (2), whose ratio says what the second
 thread costs. The 1-minute load average is recorded before and after every length. Peak
-memory is measured afterwards, one fresh subprocess per (contender, length), as the growth of
-the process's peak resident set (``ru_maxrss``) over one forward+backward, after a short
-warm-up pass, with the default allocator (``MALLOC_*`` variables removed from the worker's
-environment). Generation: per-token latency of ``step`` at batch 1 after contexts of each
-``--contexts`` length, contenders alternated in blocks of steps.
+memory is measured afterwards, one fresh subprocess per (contender, length): the peak resident
+set of one forward+backward after a short warm-up pass (Linux ``VmHWM``, reset just before the
+pass) over the resident set at its start, with the default allocator (``MALLOC_*`` variables
+removed from the worker's environment). Generation: per-token latency of ``step`` at batch 1
+after contexts of each ``--contexts`` length, contenders alternated in blocks of steps.
 
 Nominal FLOPs of one forward+backward (the backward counted as twice the forward):
 projections ``24·B·L·D²``; H3's two FFT convolutions as 5 real FFTs of ``n = 2L`` points per
@@ -244,9 +244,33 @@ def measure_peak(kind: str, shape: Shape, L: int, device: str, threads: int) -> 
         make_pass(kind, module, x, grad_out)()
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
-    base = _maxrss_bytes()
+    if _reset_peak_rss():
+        base = _proc_status_kib("VmRSS")
+        make_pass(kind, module, x, grad_out)()
+        return (_proc_status_kib("VmHWM") - base) / 1024
+    base = _maxrss_bytes()  # no /proc: the lifetime peak, blind below start-up's own peak
     make_pass(kind, module, x, grad_out)()
     return (_maxrss_bytes() - base) / 2**20
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (Linux: ``5`` to ``/proc/self/clear_refs``), so the
+    next peak is the pass's own — ``ru_maxrss`` never resets, and the transient peak of
+    importing torch hides a smaller pass entirely."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def _proc_status_kib(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{key} missing from /proc/self/status")
 
 
 def _maxrss_bytes() -> int:
@@ -530,10 +554,9 @@ def _meta(args: argparse.Namespace, device: str) -> dict[str, Any]:
         },
         "memory": "cuda max_memory_allocated growth over one fwd+bwd"
         if device.startswith("cuda")
-        else "ru_maxrss growth over one fwd+bwd, cumulative (in-process)"
-        if args.in_process
-        else "ru_maxrss growth over one fwd+bwd, fresh subprocess, default allocator "
-        "(MALLOC_* unset)",
+        else "peak RSS (VmHWM, reset before the pass) over RSS at its start, one fwd+bwd, "
+        + ("in this process" if args.in_process else "fresh subprocess")
+        + ", default allocator (MALLOC_* unset)",
         "flops": "nominal: projections 24BLD^2; H3 FFTs 5 real FFTs of n=2L per row "
         "(2.5 n log2 n) over B*D*(1+head_dim) rows; attention +6BL^2D; matmul 2*BL*D*3D",
     }
