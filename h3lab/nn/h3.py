@@ -43,6 +43,7 @@ from torch import Tensor, nn
 
 from h3lab.nn.config import LMConfig
 from h3lab.nn.fftconv import fftconv
+from h3lab.nn.h3core import h3_mix, h3_mix_heads
 from h3lab.nn.hooks import HookPoint
 from h3lab.nn.layout import linear_from_channels_first, linear_to_channels_first
 from h3lab.nn.ssm import DiagonalSSM, DiagonalStepParams, ShiftSSM
@@ -92,6 +93,9 @@ class H3(nn.Module):
         self.hook_shift_kernel, self.hook_shift = HookPoint(), HookPoint()
         self.hook_kv, self.hook_kernel, self.hook_diag = HookPoint(), HookPoint(), HookPoint()
         self.hook_y, self.hook_out = HookPoint(), HookPoint()
+        # Use the fused path (h3lab.nn.h3core) when it applies; False forces the composed
+        # ops, its slow reference.
+        self.fuse = True
 
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None, n_layer: int = 1) -> None:
@@ -112,6 +116,18 @@ class H3(nn.Module):
         # Channels-first (B, 3D, L) straight out of the GEMM: the FFTs then run over
         # contiguous rows, with no transpose copy of q, k, v.
         qkv = linear_to_channels_first(x, self.in_proj.weight, self.in_proj.bias)  # (B, 3D, L)
+        if state is None and self._can_fuse(qkv):
+            assert isinstance(self.kv_ssm, DiagonalSSM)
+            kernels = (self.shift_ssm.kernel(L), self.shift_ssm.D, self.kv_ssm.kernel(L))
+            y = (
+                h3_mix(qkv, *kernels, self.kv_ssm.D)
+                if self.head_dim == 1
+                else h3_mix_heads(qkv, *kernels, self.kv_ssm.D, self.head_dim)
+            )  # (B, D, L)
+            fused: Tensor = self.hook_out(
+                linear_from_channels_first(y, self.out_proj.weight, self.out_proj.bias)
+            )
+            return fused  # (B, L, D)
         q, k, v = qkv.chunk(3, dim=1)  # (B, D, L) each
         q = self.hook_q(q.mT).mT
         k = self.hook_k(k.mT).mT
@@ -140,6 +156,29 @@ class H3(nn.Module):
             else:
                 self.kv_ssm.prefill_state(kv, state.kv)
         return out
+
+    def _can_fuse(self, qkv: Tensor) -> bool:
+        """Whether :mod:`h3lab.nn.h3core` may replace the composed ops: the diagonal SSM at
+        head_dim 1 or with one SSM per head, float32/64, and no hook inside the layer that
+        would need to see (or replace) an intermediate the fused function never forms."""
+        if not isinstance(self.kv_ssm, DiagonalSSM) or not self.fuse:
+            return False
+        if self.head_dim > 1 and not self.shared:
+            return False
+        if qkv.dtype not in (torch.float32, torch.float64):
+            return False
+        inner = (
+            self.hook_q,
+            self.hook_k,
+            self.hook_v,
+            self.hook_shift_kernel,
+            self.hook_shift,
+            self.hook_kv,
+            self.hook_kernel,
+            self.hook_diag,
+            self.hook_y,
+        )
+        return not any(h.active for h in inner) and not nn.modules.module._global_forward_hooks
 
     def _outer(self, k: Tensor, v: Tensor) -> Tensor:
         """kv channels from k, v (B, D, ·): elementwise for head_dim 1, else per-head outer

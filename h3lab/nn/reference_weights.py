@@ -119,6 +119,53 @@ def fold_shift_kernel(B: Tensor, C: Tensor) -> Tensor:
     return torch.stack([(B[:, : N - j] * C[:, j:]).sum(-1) for j in range(N)], dim=-1)
 
 
+def h3_mixer_state_dict(p: dict[str, Tensor]) -> dict[str, Tensor]:
+    """One reference H3 mixer's parameters (keys without the ``…mixer.`` prefix) → the keys
+    of h3lab's :class:`~h3lab.nn.h3.H3` (``h3_ssm="head"``, bilinear)."""
+    out: dict[str, Tensor] = {}
+    for x in ("weight", "bias"):
+        out[f"in_proj.{x}"] = torch.cat([p[f"{n}_proj.{x}"] for n in "qkv"])
+        out[f"out_proj.{x}"] = p[f"output_linear.{x}"]
+    out["shift_ssm.C"] = fold_shift_kernel(p["ssm_k_kernel.kernel.B"], p["ssm_k_kernel.kernel.C"])
+    out["shift_ssm.D"] = p["ssm_k_D"]
+    k = "kernel.kernel."
+    out["kv_ssm.log_dt"] = p[k + "log_dt"]
+    out["kv_ssm.log_A_real"] = p[k + "inv_A_real"]
+    out["kv_ssm.A_imag"] = p[k + "A_imag"]
+    out["kv_ssm.B"] = p[k + "B"]
+    out["kv_ssm.C"] = p[k + "C"].reshape(p[k + "B"].shape)
+    out["kv_ssm.D"] = p["D"]
+    return out
+
+
+def reference_mixer_state_dict(p: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The inverse of :func:`h3_mixer_state_dict`: h3lab H3 keys → the reference's. The shift
+    SSM's input vector becomes e₁, so its folded kernel is exactly h3lab's taps (and the
+    gradient of the reference taps ``C`` equals that of h3lab's)."""
+    D, N = p["shift_ssm.C"].shape
+    d = D // p["kv_ssm.log_dt"].shape[0]
+    e1 = torch.zeros(D, N, dtype=p["shift_ssm.C"].dtype)
+    e1[:, 0] = 1.0
+    out: dict[str, Tensor] = {}
+    for x in ("weight", "bias"):
+        for n, part in zip("qkv", p[f"in_proj.{x}"].chunk(3), strict=True):
+            out[f"{n}_proj.{x}"] = part
+        out[f"output_linear.{x}"] = p[f"out_proj.{x}"]
+    if d * p["kv_ssm.log_dt"].shape[0] != D:
+        raise ValueError("the reference H3 shares one kv SSM per head (h3_ssm='head')")
+    out["ssm_k_kernel.kernel.B"] = e1
+    out["ssm_k_kernel.kernel.C"] = p["shift_ssm.C"][None]
+    out["ssm_k_D"] = p["shift_ssm.D"]
+    k = "kernel.kernel."
+    out[k + "log_dt"] = p["kv_ssm.log_dt"]
+    out[k + "inv_A_real"] = p["kv_ssm.log_A_real"]
+    out[k + "A_imag"] = p["kv_ssm.A_imag"]
+    out[k + "B"] = p["kv_ssm.B"]
+    out[k + "C"] = p["kv_ssm.C"][None]
+    out["D"] = p["kv_ssm.D"]
+    return out
+
+
 def h3lab_state_dict(sd: dict[str, Tensor], cfg: LMConfig) -> dict[str, Tensor]:
     """Map a (normalised) reference state dict to h3lab's :class:`LanguageModel` keys."""
     out: dict[str, Tensor] = {"embed.weight": sd["backbone.embeddings.word_embeddings.weight"]}
@@ -137,19 +184,8 @@ def h3lab_state_dict(sd: dict[str, Tensor], cfg: LMConfig) -> dict[str, Tensor]:
                 out[f"{t}in_proj.{p}"] = sd[f"{m}Wqkv.{p}"]
                 out[f"{t}out_proj.{p}"] = sd[f"{m}out_proj.{p}"]
             continue
-        for p in ("weight", "bias"):
-            out[f"{t}in_proj.{p}"] = torch.cat([sd[f"{m}{x}_proj.{p}"] for x in "qkv"])
-            out[f"{t}out_proj.{p}"] = sd[f"{m}output_linear.{p}"]
-        k = m + "ssm_k_kernel.kernel."
-        out[t + "shift_ssm.C"] = fold_shift_kernel(sd[k + "B"], sd[k + "C"])
-        out[t + "shift_ssm.D"] = sd[m + "ssm_k_D"]
-        k = m + "kernel.kernel."
-        out[t + "kv_ssm.log_dt"] = sd[k + "log_dt"]
-        out[t + "kv_ssm.log_A_real"] = sd[k + "inv_A_real"]
-        out[t + "kv_ssm.A_imag"] = sd[k + "A_imag"]
-        out[t + "kv_ssm.B"] = sd[k + "B"]
-        out[t + "kv_ssm.C"] = sd[k + "C"].reshape(sd[k + "B"].shape)
-        out[t + "kv_ssm.D"] = sd[m + "D"]
+        mixer = {k[len(m) :]: v for k, v in sd.items() if k.startswith(m)}
+        out.update({t + k: v for k, v in h3_mixer_state_dict(mixer).items()})
     out["ln_final.weight"] = sd["backbone.ln_f.weight"]
     out["ln_final.bias"] = sd["backbone.ln_f.bias"]
     out["lm_head.weight"] = out["embed.weight"]  # tied, as in the reference

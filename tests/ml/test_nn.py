@@ -16,6 +16,7 @@ from h3lab.nn.attention import Attention
 from h3lab.nn.config import LMConfig, preset_mixers
 from h3lab.nn.fftconv import direct_conv_ref, fftconv, next_fast_len
 from h3lab.nn.h3 import H3
+from h3lab.nn.h3core import h3_mix, h3_mix_heads
 from h3lab.nn.lm import LanguageModel, build_mixer
 from h3lab.nn.s4d import S4D
 from h3lab.nn.ssm import DiagonalSSM, ShiftSSM, vandermonde_kernel, vandermonde_kernel_ref
@@ -133,17 +134,86 @@ def test_direct_reference_is_the_textbook_causal_sum() -> None:
     torch.testing.assert_close(direct_conv_ref(u, k), want)
 
 
-def test_next_fast_len_is_the_smallest_5_smooth_length_at_least_n() -> None:
-    def smooth(m: int) -> bool:
+def test_next_fast_len_is_the_smallest_2_rich_5_smooth_length_at_least_n() -> None:
+    def fast(m: int) -> bool:
+        exps = []
         for p in (2, 3, 5):
+            e = 0
             while m % p == 0:
-                m //= p
-        return m == 1
+                m, e = m // p, e + 1
+            exps.append(e)
+        return m == 1 and exps[0] >= exps[1] + exps[2]
 
-    for n in range(1, 600):
+    for n in [*range(1, 600), 1087, 4159, 16447, 32767]:
         got = next_fast_len(n)
-        assert got >= n and smooth(got)
-        assert not any(smooth(m) for m in range(n, got))
+        assert got >= n and fast(got)
+        assert not any(fast(m) for m in range(n, got))
+    # The lengths the H3 layer asks for at 1k, 4k and 16k tokens (shift kernel of 64 taps).
+    assert [next_fast_len(L + 63) for L in (1024, 4096, 16384)] == [1152, 4320, 17280]
+
+
+@pytest.mark.parametrize("head_dim", [1, 4])
+@pytest.mark.parametrize("block_bytes", [1, 3000, 1 << 20], ids=["rows", "channels", "batch"])
+@pytest.mark.parametrize("L", [1, 37, 300])
+def test_fused_h3_equals_the_composed_layer_with_gradients(
+    monkeypatch: pytest.MonkeyPatch, block_bytes: int, L: int, head_dim: int
+) -> None:
+    monkeypatch.setattr(fftconv_module, "BLOCK_BYTES", block_bytes)
+    layer = H3(cfg_for("h3", head_dim=head_dim)).double()
+    assert layer._can_fuse(torch.zeros(1, 48, 4)) is True
+    layer.reset_parameters(gen(1))
+    x = torch.randn(3, L, 16, generator=gen(2), dtype=torch.float64)
+    grad_out = torch.randn(3, L, 16, generator=gen(3), dtype=torch.float64)
+    results = []
+    for fuse in (True, False):
+        layer.fuse = fuse
+        layer.zero_grad()
+        xi = x.clone().requires_grad_()
+        y = layer(xi)
+        y.backward(grad_out)
+        grads = {n: p.grad.clone() for n, p in layer.named_parameters() if p.grad is not None}
+        results.append((y.detach(), xi.grad, grads))
+    (y_f, gx_f, gp_f), (y_c, gx_c, gp_c) = results
+    assert gx_f is not None and gx_c is not None
+    assert rel_err(y_f, y_c) < 1e-12 and rel_err(gx_f, gx_c) < 1e-12
+    assert set(gp_f) == set(gp_c) and len(gp_f) == len(list(layer.parameters()))
+    for name in gp_c:
+        assert rel_err(gp_f[name], gp_c[name]) < 1e-10, name
+
+
+def test_fused_h3_function_gradients_match_finite_differences(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(fftconv_module, "BLOCK_BYTES", 200)  # several blocks
+    g = gen(4)
+    qkv = torch.randn(1, 3 * 3, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    ks = torch.randn(3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    kd = torch.randn(3, 11, generator=g, dtype=torch.float64, requires_grad=True)
+    d1 = torch.randn(3, generator=g, dtype=torch.float64, requires_grad=True)
+    d2 = torch.randn(3, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(h3_mix, (qkv, ks, d1, kd, d2))
+    # Multi-head, one SSM per head: 6 channels as 3 heads of 2.
+    qkv = torch.randn(1, 3 * 6, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    ks = torch.randn(6, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    d1 = torch.randn(6, generator=g, dtype=torch.float64, requires_grad=True)
+
+    def heads(
+        q: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, e: torch.Tensor
+    ) -> torch.Tensor:
+        return h3_mix_heads(q, a, b, c, e, 2)
+
+    assert torch.autograd.gradcheck(heads, (qkv, ks, d1, kd, d2))
+
+
+def test_an_active_inner_hook_takes_the_composed_path_and_sees_the_intermediate() -> None:
+    assert H3(cfg_for("h3ch", head_dim=2))._can_fuse(torch.zeros(1, 48, 4)) is False
+    layer = H3(cfg_for("h3"))
+    seen: list[torch.Tensor] = []
+    layer.hook_kv.register_forward_hook(lambda m, i, o: seen.append(o))
+    qkv = torch.zeros(1, 48, 4)
+    assert layer._can_fuse(qkv) is False
+    layer(torch.randn(2, 5, 16, generator=gen(5)))
+    assert len(seen) == 1 and seen[0].shape == (2, 5, 16)
 
 
 @pytest.mark.parametrize("discretization", ["zoh", "bilinear"])

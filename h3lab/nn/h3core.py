@@ -1,0 +1,233 @@
+"""The H3 layer's sequence mixing for head_dim 1, fused into one blocked autograd function.
+
+    y = q ⊙ S(K̃(k) ⊙ v),   K̃(k) = k ∗ K_shift + D_shift·k,   S(u) = u ∗ K_diag + D_diag·u
+
+(``∗`` the causal convolution of :mod:`h3lab.nn.fftconv`). Composed from separate ops, the
+layer keeps every intermediate of the sequence alive for the backward — the shifted keys,
+``kv``, the SSM output, and their gradients — each a (B, D, L) tensor, 64 MiB at batch 4,
+d_model 256 and 16k tokens, and streams each through memory several times. Here the forward
+walks (batch, channel) blocks of about :data:`h3lab.nn.fftconv.BLOCK_BYTES` of padded rows
+and does all of it per block while the block is in cache; it saves only the projection
+output ``qkv`` and the two kernels' spectra. The backward recomputes the shifted keys, ``kv``
+and the SSM output per block (two more FFTs than keeping them) and writes the gradient of
+``qkv`` in place, so no intermediate of full size exists in either pass.
+
+The slow reference is the composed path in :meth:`h3lab.nn.h3.H3.forward` (taken whenever
+a hook is active, a state is prefilled or head_dim > 1); ``tests/ml/test_nn.py`` checks the
+two equal, outputs and gradients, and the fused function by ``gradcheck``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, cast
+
+import torch
+from torch import Tensor
+
+from h3lab.nn.fftconv import _row_blocks, next_fast_len
+
+
+def h3_mix(qkv: Tensor, k_shift: Tensor, D_shift: Tensor, k_diag: Tensor, D_diag: Tensor) -> Tensor:
+    """qkv: (B, 3D, L) the fused projection, channels first (q, k, v stacked);
+    k_shift: (D, Ls), k_diag: (D, Ld) kernels of any length (only the first L taps reach an
+    output); D_shift, D_diag: (D,) skips. Returns y: (B, D, L). Differentiable in all five."""
+    L = qkv.shape[-1]
+    k_shift, k_diag = k_shift[..., :L], k_diag[..., :L]
+    n1 = next_fast_len(L + k_shift.shape[-1] - 1)
+    n2 = next_fast_len(L + k_diag.shape[-1] - 1)
+    apply = cast(Callable[..., Tensor], _H3Mix.apply)  # Function.apply is untyped
+    return apply(qkv.contiguous(), k_shift, D_shift, k_diag, D_diag, n1, n2)
+
+
+class _H3Mix(torch.autograd.Function):
+    """See the module docstring. Both gradients of each convolution are correlations that
+    the same zero padding keeps exact (as in :class:`h3lab.nn.fftconv._FFTConv`)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        qkv: Tensor,
+        k_shift: Tensor,
+        D_shift: Tensor,
+        k_diag: Tensor,
+        D_diag: Tensor,
+        n1: int,
+        n2: int,
+    ) -> Tensor:
+        B, C3, L = qkv.shape
+        D = C3 // 3
+        f1 = torch.fft.rfft(k_shift, n=n1)  # (D, n1//2+1)
+        f2 = torch.fft.rfft(k_diag, n=n2)  # (D, n2//2+1)
+        y = qkv.new_empty(B, D, L)
+        for bs, hs in _row_blocks(y, max(n1, n2)):
+            q, k, v = (qkv[bs, hs.start + i * D : hs.stop + i * D] for i in range(3))
+            ks = torch.fft.irfft(torch.fft.rfft(k, n=n1).mul_(f1[hs]), n=n1)[..., :L]
+            kv = ks.addcmul_(k, D_shift[hs, None]).mul_(v)  # (b, h, L)
+            s = torch.fft.irfft(torch.fft.rfft(kv, n=n2).mul_(f2[hs]), n=n2)[..., :L]
+            torch.mul(s.addcmul_(kv, D_diag[hs, None]), q, out=y[bs, hs])
+        ctx.save_for_backward(qkv, f1, D_shift, f2, D_diag)
+        ctx.sizes = (L, k_shift.shape[-1], k_diag.shape[-1], n1, n2)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, gy: Tensor) -> tuple[Tensor | None, ...]:
+        qkv, f1, D_shift, f2, D_diag = ctx.saved_tensors
+        L, Ls, Ld, n1, n2 = ctx.sizes
+        D = qkv.shape[1] // 3
+        g_qkv = torch.empty_like(qkv)  # (B, 3D, L)
+        gf1, gf2 = torch.zeros_like(f1), torch.zeros_like(f2)  # Σ_b over the batch
+        gD1, gD2 = torch.zeros_like(D_shift), torch.zeros_like(D_diag)
+        f1c, f2c = f1.conj(), f2.conj()
+        for bs, hs in _row_blocks(gy, max(n1, n2)):
+            q, k, v = (qkv[bs, hs.start + i * D : hs.stop + i * D] for i in range(3))
+            gq, gk, gv = (g_qkv[bs, hs.start + i * D : hs.stop + i * D] for i in range(3))
+            g = gy[bs, hs].contiguous()  # (b, h, L); gy may arrive transposed
+            # Recompute the forward's intermediates for this block.
+            k_f = torch.fft.rfft(k, n=n1)
+            ks = torch.fft.irfft(k_f * f1[hs], n=n1)[..., :L].addcmul_(k, D_shift[hs, None])
+            kv = ks * v
+            kv_f = torch.fft.rfft(kv, n=n2)
+            s = torch.fft.irfft(kv_f * f2[hs], n=n2)[..., :L].addcmul_(kv, D_diag[hs, None])
+            torch.mul(g, s, out=gq)  # y = q ⊙ s
+            gs = g * q
+            gs_f = torch.fft.rfft(gs, n=n2)
+            gf2[hs] += kv_f.conj_physical_().mul_(gs_f).sum(0)
+            gD2[hs] += (gs * kv).sum((0, 2))
+            gkv = torch.fft.irfft(gs_f.mul_(f2c[hs]), n=n2)[..., :L].addcmul_(gs, D_diag[hs, None])
+            torch.mul(gkv, ks, out=gv)  # kv = ks ⊙ v
+            gks = gkv.mul_(v)
+            gks_f = torch.fft.rfft(gks, n=n1)
+            gf1[hs] += k_f.conj_physical_().mul_(gks_f).sum(0)
+            gD1[hs] += (gks * k).sum((0, 2))
+            gk_full = torch.fft.irfft(gks_f.mul_(f1c[hs]), n=n1)[..., :L]
+            torch.addcmul(gk_full, gks, D_shift[hs, None], out=gk)
+        need = ctx.needs_input_grad
+        return (
+            g_qkv if need[0] else None,
+            torch.fft.irfft(gf1, n=n1)[..., :Ls] if need[1] else None,
+            gD1 if need[2] else None,
+            torch.fft.irfft(gf2, n=n2)[..., :Ld] if need[3] else None,
+            gD2 if need[4] else None,
+            None,
+            None,
+        )
+
+
+def h3_mix_heads(
+    qkv: Tensor,
+    k_shift: Tensor,
+    D_shift: Tensor,
+    k_diag: Tensor,
+    D_diag: Tensor,
+    head_dim: int,
+) -> Tensor:
+    """The multi-head form with one diagonal SSM per head (``h3_ssm="head"``, the reference
+    H3): per head h and entries i, j, ``s_ij = S_h(K̃(k)_i ⊙ v_j)`` and
+    ``y[j·H + h] = Σ_i q_i ⊙ s_ij`` (channel ``h·d + i`` of q, k, v is entry i of head h; see
+    :mod:`h3lab.nn.h3`). qkv: (B, 3D, L); k_shift: (D, Ls), D_shift: (D,); k_diag: (H, Ld),
+    D_diag: (H,) with H = D / head_dim. Returns y: (B, D, L). Blocks hold whole heads, so the
+    d² kv rows of a head are transformed together and never exist for the whole sequence."""
+    L = qkv.shape[-1]
+    k_shift, k_diag = k_shift[..., :L], k_diag[..., :L]
+    n1 = next_fast_len(L + k_shift.shape[-1] - 1)
+    n2 = next_fast_len(L + k_diag.shape[-1] - 1)
+    apply = cast(Callable[..., Tensor], _H3MixHeads.apply)  # Function.apply is untyped
+    return apply(qkv.contiguous(), k_shift, D_shift, k_diag, D_diag, n1, n2, head_dim)
+
+
+def _head_blocks(qkv: Tensor, H: int, d: int, n: int) -> list[tuple[slice, slice]]:
+    """(batch slice, head slice) blocks with about BLOCK_BYTES of padded kv rows (d² per
+    head and sequence)."""
+    return _row_blocks(qkv.new_empty(qkv.shape[0], H, 0), n * d * d)
+
+
+class _H3MixHeads(torch.autograd.Function):
+    """See :func:`h3_mix_heads`; the same recompute-in-backward scheme as :class:`_H3Mix`."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        qkv: Tensor,
+        k_shift: Tensor,
+        D_shift: Tensor,
+        k_diag: Tensor,
+        D_diag: Tensor,
+        n1: int,
+        n2: int,
+        d: int,
+    ) -> Tensor:
+        B, C3, L = qkv.shape
+        D = C3 // 3
+        H = D // d
+        f1 = torch.fft.rfft(k_shift, n=n1)  # (D, ·)
+        f2 = torch.fft.rfft(k_diag, n=n2)  # (H, ·)
+        y = qkv.new_empty(B, D, L)
+        y4 = y.view(B, d, H, L)  # output channel j·H + h
+        for bs, hs in _head_blocks(qkv, H, d, n2):
+            cs = slice(hs.start * d, hs.stop * d)  # the block's channels h·d + i
+            q, k, v = (qkv[bs, cs.start + i * D : cs.stop + i * D] for i in range(3))
+            b, hb = q.shape[0], hs.stop - hs.start
+            ks = torch.fft.irfft(torch.fft.rfft(k, n=n1).mul_(f1[cs]), n=n1)[..., :L]
+            ks = ks.addcmul_(k, D_shift[cs, None]).view(b, hb, d, 1, L)  # entry i
+            kv = ks * v.reshape(b, hb, 1, d, L)  # (b, hb, i, j, L)
+            kv_f = torch.fft.rfft(kv, n=n2).mul_(f2[hs, None, None])
+            s = torch.fft.irfft(kv_f, n=n2)[..., :L].addcmul_(kv, D_diag[hs, None, None, None])
+            yb = (s.mul_(q.reshape(b, hb, d, 1, L))).sum(2)  # (b, hb, j, L)
+            y4[bs, :, hs] = yb.transpose(1, 2)
+        ctx.save_for_backward(qkv, f1, D_shift, f2, D_diag)
+        ctx.sizes = (L, k_shift.shape[-1], k_diag.shape[-1], n1, n2, d)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, gy: Tensor) -> tuple[Tensor | None, ...]:
+        qkv, f1, D_shift, f2, D_diag = ctx.saved_tensors
+        L, Ls, Ld, n1, n2, d = ctx.sizes
+        B = qkv.shape[0]
+        D = qkv.shape[1] // 3
+        H = D // d
+        g_qkv = torch.empty_like(qkv)
+        gf1, gf2 = torch.zeros_like(f1), torch.zeros_like(f2)
+        gD1, gD2 = torch.zeros_like(D_shift), torch.zeros_like(D_diag)
+        f1c, f2c = f1.conj(), f2.conj()
+        gy4 = gy.reshape(B, d, H, L)
+        for bs, hs in _head_blocks(qkv, H, d, n2):
+            cs = slice(hs.start * d, hs.stop * d)
+            q, k, v = (qkv[bs, cs.start + i * D : cs.stop + i * D] for i in range(3))
+            gq, gk, gv = (g_qkv[bs, cs.start + i * D : cs.stop + i * D] for i in range(3))
+            b, hb = q.shape[0], hs.stop - hs.start
+            g = gy4[bs, :, hs].transpose(1, 2).reshape(b, hb, 1, d, L)  # gy_j
+            k_f = torch.fft.rfft(k, n=n1)
+            ks = torch.fft.irfft(k_f * f1[cs], n=n1)[..., :L].addcmul_(k, D_shift[cs, None])
+            ks5 = ks.view(b, hb, d, 1, L)
+            v5 = v.reshape(b, hb, 1, d, L)
+            q5 = q.reshape(b, hb, d, 1, L)
+            kv = ks5 * v5  # (b, hb, i, j, L)
+            kv_f = torch.fft.rfft(kv, n=n2)
+            s = torch.fft.irfft(kv_f * f2[hs, None, None], n=n2)[..., :L]
+            s.addcmul_(kv, D_diag[hs, None, None, None])
+            gq.copy_((s.mul_(g)).sum(3).view(b, hb * d, L))  # Σ_j gy_j s_ij
+            gs = q5 * g  # (b, hb, i, j, L)
+            gs_f = torch.fft.rfft(gs, n=n2)
+            gf2[hs] += kv_f.conj_physical_().mul_(gs_f).sum((0, 2, 3))
+            gD2[hs] += (gs * kv).sum((0, 2, 3, 4))
+            gkv = torch.fft.irfft(gs_f.mul_(f2c[hs, None, None]), n=n2)[..., :L]
+            gkv.addcmul_(gs, D_diag[hs, None, None, None])
+            gv.copy_((gkv * ks5).sum(2).view(b, hb * d, L))  # Σ_i gkv_ij ks_i
+            gks = (gkv.mul_(v5)).sum(3).view(b, hb * d, L)  # Σ_j gkv_ij v_j
+            gks_f = torch.fft.rfft(gks, n=n1)
+            gf1[cs] += k_f.conj_physical_().mul_(gks_f).sum(0)
+            gD1[cs] += (gks * k).sum((0, 2))
+            gk_full = torch.fft.irfft(gks_f.mul_(f1c[cs]), n=n1)[..., :L]
+            torch.addcmul(gk_full, gks, D_shift[cs, None], out=gk)
+        need = ctx.needs_input_grad
+        return (
+            g_qkv if need[0] else None,
+            torch.fft.irfft(gf1, n=n1)[..., :Ls] if need[1] else None,
+            gD1 if need[2] else None,
+            torch.fft.irfft(gf2, n=n2)[..., :Ld] if need[3] else None,
+            gD2 if need[4] else None,
+            None,
+            None,
+            None,
+        )
