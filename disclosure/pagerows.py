@@ -1,16 +1,18 @@
 """Several lists a page shows, read in one SQL statement.
 
 Each list is a queryset (whatever the policy or the caller built: visibility is theirs, not
-this module's). It becomes a scalar subquery returning its rows as one JSON array —
-``json_group_array(json_object(...))`` on SQLite, ``JSONB_AGG(JSONB_BUILD_OBJECT(...))`` on
-PostgreSQL — and the rows come back as model instances: every concrete field through the
-field's own ``to_python`` (datetimes in UTC), joined rows (the ``select_related`` of the list)
-cached on them. A page that shows N such lists then runs one statement instead of N; the
-statement's size depends on the lists asked for, not on the rows behind them.
+this module's), compiled by the ORM as it would be for its own read (``select_related``
+joins, ordering, slices) and wrapped as a scalar subquery that returns its rows as one JSON
+array of arrays — ``json_group_array(json_array(...))`` on SQLite,
+``JSONB_AGG(JSONB_BUILD_ARRAY(...))`` on PostgreSQL. The rows come back as model instances:
+every selected field through the field's own ``to_python`` (datetimes in UTC), joined rows
+cached on them as ``select_related`` would. A page that shows N such lists then runs one
+statement instead of N; the statement depends on the lists asked for, not on the rows behind
+them. A joined user's password hash is left deferred.
 
 Ordering is the queryset's ``order_by`` (or its model's ``Meta.ordering``), plain field names
-only, applied after reading, ties broken by primary key; a sliced queryset keeps its slice
-(``pk IN (… ORDER BY … LIMIT n)``).
+only, applied again after reading (an aggregate does not promise its input's order), ties
+broken by primary key.
 """
 
 from __future__ import annotations
@@ -21,23 +23,11 @@ from datetime import UTC
 from typing import Any
 
 from django.db import connection, models
-from django.db.models import F, Func, JSONField, Subquery
-from django.db.models.functions import JSONObject
+from django.db.models import JSONField
 from django.utils import timezone
 
 # Columns never carried into a page (a joined user's password hash).
 _LEFT_OUT = frozenset({"password"})
-
-
-class _JSONArrayAgg(Func):
-    """The rows of a subquery as one JSON array. Not flagged as an aggregate, so the ORM adds no
-    GROUP BY: the subquery is a whole-table aggregate over its WHERE."""
-
-    function = "JSON_GROUP_ARRAY"
-    output_field = JSONField()
-
-    def as_postgresql(self, compiler: Any, connection: Any, **extra: Any) -> Any:
-        return self.as_sql(compiler, connection, function="JSONB_AGG", **extra)
 
 
 @dataclass(frozen=True)
@@ -48,38 +38,41 @@ class Rows:
     related: tuple[str, ...] = field(default=())
 
 
-def _columns(model: type[models.Model], prefix: str = "") -> dict[str, F]:
-    return {
-        f.attname: F(prefix + f.name)
-        for f in model._meta.concrete_fields
-        if f.attname not in _LEFT_OUT
-    }
+@dataclass
+class _Compiled:
+    rows: Rows
+    sql: str
+    params: tuple[Any, ...]
+    select: list[Any]
+    klass_info: dict[str, Any]
 
 
-def _related_model(model: type[models.Model], name: str) -> type[models.Model]:
-    related = model._meta.get_field(name).related_model
-    if not isinstance(related, type) or not issubclass(related, models.Model):
-        raise TypeError(f"{model.__name__}.{name} is not a forward relation")
-    return related
-
-
-def _subquery(rows: Rows) -> Subquery:
-    qs = rows.queryset
-    model = qs.model
-    if qs.query.is_sliced:
-        qs = model._default_manager.filter(pk__in=qs.values("pk"))
-    shape: dict[str, Any] = _columns(model)
-    for name in rows.related:
-        related = _related_model(model, name)
-        shape[name] = JSONObject(**_columns(related, prefix=f"{name}__"))
-    return Subquery(qs.order_by().values(rows=_JSONArrayAgg(JSONObject(**shape))))
+def _compile(name: str, rows: Rows) -> _Compiled:
+    qs = rows.queryset.select_related(*rows.related) if rows.related else rows.queryset
+    compiler = qs.query.get_compiler(connection=connection)
+    inner, params = compiler.as_sql(with_col_aliases=True)
+    columns = ", ".join(connection.ops.quote_name(alias) for _, _, alias in compiler.select)
+    alias = connection.ops.quote_name(f"rows_{name}")
+    if connection.vendor == "postgresql":
+        agg = f"COALESCE(JSONB_AGG(JSONB_BUILD_ARRAY({columns})), '[]'::jsonb)"
+    else:
+        agg = f"JSON_GROUP_ARRAY(JSON_ARRAY({columns}))"
+    # SECURITY: the SQL is the ORM's own compiled query and quoted aliases; every value the
+    # queryset filters on stays a parameter.
+    return _Compiled(
+        rows,
+        f"(SELECT {agg} FROM ({inner}) {alias})",  # noqa: S608
+        tuple(params),
+        list(compiler.select),
+        compiler.klass_info or {},
+    )
 
 
 def _value(f: models.Field[Any, Any], raw: Any) -> Any:
     if raw is None:
         return None
     if isinstance(f, JSONField):
-        # SQLite keeps JSON as text, so a JSON column arrives as a string inside the object;
+        # SQLite keeps JSON as text, so a JSON column arrives as a string inside the array;
         # PostgreSQL nests it as JSON.
         return json.loads(raw) if connection.vendor == "sqlite" else raw
     value = f.to_python(raw)
@@ -88,26 +81,28 @@ def _value(f: models.Field[Any, Any], raw: Any) -> Any:
     return value
 
 
-def _instance(model: type[models.Model], data: dict[str, Any]) -> models.Model:
-    fields = [f for f in model._meta.concrete_fields if f.attname in data]
-    return model.from_db(
-        connection.alias, [f.attname for f in fields], [_value(f, data[f.attname]) for f in fields]
-    )
+def _instance(compiled: _Compiled, info: dict[str, Any], row: list[Any]) -> models.Model | None:
+    model: type[models.Model] = info["model"]
+    names, values = [], []
+    for i in info["select_fields"]:
+        target = compiled.select[i][0].target
+        if target.attname in _LEFT_OUT:
+            continue
+        names.append(target.attname)
+        values.append(_value(target, row[i]))
+    pk = values[names.index(model._meta.pk.attname)] if model._meta.pk else None
+    if pk is None:
+        return None  # a null forward relation (LEFT OUTER JOIN)
+    obj = model.from_db(connection.alias, names, values)
+    for related in info.get("related_klass_infos", []):
+        related["local_setter"](obj, _instance(compiled, related, row))
+    return obj
 
 
-def _hydrate(rows: Rows, data: list[dict[str, Any]] | None) -> list[Any]:
-    model = rows.queryset.model
-    out = []
-    for item in data or []:
-        obj = _instance(model, item)
-        for name in rows.related:
-            rel_field = model._meta.get_field(name)
-            nested = item.get(name) or {}
-            related = _related_model(model, name)
-            rel = _instance(related, nested) if nested.get("id") is not None else None
-            rel_field.set_cached_value(obj, rel)
-        out.append(obj)
-    return _sorted(rows.queryset, out)
+def _hydrate(compiled: _Compiled, raw: Any) -> list[Any]:
+    data = json.loads(raw) if isinstance(raw, str | bytes) else raw
+    objs = [_instance(compiled, compiled.klass_info, row) for row in data or []]
+    return _sorted(compiled.rows.queryset, objs)
 
 
 def _sorted(qs: models.QuerySet[Any], objs: list[Any]) -> list[Any]:
@@ -127,15 +122,15 @@ def _key(value: Any) -> tuple[bool, Any]:
     return (value is not None, value)
 
 
-def read(base: models.QuerySet[Any], lists: dict[str, Rows]) -> dict[str, list[Any]]:
-    """Every list in ``lists`` in one statement (its FROM is ``base``, one row, e.g. the page's
-    finding by primary key). Returns the rows of each list by name; none when ``lists`` is
-    empty (no statement then)."""
+def read(lists: dict[str, Rows]) -> dict[str, list[Any]]:
+    """Every list in ``lists`` in one statement; the rows of each list by name. No statement
+    when ``lists`` is empty."""
     if not lists:
         return {}
-    # Prefixed: a list may share its name with a field of the base model.
-    columns = {f"rows_{name}": _subquery(rows) for name, rows in lists.items()}
-    got = base.order_by().values(**columns).first()
-    if got is None:
-        return {name: [] for name in lists}
-    return {name: _hydrate(rows, got[f"rows_{name}"]) for name, rows in lists.items()}
+    compiled = [_compile(name, rows) for name, rows in lists.items()]
+    sql = "SELECT " + ", ".join(c.sql for c in compiled)
+    params = tuple(p for c in compiled for p in c.params)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        got = cursor.fetchone()
+    return {name: _hydrate(c, raw) for name, c, raw in zip(lists, compiled, got, strict=True)}

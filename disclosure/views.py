@@ -119,9 +119,7 @@ def finding_detail(request: HttpRequest, pk: int) -> HttpResponse:
         audit.record(request.user, "finding.view", finding, ip=audit.client_ip(request))
     pending = ReleaseRequest.objects.pending().filter(finding=finding).first()
     sees_review = policy.can_see_review(request.user, finding)
-    rows = pagerows.read(
-        Finding.objects.filter(pk=finding.pk), _page_lists(finding, pending, sees_review)
-    )
+    rows = pagerows.read(_page_lists(finding, pending, sees_review))
     return render(
         request,
         "disclosure/finding_detail.html",
