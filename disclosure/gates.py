@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db.models import Exists, OuterRef, Subquery
+from django.db.models import Exists, OuterRef, QuerySet, Subquery
 from django.utils import timezone
 
 from disclosure.models import (
@@ -79,8 +79,13 @@ def read_gate_inputs(request: ReleaseRequest, finding: Finding) -> GateInputs:
 def current_rules() -> list[ReleaseRule]:
     """The current release policy's rules, each joined to the policy (one query); empty when
     there is no policy or it has no rule."""
+    return list(current_rules_query().select_related("policy"))
+
+
+def current_rules_query() -> QuerySet[ReleaseRule]:
+    """The current release policy's rules (a page reads them with its other lists)."""
     latest = ReleasePolicy.objects.order_by("-version").values("pk")[:1]
-    return list(ReleaseRule.objects.filter(policy=Subquery(latest)).select_related("policy"))
+    return ReleaseRule.objects.filter(policy=Subquery(latest))
 
 
 def on_board() -> Exists:

@@ -20,7 +20,7 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
-from disclosure import audit, forms, policy
+from disclosure import audit, forms, pagerows, policy
 from disclosure.actions.agreements import do_accept_agreement
 from disclosure.actions.grants import check_give_grant, do_approve_grant, do_revoke_grant
 from disclosure.actions.inbox import do_mark_notifications_read
@@ -33,7 +33,7 @@ from disclosure.actions.review import (
     do_vote,
     do_withdraw_objection,
 )
-from disclosure.gates import current_rules, gate_inputs_from, gate_reasons, on_board
+from disclosure.gates import current_rules_query, gate_inputs_from, gate_reasons, on_board
 from disclosure.models import (
     AgreementAcceptance,
     AgreementVersion,
@@ -52,7 +52,7 @@ from disclosure.pagination import CappedPaginator
 from disclosure.presenters import evidence_context
 from disclosure.revisions import revisions_context
 from experiments.markdown import render_markdown
-from experiments.models import Finding, FindingStatus, Tier
+from experiments.models import Finding, FindingStatus, MetricSnapshot, Tier
 from experiments.users import Viewer, signed_in
 
 View = Callable[..., HttpResponse]
@@ -118,20 +118,51 @@ def finding_detail(request: HttpRequest, pk: int) -> HttpResponse:
     if finding.tier < Tier.PUBLIC or finding.is_retracted:
         audit.record(request.user, "finding.view", finding, ip=audit.client_ip(request))
     pending = ReleaseRequest.objects.pending().filter(finding=finding).first()
+    sees_review = policy.can_see_review(request.user, finding)
+    rows = pagerows.read(_page_lists(finding, pending, sees_review))
     return render(
         request,
         "disclosure/finding_detail.html",
         {
             "finding": finding,
             "body_html": render_markdown(finding.body),
-            "review": _review_context(request.user, finding, pending),
-            "decisions": finding.decisions.select_related("decided_by", "policy"),
+            "review": (
+                _review_context(request.user, finding, pending, rows) if sees_review else None
+            ),
+            "decisions": rows["decisions"],
             "can": _abilities(request.user, finding, pending),
             "retract_form": forms.RetractForm(),
             "revisions": revisions_context(request.user, finding),
-            "evidence": evidence_context(request.user, finding),
+            "evidence": evidence_context(request.user, finding, snapshots=rows["snapshots"]),
         },
     )
+
+
+def _page_lists(
+    finding: Finding, pending: ReleaseRequest | None, sees_review: bool
+) -> dict[str, pagerows.Rows]:
+    """The finding page's lists that are read in one statement (``disclosure.pagerows``): its
+    decisions and metric snapshots for every reader; for the team, the board and release
+    managers also the assessments, recusals and timeline, and with a pending request the
+    gate's current rules and the finding's dependencies."""
+    lists = {
+        "decisions": pagerows.Rows(finding.decisions.all(), related=("decided_by", "policy")),
+        "snapshots": pagerows.Rows(
+            MetricSnapshot.objects.filter(finding=finding).order_by("run_id", "name")
+        ),
+    }
+    if sees_review:
+        lists["assessments"] = pagerows.Rows(finding.assessments.all(), related=("reviewer",))
+        lists["recusals"] = pagerows.Rows(finding.recusals.all(), related=("reviewer",))
+        lists["timeline"] = pagerows.Rows(
+            AuditEntry.objects.filter(finding_id=finding.pk)
+            .exclude(action="finding.view")
+            .order_by("-id")[:50]
+        )
+    if sees_review and pending:
+        lists["rules"] = pagerows.Rows(current_rules_query(), related=("policy",))
+        lists["dependencies"] = pagerows.Rows(finding.depends_on.all())
+    return lists
 
 
 @login_required
@@ -149,17 +180,15 @@ def finding_audience(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 def _review_context(
-    user: Viewer, finding: Finding, pending: ReleaseRequest | None
-) -> dict[str, Any] | None:
-    """Assessments, votes and the timeline: for the team, the board and release managers.
-    Each vote comes with what the viewer may do about it (withdraw or vote to clear an
-    objection), decided by the policy."""
-    if not policy.can_see_review(user, finding):
-        return None
+    user: Viewer, finding: Finding, pending: ReleaseRequest | None, rows: dict[str, list[Any]]
+) -> dict[str, Any]:
+    """Assessments, votes and the timeline: for the team, the board and release managers
+    (the caller asks ``policy.can_see_review``). Each vote comes with what the viewer may do
+    about it (withdraw or vote to clear an objection), decided by the policy."""
     # The clearances of every objection in one query (not one per vote): the template lists
     # them and policy.can_clear_objection reads them. The release gate is decided from the
-    # rows read here (votes annotated with the voter's board membership, assessments,
-    # recusals) plus the current rules and the finding's dependencies: two queries, not six.
+    # rows read here (votes annotated with the voter's board membership) and those of the
+    # page's one statement of lists (assessments, recusals, current rules, dependencies).
     clearances = Prefetch("clearances", ObjectionClearance.objects.select_related("reviewer"))
     votes = (
         list(
@@ -170,17 +199,16 @@ def _review_context(
         if pending
         else []
     )
-    assessments = list(finding.assessments.select_related("reviewer"))
-    recusals = list(finding.recusals.select_related("reviewer"))
+    assessments, recusals = rows["assessments"], rows["recusals"]
     gate: list[str] = []
     if pending:
         inputs = gate_inputs_from(
             pending,
-            rules=current_rules(),
+            rules=rows["rules"],
             assessments=assessments,
             recusals=recusals,
             votes=votes,
-            dependencies=list(finding.depends_on.all()),
+            dependencies=rows["dependencies"],
         )
         gate = gate_reasons(pending, finding=finding, inputs=inputs)
     return {
@@ -197,9 +225,7 @@ def _review_context(
             for v in votes
         ],
         "gate": gate,
-        "timeline": AuditEntry.objects.filter(finding_id=finding.pk)
-        .exclude(action="finding.view")
-        .order_by("-id")[:50],
+        "timeline": rows["timeline"],
     }
 
 

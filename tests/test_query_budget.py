@@ -96,16 +96,16 @@ BUDGET = {
     # + capped count, page (visibility is subqueries of both)
     "finding list": 6,
     # + finding, audit (head, insert, head update) for a restricted one, pending request,
-    # votes, their clearances (one prefetch), assessments, recusals, the gate's current rules
-    # and the finding's dependencies (the rest of the gate is decided from the votes,
-    # assessments and recusals already read), revisions, evidence (runs, snapshots,
-    # artifacts), timeline, decisions. Goal: 15 (issue 17); not met yet.
-    "finding page": 21,
-    # + finding, audit (3), pending request, [the review block for those who see it:
-    # assessments, recusals], revisions, evidence (3), decisions
-    "partners finding page": 17,
+    # votes, their clearances (one prefetch), the page's other lists in one statement
+    # (disclosure.pagerows: decisions, metric snapshots, assessments, recusals, timeline, the
+    # gate's current rules and the finding's dependencies), revisions, evidence (runs,
+    # artifacts). Issue 17's goal: 15.
+    "finding page": 15,
+    # + finding, audit (3), pending request, the lists (one statement), revisions,
+    # evidence (2)
+    "partners finding page": 13,
     # the same without the audit (a public finding's view is not audited)
-    "public finding page": 14,
+    "public finding page": 10,
     # + count, page of runs joined to project, experiment and creator
     "runs list": 7,
     # + run, artifacts
