@@ -469,17 +469,35 @@ def goals(levels: dict[int, dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
 
 
 class Command(BaseCommand):
-    help = "Load-test the web pages in the production shape (gunicorn, scratch database)."
+    help = (
+        "Load-test the web pages in the production shape: seed a scratch database, start "
+        "gunicorn as compose does, drive a closed-loop mix of the finding list, finding page, "
+        "runs list, run page, progress JSON and the two API lists from a separate process at "
+        "each client count, and print throughput, p50/p95/p99, errors, server time and "
+        "queries per endpoint against the goals (JSON in --out). Meaningful only with nothing "
+        "else running. Example: manage.py bench_web --runs 2000 --findings 600 --clients 10 "
+        "--duration 10 (a quick look)."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--runs", type=int, default=20_000)
-        parser.add_argument("--findings", type=int, default=6_000)
-        parser.add_argument("--clients", default="10,50", help="client counts, comma-separated")
-        parser.add_argument("--duration", type=float, default=30.0, help="seconds per level")
+        parser.add_argument("--runs", type=int, default=20_000, help="runs seeded (default 20,000)")
+        parser.add_argument(
+            "--findings", type=int, default=6_000, help="findings seeded (default 6,000)"
+        )
+        parser.add_argument(
+            "--clients", default="10,50", help="client counts, comma-separated (default 10,50)"
+        )
+        parser.add_argument(
+            "--duration", type=float, default=30.0, help="seconds measured per client count"
+        )
         parser.add_argument("--warmup", type=float, default=3.0, help="seconds not recorded")
-        parser.add_argument("--workers", type=int, default=3, help="gunicorn sync workers")
-        parser.add_argument("--seed", type=int, default=17)
-        parser.add_argument("--out", default="out/bench_web.json")
+        parser.add_argument(
+            "--workers", type=int, default=3, help="gunicorn workers (default 3, as compose)"
+        )
+        parser.add_argument("--seed", type=int, default=17, help="random seed of the data")
+        parser.add_argument(
+            "--out", default="out/bench_web.json", help="JSON report (default out/bench_web.json)"
+        )
 
     def handle(self, *args: Any, **opts: Any) -> None:
         levels_wanted = [int(c) for c in str(opts["clients"]).split(",") if c.strip()]
