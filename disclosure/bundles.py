@@ -29,6 +29,7 @@ import io
 import json
 import tarfile
 import time
+import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -247,7 +248,7 @@ def verify_bundle(src: BinaryIO, public_keys: Mapping[str, Ed25519PublicKey]) ->
                     h.update(chunk)
                     size += len(chunk)
                 contents[rel] = (h.hexdigest(), size)
-    except (tarfile.TarError, OSError, EOFError) as exc:
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
         report.problems.append(f"archive unreadable: {exc}")
         return report
     missing_meta = [m for m in ("manifest.json", "manifest.json.sig") if m not in meta]

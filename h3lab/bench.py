@@ -245,7 +245,9 @@ def measure_peak(kind: str, shape: Shape, L: int, device: str, threads: int) -> 
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
     if _reset_peak_rss():
-        base = _proc_status_kib("VmRSS")
+        # The mark just reset is the RSS at the reset: reading it (not VmRSS a moment later,
+        # which may have moved) keeps the difference a growth, never negative.
+        base = _proc_status_kib("VmHWM")
         make_pass(kind, module, x, grad_out)()
         return (_proc_status_kib("VmHWM") - base) / 1024
     base = _maxrss_bytes()  # no /proc: the lifetime peak, blind below start-up's own peak
