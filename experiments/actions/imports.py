@@ -9,16 +9,16 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
+from experiments.actions.runs import create_run_row
 from experiments.models import (
     Artifact,
     ArtifactKind,
-    Experiment,
     MetricPoint,
     Project,
     Run,
     RunStatus,
 )
-from experiments.signals import announce, is_user
+from experiments.signals import announce
 from experiments.users import ActingUser
 from h3lab.demobundle import (
     CONFIG_FILE,
@@ -89,22 +89,14 @@ def do_import_bundled_run(
         "imported": {**prov, "bundle": bundle_label, "imported_at": now.isoformat()},
     }
     with transaction.atomic():
-        experiment, _ = Experiment.objects.get_or_create(
-            project=project,
-            name=experiment_name,
-            defaults={"created_by": acting_user if is_user(acting_user) else None},
-        )
-        run = Run.objects.create(
-            experiment=experiment,
-            project=project,
-            name=name,
-            created_by=acting_user if is_user(acting_user) else None,
-            config=cfg.to_dict(),
-            preset=cfg.preset,
-            task=cfg.task.name,
+        run = create_run_row(
+            project,
+            experiment_name,
+            name,
+            cfg,
+            acting_user,
             status=RunStatus.SUCCEEDED,
             step=int(prov.get("steps") or 0),
-            total_steps=cfg.train.steps,
             loss=train_losses[-1] if train_losses else None,
             test_accuracy=model.test_accuracy,
             device=str(prov.get("device") or "")[:64],

@@ -104,27 +104,41 @@ def do_submit_run(
     """Create the run (queued) and send its job after commit. ``enqueue=False`` leaves the
     job to the caller, which runs :func:`h3lab.jobs.execute_run` itself (the demo loader)."""
     with transaction.atomic():
-        experiment, _ = Experiment.objects.get_or_create(
-            project=project,
-            name=experiment_name,
-            defaults={"created_by": acting_user if is_user(acting_user) else None},
-        )
-        run = Run.objects.create(
-            experiment=experiment,
-            project=project,
-            name=name,
-            created_by=acting_user if is_user(acting_user) else None,
-            config=cfg.to_dict(),
-            preset=cfg.preset,
-            task=cfg.task.name,
-            queue=queue,
-            total_steps=cfg.train.steps,
-            rerun_of=rerun_of,
+        run = create_run_row(
+            project, experiment_name, name, cfg, acting_user, queue=queue, rerun_of=rerun_of
         )
         announce(acting_user, "run.submit", run, new={"config": run.config, "queue": queue})
         if enqueue:
             enqueue_run(run)
     return run
+
+
+def create_run_row(
+    project: Project,
+    experiment_name: str,
+    name: str,
+    cfg: RunConfig,
+    acting_user: ActingUser,
+    **fields: Any,
+) -> Run:
+    """The run row of ``cfg`` in its project's experiment (created if new), by
+    ``acting_user``; ``fields`` set the rest. Inside the caller's transaction, which also
+    announces it."""
+    creator = acting_user if is_user(acting_user) else None
+    experiment, _ = Experiment.objects.get_or_create(
+        project=project, name=experiment_name, defaults={"created_by": creator}
+    )
+    return Run.objects.create(
+        experiment=experiment,
+        project=project,
+        name=name,
+        created_by=creator,
+        config=cfg.to_dict(),
+        preset=cfg.preset,
+        task=cfg.task.name,
+        total_steps=cfg.train.steps,
+        **fields,
+    )
 
 
 def enqueue_run(run: Run) -> None:
