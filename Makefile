@@ -16,7 +16,7 @@ PIP_INSTALL := $(PY) -m pip install --quiet --disable-pip-version-check
 PIP_COMPILE := pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
 	--no-emit-index-url --no-emit-find-links
 
-.PHONY: run test lint format bench demo migrate venv dev-venv lock audit clean
+.PHONY: run test test-fast lint format bench demo migrate venv dev-venv lock audit clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -69,6 +69,11 @@ run: demo
 test: dev-venv
 	@scripts/ensure_chromium.sh || true
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The quick loop while editing: no worker/server processes, no browser, no multi-process torch,
+# nothing marked slow (the whole suite is `make test`).
+test-fast: dev-venv
+	$(PY) -m pytest -m "not e2e and not browser and not distributed and not slow" $(PYTEST_ARGS)
 
 lint: dev-venv
 	$(BIN)/ruff check .

@@ -245,11 +245,13 @@ def measure_peak(kind: str, shape: Shape, L: int, device: str, threads: int) -> 
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
     if _reset_peak_rss():
-        # The mark just reset is the RSS at the reset: reading it (not VmRSS a moment later,
-        # which may have moved) keeps the difference a growth, never negative.
+        # The mark just reset is the RSS at the reset. The kernel's RSS counters are batched per
+        # thread (up to 64 pages each, a few hundred KiB with torch's pool), so a pass that
+        # grows by less than that can read slightly below its base: growth is clamped at 0,
+        # which is the resolution of this measurement, not a rounding of real figures.
         base = _proc_status_kib("VmHWM")
         make_pass(kind, module, x, grad_out)()
-        return (_proc_status_kib("VmHWM") - base) / 1024
+        return max(0.0, (_proc_status_kib("VmHWM") - base) / 1024)
     base = _maxrss_bytes()  # no /proc: the lifetime peak, blind below start-up's own peak
     make_pass(kind, module, x, grad_out)()
     return (_maxrss_bytes() - base) / 2**20

@@ -129,6 +129,7 @@ def _fuzz(
     check()
 
 
+@pytest.mark.slow
 def test_the_api_conforms_to_its_schema_under_fuzzing(
     lab: Lab, settings: Any, tmp_path: Path, wsgi_in_test_transaction: None
 ) -> None:

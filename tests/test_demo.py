@@ -48,6 +48,7 @@ def stored_json(run: Run, name: str) -> Any:
     return json.loads(b"".join(open_artifact(Artifact.objects.get(run=run, name=name))))
 
 
+@pytest.mark.slow
 def test_load_demo_imports_the_bundle_analyses_the_h3_model_and_sends_the_finding_to_review() -> (
     None
 ):

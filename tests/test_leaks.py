@@ -191,6 +191,7 @@ def _no_api_rate_limit(settings: Any) -> None:
     settings.H3LAB_API_RATES = {"token": None, "anon": None}
 
 
+@pytest.mark.slow
 def test_every_marker_appears_only_where_the_policy_lets_the_viewer_read_it(
     cast: Cast, django_capture_on_commit_callbacks: Any
 ) -> None:

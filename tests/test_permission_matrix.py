@@ -453,6 +453,7 @@ def call(client: Client, entry: Entry, name: str, world: World) -> Any:
     return response
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tier", list(Tier), ids=[t.label for t in Tier])
 def test_permission_matrix(cast: Cast, tier: int, tmp_path: Path) -> None:
     world = build_world(cast, tier, tmp_path)

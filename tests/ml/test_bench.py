@@ -10,6 +10,7 @@ import pytest
 from h3lab import bench
 
 
+@pytest.mark.slow
 def test_bench_times_every_contender_side_by_side_and_writes_json(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

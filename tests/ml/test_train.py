@@ -118,6 +118,7 @@ def test_a_checkpoint_of_another_model_is_not_resumed(tmp_path: Path) -> None:
         train(tiny("attention"), tmp_path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "preset",
     [
