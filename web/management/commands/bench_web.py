@@ -5,9 +5,12 @@
    never the configured one): ``--runs`` runs (default 20,000) and ``--findings`` findings
    (default 6,000) over ten projects, pending release requests with votes and assessments,
    metric points behind the runs the clients open.
-2. Starts gunicorn as compose does (``scripts/entrypoint.sh``: DEBUG off, collected static
-   files, ``--workers 3`` sync workers, access log), with ``H3LAB_SERVER_TIMING=1`` so every
-   answer says how long Django and SQL took and how many queries ran.
+2. Starts gunicorn as compose does (``scripts/entrypoint.sh``: ``gunicorn --config
+   gunicorn.conf.py``, DEBUG off, collected static files, ``--workers 3`` threaded workers of
+   ``GUNICORN_THREADS`` (8) threads, persistent database connections as compose's web service
+   keeps them (``DB_CONN_MAX_AGE`` 60 unless set), access log), with ``H3LAB_SERVER_TIMING=1``
+   so every answer says how long Django and SQL took, the serving thread's CPU time and how
+   many queries ran.
 3. Drives a bounded closed loop from a separate process (:mod:`web.loadgen`): ``--clients``
    (default 10 and 50) signed-in clients, no think time, each picking at random among the
    finding list, a finding page, the runs list, a run page, its progress JSON (conditional,
@@ -285,6 +288,7 @@ class Gunicorn:
         subprocess.run(collect, cwd=ROOT, env=env, check=True)
         argv = [
             sys.executable, "-m", "gunicorn", "h3lab.wsgi",
+            "--config", str(ROOT / "gunicorn.conf.py"),
             "--bind", f"127.0.0.1:{self.port}", "--workers", str(workers),
             "--access-logfile", str(workdir / "access.log"),
         ]  # fmt: skip
@@ -336,6 +340,9 @@ def server_env(workdir: Path, secret_key: str) -> dict[str, str]:
         "H3LAB_DATA_DIR": str(workdir / "data"),
         "H3LAB_SERVER_TIMING": "1",
         "LOG_LEVEL": "WARNING",
+        # compose's web service keeps connections (a new PostgreSQL connection per request
+        # cost ~30 % of the mix's worker CPU here: docs/benchmarks.md, "Web under load")
+        "DB_CONN_MAX_AGE": os.environ.get("DB_CONN_MAX_AGE", "60"),
     }
     if "H3LAB_MASTER_KEYS" in env:
         env.pop("H3LAB_MASTER_KEY_FILE", None)
