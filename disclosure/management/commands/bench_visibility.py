@@ -3,8 +3,9 @@ alternated with django-guardian's ``get_objects_for_user`` on the same data.
 
 Runs against *scratch* databases only: a temporary SQLite file and a PostgreSQL database named
 ``h3lab_bench`` (or ``--scratch-db h3lab_bench_<suffix>``) on the server of ``DATABASE_URL`` (or
-127.0.0.1:5432), dropped and recreated. Each (backend, size) runs in a child process whose only
-database is the scratch one, so the user's data can never be touched.
+127.0.0.1:5432), dropped and recreated, and dropped again afterwards. Each (backend, size) runs
+in a child process whose only database is the scratch one, so the user's data can never be
+touched.
 
 The anchor: guardian with *direct foreign-key* object permission tables (guardian's fast
 layout: ``content_object`` is a real foreign key to the finding, no generic ``object_pk``
@@ -76,7 +77,8 @@ class Command(BaseCommand):
         parser.add_argument(
             "--scratch-db",
             default=SCRATCH_PG,
-            help="PostgreSQL scratch database, dropped and recreated (h3lab_bench[_suffix])",
+            help="PostgreSQL scratch database (h3lab_bench[_suffix]), dropped and recreated, "
+            "dropped afterwards",
         )
         parser.add_argument(
             "--worker", nargs=4, metavar=("BACKEND", "N", "REPS", "JSON"), help=argparse_hidden()
@@ -130,7 +132,11 @@ class Command(BaseCommand):
             out = Path(tmp) / "result.json"
             cmd = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), "bench_visibility"]
             worker = ["--worker", backend, str(n), str(reps), str(out)]
-            subprocess.run([*cmd, *worker], env=env, check=True)
+            try:
+                subprocess.run([*cmd, *worker], env=env, check=True)
+            finally:
+                if backend == "postgresql":  # leave nothing behind on the server
+                    _recreate_pg(_pg_server_url(), scratch, create=False)
             result: dict[str, Any] = json.loads(out.read_text())
             return result
 
@@ -144,14 +150,16 @@ def argparse_hidden() -> str:
 _SCRATCH_NAME = re.compile(r"h3lab_bench(_[a-z0-9]+)?")
 
 
-def _recreate_pg(server: str, scratch: str) -> None:
+def _recreate_pg(server: str, scratch: str, *, create: bool = True) -> None:
+    """Drop the scratch database and (unless ``create`` is false) create it empty."""
     import psycopg
 
     if not _SCRATCH_NAME.fullmatch(scratch):  # SECURITY: only ever drop a scratch database
         raise CommandError(f"refusing to drop non-scratch database {scratch!r}")
     with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {scratch}")
-        conn.execute(f"CREATE DATABASE {scratch}")
+        if create:
+            conn.execute(f"CREATE DATABASE {scratch}")
 
 
 # --- the child: populate the scratch database and measure ---------------------------------------
