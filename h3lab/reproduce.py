@@ -83,20 +83,19 @@ PAPER: dict[tuple[str, str], float] = {
 # safari's epochs per task (200 for associative recall at vocabulary 10, 400 for induction
 # head) at 5,000 examples and batch 32: 157 steps an epoch.
 PAPER_STEPS: dict[str, int] = {"associative_recall": 200 * 157, "induction_head": 400 * 157}
-# Steps per cell by default: safari's. A shorter budget is not a cheaper version of the same
+# The default budget is safari's. A shorter budget is not a cheaper version of the same
 # experiment — the schedule (10 % warmup, decay over the whole budget) shrinks with it, and at
 # 38 % of safari's epochs no model formed an induction head and attention stayed at 47 % on
 # recall (docs/synthetic.md), while at safari's budget the cells that learn stop early on
 # validation, so the one-seed table still fits the CPU hour. ``--budget N`` for a quick look.
-DEFAULT_BUDGET: dict[str, int] = dict(PAPER_STEPS)
 
 TRAIN = TrainConfig(
-    steps=DEFAULT_BUDGET["associative_recall"],
+    steps=PAPER_STEPS["associative_recall"],
     batch_size=32,
     lr=5e-4,
     ssm_lr=5e-4,  # safari: min(0.001, lr)
     weight_decay=0.1,
-    warmup_steps=DEFAULT_BUDGET["associative_recall"] // 10,
+    warmup_steps=PAPER_STEPS["associative_recall"] // 10,
     grad_clip=0.0,
     eval_every=250,
     checkpoint_every=2500,
@@ -144,10 +143,8 @@ def run_config(
 
 
 def budget_steps(budget: str | int | None, task: str) -> int:
-    """Steps per cell: an integer, ``"paper"`` (safari's epochs), or the task's default."""
-    if budget is None:
-        return DEFAULT_BUDGET[task]
-    if budget == "paper":
+    """Steps per cell: an integer, or ``"paper"`` / ``None`` (the default): safari's epochs."""
+    if budget is None or budget == "paper":
         return PAPER_STEPS[task]
     steps = int(budget)
     if steps < 1:
