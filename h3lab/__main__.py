@@ -178,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the mechanism study: train 2-layer attention and H3 models, then ablate and patch "
         "their previous-token and match-and-copy components",
         "  python -m h3lab study mechanism --out docs/mechanism\n"
+        "  python -m h3lab study mechanism --protocol paper --out docs/mechanism-paper\n"
         "  python -m h3lab study mechanism --tasks induction_head --models h3 --steps 2000 "
         "--out /tmp/m\n",
     )
@@ -196,6 +197,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="default: the paper's two tasks (safari semantics, the paper's sizes)",
     )
     p.add_argument("--models", nargs="+", choices=["attention", "h3"])
+    p.add_argument(
+        "--protocol",
+        choices=["quick", "paper"],
+        default="quick",
+        help="quick: --steps at batch 128, lr 2e-3, weight decay 1.0, --d-model (default); "
+        "paper: each cell trained exactly as 'reproduce synthetic' trains it (safari's "
+        "settings and budget, early stop on validation; --steps and --d-model unused)",
+    )
     p.add_argument("--steps", type=int, default=4000, help="training budget per cell")
     p.add_argument("--examples", type=int, default=512, help="held-out examples analysed")
     p.add_argument("--d-model", type=int, default=64)
@@ -411,8 +420,12 @@ def cmd_probe(args: argparse.Namespace) -> int:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from h3lab.reproduce import LABELS, reproduce_synthetic
+    from h3lab.reproduce import LABELS, merge_reports, reproduce_synthetic
 
+    if args.merge:
+        merge_reports(args.out, args.merge)
+        print(json.dumps({"report": str(args.out / "synthetic.md")}))
+        return 0
     bars: dict[tuple[str, str, int], Any] = {}
 
     def on_event(e: dict[str, Any]) -> None:
@@ -489,6 +502,7 @@ def cmd_study(args: argparse.Namespace) -> int:
         seed=args.seed,
         examples=args.examples,
         device=args.device,
+        protocol=args.protocol,
     )
     mechanism_study(
         args.out, study, work_dir=args.work_dir, log=lambda line: tqdm.write(line, file=sys.stderr)

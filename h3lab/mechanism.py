@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,12 @@ from h3lab.nn.lm import LanguageModel
 
 FOUND_COLLAPSE = 0.5
 FOUND_RESTORED = 0.5
+PROTOCOLS = ("quick", "paper")
+# The study's task names → the reproduction's rows (the paper's tasks with safari's semantics).
+PAPER_TASKS = {
+    "induction_head_safari": "induction_head",
+    "associative_recall_safari": "associative_recall",
+}
 
 
 @dataclass(frozen=True)
@@ -68,8 +74,33 @@ class StudyConfig:
     seed: int = 0
     examples: int = 512
     device: str = "cpu"
+    # "quick": the settings above (a short, high-lr schedule); "paper": each cell exactly as
+    # the synthetic reproduction trains it (safari's settings and budget, h3lab.reproduce), so
+    # the study analyses the models of the paper's protocol. d_model, steps, batch_size, lr and
+    # weight_decay then come from the reproduction, not from this config.
+    protocol: str = "quick"
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(
+                f"protocol must be one of {', '.join(PROTOCOLS)}, not {self.protocol!r}"
+            )
+        if self.protocol == "paper":
+            other = [t for t in self.tasks if t not in PAPER_TASKS]
+            if other:
+                raise ValueError(
+                    f"the paper protocol trains the paper's tasks ({', '.join(PAPER_TASKS)}); "
+                    f"not {', '.join(other)}"
+                )
 
     def run_config(self, task: str, model: str) -> RunConfig:
+        if self.protocol == "paper":
+            from h3lab import reproduce
+
+            row = PAPER_TASKS[task]
+            steps = reproduce.PAPER_STEPS[row]
+            train = replace(reproduce.TRAIN, steps=steps, warmup_steps=steps // 10)
+            return reproduce.run_config(row, model, device=self.device, seed=self.seed, train=train)
         vocab, seq_len = self.sizes.get(task, (20, 30))
         train = TrainConfig(
             steps=self.steps,
@@ -288,15 +319,27 @@ def analyse(model: LanguageModel, cfg: RunConfig, *, examples: int, seed: int) -
 # --- the study ---------------------------------------------------------------------------------
 
 
-def train_cell(cfg: RunConfig, work: Path, log: Callable[[str], None]) -> LanguageModel:
-    """Train (or resume, or reuse a finished) run in ``work`` and load its checkpoint."""
+def train_cell(
+    cfg: RunConfig, work: Path, log: Callable[[str], None]
+) -> tuple[LanguageModel, dict[str, Any]]:
+    """Train (or resume, or reuse a finished) run in ``work``; its last checkpoint's model and
+    how training ended (status, steps, the step validation would select)."""
     from h3lab.train import Callbacks, load_checkpoint, train
 
     result = train(cfg, work, Callbacks(on_log=log), resume=True)
     log(f"{cfg.preset}/{cfg.task.name}: {result.status} at step {result.step}, "
         f"test accuracy {result.test_accuracy:.3f}")  # fmt: skip
     model, _ = load_checkpoint(work)
-    return model
+    training = {
+        "status": result.status,
+        "step": result.step,
+        "budget": cfg.train.steps,
+        "test_accuracy": result.test_accuracy,
+        "selected_step": result.selected_step,
+        "selected_on": result.selected_on,
+        "selected_val_accuracy": result.selected_val_accuracy,
+    }
+    return model, training
 
 
 def plot_cell(name: str, cell: dict[str, Any]) -> Any:
@@ -327,6 +370,16 @@ DEFINITIONS = (
 )
 
 
+def _training_line(training: dict[str, Any] | None) -> str:
+    if not training:
+        return ""
+    how = {"early_stopped": "stopped early on validation", "completed": "ran its budget"}
+    return (
+        f" Trained {training['step']:,} of {training['budget']:,} steps "
+        f"({how.get(training['status'], training['status'])}); the last checkpoint is analysed."
+    )
+
+
 def cell_lines(
     name: str, cell: dict[str, Any], *, heading: str = "##", image: str = ""
 ) -> list[str]:
@@ -335,7 +388,7 @@ def cell_lines(
         f"{heading} {name}",
         "",
         f"Accuracy {cell['accuracy']:.1%} (chance {cell['chance']:.1%}) on "
-        f"{cell['examples']} test examples.",
+        f"{cell['examples']} test examples." + _training_line(cell.get("training")),
         "",
         "| component | role | signature | zero abl. | mean abl. | collapse | restored | found |",
         "|---|---|---|---|---|---|---|---|",
@@ -359,13 +412,36 @@ def cell_lines(
     return lines
 
 
+def training_text(study: StudyConfig) -> str:
+    """How the study's models were trained, in a sentence."""
+    if study.protocol == "paper":
+        from h3lab import reproduce
+
+        t = reproduce.TRAIN
+        budgets = ", ".join(
+            f"{task} {reproduce.PAPER_STEPS[row]:,}" for task, row in PAPER_TASKS.items()
+        )
+        return (
+            f"2-layer models trained with seed {study.seed} under the paper's protocol, exactly "
+            "as `python -m h3lab reproduce synthetic` trains them (docs/synthetic.md): safari's "
+            f"settings (d_model {reproduce.MODEL_BASE['d_model']}, batch {t.batch_size}, AdamW "
+            f"lr {t.lr}, weight decay {t.weight_decay}, embedding dropout "
+            f"{reproduce.MODEL_BASE['embed_dropout']}; attention with one head per layer and "
+            f"learned positions), safari's budget ({budgets} steps), early stop and checkpoint "
+            "selection on validation only."
+        )
+    return (
+        f"2-layer models, d_model {study.d_model}, trained with seed {study.seed} "
+        f"(≤ {study.steps} steps, batch {study.batch_size}, lr {study.lr}, weight decay "
+        f"{study.weight_decay}; attention at half the lr, one head per layer)."
+    )
+
+
 def report(cells: dict[str, dict[str, Any]], study: StudyConfig) -> str:
     lines = [
         "# Mechanism study: previous-token and match-and-copy components",
         "",
-        f"2-layer models, d_model {study.d_model}, trained with seed {study.seed} "
-        f"(≤ {study.steps} steps, batch {study.batch_size}, lr {study.lr}, weight decay "
-        f"{study.weight_decay}; attention at half the lr, one head per layer). Measured on "
+        training_text(study) + " Measured on "
         f"up to {study.examples} held-out test examples per cell (half of the test split at most; "
         "the other half is the mean-ablation reference). " + DEFINITIONS,
         "",
@@ -392,9 +468,10 @@ def mechanism_study(
         for model_name in study.models:
             cfg = study.run_config(task, model_name)
             name = f"{task}-{model_name}"
-            model = train_cell(cfg, work_dir / name, log).to(study.device)
-            cell = analyse(model, cfg, examples=study.examples, seed=study.seed)
+            model, training = train_cell(cfg, work_dir / name, log)
+            cell = analyse(model.to(study.device), cfg, examples=study.examples, seed=study.seed)
             cell["config"] = cfg.to_dict()
+            cell["training"] = training
             cells[name] = cell
             fig = plot_cell(name, cell)
             fig.savefig(out_dir / f"{name}.png", dpi=110)

@@ -195,9 +195,9 @@ def write_report(out: Path, rows: list[dict[str, Any]], *, meta: dict[str, Any])
         history = (
             json.loads(metrics.read_text(encoding="utf-8")).get("history", [])
             if metrics.exists()
-            else []
+            else r.get("history", [])  # a merged row carries its log's history
         )
-        summary = {k: v for k, v in r.items() if k != "config"}
+        summary = {k: v for k, v in r.items() if k not in ("config", "history")}
         log_path.write_text(
             json.dumps(
                 json_safe({"row": summary, "config": r.get("config"), "history": history}),
@@ -206,7 +206,7 @@ def write_report(out: Path, rows: list[dict[str, Any]], *, meta: dict[str, Any])
             + "\n",
             encoding="utf-8",
         )
-    slim = [{k: v for k, v in r.items() if k != "config"} for r in rows]
+    slim = [{k: v for k, v in r.items() if k not in ("config", "history")} for r in rows]
     (out / "synthetic.json").write_text(
         json.dumps(json_safe({"meta": meta, "results": slim}), indent=2) + "\n", encoding="utf-8"
     )
@@ -247,11 +247,16 @@ def write_report(out: Path, rows: list[dict[str, Any]], *, meta: dict[str, Any])
             f"{r.get('selected_step', '—')} | {'—' if val is None else f'{val:.1f}'} | "
             f"{'—' if test is None else f'{test:.1f}'} | {r['elapsed_s']:.0f} | {r['device']} |"
         )
+    runs = meta.get("sources") or [meta]
     lines += [
         "",
-        f"Total {meta['elapsed_s'] / 60:.1f} minutes (wall-clock cap {meta['budget_minutes']} "
-        f"minutes, {meta.get('jobs', 1)} cell(s) at a time, {meta.get('threads') or '—'} "
-        f"thread(s) each). Step budget per cell: {json.dumps(meta['steps'])}. "
+        "; ".join(
+            f"{'Seeds ' + ', '.join(map(str, m['seeds'])) + ': ' if len(runs) > 1 else 'Total '}"
+            f"{m['elapsed_s'] / 60:.1f} minutes (wall-clock cap {m['budget_minutes']} minutes, "
+            f"{m.get('jobs', 1)} cell(s) at a time, {m.get('threads') or '—'} thread(s) each)"
+            for m in runs
+        )
+        + f". Step budget per cell: {json.dumps(meta['steps'])}. "
         f"Training settings: {json.dumps(meta['train'])}. Model settings: "
         f"{json.dumps(MODEL_BASE)}; attention rows add {json.dumps(ATTENTION_KW)}.",
         "",
@@ -558,6 +563,52 @@ def reproduce_synthetic(
     return ordered
 
 
+def merge_reports(out: Path, sources: list[Path]) -> list[dict[str, Any]]:
+    """One report from the logs of earlier runs of this command (say seed 0 in one run, seeds
+    1 and 2 in another): nothing is trained. Refuses sources whose step budgets or training
+    settings differ, or that hold the same (task, model, seed) twice."""
+    rows: list[dict[str, Any]] = []
+    metas: list[dict[str, Any]] = []
+    for src in sources:
+        report = Path(src) / "synthetic.json"
+        if not report.exists():
+            raise ValueError(f"{src} holds no synthetic.json: not a report of this command")
+        meta = json.loads(report.read_text(encoding="utf-8"))["meta"]
+        for key in ("steps", "train"):
+            if metas and meta[key] != metas[0][key]:
+                raise ValueError(
+                    f"{src} was trained with different {key} ({json.dumps(meta[key])}) than "
+                    f"{sources[0]} ({json.dumps(metas[0][key])}): not one experiment"
+                )
+        metas.append({**meta, "source": str(src)})
+        for log in sorted((Path(src) / "logs").glob("*.json")):
+            data = json.loads(log.read_text(encoding="utf-8"))
+            rows.append({**data["row"], "config": data.get("config"), "history": data["history"]})
+    seen: set[tuple[str, str, int]] = set()
+    for r in rows:
+        cell = (r["task"], r["model"], r["seed"])
+        if cell in seen:
+            raise ValueError(f"{cell[1]} on {cell[0]}, seed {cell[2]}, is in more than one source")
+        seen.add(cell)
+    order = {k: i for i, k in enumerate([*TASKS, *MODELS])}
+    rows.sort(key=lambda r: (r["seed"], order[r["task"]], order[r["model"]]))
+    meta = {
+        "budget_minutes": sum(m["budget_minutes"] for m in metas),
+        "elapsed_s": sum(m["elapsed_s"] for m in metas),
+        "seeds": sorted({r["seed"] for r in rows}),
+        "steps": metas[0]["steps"],
+        "train": metas[0]["train"],
+        "sources": metas,
+        "notes": [
+            "Merged from "
+            + ", ".join(f"`{m['source']}` (seeds {', '.join(map(str, m['seeds']))})" for m in metas)
+            + " with `--merge`; every number is from those runs' logs."
+        ],
+    }
+    write_report(Path(out), rows, meta=meta)
+    return rows
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("suite", choices=["synthetic"], help="which table to reproduce")
     p.add_argument("--out", type=Path, default=Path("docs/synthetic"), help="report folder")
@@ -587,3 +638,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--threads", type=int, help="torch threads per cell (default: cores / jobs)")
     p.add_argument("--eval-every", type=int, help="steps between evaluations (default 250)")
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        metavar="DIR",
+        help="train nothing: write one report to --out from earlier reports' logs (e.g. seed 0 "
+        "from one run, seeds 1-2 from another); refused if their settings differ",
+    )

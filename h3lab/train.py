@@ -33,7 +33,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -81,11 +81,14 @@ class Progress:
 
 @dataclass(frozen=True)
 class EvalResult:
-    """Mean loss over every target token, and accuracy on the final token."""
+    """Mean loss over every target token, and accuracy on the final token. In what
+    ``on_eval`` receives, the test split's, with the validation split's accuracy beside it
+    (``val_accuracy``; None without a validation split)."""
 
     step: int
     loss: float
     accuracy: float
+    val_accuracy: float | None = None
 
 
 @dataclass
@@ -513,7 +516,7 @@ def _train(
                     source={"selected_on": "val", "step": loop.step, "run": cfg.to_dict()},
                 )
         if cb.on_eval:
-            cb.on_eval(result)
+            cb.on_eval(replace(result, val_accuracy=decides.accuracy) if len(val_ds) else result)
         return decides
 
     model.train()

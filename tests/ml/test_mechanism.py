@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -116,3 +117,34 @@ def test_the_study_command_writes_the_report_json_and_plots(tmp_path: Path) -> N
     assert main([*args, "--examples", "16", "--tasks", "associative_recall"]) == 0
     again = json.loads((out / "mechanism.json").read_text())
     assert again["cells"] == data["cells"]
+    training = data["cells"]["associative_recall-h3"]["training"]
+    assert (training["status"], training["step"], training["budget"]) == ("completed", 3, 3)
+    assert "Trained 3 of 3 steps (ran its budget)" in report
+
+
+def test_the_paper_protocol_trains_each_cell_as_the_reproduction_does() -> None:
+    from h3lab import reproduce
+
+    paper = StudyConfig(protocol="paper", seed=2)
+    for task, row in (("induction_head_safari", "induction_head"),
+                      ("associative_recall_safari", "associative_recall")):  # fmt: skip
+        for model in ("attention", "h3"):
+            cfg = paper.run_config(task, model)
+            steps = reproduce.PAPER_STEPS[row]
+            assert cfg == reproduce.run_config(
+                row,
+                model,
+                device="cpu",
+                seed=2,
+                train=replace(reproduce.TRAIN, steps=steps, warmup_steps=steps // 10),
+            )
+    attention = paper.run_config("induction_head_safari", "attention").model
+    assert (attention.n_head, attention.mixers, attention.pos_embed) == (
+        1,
+        ("attn", "attn"),
+        "learned",
+    )
+    with pytest.raises(ValueError, match="paper's tasks"):
+        StudyConfig(protocol="paper", tasks=("induction_head",))
+    with pytest.raises(ValueError, match="protocol"):
+        StudyConfig(protocol="fast")

@@ -170,3 +170,40 @@ def test_the_reported_number_is_the_test_accuracy_at_the_validation_selected_ste
     accs = [100 * r["test_accuracy"] for r in rows]
     assert cell["n"] == 2 and cell["mean"] == pytest.approx(sum(accs) / 2)
     assert cell["sd"] == pytest.approx(abs(accs[0] - accs[1]) / 2**0.5)
+
+
+def test_seeds_run_apart_merge_into_one_table_and_other_settings_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def run(first_seed: int, seeds: int, budget: str, out: str) -> None:
+        argv = ["reproduce", "synthetic", "--tasks", "associative_recall", "--models", "h3"]
+        argv += ["--budget", budget, "--jobs", "1", "--device", "cpu", "--eval-every", "2"]
+        argv += ["--first-seed", str(first_seed), "--seeds", str(seeds)]
+        argv += ["--out", str(tmp_path / out), "--work-dir", str(tmp_path / "runs" / out)]
+        assert main(argv) == 0
+
+    run(0, 1, "4", "seed0")
+    run(1, 2, "4", "seeds12")
+    run(3, 1, "6", "longer")
+    together = tmp_path / "together"
+    argv = ["reproduce", "synthetic", "--out", str(together), "--merge"]
+    assert main([*argv, str(tmp_path / "seeds12"), str(tmp_path / "seed0")]) == 0
+    data = json.loads((together / "synthetic.json").read_text())
+    assert data["meta"]["seeds"] == [0, 1, 2]
+    assert [r["seed"] for r in data["results"]] == [0, 1, 2]
+    # Every row and log history is the source run's, unchanged.
+    for seed, src in ((0, "seed0"), (1, "seeds12"), (2, "seeds12")):
+        name = f"associative_recall-h3-seed{seed}.json"
+        assert json.loads((together / "logs" / name).read_text()) == json.loads(
+            (tmp_path / src / "logs" / name).read_text()
+        )
+    accs = [100 * r["test_accuracy"] for r in data["results"]]
+    cell = aggregate(data["results"])[("associative_recall", "h3")]
+    assert cell["n"] == 3 and cell["mean"] == pytest.approx(sum(accs) / 3)
+    assert "mean ± sd over 3 seed(s) (0, 1, 2)" in (together / "synthetic.md").read_text()
+    capsys.readouterr()
+    # A different budget is a different experiment; a seed twice would be counted twice.
+    assert main([*argv, str(tmp_path / "seed0"), str(tmp_path / "longer")]) == 2
+    assert "different steps" in capsys.readouterr().err
+    assert main([*argv, str(tmp_path / "seed0"), str(tmp_path / "seed0")]) == 2
+    assert "more than one source" in capsys.readouterr().err
