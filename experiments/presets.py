@@ -4,9 +4,9 @@ The run form's defaults once trained a model that stayed near chance (27 % on as
 recall after 6 minutes). A preset here fills every field the form shows — vocabulary and
 sequence length (smaller than the paper's where that keeps the run short, and the label says
 so), width, depth, steps, learning rate and batch size — with values measured to reach ≥ 90 %
-test accuracy on a 2-core CPU well inside two minutes (``scripts/measure_presets.py`` writes the
-measurements to ``docs/presets/``; docs/quickstart.md has the table). The form shows the label,
-the demo lab trains with the same presets.
+validation and test accuracy on a 2-core CPU within two minutes (``scripts/measure_presets.py``
+writes the measurements to ``docs/presets/``; docs/quickstart.md has the table). The form shows
+the label, the demo lab trains with the same presets.
 
 Pure Python (no Django), so the form, the demo and the measuring script share one table.
 """
@@ -21,7 +21,8 @@ from h3lab.config import RunConfig, TaskConfig, TrainConfig
 @dataclass(frozen=True)
 class Preset:
     """What the run form's fields are set to for ``task`` and ``model`` (a model preset).
-    ``minutes``: the rounded-up wall time to ≥ 90 % measured on the 2-core CPU under load."""
+    ``minutes``: the wall time until validation accuracy first reached 90 %, measured on the
+    quiet 2-core CPU with one torch thread (docs/quickstart.md), rounded up."""
 
     task: str
     model: str
@@ -96,14 +97,35 @@ class Preset:
 
 
 PRESETS: tuple[Preset, ...] = (
-    Preset("associative_recall", "h3", vocab_size=8, seq_len=16, steps=600, lr=2e-3, minutes=2),
+    Preset("associative_recall", "h3", vocab_size=8, seq_len=16, steps=600, lr=2e-3, minutes=1),
     Preset(
-        "associative_recall", "attention", vocab_size=8, seq_len=16, steps=1000, lr=3e-3, minutes=4
+        "associative_recall", "attention", vocab_size=8, seq_len=16, steps=1000, lr=3e-3, minutes=1
     ),
     # The paper's induction-head task at the paper's sizes: the mechanism study's H3 setting
     # (docs/interpretability.md) formed the induction mechanism at step ~1,100 of 4,000.
     Preset(
-        "induction_head_safari", "h3", vocab_size=20, seq_len=30, steps=1500, lr=2e-3, minutes=4
+        "induction_head_safari", "h3", vocab_size=20, seq_len=30, steps=1500, lr=2e-3, minutes=2
+    ),
+    # The paper's associative recall at the paper's sizes: the mechanism study's quick setting
+    # (H3 passed 97 % validation accuracy by step 800 there); attention at lr 1e-3 on this
+    # 1,500-step schedule stayed at 80 % (docs/presets/candidates/), at 2e-3 it learns.
+    Preset(
+        "associative_recall_safari",
+        "h3",
+        vocab_size=10,
+        seq_len=20,
+        steps=1000,
+        lr=2e-3,
+        minutes=2,
+    ),
+    Preset(
+        "associative_recall_safari",
+        "attention",
+        vocab_size=10,
+        seq_len=20,
+        steps=1500,
+        lr=2e-3,
+        minutes=1,
     ),
 )
 
