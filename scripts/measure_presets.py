@@ -91,11 +91,14 @@ def measure(preset: Preset, *, target: float, seed: int, stop_at_target: bool) -
     }
 
 
-def _change(text: str) -> tuple[str, int | float]:
+def _change(text: str) -> tuple[str, str | int | float]:
+    """``FIELD=VALUE`` → (field, value): a task name, or a number."""
     name, _, value = text.partition("=")
-    known = {f.name for f in fields(Preset)} - {"task", "model"}
+    known = {f.name for f in fields(Preset)} - {"model"}
     if name not in known or not value:
         raise SystemExit(f"--set {text}: expected FIELD=VALUE with FIELD one of {sorted(known)}")
+    if name == "task":
+        return name, value
     return name, float(value) if any(c in value for c in ".e") else int(value)
 
 
@@ -128,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         metavar="FIELD=VALUE",
         help="measure a candidate: the preset with this field changed (repeatable; e.g. "
-        "batch_size=64); the log's name lists the changes",
+        "batch_size=64, or task=induction_head for another task); the log's name lists the "
+        "changes",
     )
     args = parser.parse_args(argv)
     changes = dict(_change(c) for c in args.set)
