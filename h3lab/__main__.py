@@ -226,7 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
         "reproduce the H3 paper's synthetic table under the paper's protocol",
         "  python -m h3lab reproduce synthetic --out docs/synthetic\n"
         "  python -m h3lab reproduce synthetic --seeds 3 --budget paper --device cuda\n"
-        "  python -m h3lab reproduce synthetic --tasks induction_head --models h3 attention\n",
+        "  python -m h3lab reproduce synthetic --tasks induction_head --models h3 attention\n"
+        "  python -m h3lab reproduce synthetic --first-seed 1 --seeds 2 --out s12\n"
+        "  python -m h3lab reproduce synthetic --merge docs/synthetic s12 --out s012\n",
     )
     add_arguments(p)
 
