@@ -343,19 +343,35 @@ def train_cell(
 
 
 def plot_cell(name: str, cell: dict[str, Any]) -> Any:
-    fig = iv.new_figure(max(4.5, 0.9 * len(cell["tests"]) + 2), 3.2)
-    ax = fig.add_subplot()
-    labels = [f"{t['component']}\n{t['role']}" for t in cell["tests"]]
-    xs = range(len(labels))
-    ax.bar([x - 0.2 for x in xs], [t["zero_accuracy"] for t in cell["tests"]], 0.4, label="zero")
-    ax.bar([x + 0.2 for x in xs], [t["mean_accuracy"] for t in cell["tests"]], 0.4, label="mean")
-    ax.axhline(cell["accuracy"], color="#222", linestyle="--", label="trained")
-    ax.axhline(cell["chance"], color="#999", linestyle=":", label="chance")
-    ax.set_xticks(list(xs), labels, fontsize=7)
-    ax.set_ylim(0, 1.02)
-    ax.set_ylabel("accuracy with the component ablated")
-    ax.set_title(name)
-    ax.legend(fontsize=7, loc="upper right")
+    """Two panels per model: accuracy with each component ablated (zero, mean) beside the
+    trained accuracy and chance, and the share of the logit difference patching restores,
+    beside the thresholds a finding needs."""
+    tests = cell["tests"]
+    fig = iv.new_figure(max(7.0, 1.5 * len(tests) + 3), 3.4)
+    ablated, patched = fig.subplots(1, 2, sharex=True)
+    labels = [f"{t['component']}\n{t['role']}" for t in tests]
+    xs = list(range(len(labels)))
+    ablated.bar([x - 0.2 for x in xs], [t["zero_accuracy"] for t in tests], 0.4, label="zero")
+    ablated.bar([x + 0.2 for x in xs], [t["mean_accuracy"] for t in tests], 0.4, label="mean")
+    ablated.axhline(cell["accuracy"], color="#222", linestyle="--", label="trained")
+    ablated.axhline(cell["chance"], color="#999", linestyle=":", label="chance")
+    ablated.set_ylim(0, 1.02)
+    ablated.set_ylabel("accuracy with the component ablated")
+    ablated.legend(fontsize=7, loc="upper right")
+    colours = ["#2a7" if t["found"] else "#c55" for t in tests]
+    patched.bar(xs, [t["restored"] for t in tests], 0.6, color=colours)
+    for x, t in zip(xs, tests, strict=True):
+        patched.annotate(
+            t.get("corruption", "values"), (x, max(0.0, t["restored"])), ha="center",
+            va="bottom", fontsize=6,
+        )  # fmt: skip
+    patched.axhline(FOUND_RESTORED, color="#999", linestyle=":", label=f"found needs ≥ {FOUND_RESTORED}")
+    patched.set_ylim(min(0.0, *(t["restored"] for t in tests)) - 0.02, 1.1)
+    patched.set_ylabel("logit difference restored by patching")
+    patched.legend(fontsize=7, loc="upper right")
+    for ax in (ablated, patched):
+        ax.set_xticks(xs, labels, fontsize=7)
+    fig.suptitle(f"{name} (green: found, red: not found)", fontsize=9)
     return fig
 
 
