@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import cache
 from typing import TYPE_CHECKING, Any, TypeGuard, TypeVar
 
@@ -336,7 +336,9 @@ def _grant_q(user: User, now: datetime) -> Q:
     return Q(accepted) & scopes
 
 
-def finding_visibility_q(user: Viewer, *, include_retracted: bool = False) -> Q:
+def finding_visibility_q(
+    user: Viewer, *, include_retracted: bool = False, now: datetime | None = None
+) -> Q:
     """A Q over Finding that is true exactly for the findings ``user`` may read.
 
     Everything is a subquery of the one SQL statement (no queries are run here), so a list
@@ -344,18 +346,58 @@ def finding_visibility_q(user: Viewer, *, include_retracted: bool = False) -> Q:
     SECURITY: global model permissions (``experiments.view_finding``) are never consulted; only
     superusers see everything. Retracted findings stay visible to their own team only;
     ``include_retracted`` gives the set a user *would* see, used for tombstone pages.
+    For a signed-in non-admin the Q must depend on the user only through ``user.pk`` and on
+    time only through ``now``: :func:`visible_findings` compiles it once for every such user
+    (a test compares the two for every persona).
     """
     released = Q(tier=Tier.PUBLIC)
     if not _authenticated(user):
         return released if include_retracted else released & _not_retracted()
     if is_lab_admin(user):
         return Q()
-    others = released | _clearance_q(user) | _grant_q(user, timezone.now())
+    others = released | _clearance_q(user) | _grant_q(user, now or timezone.now())
     return _team_q(user) | (others if include_retracted else others & _not_retracted())
 
 
-def visible_findings(user: Viewer) -> QuerySet[Finding]:
-    return Finding.objects.filter(finding_visibility_q(user))
+def visible_findings(user: Viewer, *, now: datetime | None = None) -> QuerySet[Finding]:
+    """The findings ``user`` may read: :func:`finding_visibility_q` as one WHERE clause.
+
+    For a signed-in user who is not a lab admin the clause comes from :func:`_where_template`:
+    the SQL that Django compiles from the Q, compiled once per process and filled with this
+    user's id and the current time. Building and compiling the Q's ~60 nodes cost several
+    milliseconds of Python on every list, page and API call — more than the database spends
+    answering. ``tests/test_visibility_fast_path.py`` holds the two equal, statement and
+    parameters, for every persona.
+    """
+    if not _authenticated(user) or is_lab_admin(user):
+        return Finding.objects.filter(finding_visibility_q(user, now=now))
+    sql, slots = _where_template(connection.vendor)
+    at = connection.ops.adapt_datetimefield_value(now or timezone.now())
+    params = [user.pk if s is _USER else at if s is _NOW else s for s in slots]
+    # SECURITY: the text is Django's own compilation of the policy Q (model metadata and
+    # constants); the user's id and the time are bound parameters, never spliced in.
+    return Finding.objects.filter(RawSQL(sql, params, output_field=BooleanField()))  # noqa: S611
+
+
+_USER, _NOW = object(), object()  # parameter slots of the WHERE template
+# Sentinels compiled in place of a real user and time: no real id is negative, and no
+# finding's policy has anything to do with 1901, so a parameter equal to one of them is a slot.
+_SENTINEL_PK = -918_273_645
+_SENTINEL_NOW = datetime(1901, 2, 3, 4, 5, 6, 789_000, tzinfo=UTC)
+
+
+@cache
+def _where_template(vendor: str) -> tuple[str, tuple[Any, ...]]:
+    """(WHERE SQL, parameter slots) of :func:`finding_visibility_q` for a signed-in user who is
+    not a lab admin: each slot is ``_USER``, ``_NOW`` or a constant. ``vendor`` keys the cache
+    (the SQL is the connection's dialect)."""
+    sentinel = get_user_model()(pk=_SENTINEL_PK, is_superuser=False)
+    query = Finding.objects.filter(finding_visibility_q(sentinel, now=_SENTINEL_NOW)).query
+    compiler = query.get_compiler(connection=connection)
+    sql, params = query.where.as_sql(compiler, connection)
+    at = connection.ops.adapt_datetimefield_value(_SENTINEL_NOW)
+    slots = tuple(_USER if p == _SENTINEL_PK else _NOW if p == at else p for p in params)
+    return sql, slots
 
 
 def tombstones(user: Viewer) -> QuerySet[Finding]:
