@@ -376,10 +376,22 @@ def visible_findings(user: Viewer, *, now: datetime | None = None) -> QuerySet[F
     params = [user.pk if s is _USER else at if s is _NOW else s for s in slots]
     # SECURITY: the text is Django's own compilation of the policy Q (model metadata and
     # constants); the user's id and the time are bound parameters, never spliced in.
-    return Finding.objects.filter(RawSQL(sql, params, output_field=BooleanField()))  # noqa: S611
+    return Finding.objects.filter(_FindingWhere(sql, params, output_field=BooleanField()))
+
+
+class _FindingWhere(RawSQL):
+    """A compiled WHERE clause over the finding table, whose name in the clause is filled in
+    when the statement is compiled: inside another statement (``pk__in=visible_findings(u)
+    .values("pk")``) Django renames the table (``U0``), and a clause that kept the table's
+    own name would refer to the *outer* statement's findings."""
+
+    def as_sql(self, compiler: Any, connection: Any) -> tuple[str, tuple[Any, ...]]:
+        table = compiler.quote_name_unless_alias(compiler.query.get_initial_alias())
+        return f"({self.sql.replace(_TABLE, table)})", tuple(self.params)
 
 
 _USER, _NOW = object(), object()  # parameter slots of the WHERE template
+_TABLE = "__h3lab_finding_table__"  # where the finding table's name or alias goes
 # Sentinels compiled in place of a real user and time: no real id is negative, and no
 # finding's policy has anything to do with 1901, so a parameter equal to one of them is a slot.
 _SENTINEL_PK = -918_273_645
@@ -395,6 +407,12 @@ def _where_template(vendor: str) -> tuple[str, tuple[Any, ...]]:
     query = Finding.objects.filter(finding_visibility_q(sentinel, now=_SENTINEL_NOW)).query
     compiler = query.get_compiler(connection=connection)
     sql, params = query.where.as_sql(compiler, connection)
+    # Every reference to the finding table is to its columns (the subqueries of _sql() read
+    # other tables): it becomes the placeholder _FindingWhere fills in.
+    own_name = connection.ops.quote_name(Finding._meta.db_table)
+    sql = sql.replace(f"{own_name}.", f"{_TABLE}.")
+    if own_name in sql:  # a use that is not a column reference: refuse to guess
+        raise RuntimeError("the visibility clause names the finding table other than by column")
     at = connection.ops.adapt_datetimefield_value(_SENTINEL_NOW)
     slots = tuple(_USER if p == _SENTINEL_PK else _NOW if p == at else p for p in params)
     return sql, slots
