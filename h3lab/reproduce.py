@@ -184,13 +184,15 @@ def _cell_text(c: dict[str, Any] | None) -> str:
     return f"{c['mean']:.1f}{sd}{partial}"
 
 
-def write_report(out: Path, rows: list[dict[str, Any]], *, meta: dict[str, Any]) -> None:
-    """``synthetic.md``, ``synthetic.json``, ``synthetic.png`` and ``logs/`` from the rows."""
+def write_report(
+    out: Path, rows: list[dict[str, Any]], *, meta: dict[str, Any], logs: bool = True
+) -> None:
+    """``synthetic.md``, ``synthetic.json``, ``synthetic.png`` and (unless ``logs`` is False:
+    they are elsewhere already) ``logs/`` from the rows."""
     out.mkdir(parents=True, exist_ok=True)
-    logs = out / "logs"
-    logs.mkdir(exist_ok=True)
-    for r in rows:
-        log_path = logs / f"{r['task']}-{r['model']}-seed{r['seed']}.json"
+    for r in rows if logs else []:
+        (out / "logs").mkdir(exist_ok=True)
+        log_path = out / "logs" / f"{r['task']}-{r['model']}-seed{r['seed']}.json"
         metrics = Path(r["run_dir"]) / "metrics.json"
         history = (
             json.loads(metrics.read_text(encoding="utf-8")).get("history", [])
@@ -565,8 +567,9 @@ def reproduce_synthetic(
 
 def merge_reports(out: Path, sources: list[Path]) -> list[dict[str, Any]]:
     """One report from the logs of earlier runs of this command (say seed 0 in one run, seeds
-    1 and 2 in another): nothing is trained. Refuses sources whose step budgets or training
-    settings differ, or that hold the same (task, model, seed) twice."""
+    1 and 2 in another): nothing is trained, and the logs stay where they are (the report
+    names the folders). Refuses sources whose step budgets or training settings differ, or that
+    hold the same (task, model, seed) twice."""
     rows: list[dict[str, Any]] = []
     metas: list[dict[str, Any]] = []
     for src in sources:
@@ -602,10 +605,10 @@ def merge_reports(out: Path, sources: list[Path]) -> list[dict[str, Any]]:
         "notes": [
             "Merged from "
             + ", ".join(f"`{m['source']}` (seeds {', '.join(map(str, m['seeds']))})" for m in metas)
-            + " with `--merge`; every number is from those runs' logs."
+            + " with `--merge`; every number is from those runs' logs, in their `logs/` folders."
         ],
     }
-    write_report(Path(out), rows, meta=meta)
+    write_report(Path(out), rows, meta=meta, logs=False)
     return rows
 
 

@@ -191,12 +191,13 @@ def test_seeds_run_apart_merge_into_one_table_and_other_settings_are_refused(
     data = json.loads((together / "synthetic.json").read_text())
     assert data["meta"]["seeds"] == [0, 1, 2]
     assert [r["seed"] for r in data["results"]] == [0, 1, 2]
-    # Every row and log history is the source run's, unchanged.
-    for seed, src in ((0, "seed0"), (1, "seeds12"), (2, "seeds12")):
+    # Every row is the source run's, unchanged; the logs stay in the sources, which are named.
+    sources = ((0, "seed0"), (1, "seeds12"), (2, "seeds12"))
+    for row, (seed, src) in zip(data["results"], sources, strict=True):
         name = f"associative_recall-h3-seed{seed}.json"
-        assert json.loads((together / "logs" / name).read_text()) == json.loads(
-            (tmp_path / src / "logs" / name).read_text()
-        )
+        assert row == json.loads((tmp_path / src / "logs" / name).read_text())["row"]
+    assert not (together / "logs").exists()
+    assert str(tmp_path / "seeds12") in (together / "synthetic.md").read_text()
     accs = [100 * r["test_accuracy"] for r in data["results"]]
     cell = aggregate(data["results"])[("associative_recall", "h3")]
     assert cell["n"] == 3 and cell["mean"] == pytest.approx(sum(accs) / 3)
