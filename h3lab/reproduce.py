@@ -172,6 +172,7 @@ def aggregate(rows: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any
             "sd": statistics.stdev(accs) if len(accs) > 1 else None,
             "n": len(accs),
             "seeds": len([r for r in rows if (r["task"], r["model"]) == key]),
+            "values": accs,
         }
     return out
 
@@ -283,11 +284,14 @@ def _plot(
         ours = [c.get("mean") or 0.0 for c in cells]
         err = [c.get("sd") or 0.0 for c in cells]
         paper = [PAPER.get((t, m), float("nan")) for m in models]
-        ax.bar([x - 0.2 for x in xs], ours, 0.4, yerr=err, capsize=3, label="ours")
+        ax.bar([x - 0.2 for x in xs], ours, 0.4, yerr=err, capsize=3, label="ours (mean ± sd)")
         ax.bar([x + 0.2 for x in xs], paper, 0.4, label="paper", alpha=0.6)
+        seeds = [(x - 0.2, v) for x, c in zip(xs, cells, strict=True) for v in c.get("values", [])]
+        if seeds:  # every seed, so a spread that mean ± sd hides (or invents) is visible
+            ax.scatter(*zip(*seeds, strict=True), s=12, color="#111", zorder=3, label="each seed")
         ax.set_xticks(xs, [LABELS[m] for m in models], fontsize=8)
         ax.set(title=t.replace("_", " "), ylabel="test accuracy (%)", ylim=(0, 105))
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3)
     fig.savefig(path, dpi=110)
 
 
