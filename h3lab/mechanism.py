@@ -365,7 +365,9 @@ def plot_cell(name: str, cell: dict[str, Any]) -> Any:
             t.get("corruption", "values"), (x, max(0.0, t["restored"])), ha="center",
             va="bottom", fontsize=6,
         )  # fmt: skip
-    patched.axhline(FOUND_RESTORED, color="#999", linestyle=":", label=f"found needs ≥ {FOUND_RESTORED}")
+    patched.axhline(
+        FOUND_RESTORED, color="#999", linestyle=":", label=f"found needs ≥ {FOUND_RESTORED}"
+    )
     patched.set_ylim(min(0.0, *(t["restored"] for t in tests)) - 0.02, 1.1)
     patched.set_ylabel("logit difference restored by patching")
     patched.legend(fontsize=7, loc="upper right")

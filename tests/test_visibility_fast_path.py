@@ -96,7 +96,7 @@ def test_as_a_subquery_it_reads_its_own_rows_not_the_outer_querys(cast: Cast) ->
         inner = policy.visible_findings(user)
         nested = Finding.objects.filter(pk__in=inner.values("pk"))
         sql = str(nested.query)
-        if ' U0 ' in sql:  # renamed: the clause follows the new name
+        if " U0 " in sql:  # renamed: the clause follows the new name
             assert 'U0."tier"' in sql
         assert set(nested.values_list("pk", flat=True)) == direct, user
         projects = set(Project.objects.filter(pk__in=inner.values("project_id")))
