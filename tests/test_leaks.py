@@ -63,6 +63,18 @@ def cast_extra(cast: Cast) -> Any:
     return pat
 
 
+def world_and_personas(
+    cast: Cast, capture_on_commit: Any
+) -> tuple[dict[str, Planted], dict[str, Any]]:
+    """The world (built with on-commit callbacks run, as in a request) and every persona,
+    ``dana`` the delegated release manager included."""
+    delegated = factories.make_user("dana")
+    assign_perm("experiments.change_project", delegated, cast.lab.project)
+    with capture_on_commit(execute=True):
+        world = build_world(cast)
+    return world, personas(cast, delegated)
+
+
 def personas(cast: Cast, delegated: Any) -> dict[str, Any]:
     lab = cast.lab
     return {
@@ -195,11 +207,7 @@ def _no_api_rate_limit(settings: Any) -> None:
 def test_every_marker_appears_only_where_the_policy_lets_the_viewer_read_it(
     cast: Cast, django_capture_on_commit_callbacks: Any
 ) -> None:
-    delegated = factories.make_user("dana")
-    assign_perm("experiments.change_project", delegated, cast.lab.project)
-    with django_capture_on_commit_callbacks(execute=True):
-        world = build_world(cast)
-    users = personas(cast, delegated)
+    world, users = world_and_personas(cast, django_capture_on_commit_callbacks)
     urls = page_urls(world)
     leaks: list[str] = []
     for persona, user in users.items():

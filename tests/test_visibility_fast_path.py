@@ -17,13 +17,12 @@ import pytest
 from django.db import connection
 from django.db.models import Q
 from django.utils import timezone
-from guardian.shortcuts import assign_perm
 
 from disclosure import policy
 from experiments.models import Finding
 from tests import factories
 from tests.conftest import Cast
-from tests.test_leaks import build_world, personas
+from tests.test_leaks import world_and_personas
 
 pytestmark = pytest.mark.django_db
 
@@ -40,12 +39,8 @@ def where_of(q: Any) -> tuple[str, list[Any]]:
 def test_the_fast_path_is_the_policys_own_statement_for_every_persona(
     cast: Cast, django_capture_on_commit_callbacks: Any
 ) -> None:
-    delegated = factories.make_user("dana")
-    assign_perm("experiments.change_project", delegated, cast.lab.project)
-    with django_capture_on_commit_callbacks(execute=True):
-        world = build_world(cast)
-    admin = factories.make_user("root", is_superuser=True)
-    users = {**personas(cast, delegated), "lab_admin": admin}
+    world, users = world_and_personas(cast, django_capture_on_commit_callbacks)
+    users["lab_admin"] = factories.make_user("root", is_superuser=True)
     fast_paths = 0
     for name, user in users.items():
         now = timezone.now()
