@@ -118,6 +118,12 @@ def start_worker(
     """Start real workers (``beat=True`` embeds the beat scheduler, i.e. the reaper, whose
     ticks go to the ``control`` queue); all are stopped at teardown, before the test database
     is flushed."""
+    from h3lab.celery import app
+
+    # The broker namespace is the session's: messages an earlier test sent and no worker took
+    # (runs submitted by web tests, reaper ticks) would otherwise reach this test's workers.
+    if discarded := app.control.purge():
+        print(f"discarded {discarded} message(s) left in the session's queues by earlier tests")
     workers: list[Worker] = []
     var_dir = tmp_path / "worker-var"
     var_dir.mkdir()
@@ -178,6 +184,9 @@ def start_worker(
     yield start
     for worker in workers:
         worker.stop()
+        # Printed at teardown, so pytest shows it with a failing test's report (and only then).
+        print(f"--- worker {worker.name} {worker.extra or ''}: last lines of its log ---")
+        print(worker.log()[-6000:])
 
 
 # --- a real browser (headless Chromium, the system package) --------------------------------------
