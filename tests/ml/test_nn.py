@@ -268,6 +268,31 @@ def test_prefill_leaves_the_state_that_stepping_would(mixer: str, head_dim: int)
     assert rel_err(got, want[:, 15:]) <= 1e-5
 
 
+@pytest.mark.parametrize("prefill", [0, 9])
+def test_the_fused_h3_step_equals_the_reference_step(prefill: int) -> None:
+    """The fused step (head_dim 1, diagonal kv SSM) against the SSMs' own composed steps, in
+    float64 where the two orders of summation agree to rounding, after a prefill or none."""
+    m = layer("h3", head_dim=1, dtype=torch.float64)
+    x = torch.randn(3, 24, 16, generator=gen(7), dtype=torch.float64)
+    with torch.no_grad():
+        fused, ref = m.allocate_state(3, 24), m.allocate_state(3, 24)
+        assert fused.fused is not None, "head_dim 1 takes the fused path"
+        ref.fused = None  # the same state, stepped by the reference
+        if prefill:
+            m(x[:, :prefill], fused)
+            m(x[:, :prefill], ref)
+        got = torch.stack([m.step(x[:, t], fused) for t in range(prefill, 24)], dim=1)
+        want = torch.stack([m.step(x[:, t], ref) for t in range(prefill, 24)], dim=1)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(fused.shift, ref.shift, rtol=0, atol=0)
+    torch.testing.assert_close(fused.kv, ref.kv, rtol=1e-12, atol=1e-12)
+
+
+def test_only_head_dim_1_with_a_diagonal_kv_ssm_takes_the_fused_step() -> None:
+    assert layer("h3", head_dim=2).allocate_state(1).fused is None
+    assert layer("shift", head_dim=1).allocate_state(1).fused is None
+
+
 def test_language_model_step_equals_forward_for_a_hybrid_model() -> None:
     cfg = LMConfig(
         vocab_size=VOCAB,
