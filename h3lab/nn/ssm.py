@@ -76,43 +76,55 @@ class _Vandermonde(torch.autograd.Function):
         real = log_A.real.dtype
         b = torch.arange(M, device=W.device, dtype=real)
         a = torch.arange(n_outer, device=W.device, dtype=real) * M
-        Z = _powers(log_A, a)  # (H, N, A)  Ā^{aM}
-        P = W[..., None] * Z  # (H, N, A)
-        Ib = _powers(log_A, b)  # (H, N, M)  Ā^b
-        # Re(Σ_n P·I) = Σ_n (Re P · Re I − Im P · Im I): a real matmul over 2N.
-        lhs = torch.cat([P.real, -P.imag], dim=1)  # (H, 2N, A)
-        rhs = torch.cat([Ib.real, Ib.imag], dim=1)  # (H, 2N, M)
+        Zr, Zi = _powers(log_A, a)  # (H, N, A) each  Ā^{aM}
+        Wr, Wi = W.real[..., None], W.imag[..., None]
+        # Re(Σ_n P·I) with P = W·Z = Σ_n (Re P · Re I − Im P · Im I): a real matmul over 2N.
+        lhs = torch.cat([Wr * Zr - Wi * Zi, (Wr * Zi).add_(Wi * Zr).neg_()], dim=1)  # (H, 2N, A)
+        rhs = torch.cat(_powers(log_A, b), dim=1)  # (H, 2N, M) [Re Ā^b ; Im Ā^b]
         K = torch.bmm(lhs.mT, rhs).mul_(2)  # (H, A, M)
-        ctx.save_for_backward(W, Z, lhs, rhs, a, b)
+        ctx.save_for_backward(Zr, Zi, lhs, rhs, a, b)
         ctx.L = L
         return K.reshape(H, n_outer * M)[:, :L]  # (H, L)
 
     @staticmethod
     @_autocast_backward
     def backward(ctx: Any, G: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
-        W, Z, lhs, rhs, a, b = ctx.saved_tensors
+        # In real arithmetic throughout (complex temporaries cost several times more on CPU):
+        # with R = [R1; R2] = rhs·Gᵀ and S = [S1; S2] = lhs·G, the gradients of P and Ā^b are
+        # gP = 2(R1 − i R2) and gI = 2(S1 + i S2).
+        Zr, Zi, lhs, rhs, a, b = ctx.saved_tensors
         G = G.to(rhs.dtype)
-        N, A, M = W.shape[1], a.shape[0], b.shape[0]
+        N, A, M = Zr.shape[1], a.shape[0], b.shape[0]
         G3 = F.pad(G, (0, A * M - ctx.L)).reshape(-1, A, M)  # (H, A, M)
         R = torch.bmm(rhs, G3.mT)  # (H, 2N, A) = [Σ_b G·Re I ; Σ_b G·Im I]
-        gP = torch.complex(R[:, :N], -R[:, N:]).mul_(2)  # (H, N, A)  2 Σ_b G·conj(I)
-        S = torch.bmm(lhs, G3)  # (H, 2N, M) = [Σ_a G·Re P ; −Σ_a G·Im P]
-        gI = torch.complex(S[:, :N], S[:, N:]).mul_(2)  # (H, N, M)  2 Σ_a G·conj(P)
+        R1, R2 = R[:, :N], R[:, N:]
         grad_W = grad_log_A = None
-        if ctx.needs_input_grad[0]:
-            grad_W = (gP * Z.conj()).sum(-1)  # P = W·Z
+        if ctx.needs_input_grad[0]:  # P = W·Z: ∂W = Σ_a gP·conj(Z)
+            re = (R1 * Zr).sub_(R2 * Zi).sum(-1)
+            im = (R2 * Zr).add_(R1 * Zi).sum(-1)
+            grad_W = torch.complex(re, im.neg_()).mul_(2)
         if ctx.needs_input_grad[1]:
-            P = torch.complex(lhs[:, :N], -lhs[:, N:])  # (H, N, A)
-            Ib = torch.complex(rhs[:, :N], rhs[:, N:])  # (H, N, M)
             # Z = exp(aM·log Ā) and I = exp(b·log Ā): d/dlog Ā brings down the exponent.
-            grad_log_A = (gP * P.conj()) @ a.to(gP.dtype) + (gI * Ib.conj()) @ b.to(gI.dtype)
+            # Σ_a gP·conj(P)·a with conj(P) = lhs1 + i lhs2, and Σ_b gI·conj(I)·b with
+            # conj(I) = rhs1 − i rhs2.
+            S = torch.bmm(lhs, G3)  # (H, 2N, M) = [Σ_a G·Re P ; −Σ_a G·Im P]
+            S1, S2 = S[:, :N], S[:, N:]
+            L1, L2 = lhs[:, :N], lhs[:, N:]
+            I1, I2 = rhs[:, :N], rhs[:, N:]
+            re = ((R1 * L1).add_(R2 * L2) @ a).add_((S1 * I1).add_(S2 * I2) @ b)
+            im = ((R1 * L2).sub_(R2 * L1) @ a).add_((S2 * I1).sub_(S1 * I2) @ b)
+            grad_log_A = torch.complex(re, im).mul_(2)
         return grad_W, grad_log_A, None
 
 
-def _powers(log_A: Tensor, ls: Tensor) -> Tensor:
-    """``exp(l · log_A)`` for each l in ``ls``: (H, N) × (P,) → (H, N, P) complex. Built as
-    ``polar(exp(l·Re), l·Im)`` — on CPU a complex ``exp`` is ~7× slower than its real parts."""
-    return torch.polar(torch.exp(log_A.real[..., None] * ls), log_A.imag[..., None] * ls)
+def _powers(log_A: Tensor, ls: Tensor) -> tuple[Tensor, Tensor]:
+    """``exp(l · log_A)`` for each l in ``ls`` as (real, imaginary) parts: (H, N) × (P,) →
+    2 × (H, N, P). Built as ``exp(l·Re)·(cos, sin)(l·Im)`` in real arithmetic — on CPU a
+    complex ``exp`` is ~7× slower and ``polar`` ~3× slower than these parts."""
+    mag = torch.exp(log_A.real[..., None] * ls)
+    phase = log_A.imag[..., None] * ls
+    re = mag * torch.cos(phase)
+    return re, mag.mul_(torch.sin(phase))
 
 
 def vandermonde_kernel_ref(W: Tensor, A_bar: Tensor, L: int) -> Tensor:
