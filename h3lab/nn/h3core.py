@@ -40,6 +40,13 @@ def h3_mix(qkv: Tensor, k_shift: Tensor, D_shift: Tensor, k_diag: Tensor, D_diag
     return apply(qkv.contiguous(), k_shift, D_shift, k_diag, D_diag, n1, n2)
 
 
+# Below this many bytes of intermediates (the shifted keys, kv, the SSM output and the two
+# spectra the backward needs), the forward keeps them and the backward does not recompute
+# them: at 1k-2k tokens that saves a third of the pass's FFTs for tens of MiB; longer
+# sequences recompute, which keeps the peak flat (0.75 GiB at 16k). Tunable for tests.
+SAVE_BYTES = 64 << 20
+
+
 class _H3Mix(torch.autograd.Function):
     """See the module docstring. Both gradients of each convolution are correlations that
     the same zero padding keeps exact (as in :class:`h3lab.nn.fftconv._FFTConv`)."""
@@ -60,19 +67,35 @@ class _H3Mix(torch.autograd.Function):
         f1 = torch.fft.rfft(k_shift, n=n1)  # (D, n1//2+1)
         f2 = torch.fft.rfft(k_diag, n=n2)  # (D, n2//2+1)
         y = qkv.new_empty(B, D, L)
+        real, cplx = qkv.element_size(), 2 * qkv.element_size()
+        keep = B * D * (3 * L * real + (n1 // 2 + n2 // 2 + 2) * cplx) <= SAVE_BYTES
+        if keep:  # (B, D, L) ×3 and the spectra of k and kv, filled block by block
+            ks_all, kv_all, s_all = (qkv.new_empty(B, D, L) for _ in range(3))
+            kf_all = torch.empty(B, D, n1 // 2 + 1, dtype=f1.dtype, device=qkv.device)
+            kvf_all = torch.empty(B, D, n2 // 2 + 1, dtype=f2.dtype, device=qkv.device)
         for bs, hs in _row_blocks(y, max(n1, n2)):
             q, k, v = (qkv[bs, hs.start + i * D : hs.stop + i * D] for i in range(3))
-            ks = torch.fft.irfft(torch.fft.rfft(k, n=n1).mul_(f1[hs]), n=n1)[..., :L]
-            kv = ks.addcmul_(k, D_shift[hs, None]).mul_(v)  # (b, h, L)
-            s = torch.fft.irfft(torch.fft.rfft(kv, n=n2).mul_(f2[hs]), n=n2)[..., :L]
-            torch.mul(s.addcmul_(kv, D_diag[hs, None]), q, out=y[bs, hs])
-        ctx.save_for_backward(qkv, f1, D_shift, f2, D_diag)
+            k_f = torch.fft.rfft(k, n=n1)
+            if keep:
+                kf_all[bs, hs] = k_f
+            ks = torch.fft.irfft(k_f.mul_(f1[hs]), n=n1)[..., :L]
+            ks = ks.addcmul_(k, D_shift[hs, None])  # (b, h, L)
+            kv = ks * v if keep else ks.mul_(v)
+            kv_f = torch.fft.rfft(kv, n=n2)
+            if keep:
+                ks_all[bs, hs], kv_all[bs, hs], kvf_all[bs, hs] = ks, kv, kv_f
+            s = torch.fft.irfft(kv_f.mul_(f2[hs]), n=n2)[..., :L].addcmul_(kv, D_diag[hs, None])
+            if keep:
+                s_all[bs, hs] = s
+            torch.mul(s, q, out=y[bs, hs])
+        kept = (ks_all, kv_all, s_all, kf_all, kvf_all) if keep else ()
+        ctx.save_for_backward(qkv, f1, D_shift, f2, D_diag, *kept)
         ctx.sizes = (L, k_shift.shape[-1], k_diag.shape[-1], n1, n2)
         return y
 
     @staticmethod
     def backward(ctx: Any, gy: Tensor) -> tuple[Tensor | None, ...]:
-        qkv, f1, D_shift, f2, D_diag = ctx.saved_tensors
+        qkv, f1, D_shift, f2, D_diag, *kept = ctx.saved_tensors
         L, Ls, Ld, n1, n2 = ctx.sizes
         D = qkv.shape[1] // 3
         g_qkv = torch.empty_like(qkv)  # (B, 3D, L)
@@ -83,22 +106,25 @@ class _H3Mix(torch.autograd.Function):
             q, k, v = (qkv[bs, hs.start + i * D : hs.stop + i * D] for i in range(3))
             gq, gk, gv = (g_qkv[bs, hs.start + i * D : hs.stop + i * D] for i in range(3))
             g = gy[bs, hs].contiguous()  # (b, h, L); gy may arrive transposed
-            # Recompute the forward's intermediates for this block.
-            k_f = torch.fft.rfft(k, n=n1)
-            ks = torch.fft.irfft(k_f * f1[hs], n=n1)[..., :L].addcmul_(k, D_shift[hs, None])
-            kv = ks * v
-            kv_f = torch.fft.rfft(kv, n=n2)
-            s = torch.fft.irfft(kv_f * f2[hs], n=n2)[..., :L].addcmul_(kv, D_diag[hs, None])
+            if kept:  # the forward's intermediates for this block (read, never modified)
+                ks, kv, s, k_f, kv_f = (t[bs, hs] for t in kept)
+            else:  # recomputed
+                k_f = torch.fft.rfft(k, n=n1)
+                ks = torch.fft.irfft(k_f * f1[hs], n=n1)[..., :L].addcmul_(k, D_shift[hs, None])
+                kv = ks * v
+                kv_f = torch.fft.rfft(kv, n=n2)
+                s = torch.fft.irfft(kv_f * f2[hs], n=n2)[..., :L]
+                s = s.addcmul_(kv, D_diag[hs, None])
             torch.mul(g, s, out=gq)  # y = q ⊙ s
             gs = g * q
             gs_f = torch.fft.rfft(gs, n=n2)
-            gf2[hs] += kv_f.conj_physical_().mul_(gs_f).sum(0)
+            gf2[hs] += torch.mul(kv_f.conj(), gs_f).sum(0)
             gD2[hs] += (gs * kv).sum((0, 2))
             gkv = torch.fft.irfft(gs_f.mul_(f2c[hs]), n=n2)[..., :L].addcmul_(gs, D_diag[hs, None])
             torch.mul(gkv, ks, out=gv)  # kv = ks ⊙ v
             gks = gkv.mul_(v)
             gks_f = torch.fft.rfft(gks, n=n1)
-            gf1[hs] += k_f.conj_physical_().mul_(gks_f).sum(0)
+            gf1[hs] += torch.mul(k_f.conj(), gks_f).sum(0)
             gD1[hs] += (gks * k).sum((0, 2))
             gk_full = torch.fft.irfft(gks_f.mul_(f1c[hs]), n=n1)[..., :L]
             torch.addcmul(gk_full, gks, D_shift[hs, None], out=gk)

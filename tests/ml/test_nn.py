@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from h3lab.nn import fftconv as fftconv_module
+from h3lab.nn import h3core as h3core_module
 from h3lab.nn.attention import Attention
 from h3lab.nn.config import LMConfig, preset_mixers
 from h3lab.nn.fftconv import direct_conv_ref, fftconv, next_fast_len
@@ -155,10 +156,12 @@ def test_next_fast_len_is_the_smallest_2_rich_5_smooth_length_at_least_n() -> No
 @pytest.mark.parametrize("head_dim", [1, 4])
 @pytest.mark.parametrize("block_bytes", [1, 3000, 1 << 20], ids=["rows", "channels", "batch"])
 @pytest.mark.parametrize("L", [1, 37, 300])
+@pytest.mark.parametrize("save_bytes", [0, 1 << 30], ids=["recompute", "keep"])
 def test_fused_h3_equals_the_composed_layer_with_gradients(
-    monkeypatch: pytest.MonkeyPatch, block_bytes: int, L: int, head_dim: int
+    monkeypatch: pytest.MonkeyPatch, block_bytes: int, L: int, head_dim: int, save_bytes: int
 ) -> None:
     monkeypatch.setattr(fftconv_module, "BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr(h3core_module, "SAVE_BYTES", save_bytes)  # head_dim 1 only
     layer = H3(cfg_for("h3", head_dim=head_dim)).double()
     assert layer._can_fuse(torch.zeros(1, 48, 4)) is True
     layer.reset_parameters(gen(1))
@@ -181,10 +184,12 @@ def test_fused_h3_equals_the_composed_layer_with_gradients(
         assert rel_err(gp_f[name], gp_c[name]) < 1e-10, name
 
 
+@pytest.mark.parametrize("save_bytes", [0, 1 << 30], ids=["recompute", "keep"])
 def test_fused_h3_function_gradients_match_finite_differences(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, save_bytes: int
 ) -> None:
     monkeypatch.setattr(fftconv_module, "BLOCK_BYTES", 200)  # several blocks
+    monkeypatch.setattr(h3core_module, "SAVE_BYTES", save_bytes)
     g = gen(4)
     qkv = torch.randn(1, 3 * 3, 8, generator=g, dtype=torch.float64, requires_grad=True)
     ks = torch.randn(3, 4, generator=g, dtype=torch.float64, requires_grad=True)
