@@ -111,6 +111,18 @@ def run_row(pk: int) -> Run:
     return Run.objects.get(pk=pk)
 
 
+@pytest.fixture(autouse=True)
+def _empty_broker(test_broker: dict[str, str]) -> None:
+    """Every end-to-end test starts with the session's queues empty, before any other fixture
+    submits work: messages an earlier test sent and no worker took (runs submitted by web
+    tests, reaper ticks) would otherwise reach this test's workers first (7 of them by the
+    time the worker tests ran, in a partial run)."""
+    from h3lab.celery import app
+
+    if discarded := app.control.purge():
+        print(f"discarded {discarded} message(s) left in the session's queues by earlier tests")
+
+
 @pytest.fixture
 def start_worker(
     test_broker: dict[str, str], tmp_path: Path, transactional_db: None
@@ -118,12 +130,6 @@ def start_worker(
     """Start real workers (``beat=True`` embeds the beat scheduler, i.e. the reaper, whose
     ticks go to the ``control`` queue); all are stopped at teardown, before the test database
     is flushed."""
-    from h3lab.celery import app
-
-    # The broker namespace is the session's: messages an earlier test sent and no worker took
-    # (runs submitted by web tests, reaper ticks) would otherwise reach this test's workers.
-    if discarded := app.control.purge():
-        print(f"discarded {discarded} message(s) left in the session's queues by earlier tests")
     workers: list[Worker] = []
     var_dir = tmp_path / "worker-var"
     var_dir.mkdir()
