@@ -133,6 +133,14 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     DATABASES["default"]["OPTIONS"].setdefault(
         "connect_timeout", env_int("DB_CONNECT_TIMEOUT_S", 5)
     )
+    # Server-side parameter binding lets psycopg prepare a statement once per connection after
+    # DB_PREPARE_THRESHOLD executions; with client-side binding (Django's default) every
+    # request's statement carries its own literals and PostgreSQL plans it afresh (the finding
+    # list's two statements spend about as long in the planner as in execution). Not behind a
+    # pooler in transaction mode, which cannot keep a connection's prepared statements.
+    if env_bool("DB_SERVER_SIDE_BINDING", False):
+        DATABASES["default"]["OPTIONS"]["server_side_binding"] = True
+        DATABASES["default"]["OPTIONS"]["prepare_threshold"] = env_int("DB_PREPARE_THRESHOLD", 2)
 # Retry-After of the 503 a database outage answers (web/errors.py).
 H3LAB_DB_RETRY_AFTER_S = env_int("H3LAB_DB_RETRY_AFTER_S", 30)
 

@@ -23,7 +23,15 @@ print(json.dumps({
     "hsts": settings.SECURE_HSTS_SECONDS, "hosts": settings.ALLOWED_HOSTS,
 }, default=str))
 """
-SERVER_VARS = ("DATABASE_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "DEBUG", "SECRET_KEY")
+SERVER_VARS = (
+    "DATABASE_URL",
+    "CELERY_BROKER_URL",
+    "CELERY_RESULT_BACKEND",
+    "DEBUG",
+    "SECRET_KEY",
+    "DB_SERVER_SIDE_BINDING",
+    "DB_PREPARE_THRESHOLD",
+)
 
 
 def settings_with(tmp_path: Path, **env: str) -> dict[str, Any]:
@@ -122,3 +130,20 @@ def test_a_fresh_checkout_without_var_can_open_the_embedded_database(tmp_path: P
     )
     assert done.returncode == 0, done.stderr
     assert (var / "h3lab.sqlite3").exists()
+
+
+def test_server_side_binding_is_opt_in_for_postgresql_and_prepares_statements(
+    tmp_path: Path,
+) -> None:
+    url = "postgres://app:secret@db.internal:5432/h3lab"
+    assert "server_side_binding" not in settings_with(tmp_path, DATABASE_URL=url)["options"]
+    on = settings_with(tmp_path, DATABASE_URL=url, DB_SERVER_SIDE_BINDING="1")["options"]
+    assert on["server_side_binding"] is True
+    assert on["prepare_threshold"] == 2
+    later = settings_with(
+        tmp_path, DATABASE_URL=url, DB_SERVER_SIDE_BINDING="1", DB_PREPARE_THRESHOLD="5"
+    )
+    assert later["options"]["prepare_threshold"] == 5
+    # SQLite has no such thing: the embedded default ignores the switch.
+    embedded = settings_with(tmp_path, DB_SERVER_SIDE_BINDING="1")["options"]
+    assert "server_side_binding" not in embedded and "prepare_threshold" not in embedded
