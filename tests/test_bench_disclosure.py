@@ -65,6 +65,7 @@ def test_bench_visibility_alternates_h3lab_and_guardian(tmp_path: Path) -> None:
     assert report["goal_p95_ms"] == 10.0
     (result,) = report["results"]
     assert result["backend"] == "sqlite" and result["findings"] == 300
+    assert result["server_side_binding"] is False  # SQLite has none
     assert len(result["load_before"]) == len(result["load_after"]) == 3
     assert len(result["personas"]) == 10
     for persona, m in result["personas"].items():

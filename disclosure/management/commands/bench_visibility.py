@@ -450,6 +450,10 @@ def _work(backend: str, n: int, reps: int) -> dict[str, Any]:
     return {
         "backend": backend,
         "server": version,
+        # DB_SERVER_SIDE_BINDING: statements prepared per connection instead of planned per request
+        "server_side_binding": bool(
+            connection.settings_dict.get("OPTIONS", {}).get("server_side_binding", False)
+        ),
         "findings": n,
         "load_before": load_before,
         "load_after": load_after,
@@ -466,7 +470,9 @@ def render_table(report: dict[str, Any]) -> str:
     for r in report["results"]:
         lines += [
             "",
-            f"{r['backend']} ({r['server']}), {r['findings']:,} findings, "
+            f"{r['backend']} ({r['server']}"
+            f"{', server-side binding' if r.get('server_side_binding') else ''}), "
+            f"{r['findings']:,} findings, "
             f"{report['repetitions']} alternated requests per contender; "
             f"load average before {r['load_before']}, after {r['load_after']}",
             "",
