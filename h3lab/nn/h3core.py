@@ -36,8 +36,12 @@ def h3_mix(qkv: Tensor, k_shift: Tensor, D_shift: Tensor, k_diag: Tensor, D_diag
     k_shift, k_diag = k_shift[..., :L], k_diag[..., :L]
     n1 = next_fast_len(L + k_shift.shape[-1] - 1)
     n2 = next_fast_len(L + k_diag.shape[-1] - 1)
+    # Intermediates are worth keeping only for a backward; inside the Function grad mode is
+    # always off, and ``needs_input_grad`` is set under ``no_grad`` too, so it is decided here.
+    inputs = (qkv, k_shift, D_shift, k_diag, D_diag)
+    for_backward = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
     apply = cast(Callable[..., Tensor], _H3Mix.apply)  # Function.apply is untyped
-    return apply(qkv.contiguous(), k_shift, D_shift, k_diag, D_diag, n1, n2)
+    return apply(qkv.contiguous(), k_shift, D_shift, k_diag, D_diag, n1, n2, for_backward)
 
 
 # Below this many bytes of intermediates (the shifted keys, kv, the SSM output and the two
@@ -61,6 +65,7 @@ class _H3Mix(torch.autograd.Function):
         D_diag: Tensor,
         n1: int,
         n2: int,
+        for_backward: bool,
     ) -> Tensor:
         B, C3, L = qkv.shape
         D = C3 // 3
@@ -68,7 +73,8 @@ class _H3Mix(torch.autograd.Function):
         f2 = torch.fft.rfft(k_diag, n=n2)  # (D, n2//2+1)
         y = qkv.new_empty(B, D, L)
         real, cplx = qkv.element_size(), 2 * qkv.element_size()
-        keep = B * D * (3 * L * real + (n1 // 2 + n2 // 2 + 2) * cplx) <= SAVE_BYTES
+        size = B * D * (3 * L * real + (n1 // 2 + n2 // 2 + 2) * cplx)
+        keep = for_backward and size <= SAVE_BYTES
         if keep:  # (B, D, L) ×3 and the spectra of k and kv, filled block by block
             ks_all, kv_all, s_all = (qkv.new_empty(B, D, L) for _ in range(3))
             kf_all = torch.empty(B, D, n1 // 2 + 1, dtype=f1.dtype, device=qkv.device)
@@ -135,6 +141,7 @@ class _H3Mix(torch.autograd.Function):
             gD1 if need[2] else None,
             torch.fft.irfft(gf2, n=n2)[..., :Ld] if need[3] else None,
             gD2 if need[4] else None,
+            None,
             None,
             None,
         )

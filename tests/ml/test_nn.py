@@ -210,6 +210,49 @@ def test_fused_h3_function_gradients_match_finite_differences(
     assert torch.autograd.gradcheck(heads, (qkv, ks, d1, kd, d2))
 
 
+def test_fused_h3_keeps_intermediates_only_for_a_backward(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Below SAVE_BYTES the forward keeps five more tensors for the backward; without a
+    backward to come (no_grad, evaluation) it allocates none of them."""
+    monkeypatch.setattr(h3core_module, "SAVE_BYTES", 1 << 30)
+    g = gen(4)
+    qkv = torch.randn(2, 3 * 4, 10, generator=g, requires_grad=True)
+    kernels = (torch.randn(4, 3, generator=g), torch.randn(4, generator=g))
+    args = (qkv, *kernels, torch.randn(4, 10, generator=g), torch.randn(4, generator=g))
+
+    saved: list[torch.Size] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved.append(t.shape)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        h3_mix(*args)
+    assert len(saved) == 10  # qkv, two spectra, two skips + ks, kv, s and two spectra
+    monkeypatch.setattr(h3core_module, "SAVE_BYTES", 0)
+    saved.clear()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        h3_mix(*args)
+    assert len(saved) == 5
+
+    monkeypatch.setattr(h3core_module, "SAVE_BYTES", 1 << 30)
+    spectra: list[tuple[int, ...]] = []
+    empty = torch.empty
+
+    def spy(*size: Any, **kw: Any) -> torch.Tensor:
+        if kw.get("dtype") is not None and kw["dtype"].is_complex:
+            spectra.append(tuple(size))
+        return empty(*size, **kw)
+
+    monkeypatch.setattr(torch, "empty", spy)
+    h3_mix(*args)
+    assert len(spectra) == 2, "with a backward to come the spectra are kept"
+    spectra.clear()
+    with torch.no_grad():
+        y = h3_mix(*args)
+    assert spectra == [], "nothing is kept for a backward that will not run"
+    torch.testing.assert_close(y, h3_mix(*args).detach())
+
+
 def test_an_active_inner_hook_takes_the_composed_path_and_sees_the_intermediate() -> None:
     assert H3(cfg_for("h3ch", head_dim=2))._can_fuse(torch.zeros(1, 48, 4)) is False
     layer = H3(cfg_for("h3"))
