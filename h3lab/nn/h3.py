@@ -285,10 +285,10 @@ class H3(nn.Module):
         shift = torch.cat((k[..., None], state.shift[..., :-1]), dim=-1)  # (B, D, N) newest first
         state.shift = shift
         kv = torch.linalg.vecdot(shift, f.taps).mul_(v)  # (B, D) shift SSM, then ⊙ v
-        xs = state.kv  # (B, D, N/2) complex, updated in place
-        xs.mul_(f.A_bar)
-        torch.view_as_real(xs).addcmul_(f.B_pairs, kv[..., None, None])  # + B̄ u
-        s = torch.linalg.vecdot(torch.view_as_real(xs).flatten(-2), f.C_pairs)  # Re(2C x)
+        xs = state.kv.mul_(f.A_bar)  # (B, D, N/2) complex, updated in place
+        xr = torch.view_as_real(xs)  # (B, D, N/2, 2), the same memory
+        xr.addcmul_(f.B_pairs, kv[..., None, None])  # + B̄ u
+        s = torch.linalg.vecdot(xr.flatten(-2), f.C_pairs)  # Re(2C x)
         y = torch.addcmul(s, f.D, kv).mul_(q)  # (B, D): (kv SSM + skip) ⊙ q
         out: Tensor = self.out_proj(y)
         return out
