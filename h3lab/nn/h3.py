@@ -35,9 +35,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
@@ -55,12 +56,14 @@ class H3State:
 
     shift: (B, D, N) the last N keys; kv: the kv SSM's state — (B, C, N/2) complex for the
     diagonal SSM, (B, C, N) real for the shift ablation; params: frozen discretisation of the
-    diagonal SSM (None for the ablation)."""
+    diagonal SSM (None for the ablation); kv_real: (B, C, N) the complex kv state's real view
+    (the same memory, interleaved re, im), taken once for the fused step."""
 
     shift: Tensor
     kv: Tensor
     params: DiagonalStepParams | None
     fused: H3StepParams | None = None  # set when :meth:`H3.step` can take its fused path
+    kv_real: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -69,16 +72,24 @@ class H3StepParams:
     the state (like :class:`DiagonalStepParams`: allocate a new state after changing weights).
 
     taps: (D, N) the shift SSM's filter with its skip D folded into tap 0 (the newest input);
-    A_bar: (D, N/2) complex; B_pairs: (D, N/2, 2) B̄ as (re, im) pairs, so ``B̄ u`` for a real u
-    is one real multiply-add into the state's real view; C_pairs: (D, N) conj(2C) as
+    A_bar: (D, N/2) complex; B_pairs: (D, N) B̄ as interleaved (re, im), so ``B̄ u`` for a real
+    u is one real multiply-add into the state's real view; C_pairs: (D, N) conj(2C) as
     interleaved (re, im), so ``Re(2C · x)`` is one real dot with that view; D: (D,) the kv
-    SSM's skip."""
+    SSM's skip; w_in, b_in, w_out, b_out: the projections' own parameters (not copies: an
+    in-place update is seen); hooks: the projections' forward and forward-pre hook registries
+    and the global ones — the live dicts, which registering a hook fills, so the step can see
+    in one ``any`` that a hook would need the modules called."""
 
     taps: Tensor
     A_bar: Tensor
     B_pairs: Tensor
     C_pairs: Tensor
     D: Tensor
+    w_in: Tensor
+    b_in: Tensor
+    w_out: Tensor
+    b_out: Tensor
+    hooks: tuple[dict[Any, Any], ...]
 
 
 class H3(nn.Module):
@@ -254,6 +265,7 @@ class H3(nn.Module):
             kv=kv,
             params=params,
             fused=fused,
+            kv_real=torch.view_as_real(kv).flatten(-2) if fused is not None else None,
         )
 
     @torch.no_grad()
@@ -263,9 +275,21 @@ class H3(nn.Module):
         return H3StepParams(
             taps=taps,
             A_bar=p.A_bar,
-            B_pairs=torch.view_as_real(p.B_bar).contiguous(),
+            B_pairs=torch.view_as_real(p.B_bar).flatten(-2).contiguous(),
             C_pairs=torch.view_as_real(p.C2.conj().resolve_conj()).flatten(-2).contiguous(),
             D=p.D,
+            w_in=self.in_proj.weight,
+            b_in=self.in_proj.bias,
+            w_out=self.out_proj.weight,
+            b_out=self.out_proj.bias,
+            hooks=(
+                self.in_proj._forward_hooks,
+                self.in_proj._forward_pre_hooks,
+                self.out_proj._forward_hooks,
+                self.out_proj._forward_pre_hooks,
+                nn.modules.module._global_forward_hooks,
+                nn.modules.module._global_forward_pre_hooks,
+            ),
         )
 
     def step(self, x: Tensor, state: H3State) -> Tensor:
@@ -277,21 +301,23 @@ class H3(nn.Module):
         arithmetic, so it takes 11 where the reference takes ~20 — the shift register
         advanced by one ``cat`` (the new buffer replaces ``state.shift``), the shift SSM's
         skip folded into its taps, ``B̄ u`` and ``Re(2C x)`` as real ops on the complex
-        state's real view (no complex promotion of u, no conjugate)."""
-        f = state.fused
-        if f is None:
+        state's real view (no complex promotion of u, no conjugate) — and calls the
+        projections' ``F.linear`` and the tensors' methods directly (no module call, no
+        Python indexing). A hook on either projection sends the step to the reference,
+        which calls the modules, so the hook sees every token."""
+        f, xr = state.fused, state.kv_real
+        if f is None or xr is None or any(f.hooks):
             return self.step_reference(x, state)
-        q, k, v = self.in_proj(x).chunk(3, dim=-1)  # (B, D) each
-        shift = torch.cat((k[..., None], state.shift[..., :-1]), dim=-1)  # (B, D, N) newest first
-        state.shift = shift
+        q, k, v = F.linear(x, f.w_in, f.b_in).chunk(3, -1)  # (B, D) each
+        old = state.shift
+        shift = torch.cat((k.unsqueeze(-1), old.narrow(-1, 0, old.shape[-1] - 1)), -1)
+        state.shift = shift  # (B, D, N) newest first
         kv = torch.linalg.vecdot(shift, f.taps).mul_(v)  # (B, D) shift SSM, then ⊙ v
-        xs = state.kv.mul_(f.A_bar)  # (B, D, N/2) complex, updated in place
-        xr = torch.view_as_real(xs)  # (B, D, N/2, 2), the same memory
-        xr.addcmul_(f.B_pairs, kv[..., None, None])  # + B̄ u
-        s = torch.linalg.vecdot(xr.flatten(-2), f.C_pairs)  # Re(2C x)
+        state.kv.mul_(f.A_bar)  # (B, D, N/2) complex, in place; xr is its real view
+        xr.addcmul_(f.B_pairs, kv.unsqueeze(-1))  # + B̄ u
+        s = torch.linalg.vecdot(xr, f.C_pairs)  # Re(2C x)
         y = torch.addcmul(s, f.D, kv).mul_(q)  # (B, D): (kv SSM + skip) ⊙ q
-        out: Tensor = self.out_proj(y)
-        return out
+        return F.linear(y, f.w_out, f.b_out)
 
     def step_reference(self, x: Tensor, state: H3State) -> Tensor:
         """:meth:`step` composed from the SSMs' own steps (any head_dim, either kv SSM); the

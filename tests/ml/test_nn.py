@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import torch
+from torch import nn
 
 from h3lab.nn import fftconv as fftconv_module
 from h3lab.nn import h3core as h3core_module
@@ -334,6 +335,60 @@ def test_the_fused_h3_step_equals_the_reference_step(prefill: int) -> None:
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(fused.shift, ref.shift, rtol=0, atol=0)
     torch.testing.assert_close(fused.kv, ref.kv, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("where", ["in_proj", "out_proj_pre", "global"])
+def test_a_hook_on_a_projection_sees_every_fused_step(where: str) -> None:
+    """The fused step calls the projections' ``F.linear`` directly; a hook on either (or a
+    global one) must still fire and edit what it edits, token by token, as with the modules."""
+    m = layer("h3", head_dim=1, dtype=torch.float64)
+    x = torch.randn(2, 6, 16, generator=gen(8), dtype=torch.float64)
+    calls: list[int] = []
+
+    def edit(_m: nn.Module, _a: object, out: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        return out * 2
+
+    def edit_in(_m: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        calls.append(1)
+        return (args[0] * 2,)
+
+    with torch.no_grad():
+        plain_state, hooked_state, ref_state = (m.allocate_state(2, 6) for _ in range(3))
+        ref_state.fused = None
+        plain = torch.stack([m.step(x[:, t], plain_state) for t in range(6)], 1)
+        if where == "in_proj":
+            handle = m.in_proj.register_forward_hook(edit)
+        elif where == "out_proj_pre":
+            handle = m.out_proj.register_forward_pre_hook(edit_in)
+        else:
+            handle = nn.modules.module.register_module_forward_hook(
+                lambda mod, a, out: edit(mod, a, out) if mod is m.in_proj else None
+            )
+        try:
+            got = torch.stack([m.step(x[:, t], hooked_state) for t in range(6)], 1)
+            n_fused = len(calls)
+            want = torch.stack([m.step_reference(x[:, t], ref_state) for t in range(6)], 1)
+        finally:
+            handle.remove()
+        after = m.step(x[:, 0], m.allocate_state(2, 6))
+    assert n_fused == 6, "the hook fired once per token"
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(got, plain), "the hook's edit reached the output"
+    torch.testing.assert_close(after, plain[:, 0], rtol=0, atol=0)  # removed: fused again
+
+
+def test_the_fused_step_sees_weights_updated_in_place() -> None:
+    """An optimiser updates parameters in place; a state allocated before must step with the
+    new weights, like the reference, which reads the modules."""
+    m = layer("h3", head_dim=1, dtype=torch.float64)
+    x = torch.randn(2, 16, generator=gen(9), dtype=torch.float64)
+    with torch.no_grad():
+        fused, ref = m.allocate_state(2, 4), m.allocate_state(2, 4)
+        ref.fused = None
+        m.in_proj.weight.mul_(1.5)
+        m.out_proj.bias.add_(0.25)
+        torch.testing.assert_close(m.step(x, fused), m.step(x, ref), rtol=1e-12, atol=1e-12)
 
 
 def test_only_head_dim_1_with_a_diagonal_kv_ssm_takes_the_fused_step() -> None:
