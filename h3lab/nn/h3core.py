@@ -51,9 +51,34 @@ def h3_mix(qkv: Tensor, k_shift: Tensor, D_shift: Tensor, k_diag: Tensor, D_diag
 SAVE_BYTES = 64 << 20
 
 
+def _zero_tailed(like: Tensor, blocks: list[tuple[slice, slice]], L: int, n: int) -> Tensor:
+    """One buffer for every block's rows padded to n points: (b, h, n) for the largest block,
+    its tail [L, n) zeroed once. A block writes its L values into ``buf[:b, :h, :L]`` (a
+    contiguous prefix: blocks of several sequences hold every channel) and transforms the
+    rows whole, where ``rfft(x, n=n)`` would allocate, zero-fill and copy per call."""
+    b = max(bs.stop - bs.start for bs, _ in blocks)
+    h = max(hs.stop - hs.start for _, hs in blocks)
+    buf = like.new_empty(b, h, n)
+    buf[..., L:].zero_()
+    return buf
+
+
+def _add_conj_product(acc: Tensor, a_conj: Tensor, b: Tensor) -> None:
+    """acc (h, m) += Σ_batch a_conj ⊙ b for (b, h, m) spectra, without a temporary when the
+    block holds one sequence (the usual case for long L)."""
+    if a_conj.shape[0] == 1:
+        acc.addcmul_(a_conj[0], b[0])
+    else:
+        acc += torch.mul(a_conj, b).sum(0)
+
+
 class _H3Mix(torch.autograd.Function):
     """See the module docstring. Both gradients of each convolution are correlations that
-    the same zero padding keeps exact (as in :class:`h3lab.nn.fftconv._FFTConv`)."""
+    the same zero padding keeps exact (as in :class:`h3lab.nn.fftconv._FFTConv`). Rows to be
+    transformed are written straight into zero-tailed buffers (:func:`_zero_tailed`), kept
+    intermediates straight into their saved tensors, and the spectra the backward correlates
+    with are conjugated in place (or stored conjugated), so no per-block padding, copy or
+    conjugate view is materialised."""
 
     @staticmethod
     def forward(
@@ -75,26 +100,36 @@ class _H3Mix(torch.autograd.Function):
         real, cplx = qkv.element_size(), 2 * qkv.element_size()
         size = B * D * (3 * L * real + (n1 // 2 + n2 // 2 + 2) * cplx)
         keep = for_backward and size <= SAVE_BYTES
-        if keep:  # (B, D, L) ×3 and the spectra of k and kv, filled block by block
+        if keep:  # (B, D, L) ×3 and the conjugate spectra of k and kv, filled block by block
             ks_all, kv_all, s_all = (qkv.new_empty(B, D, L) for _ in range(3))
-            kf_all = torch.empty(B, D, n1 // 2 + 1, dtype=f1.dtype, device=qkv.device)
-            kvf_all = torch.empty(B, D, n2 // 2 + 1, dtype=f2.dtype, device=qkv.device)
-        for bs, hs in _row_blocks(y, max(n1, n2)):
+            kfc_all = torch.empty(B, D, n1 // 2 + 1, dtype=f1.dtype, device=qkv.device)
+            kvfc_all = torch.empty(B, D, n2 // 2 + 1, dtype=f2.dtype, device=qkv.device)
+        blocks = _row_blocks(y, max(n1, n2))
+        pk, pkv = _zero_tailed(qkv, blocks, L, n1), _zero_tailed(qkv, blocks, L, n2)
+        for bs, hs in blocks:
             q, k, v = (qkv[bs, hs.start + i * D : hs.stop + i * D] for i in range(3))
-            k_f = torch.fft.rfft(k, n=n1)
+            pk_b, pkv_b = pk[: q.shape[0], : q.shape[1]], pkv[: q.shape[0], : q.shape[1]]
+            pk_b[..., :L] = k
+            k_f = torch.fft.rfft(pk_b)  # (b, h, n1//2+1)
             if keep:
-                kf_all[bs, hs] = k_f
+                torch.conj_physical(k_f, out=kfc_all[bs, hs])
             ks = torch.fft.irfft(k_f.mul_(f1[hs]), n=n1)[..., :L]
-            ks = ks.addcmul_(k, D_shift[hs, None])  # (b, h, L)
-            kv = ks * v if keep else ks.mul_(v)
-            kv_f = torch.fft.rfft(kv, n=n2)
             if keep:
-                ks_all[bs, hs], kv_all[bs, hs], kvf_all[bs, hs] = ks, kv, kv_f
-            s = torch.fft.irfft(kv_f.mul_(f2[hs]), n=n2)[..., :L].addcmul_(kv, D_diag[hs, None])
+                ks = torch.addcmul(ks, k, D_shift[hs, None], out=ks_all[bs, hs])
+            else:
+                ks = ks.addcmul_(k, D_shift[hs, None])  # (b, h, L)
+            kv = torch.mul(ks, v, out=pkv_b[..., :L])
+            kv_f = torch.fft.rfft(pkv_b)  # (b, h, n2//2+1)
             if keep:
-                s_all[bs, hs] = s
+                kv_all[bs, hs] = kv
+                torch.conj_physical(kv_f, out=kvfc_all[bs, hs])
+            s = torch.fft.irfft(kv_f.mul_(f2[hs]), n=n2)[..., :L]
+            if keep:
+                s = torch.addcmul(s, kv, D_diag[hs, None], out=s_all[bs, hs])
+            else:
+                s = s.addcmul_(kv, D_diag[hs, None])
             torch.mul(s, q, out=y[bs, hs])
-        kept = (ks_all, kv_all, s_all, kf_all, kvf_all) if keep else ()
+        kept = (ks_all, kv_all, s_all, kfc_all, kvfc_all) if keep else ()
         ctx.save_for_backward(qkv, f1, D_shift, f2, D_diag, *kept)
         ctx.sizes = (L, k_shift.shape[-1], k_diag.shape[-1], n1, n2)
         return y
@@ -107,30 +142,42 @@ class _H3Mix(torch.autograd.Function):
         g_qkv = torch.empty_like(qkv)  # (B, 3D, L)
         gf1, gf2 = torch.zeros_like(f1), torch.zeros_like(f2)  # Σ_b over the batch
         gD1, gD2 = torch.zeros_like(D_shift), torch.zeros_like(D_diag)
-        f1c, f2c = f1.conj(), f2.conj()
-        for bs, hs in _row_blocks(gy, max(n1, n2)):
+        f1c, f2c = f1.conj().resolve_conj(), f2.conj().resolve_conj()  # once, not per block
+        blocks = _row_blocks(gy, max(n1, n2))
+        # Zero-tailed rows: p1 holds k (when recomputing), then ∂ks; p2 kv; p3 ∂s.
+        p1 = _zero_tailed(qkv, blocks, L, n1)
+        p2 = _zero_tailed(qkv, blocks, L, n2) if not kept else None
+        p3 = _zero_tailed(qkv, blocks, L, n2)
+        for bs, hs in blocks:
             q, k, v = (qkv[bs, hs.start + i * D : hs.stop + i * D] for i in range(3))
             gq, gk, gv = (g_qkv[bs, hs.start + i * D : hs.stop + i * D] for i in range(3))
-            g = gy[bs, hs].contiguous()  # (b, h, L); gy may arrive transposed
+            b, h = q.shape[0], q.shape[1]
+            p1_b, p3_b = p1[:b, :h], p3[:b, :h]
+            g = gy[bs, hs].contiguous()  # (b, h, L); a no-op unless gy arrives transposed
             if kept:  # the forward's intermediates for this block (read, never modified)
-                ks, kv, s, k_f, kv_f = (t[bs, hs] for t in kept)
+                ks, kv, s, k_fc, kv_fc = (t[bs, hs] for t in kept)
             else:  # recomputed
-                k_f = torch.fft.rfft(k, n=n1)
-                ks = torch.fft.irfft(k_f * f1[hs], n=n1)[..., :L].addcmul_(k, D_shift[hs, None])
-                kv = ks * v
-                kv_f = torch.fft.rfft(kv, n=n2)
-                s = torch.fft.irfft(kv_f * f2[hs], n=n2)[..., :L]
+                assert p2 is not None
+                p2_b = p2[:b, :h]
+                p1_b[..., :L] = k
+                k_fc = torch.fft.rfft(p1_b)
+                ks = torch.fft.irfft(k_fc * f1[hs], n=n1)[..., :L].addcmul_(k, D_shift[hs, None])
+                k_fc = k_fc.conj_physical_()
+                kv = torch.mul(ks, v, out=p2_b[..., :L])
+                kv_fc = torch.fft.rfft(p2_b)
+                s = torch.fft.irfft(kv_fc * f2[hs], n=n2)[..., :L]
                 s = s.addcmul_(kv, D_diag[hs, None])
+                kv_fc = kv_fc.conj_physical_()
             torch.mul(g, s, out=gq)  # y = q ⊙ s
-            gs = g * q
-            gs_f = torch.fft.rfft(gs, n=n2)
-            gf2[hs] += torch.mul(kv_f.conj(), gs_f).sum(0)
+            gs = torch.mul(g, q, out=p3_b[..., :L])
+            gs_f = torch.fft.rfft(p3_b)
+            _add_conj_product(gf2[hs], kv_fc, gs_f)
             gD2[hs] += (gs * kv).sum((0, 2))
             gkv = torch.fft.irfft(gs_f.mul_(f2c[hs]), n=n2)[..., :L].addcmul_(gs, D_diag[hs, None])
             torch.mul(gkv, ks, out=gv)  # kv = ks ⊙ v
-            gks = gkv.mul_(v)
-            gks_f = torch.fft.rfft(gks, n=n1)
-            gf1[hs] += torch.mul(k_f.conj(), gks_f).sum(0)
+            gks = torch.mul(gkv, v, out=p1_b[..., :L])
+            gks_f = torch.fft.rfft(p1_b)
+            _add_conj_product(gf1[hs], k_fc, gks_f)
             gD1[hs] += (gks * k).sum((0, 2))
             gk_full = torch.fft.irfft(gks_f.mul_(f1c[hs]), n=n1)[..., :L]
             torch.addcmul(gk_full, gks, D_shift[hs, None], out=gk)

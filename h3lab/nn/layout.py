@@ -9,25 +9,91 @@ transpose copy, and the backward stays a pair of GEMMs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, cast
+
 import torch
 from torch import Tensor
 
 
 def linear_to_channels_first(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """``(x @ weightᵀ + bias)`` transposed: x (B, L, D_in), weight (C, D_in), bias (C,)
-    → (B, C, L) contiguous."""
-    B, L, _ = x.shape
-    w = weight.expand(B, -1, -1)  # (B, C, D_in), a view
-    if bias is None:
-        return torch.bmm(w, x.mT)
-    return torch.baddbmm(bias[:, None].expand(B, -1, L), w, x.mT)  # (B, C, L)
+    → (B, C, L) contiguous. Differentiable; the gradient of x comes back (B, L, D_in)
+    contiguous, the bias's as one sum (see :class:`_ToChannelsFirst`)."""
+    apply = cast(Callable[..., Tensor], _ToChannelsFirst.apply)  # Function.apply is untyped
+    return apply(x, weight, bias)
 
 
 def linear_from_channels_first(y: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """``yᵀ @ weightᵀ + bias``: y (B, C, L), weight (D_out, C), bias (D_out,)
-    → (B, L, D_out) contiguous."""
-    B, _, L = y.shape
-    w = weight.mT.expand(B, -1, -1)  # (B, C, D_out), a view
-    if bias is None:
-        return torch.bmm(y.mT, w)
-    return torch.baddbmm(bias.expand(B, L, -1), y.mT, w)  # (B, L, D_out)
+    → (B, L, D_out) contiguous. Differentiable; the gradient of y comes back (B, C, L)
+    contiguous, as the blocked mixing's backward reads it (see :class:`_FromChannelsFirst`)."""
+    apply = cast(Callable[..., Tensor], _FromChannelsFirst.apply)  # Function.apply is untyped
+    return apply(y, weight, bias)
+
+
+def linear_to_channels_first_ref(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """The slow reference: the plain linear, transposed and copied."""
+    return torch.nn.functional.linear(x, weight, bias).mT.contiguous()
+
+
+def linear_from_channels_first_ref(y: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """The slow reference: transpose, copy, plain linear."""
+    return torch.nn.functional.linear(y.mT.contiguous(), weight, bias)
+
+
+# Autograd through ``baddbmm`` with an expanded bias and a transposed operand works, but its
+# backward materialises the expanded bias's gradient (a (B, C, L) copy, then a sum) and hands
+# back transposed gradients, which the next consumer copies. The two Functions below write
+# every gradient in the layout its consumer wants, each with one GEMM (weight: one per batch
+# element, accumulated in place).
+
+
+class _ToChannelsFirst(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        B, L, _ = x.shape
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        w = weight.expand(B, -1, -1)  # (B, C, D_in), a view
+        if bias is None:
+            return torch.bmm(w, x.mT)
+        return torch.baddbmm(bias[:, None].expand(B, -1, L), w, x.mT)  # (B, C, L)
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight = ctx.saved_tensors  # g: (B, C, L)
+        need = ctx.needs_input_grad
+        gx = torch.bmm(g.mT, weight.expand(g.shape[0], -1, -1)) if need[0] else None  # (B, L, D_in)
+        gw = _sum_of_products(g, x) if need[1] else None  # Σ_b g_b x_b: (C, D_in)
+        gb = g.sum((0, 2)) if ctx.has_bias and need[2] else None
+        return gx, gw, gb
+
+
+class _FromChannelsFirst(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, y: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        B, _, L = y.shape
+        ctx.save_for_backward(y, weight)
+        ctx.has_bias = bias is not None
+        w = weight.mT.expand(B, -1, -1)  # (B, C, D_out), a view
+        if bias is None:
+            return torch.bmm(y.mT, w)
+        return torch.baddbmm(bias.expand(B, L, -1), y.mT, w)  # (B, L, D_out)
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
+        y, weight = ctx.saved_tensors  # g: (B, L, D_out)
+        need = ctx.needs_input_grad
+        gy = torch.bmm(weight.mT.expand(g.shape[0], -1, -1), g.mT) if need[0] else None  # (B, C, L)
+        gw = _sum_of_products(g.mT, y.mT) if need[1] else None  # Σ_b g_bᵀ y_bᵀ: (D_out, C)
+        gb = g.sum((0, 1)) if ctx.has_bias and need[2] else None
+        return gy, gw, gb
+
+
+def _sum_of_products(a: Tensor, b: Tensor) -> Tensor:
+    """Σ_i a_i @ b_i for (B, m, k) and (B, k, n): one GEMM per i accumulated in place."""
+    out = torch.mm(a[0], b[0])
+    for i in range(1, a.shape[0]):
+        out.addmm_(a[i], b[i])
+    return out

@@ -651,3 +651,41 @@ def test_diagonal_ssm_starts_at_s4d_lin() -> None:
     torch.testing.assert_close(A, want.expand(5, 4))
     dt = ssm.log_dt.exp()
     assert bool(((dt >= 0.001) & (dt <= 0.1)).all())
+
+
+# ------------------------------------------------------------ channels-first projections
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("direction", ["to", "from"])
+def test_channels_first_linears_equal_the_plain_linear_with_gradients(
+    direction: str, bias: bool
+) -> None:
+    """The hand-written backward of the projections into and out of the (B, C, L) layout
+    against autograd through ``F.linear`` and a transpose, in float64; and the gradients
+    come back in the layout their consumers read (contiguous, no transposed views)."""
+    from h3lab.nn import layout
+
+    g = gen(11)
+    B, L, Din, Dout = 3, 7, 5, 6
+    shape = (B, L, Din) if direction == "to" else (B, Din, L)
+    x = torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(Dout, Din, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(Dout, generator=g, dtype=torch.float64, requires_grad=True) if bias else None
+    fast, ref = (
+        (layout.linear_to_channels_first, layout.linear_to_channels_first_ref)
+        if direction == "to"
+        else (layout.linear_from_channels_first, layout.linear_from_channels_first_ref)
+    )
+    leaves = [t for t in (x, w, b) if t is not None]
+    got = fast(x, w, b)
+    want = ref(x, w, b)
+    assert got.is_contiguous()
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    gout = torch.randn(got.shape, generator=g, dtype=torch.float64)
+    grads = torch.autograd.grad(got, leaves, gout)
+    want_grads = torch.autograd.grad(want, leaves, gout)
+    for a, e in zip(grads, want_grads, strict=True):
+        torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)
+    assert grads[0].is_contiguous(), "the input's gradient arrives in the input's layout"
+    assert torch.autograd.gradcheck(fast, (x, w, b))
