@@ -16,11 +16,11 @@ def test_bench_times_every_contender_side_by_side_and_writes_json(
 ) -> None:
     out = tmp_path / "bench.json"
     argv = ["--lengths", "64", "--rounds", "2", "--contexts", "16,32", "--gen-steps", "5"]
-    argv += ["--d-model", "32", "--batch", "2", "--contenders", "h3,ref,attn,h3_hd8,matmul"]
+    argv += ["--d-model", "32", "--batch", "2", "--contenders", ",".join(bench.CONTENDERS)]
     assert bench.main([*argv, "--threads", "2", "--out", str(out)]) == 0
 
     report = json.loads(out.read_text())
-    assert set(report) == {"meta", "train", "generation", "goals"}
+    assert set(report) == {"meta", "train", "generation", "goals", "goal_notes"}
     meta = report["meta"]
     assert {"load_avg_1min_start", "load_avg_1min_end", "memory", "flops", "fft_lengths"} <= set(
         meta
@@ -47,6 +47,15 @@ def test_bench_times_every_contender_side_by_side_and_writes_json(
         assert g["h3_ms_per_token"] > 0 and g["attn_ms_per_token"] > 0
     assert report["goals"]["h3_6x_ref_1k_to_16k"] is None  # L = 64 is outside 1k-16k
     assert isinstance(report["goals"]["hd8_within_1_5x_of_hd1"], bool)
+    # Every measured goal is printed with its value against the goal.
+    notes = report["goal_notes"]
+    assert "h3_6x_ref_1k_to_16k" not in notes
+    assert notes["hd8_within_1_5x_of_hd1"].startswith("max ")
+    assert "goal ≤ 1.5×" in notes["hd8_within_1_5x_of_hd1"]
+    assert (
+        "after 16 tokens" in notes["step_within_0_1_ms"]
+        or "after 32" in notes["step_within_0_1_ms"]
+    )
     text = capsys.readouterr().out
     assert "× h3" in text and "Goals" in text
 
@@ -100,3 +109,38 @@ def test_lengths_accept_k_suffixes() -> None:
 def test_unknown_contender_is_refused() -> None:
     with pytest.raises(SystemExit, match="unknown contender"):
         bench.main(["--contenders", "h3,rnn"])
+
+
+def _row(L: int, **ms: float) -> dict[str, object]:
+    """A train row as time_length writes it, from median ms per contender."""
+    row: dict[str, object] = {"L": L}
+    for k, v in ms.items():
+        row[k] = {"ms": v, "ms_min": v, "x_vs_h3": v / ms["h3"]} if k != "h3" else {"ms": v}
+    return row
+
+
+def test_a_missed_speedup_goal_says_what_the_projections_leave_for_the_mixing() -> None:
+    # ref 300, h3 60 (5×), projections 30: free mixing would give 10×; 6× needs the mixing
+    # within 300/6 − 30 = 20 ms, and it takes 30.
+    train = [_row(1024, h3=60.0, ref=300.0, proj=30.0), _row(4096, h3=100.0, ref=900.0, proj=40)]
+    assert bench.goals(train, [])["h3_6x_ref_1k_to_16k"] is False
+    note = bench.goal_notes(train, [])["h3_6x_ref_1k_to_16k"]
+    assert note.startswith("min 5.00× at L=1024 (goal ≥ 6×)")
+    assert "30.0 of h3's 60.0 ms (50 %)" in note and "ref/proj = 10.00×" in note
+    assert "within 20.0 ms, it takes 30.0" in note
+
+
+def test_a_met_goal_carries_its_value_and_no_reason() -> None:
+    train = [_row(1024, h3=40.0, ref=300.0, proj=30.0)]
+    assert bench.goals(train, [])["h3_6x_ref_1k_to_16k"] is True
+    note = bench.goal_notes(train, [])["h3_6x_ref_1k_to_16k"]
+    assert note == "min 7.50× at L=1024 (goal ≥ 6×)"
+
+
+def test_an_unsteady_matmul_anchor_is_flagged_beside_the_share_it_flatters() -> None:
+    row = _row(16384, h3=2000.0, proj=800.0)
+    row["h3"]["matmul_share"] = 0.56  # type: ignore[index]
+    row["matmul"] = {"ms": 300.0, "ms_min": 200.0, "gflops": 83.0}
+    note = bench.goal_notes([row], [])["h3_half_of_matmul_at_16k"]
+    assert note.startswith("56 % of the matmul's 83 GFLOP/s (goal ≥ 50 %)")
+    assert "1.50× its best round" in note and "why" not in note
