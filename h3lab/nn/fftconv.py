@@ -51,15 +51,15 @@ def next_fast_len(n: int) -> int:
 BLOCK_BYTES = 1 << 20
 
 
-def _row_blocks(u: Tensor, n: int) -> list[tuple[slice, slice]]:
+def _row_blocks(u: Tensor, n: int, min_rows: int = 1) -> list[tuple[slice, slice]]:
     """(batch slice, channel slice) blocks of about BLOCK_BYTES of padded rows of u (B, H, L)
-    on CPU: several whole sequences per block when they are short (per-block overhead would
-    otherwise dominate at L ≈ 40 and batch 128), part of one sequence's channels when they are
-    long. A GPU wants the whole batch in one launch."""
+    on CPU, and at least ``min_rows`` rows: several whole sequences per block when they are
+    short (per-block overhead would otherwise dominate at L ≈ 40 and batch 128), part of one
+    sequence's channels when they are long. A GPU wants the whole batch in one launch."""
     B, H, _ = u.shape
     if u.device.type != "cpu":
         return [(slice(0, B), slice(0, H))]
-    rows = max(1, BLOCK_BYTES // (n * u.element_size()))  # padded rows per block
+    rows = max(min_rows, BLOCK_BYTES // (n * u.element_size()))  # padded rows per block
     if rows >= H:
         nb = rows // H
         return [(slice(b, min(B, b + nb)), slice(0, H)) for b in range(0, B, nb)]

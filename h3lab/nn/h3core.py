@@ -8,7 +8,7 @@ layer keeps every intermediate of the sequence alive for the backward — the sh
 d_model 256 and 16k tokens, and streams each through memory several times. Here the forward
 walks (batch, channel) blocks of about :data:`h3lab.nn.fftconv.BLOCK_BYTES` of padded rows
 and does all of it per block while the block is in cache; it saves only the projection
-output ``qkv`` and the two kernels' spectra. The backward recomputes the shifted keys, ``kv``
+output ``qkv`` and the two kernels. The backward recomputes the shifted keys, ``kv``
 and the SSM output per block (two more FFTs than keeping them) and writes the gradient of
 ``qkv`` in place, so no intermediate of full size exists in either pass.
 
@@ -50,6 +50,13 @@ def h3_mix(qkv: Tensor, k_shift: Tensor, D_shift: Tensor, k_diag: Tensor, D_diag
 # sequences recompute, which keeps the peak flat (0.75 GiB at 16k). Tunable for tests.
 SAVE_BYTES = 64 << 20
 
+# A block holds at least this many rows, whatever BLOCK_BYTES says: each rfft/irfft call
+# plans its transform afresh (torch keeps no plan cache for MKL on the CPU: ~0.13 ms per call
+# at 32k points, against ~0.05 ms per row transformed), so at 8k-16k tokens blocks of 1 MiB,
+# 8 rows, paid as much for planning as for transforming. 32 rows took a 16k pass from 1.52
+# to 1.16 s for ~75 MiB more at its peak (64 rows: no faster, twice the memory). Tunable.
+MIN_ROWS = 32
+
 
 def _zero_tailed(like: Tensor, blocks: list[tuple[slice, slice]], L: int, n: int) -> Tensor:
     """One buffer for every block's rows padded to n points: (b, h, n) for the largest block,
@@ -72,13 +79,21 @@ def _add_conj_product(acc: Tensor, a_conj: Tensor, b: Tensor) -> None:
         acc += torch.mul(a_conj, b).sum(0)
 
 
+def _channel_major(blocks: list[tuple[slice, slice]]) -> list[tuple[slice, slice]]:
+    """The blocks channel block by channel block, each over the batch in order."""
+    return sorted(blocks, key=lambda t: (t[1].start, t[0].start))
+
+
 class _H3Mix(torch.autograd.Function):
     """See the module docstring. Both gradients of each convolution are correlations that
-    the same zero padding keeps exact (as in :class:`h3lab.nn.fftconv._FFTConv`). Rows to be
-    transformed are written straight into zero-tailed buffers (:func:`_zero_tailed`), kept
-    intermediates straight into their saved tensors, and the spectra the backward correlates
-    with are conjugated in place (or stored conjugated), so no per-block padding, copy or
-    conjugate view is materialised."""
+    the same zero padding keeps exact (as in :class:`h3lab.nn.fftconv._FFTConv`).
+
+    Blocks are walked channel block by channel block (each over the batch), so the kernels'
+    spectra, their conjugates and the kernels' gradient spectra exist only for the channels
+    at hand: whole, they would hold 100 MiB at 16k tokens beside the backward's peak. Rows to
+    be transformed are written straight into zero-tailed buffers (:func:`_zero_tailed`),
+    kept intermediates straight into their saved tensors, and the spectra the backward
+    correlates with are conjugated in place (or stored conjugated)."""
 
     @staticmethod
     def forward(
@@ -94,26 +109,30 @@ class _H3Mix(torch.autograd.Function):
     ) -> Tensor:
         B, C3, L = qkv.shape
         D = C3 // 3
-        f1 = torch.fft.rfft(k_shift, n=n1)  # (D, n1//2+1)
-        f2 = torch.fft.rfft(k_diag, n=n2)  # (D, n2//2+1)
         y = qkv.new_empty(B, D, L)
         real, cplx = qkv.element_size(), 2 * qkv.element_size()
         size = B * D * (3 * L * real + (n1 // 2 + n2 // 2 + 2) * cplx)
         keep = for_backward and size <= SAVE_BYTES
         if keep:  # (B, D, L) ×3 and the conjugate spectra of k and kv, filled block by block
+            cdtype = torch.complex128 if qkv.dtype == torch.float64 else torch.complex64
             ks_all, kv_all, s_all = (qkv.new_empty(B, D, L) for _ in range(3))
-            kfc_all = torch.empty(B, D, n1 // 2 + 1, dtype=f1.dtype, device=qkv.device)
-            kvfc_all = torch.empty(B, D, n2 // 2 + 1, dtype=f2.dtype, device=qkv.device)
-        blocks = _row_blocks(y, max(n1, n2))
+            kfc_all = torch.empty(B, D, n1 // 2 + 1, dtype=cdtype, device=qkv.device)
+            kvfc_all = torch.empty(B, D, n2 // 2 + 1, dtype=cdtype, device=qkv.device)
+        blocks = _channel_major(_row_blocks(y, max(n1, n2), MIN_ROWS))
         pk, pkv = _zero_tailed(qkv, blocks, L, n1), _zero_tailed(qkv, blocks, L, n2)
+        spectra_of: slice | None = None
         for bs, hs in blocks:
+            if hs != spectra_of:  # (h, n//2+1) each, for this channel block
+                f1 = torch.fft.rfft(k_shift[hs], n=n1)
+                f2 = torch.fft.rfft(k_diag[hs], n=n2)
+                spectra_of = hs
             q, k, v = (qkv[bs, hs.start + i * D : hs.stop + i * D] for i in range(3))
             pk_b, pkv_b = pk[: q.shape[0], : q.shape[1]], pkv[: q.shape[0], : q.shape[1]]
             pk_b[..., :L] = k
             k_f = torch.fft.rfft(pk_b)  # (b, h, n1//2+1)
             if keep:
                 torch.conj_physical(k_f, out=kfc_all[bs, hs])
-            ks = torch.fft.irfft(k_f.mul_(f1[hs]), n=n1)[..., :L]
+            ks = torch.fft.irfft(k_f.mul_(f1), n=n1)[..., :L]
             if keep:
                 ks = torch.addcmul(ks, k, D_shift[hs, None], out=ks_all[bs, hs])
             else:
@@ -123,41 +142,40 @@ class _H3Mix(torch.autograd.Function):
             if keep:
                 kv_all[bs, hs] = kv
                 torch.conj_physical(kv_f, out=kvfc_all[bs, hs])
-            s = torch.fft.irfft(kv_f.mul_(f2[hs]), n=n2)[..., :L]
+            s = torch.fft.irfft(kv_f.mul_(f2), n=n2)[..., :L]
             if keep:
                 s = torch.addcmul(s, kv, D_diag[hs, None], out=s_all[bs, hs])
             else:
                 s = s.addcmul_(kv, D_diag[hs, None])
             torch.mul(s, q, out=y[bs, hs])
         kept = (ks_all, kv_all, s_all, kfc_all, kvfc_all) if keep else ()
-        ctx.save_for_backward(qkv, f1, D_shift, f2, D_diag, *kept)
-        ctx.sizes = (L, k_shift.shape[-1], k_diag.shape[-1], n1, n2)
+        ctx.save_for_backward(qkv, k_shift, D_shift, k_diag, D_diag, *kept)
+        ctx.sizes = (L, n1, n2)
         return y
 
     @staticmethod
     def backward(ctx: Any, gy: Tensor) -> tuple[Tensor | None, ...]:
-        qkv, f1, D_shift, f2, D_diag, *kept = ctx.saved_tensors
-        L, Ls, Ld, n1, n2 = ctx.sizes
+        qkv, k_shift, D_shift, k_diag, D_diag, *kept = ctx.saved_tensors
+        L, n1, n2 = ctx.sizes
         D = qkv.shape[1] // 3
         g_qkv = torch.empty_like(qkv)  # (B, 3D, L)
-        gf1, gf2 = torch.zeros_like(f1), torch.zeros_like(f2)  # Σ_b over the batch
+        g_kshift, g_kdiag = torch.empty_like(k_shift), torch.empty_like(k_diag)
         gD1, gD2 = torch.zeros_like(D_shift), torch.zeros_like(D_diag)
-        # Channel block by channel block (each over the batch), so the kernels' conjugate
-        # spectra are materialised once per channel block: all at once they would add
-        # 50 MiB to the peak at 16k, per block they would be copied once per sequence.
-        blocks = sorted(_row_blocks(gy, max(n1, n2)), key=lambda t: (t[1].start, t[0].start))
-        conj_of: slice | None = None
+        blocks = _channel_major(_row_blocks(gy, max(n1, n2), MIN_ROWS))
         # Zero-tailed rows: p1 holds k (when recomputing), then ∂ks; p2 kv; p3 ∂s.
         p1 = _zero_tailed(qkv, blocks, L, n1)
         p2 = _zero_tailed(qkv, blocks, L, n2) if not kept else None
         p3 = _zero_tailed(qkv, blocks, L, n2)
-        for bs, hs in blocks:
-            q, k, v = (qkv[bs, hs.start + i * D : hs.stop + i * D] for i in range(3))
-            gq, gk, gv = (g_qkv[bs, hs.start + i * D : hs.stop + i * D] for i in range(3))
+        for i, (bs, hs) in enumerate(blocks):
+            if i == 0 or hs != blocks[i - 1][1]:  # a new channel block: its kernels' spectra
+                f1 = torch.fft.rfft(k_shift[hs], n=n1)  # (h, n1//2+1)
+                f2 = torch.fft.rfft(k_diag[hs], n=n2)
+                f1c, f2c = torch.conj_physical(f1), torch.conj_physical(f2)
+                gf1, gf2 = torch.zeros_like(f1), torch.zeros_like(f2)  # Σ_b over the batch
+            q, k, v = (qkv[bs, hs.start + j * D : hs.stop + j * D] for j in range(3))
+            gq, gk, gv = (g_qkv[bs, hs.start + j * D : hs.stop + j * D] for j in range(3))
             b, h = q.shape[0], q.shape[1]
             p1_b, p3_b = p1[:b, :h], p3[:b, :h]
-            if hs != conj_of:
-                f1c, f2c, conj_of = torch.conj_physical(f1[hs]), torch.conj_physical(f2[hs]), hs
             g = gy[bs, hs].contiguous()  # (b, h, L); a no-op unless gy arrives transposed
             if kept:  # the forward's intermediates for this block (read, never modified)
                 ks, kv, s, k_fc, kv_fc = (t[bs, hs] for t in kept)
@@ -166,32 +184,34 @@ class _H3Mix(torch.autograd.Function):
                 p2_b = p2[:b, :h]
                 p1_b[..., :L] = k
                 k_fc = torch.fft.rfft(p1_b)
-                ks = torch.fft.irfft(k_fc * f1[hs], n=n1)[..., :L].addcmul_(k, D_shift[hs, None])
+                ks = torch.fft.irfft(k_fc * f1, n=n1)[..., :L].addcmul_(k, D_shift[hs, None])
                 k_fc = k_fc.conj_physical_()
                 kv = torch.mul(ks, v, out=p2_b[..., :L])
                 kv_fc = torch.fft.rfft(p2_b)
-                s = torch.fft.irfft(kv_fc * f2[hs], n=n2)[..., :L]
-                s = s.addcmul_(kv, D_diag[hs, None])
+                s = torch.fft.irfft(kv_fc * f2, n=n2)[..., :L].addcmul_(kv, D_diag[hs, None])
                 kv_fc = kv_fc.conj_physical_()
             torch.mul(g, s, out=gq)  # y = q ⊙ s
             gs = torch.mul(g, q, out=p3_b[..., :L])
             gs_f = torch.fft.rfft(p3_b)
-            _add_conj_product(gf2[hs], kv_fc, gs_f)
+            _add_conj_product(gf2, kv_fc, gs_f)
             gD2[hs] += (gs * kv).sum((0, 2))
             gkv = torch.fft.irfft(gs_f.mul_(f2c), n=n2)[..., :L].addcmul_(gs, D_diag[hs, None])
             torch.mul(gkv, ks, out=gv)  # kv = ks ⊙ v
             gks = torch.mul(gkv, v, out=p1_b[..., :L])
             gks_f = torch.fft.rfft(p1_b)
-            _add_conj_product(gf1[hs], k_fc, gks_f)
+            _add_conj_product(gf1, k_fc, gks_f)
             gD1[hs] += (gks * k).sum((0, 2))
             gk_full = torch.fft.irfft(gks_f.mul_(f1c), n=n1)[..., :L]
             torch.addcmul(gk_full, gks, D_shift[hs, None], out=gk)
+            if i + 1 == len(blocks) or blocks[i + 1][1] != hs:  # the channel block is done
+                g_kshift[hs] = torch.fft.irfft(gf1, n=n1)[..., : k_shift.shape[-1]]
+                g_kdiag[hs] = torch.fft.irfft(gf2, n=n2)[..., : k_diag.shape[-1]]
         need = ctx.needs_input_grad
         return (
             g_qkv if need[0] else None,
-            torch.fft.irfft(gf1, n=n1)[..., :Ls] if need[1] else None,
+            g_kshift if need[1] else None,
             gD1 if need[2] else None,
-            torch.fft.irfft(gf2, n=n2)[..., :Ld] if need[3] else None,
+            g_kdiag if need[3] else None,
             gD2 if need[4] else None,
             None,
             None,

@@ -162,6 +162,7 @@ def test_fused_h3_equals_the_composed_layer_with_gradients(
     monkeypatch: pytest.MonkeyPatch, block_bytes: int, L: int, head_dim: int, save_bytes: int
 ) -> None:
     monkeypatch.setattr(fftconv_module, "BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr(h3core_module, "MIN_ROWS", 1)  # blocks as small as BLOCK_BYTES says
     monkeypatch.setattr(h3core_module, "SAVE_BYTES", save_bytes)  # head_dim 1 only
     layer = H3(cfg_for("h3", head_dim=head_dim)).double()
     assert layer._can_fuse(torch.zeros(1, 48, 4)) is True
@@ -186,10 +187,42 @@ def test_fused_h3_equals_the_composed_layer_with_gradients(
 
 
 @pytest.mark.parametrize("save_bytes", [0, 1 << 30], ids=["recompute", "keep"])
+def test_fused_h3_blocks_of_at_least_min_rows_equal_the_composed_layer(
+    monkeypatch: pytest.MonkeyPatch, save_bytes: int
+) -> None:
+    """Blocks sized by MIN_ROWS rather than BLOCK_BYTES (5 rows of 16 channels: three full
+    channel blocks and a short one per sequence, walked channel block by channel block)."""
+    monkeypatch.setattr(fftconv_module, "BLOCK_BYTES", 1)
+    monkeypatch.setattr(h3core_module, "MIN_ROWS", 5)
+    monkeypatch.setattr(h3core_module, "SAVE_BYTES", save_bytes)
+    u = torch.zeros(3, 16, 40)
+    blocks = fftconv_module._row_blocks(u, 64, h3core_module.MIN_ROWS)
+    assert [hs.stop - hs.start for bs, hs in blocks if bs.start == 0] == [5, 5, 5, 1]
+    layer = H3(cfg_for("h3", head_dim=1)).double()
+    layer.reset_parameters(gen(1))
+    x = torch.randn(3, 40, 16, generator=gen(2), dtype=torch.float64)
+    outs = []
+    for fuse in (True, False):
+        layer.fuse = fuse
+        layer.zero_grad()
+        xi = x.clone().requires_grad_()
+        y = layer(xi)
+        y.square().sum().backward()
+        grads = [torch.zeros(()) if p.grad is None else p.grad.clone() for p in layer.parameters()]
+        assert xi.grad is not None
+        outs.append((y.detach(), xi.grad, grads))
+    (y_f, gx_f, gp_f), (y_c, gx_c, gp_c) = outs
+    assert rel_err(y_f, y_c) < 1e-12 and rel_err(gx_f, gx_c) < 1e-12
+    for a, b in zip(gp_f, gp_c, strict=True):
+        assert rel_err(a, b) < 1e-10
+
+
+@pytest.mark.parametrize("save_bytes", [0, 1 << 30], ids=["recompute", "keep"])
 def test_fused_h3_function_gradients_match_finite_differences(
     monkeypatch: pytest.MonkeyPatch, save_bytes: int
 ) -> None:
     monkeypatch.setattr(fftconv_module, "BLOCK_BYTES", 200)  # several blocks
+    monkeypatch.setattr(h3core_module, "MIN_ROWS", 1)
     monkeypatch.setattr(h3core_module, "SAVE_BYTES", save_bytes)
     g = gen(4)
     qkv = torch.randn(1, 3 * 3, 8, generator=g, dtype=torch.float64, requires_grad=True)
