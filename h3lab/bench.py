@@ -340,14 +340,14 @@ def measure_generation(
     kinds: list[str], shape: Shape, contexts: list[int], device: str, threads: int, steps: int
 ) -> list[dict[str, Any]]:
     """ms per token of ``step`` at batch 1 after each context, contenders alternated in
-    blocks of ``steps // 5`` tokens."""
+    blocks of 50 tokens (fewer when ``steps`` is small)."""
     import torch
 
     torch.set_num_threads(threads)
     layers = {k: build(k, shape, device).eval() for k in kinds}
     g = torch.Generator().manual_seed(2)
     rows = []
-    block = max(1, steps // 5)
+    block = max(1, min(50, steps // 5))
     with torch.no_grad():
         for ctx in contexts:
             prompt = torch.randn(1, ctx, shape.d_model, generator=g).to(device)
@@ -479,7 +479,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=[128, 1024, 4096],
         help="context lengths for generation latency ('' or 0 to skip)",
     )
-    p.add_argument("--gen-steps", type=int, default=100, help="timed generation steps")
+    p.add_argument(
+        "--gen-steps",
+        type=int,
+        default=1000,
+        help="timed generation steps per contender and context, alternated in blocks of 50: "
+        "a second or so per context, so a load burst of a fraction of a second cannot move "
+        "the median",
+    )
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--d-model", type=int, default=256)
     p.add_argument("--d-state", type=int, default=64, help="SSM state size N")

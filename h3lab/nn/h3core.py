@@ -7,10 +7,12 @@ layer keeps every intermediate of the sequence alive for the backward — the sh
 ``kv``, the SSM output, and their gradients — each a (B, D, L) tensor, 64 MiB at batch 4,
 d_model 256 and 16k tokens, and streams each through memory several times. Here the forward
 walks (batch, channel) blocks of about :data:`h3lab.nn.fftconv.BLOCK_BYTES` of padded rows
-and does all of it per block while the block is in cache; it saves only the projection
-output ``qkv`` and the two kernels. The backward recomputes the shifted keys, ``kv``
-and the SSM output per block (two more FFTs than keeping them) and writes the gradient of
-``qkv`` in place, so no intermediate of full size exists in either pass.
+(at least :data:`MIN_ROWS`), channel block by channel block, and does all of it per block
+while the block is in cache; it saves only the projection output ``qkv`` and the two
+kernels. The backward recomputes the shifted keys, ``kv`` and the SSM output per block (two
+more FFTs than keeping them; below :data:`SAVE_BYTES` the forward keeps them instead) and
+writes the gradient of ``qkv`` in place, so no intermediate of full size exists in either
+pass at long L.
 
 The slow reference is the composed path in :meth:`h3lab.nn.h3.H3.forward` (taken whenever
 a hook is active, a state is prefilled or head_dim > 1); ``tests/ml/test_nn.py`` checks the
