@@ -20,6 +20,12 @@ def linear_to_channels_first(x: Tensor, weight: Tensor, bias: Tensor | None) -> 
     """``(x @ weightᵀ + bias)`` transposed: x (B, L, D_in), weight (C, D_in), bias (C,)
     → (B, C, L) contiguous. Differentiable; the gradient of x comes back (B, L, D_in)
     contiguous, the bias's as one sum (see :class:`_ToChannelsFirst`)."""
+    if torch.is_autocast_enabled(x.device.type):  # autocast's own casts, through autograd
+        B, L, _ = x.shape
+        w = weight.expand(B, -1, -1)
+        if bias is None:
+            return torch.bmm(w, x.mT)
+        return torch.baddbmm(bias[:, None].expand(B, -1, L), w, x.mT)
     apply = cast(Callable[..., Tensor], _ToChannelsFirst.apply)  # Function.apply is untyped
     return apply(x, weight, bias)
 
@@ -28,6 +34,12 @@ def linear_from_channels_first(y: Tensor, weight: Tensor, bias: Tensor | None) -
     """``yᵀ @ weightᵀ + bias``: y (B, C, L), weight (D_out, C), bias (D_out,)
     → (B, L, D_out) contiguous. Differentiable; the gradient of y comes back (B, C, L)
     contiguous, as the blocked mixing's backward reads it (see :class:`_FromChannelsFirst`)."""
+    if torch.is_autocast_enabled(y.device.type):  # autocast's own casts, through autograd
+        B, _, L = y.shape
+        w = weight.mT.expand(B, -1, -1)
+        if bias is None:
+            return torch.bmm(y.mT, w)
+        return torch.baddbmm(bias.expand(B, L, -1), y.mT, w)
     apply = cast(Callable[..., Tensor], _FromChannelsFirst.apply)  # Function.apply is untyped
     return apply(y, weight, bias)
 
@@ -42,6 +54,9 @@ def linear_from_channels_first_ref(y: Tensor, weight: Tensor, bias: Tensor | Non
     return torch.nn.functional.linear(y.mT.contiguous(), weight, bias)
 
 
+# Under autocast (bf16 training on a GPU) the two functions above take that path, so that
+# autocast casts the operands as differentiable ops and the gradients of the float32
+# parameters come back in float32.
 # Autograd through ``baddbmm`` with an expanded bias and a transposed operand works, but its
 # backward materialises the expanded bias's gradient (a (B, C, L) copy, then a sum) and hands
 # back transposed gradients, which the next consumer copies. The two Functions below write
@@ -93,6 +108,8 @@ class _FromChannelsFirst(torch.autograd.Function):
 
 def _sum_of_products(a: Tensor, b: Tensor) -> Tensor:
     """Σ_i a_i @ b_i for (B, m, k) and (B, k, n): one GEMM per i accumulated in place."""
+    if a.shape[0] == 0:
+        return a.new_zeros(a.shape[1], b.shape[2])
     out = torch.mm(a[0], b[0])
     for i in range(1, a.shape[0]):
         out.addmm_(a[i], b[i])

@@ -727,3 +727,30 @@ def test_channels_first_linears_equal_the_plain_linear_with_gradients(
         assert torch.autograd.gradcheck(lambda x_, w_: fast(x_, w_, None), (x, w))
     else:
         assert torch.autograd.gradcheck(fast, (x, w, b))
+
+
+@pytest.mark.parametrize("direction", ["to", "from"])
+def test_channels_first_linears_train_under_bf16_autocast(direction: str) -> None:
+    """GPU training runs under bf16 autocast: the projections' gradients must come back for
+    the float32 parameters as with a plain linear (CPU autocast exercises the same path)."""
+    from h3lab.nn import layout
+
+    g = gen(12)
+    shape = (2, 6, 4) if direction == "to" else (2, 4, 6)
+    x = torch.randn(*shape, generator=g, requires_grad=True)
+    w = torch.randn(5, 4, generator=g, requires_grad=True)
+    b = torch.randn(5, generator=g, requires_grad=True)
+    fast, ref = (
+        (layout.linear_to_channels_first, layout.linear_to_channels_first_ref)
+        if direction == "to"
+        else (layout.linear_from_channels_first, layout.linear_from_channels_first_ref)
+    )
+    grads = []
+    for fn in (fast, ref):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = fn(x, w, b)
+        assert out.dtype == torch.bfloat16
+        grads.append(torch.autograd.grad(out.float().sum(), (x, w, b)))
+    for a, e in zip(*grads, strict=True):
+        assert a.dtype == e.dtype == torch.float32
+        torch.testing.assert_close(a, e, rtol=2e-2, atol=2e-2)
