@@ -57,7 +57,8 @@ class H3State:
     shift: (B, D, N) the last N keys; kv: the kv SSM's state — (B, C, N/2) complex for the
     diagonal SSM, (B, C, N) real for the shift ablation; params: frozen discretisation of the
     diagonal SSM (None for the ablation); kv_real: (B, C, N) the complex kv state's real view
-    (the same memory, interleaved re, im), taken once for the fused step."""
+    (the same memory, interleaved re, im), taken once for the fused step — so ``kv`` is only
+    ever updated in place (prefill and both steps do); to start over, allocate a new state."""
 
     shift: Tensor
     kv: Tensor
