@@ -21,11 +21,7 @@ def linear_to_channels_first(x: Tensor, weight: Tensor, bias: Tensor | None) -> 
     → (B, C, L) contiguous. Differentiable; the gradient of x comes back (B, L, D_in)
     contiguous, the bias's as one sum (see :class:`_ToChannelsFirst`)."""
     if torch.is_autocast_enabled(x.device.type):  # autocast's own casts, through autograd
-        B, L, _ = x.shape
-        w = weight.expand(B, -1, -1)
-        if bias is None:
-            return torch.bmm(w, x.mT)
-        return torch.baddbmm(bias[:, None].expand(B, -1, L), w, x.mT)
+        return _to_cf(x, weight, bias)
     apply = cast(Callable[..., Tensor], _ToChannelsFirst.apply)  # Function.apply is untyped
     return apply(x, weight, bias)
 
@@ -35,11 +31,7 @@ def linear_from_channels_first(y: Tensor, weight: Tensor, bias: Tensor | None) -
     → (B, L, D_out) contiguous. Differentiable; the gradient of y comes back (B, C, L)
     contiguous, as the blocked mixing's backward reads it (see :class:`_FromChannelsFirst`)."""
     if torch.is_autocast_enabled(y.device.type):  # autocast's own casts, through autograd
-        B, _, L = y.shape
-        w = weight.mT.expand(B, -1, -1)
-        if bias is None:
-            return torch.bmm(y.mT, w)
-        return torch.baddbmm(bias.expand(B, L, -1), y.mT, w)
+        return _from_cf(y, weight, bias)
     apply = cast(Callable[..., Tensor], _FromChannelsFirst.apply)  # Function.apply is untyped
     return apply(y, weight, bias)
 
@@ -64,16 +56,30 @@ def linear_from_channels_first_ref(y: Tensor, weight: Tensor, bias: Tensor | Non
 # element, accumulated in place).
 
 
+def _to_cf(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """The product: BLAS writes (B, C, L) from a transposed operand, the bias fused in."""
+    B, L, _ = x.shape
+    w = weight.expand(B, -1, -1)  # (B, C, D_in), a view
+    if bias is None:
+        return torch.bmm(w, x.mT)
+    return torch.baddbmm(bias[:, None].expand(B, -1, L), w, x.mT)  # (B, C, L)
+
+
+def _from_cf(y: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """The product: (B, L, D_out) from the channels-first y, the bias fused in."""
+    B, _, L = y.shape
+    w = weight.mT.expand(B, -1, -1)  # (B, C, D_out), a view
+    if bias is None:
+        return torch.bmm(y.mT, w)
+    return torch.baddbmm(bias.expand(B, L, -1), y.mT, w)  # (B, L, D_out)
+
+
 class _ToChannelsFirst(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        B, L, _ = x.shape
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        w = weight.expand(B, -1, -1)  # (B, C, D_in), a view
-        if bias is None:
-            return torch.bmm(w, x.mT)
-        return torch.baddbmm(bias[:, None].expand(B, -1, L), w, x.mT)  # (B, C, L)
+        return _to_cf(x, weight, bias)
 
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
@@ -88,13 +94,9 @@ class _ToChannelsFirst(torch.autograd.Function):
 class _FromChannelsFirst(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, y: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        B, _, L = y.shape
         ctx.save_for_backward(y, weight)
         ctx.has_bias = bias is not None
-        w = weight.mT.expand(B, -1, -1)  # (B, C, D_out), a view
-        if bias is None:
-            return torch.bmm(y.mT, w)
-        return torch.baddbmm(bias.expand(B, L, -1), y.mT, w)  # (B, L, D_out)
+        return _from_cf(y, weight, bias)
 
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
