@@ -154,13 +154,11 @@ def test_next_fast_len_is_the_smallest_2_rich_5_smooth_length_at_least_n() -> No
     assert [next_fast_len(L + 63) for L in (1024, 4096, 16384)] == [1152, 4320, 17280]
 
 
-Grads = dict[str, torch.Tensor]
-
-
-def fused_and_composed(
-    layer: H3, x: torch.Tensor, grad_out: torch.Tensor
-) -> list[tuple[torch.Tensor, torch.Tensor, Grads]]:
-    """(output, input gradient, parameter gradients) of the fused path, then the composed."""
+def assert_fused_equals_composed(layer: H3, L: int) -> None:
+    """Output, input gradient and every parameter's gradient of the fused path against the
+    composed one, in float64, for a random input of L tokens."""
+    x = torch.randn(3, L, 16, generator=gen(2), dtype=torch.float64)
+    grad_out = torch.randn(3, L, 16, generator=gen(3), dtype=torch.float64)
     results = []
     for fuse in (True, False):
         layer.fuse = fuse
@@ -171,7 +169,11 @@ def fused_and_composed(
         grads = {n: p.grad.clone() for n, p in layer.named_parameters() if p.grad is not None}
         assert xi.grad is not None
         results.append((y.detach(), xi.grad, grads))
-    return results
+    (y_f, gx_f, gp_f), (y_c, gx_c, gp_c) = results
+    assert rel_err(y_f, y_c) < 1e-12 and rel_err(gx_f, gx_c) < 1e-12
+    assert set(gp_f) == set(gp_c) and len(gp_f) == len(list(layer.parameters()))
+    for name in gp_c:
+        assert rel_err(gp_f[name], gp_c[name]) < 1e-10, name
 
 
 @pytest.mark.parametrize("head_dim", [1, 4])
@@ -187,13 +189,7 @@ def test_fused_h3_equals_the_composed_layer_with_gradients(
     layer = H3(cfg_for("h3", head_dim=head_dim)).double()
     assert layer._can_fuse(torch.zeros(1, 48, 4)) is True
     layer.reset_parameters(gen(1))
-    x = torch.randn(3, L, 16, generator=gen(2), dtype=torch.float64)
-    grad_out = torch.randn(3, L, 16, generator=gen(3), dtype=torch.float64)
-    (y_f, gx_f, gp_f), (y_c, gx_c, gp_c) = fused_and_composed(layer, x, grad_out)
-    assert rel_err(y_f, y_c) < 1e-12 and rel_err(gx_f, gx_c) < 1e-12
-    assert set(gp_f) == set(gp_c) and len(gp_f) == len(list(layer.parameters()))
-    for name in gp_c:
-        assert rel_err(gp_f[name], gp_c[name]) < 1e-10, name
+    assert_fused_equals_composed(layer, L)
 
 
 @pytest.mark.parametrize("save_bytes", [0, 1 << 30], ids=["recompute", "keep"])
@@ -210,13 +206,7 @@ def test_fused_h3_blocks_of_at_least_min_rows_equal_the_composed_layer(
     assert [hs.stop - hs.start for bs, hs in blocks if bs.start == 0] == [5, 5, 5, 1]
     layer = H3(cfg_for("h3", head_dim=1)).double()
     layer.reset_parameters(gen(1))
-    x = torch.randn(3, 40, 16, generator=gen(2), dtype=torch.float64)
-    grad_out = torch.randn(3, 40, 16, generator=gen(3), dtype=torch.float64)
-    (y_f, gx_f, gp_f), (y_c, gx_c, gp_c) = fused_and_composed(layer, x, grad_out)
-    assert rel_err(y_f, y_c) < 1e-12 and rel_err(gx_f, gx_c) < 1e-12
-    assert set(gp_f) == set(gp_c) and len(gp_f) == len(list(layer.parameters()))
-    for name in gp_c:
-        assert rel_err(gp_f[name], gp_c[name]) < 1e-10, name
+    assert_fused_equals_composed(layer, 40)
 
 
 @pytest.mark.parametrize("save_bytes", [0, 1 << 30], ids=["recompute", "keep"])
