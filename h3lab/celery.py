@@ -12,9 +12,12 @@ from celery import Celery
 from celery.signals import worker_init
 from kombu import Queue
 
+from h3lab import broker
+
 log = logging.getLogger(__name__)
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "h3lab.settings")
+broker.install()  # the embedded broker's messages appear whole (h3lab/broker.py)
 
 app = Celery("h3lab")
 app.config_from_object("django.conf:settings", namespace="CELERY")
