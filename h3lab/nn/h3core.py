@@ -53,9 +53,10 @@ def h3_mix(qkv: Tensor, k_shift: Tensor, D_shift: Tensor, k_diag: Tensor, D_diag
 SAVE_BYTES = 64 << 20
 
 # A block holds at least this many rows, whatever BLOCK_BYTES says: each rfft/irfft call
-# plans its transform afresh (torch keeps no plan cache for MKL on the CPU: ~0.13 ms per call
-# at 32k points, against ~0.05 ms per row transformed), so at 8k-16k tokens blocks of 1 MiB,
-# 8 rows, paid as much for planning as for transforming. 32 rows took a 16k pass from 1.71
+# plans its transform afresh (torch keeps no plan cache for MKL on the CPU): an rfft+irfft
+# pair at 32k points took 0.89 ms for 2 rows and 2.9 ms for 32, i.e. ~0.75 ms of planning per
+# pair and ~0.07 ms per row, so at 8k-16k tokens blocks of 1 MiB, 8 rows, paid more for
+# planning than for transforming. 32 rows took a 16k pass from 1.71
 # to 1.26 s for ~75 MiB more at its peak; 64 rows was no faster and took another 70-115 MiB
 # (docs/benchmark-logs/layer_notes-2.log). Tunable.
 MIN_ROWS = 32
